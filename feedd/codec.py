@@ -1,0 +1,74 @@
+"""Wire encoding of records: one JSON object per line.
+
+orjson is used because it writes RFC 3339 datetimes natively and measured ~8x faster than
+``json.dumps`` on a record (``bench/json_encode.py``); the hot path encodes every record once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from feedd.model import MarketData
+
+_OPTS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+
+
+def record_dict(record: MarketData) -> dict[str, Any]:
+    """The record as a JSON-ready mapping (timestamps stay datetimes)."""
+    return {
+        "exchange": record.exchange,
+        "symbol": record.symbol,
+        "kind": record.kind,
+        "price": record.price,
+        "volume": record.volume,
+        "timestamp": record.timestamp,
+        "received_at": record.received_at,
+        "bid": record.bid,
+        "ask": record.ask,
+        "high_24h": record.high_24h,
+        "low_24h": record.low_24h,
+        "change_24h": record.change_24h,
+        "side": record.side,
+        "trade_id": record.trade_id,
+    }
+
+
+def encode_record(record: MarketData) -> bytes:
+    """One record as one newline-terminated JSON line (RFC 3339 UTC, microseconds, ``Z``)."""
+    return orjson.dumps(record_dict(record), option=_OPTS)
+
+
+def encode_line(obj: Any) -> bytes:
+    """Any JSON-able control object (gap notices, errors) as one line."""
+    return orjson.dumps(obj, option=_OPTS)
+
+
+def _parse_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp {value!r} has no timezone")
+    return parsed.astimezone(UTC)
+
+
+def decode_record(line: bytes | str) -> MarketData:
+    """Inverse of :func:`encode_record`, for clients (``feedd tail``) and tests."""
+    obj = orjson.loads(line)
+    return MarketData(
+        exchange=obj["exchange"],
+        symbol=obj["symbol"],
+        kind=obj["kind"],
+        price=obj["price"],
+        volume=obj["volume"],
+        timestamp=_parse_time(obj["timestamp"]),
+        received_at=_parse_time(obj["received_at"]),
+        bid=obj.get("bid"),
+        ask=obj.get("ask"),
+        high_24h=obj.get("high_24h"),
+        low_24h=obj.get("low_24h"),
+        change_24h=obj.get("change_24h"),
+        side=obj.get("side"),
+        trade_id=obj.get("trade_id"),
+    )

@@ -1,0 +1,38 @@
+"""The one normalized record every venue's trades and tickers become."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import attrs
+
+Kind = Literal["trade", "ticker"]
+Side = Literal["buy", "sell"]
+
+TRADE: Kind = "trade"
+TICKER: Kind = "ticker"
+
+
+@attrs.frozen(slots=True)
+class MarketData:
+    """One trade or one ticker update, as design.md fixes it.
+
+    No validators here: records are built on the hot path by adapters, and checked once by
+    :mod:`feedd.validate` before they leave the connection that produced them.
+    """
+
+    exchange: str
+    symbol: str
+    kind: Kind
+    price: float
+    volume: float
+    timestamp: datetime
+    received_at: datetime
+    bid: float | None = None
+    ask: float | None = None
+    high_24h: float | None = None
+    low_24h: float | None = None
+    change_24h: float | None = None
+    side: Side | None = None
+    trade_id: str | None = None
