@@ -1,0 +1,315 @@
+"""Configuration: TOML → frozen attrs classes via cattrs, then environment overrides.
+
+Every failure is a :class:`ConfigError` that names the file and the key, so ``feedd run`` can
+exit 2 with one readable line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from feedd.exchanges import make_venue, venue_ids
+from feedd.exchanges.base import CHANNELS, Channel
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator: ``file: key: what is wrong``."""
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name}: must be a positive number, got {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name}: must be 0 or more, got {value!r}")
+
+
+def _listen_address(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{attribute.name}: expected HOST:PORT, got {value!r}")
+
+
+@attrs.frozen
+class FeedConfig:
+    enabled: bool = True
+    #: first backoff delay, seconds
+    reconnect_interval: float = attrs.field(default=5.0, validator=_positive)
+    #: consecutive failed attempts before a venue is ``failed``; 0 = never give up
+    max_retries: int = attrs.field(default=10, validator=_non_negative)
+    #: backoff ceiling, seconds
+    max_backoff: float = attrs.field(default=300.0, validator=_positive)
+    #: no frame for this long → the connection is dropped and reopened
+    stale_after: float = attrs.field(default=30.0, validator=_positive)
+    #: a connection delivering data this long counts as stable and resets the failure count
+    stable_after: float = attrs.field(default=10.0, validator=_positive)
+    #: deadline for TCP + TLS + WebSocket handshake
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: runtime (API) subscriptions survive restarts here
+    state_file: str = "subscriptions.json"
+    #: instrument lists are cached here, so a restart during a REST outage still streams
+    cache_dir: str = "cache"
+
+    @max_backoff.validator
+    def _backoff_above_interval(self, attribute: attrs.Attribute[Any], value: float) -> None:
+        if value < self.reconnect_interval:
+            raise ValueError(
+                f"max_backoff: must be at least reconnect_interval ({self.reconnect_interval})"
+            )
+
+
+@attrs.frozen
+class HttpConfig:
+    listen: str = attrs.field(default="127.0.0.1:8080", validator=_listen_address)
+
+
+@attrs.frozen
+class UnixConfig:
+    path: str = "/run/feedd/feedd.sock"
+    #: records buffered per subscriber before its oldest are dropped
+    client_buffer: int = attrs.field(default=10_000, validator=_positive)
+
+
+@attrs.frozen
+class ExchangeConfig:
+    symbols: tuple[str, ...] = ()
+    channels: tuple[Channel, ...] = attrs.field(default=CHANNELS)
+    enabled: bool = True
+    url: str | None = None
+    rest_url: str | None = None
+    #: check symbols against the venue's instrument list before subscribing
+    check_symbols: bool = True
+
+    @channels.validator
+    def _some_channels(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+        if not value:
+            raise ValueError("channels: must name at least one of " + ", ".join(CHANNELS))
+
+
+@attrs.frozen
+class Config:
+    feed: FeedConfig = FeedConfig()
+    http: HttpConfig = HttpConfig()
+    unix: UnixConfig = UnixConfig()
+    exchanges: Mapping[str, ExchangeConfig] = attrs.field(factory=dict)
+    #: where the configuration came from (for messages and relative paths)
+    source: str = "<defaults>"
+
+
+def _strict(kind: type[T], accept: tuple[type, ...]) -> Any:
+    def structure(value: Any, _: type) -> T:
+        if isinstance(value, bool) and kind is not bool:
+            raise TypeError(f"expected {kind.__name__}, got a boolean")
+        if not isinstance(value, accept):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return kind(value)  # type: ignore[call-arg]
+
+    return structure
+
+
+def _is_tuple(kind: Any) -> bool:
+    return getattr(kind, "__origin__", None) is tuple
+
+
+def _array_of(conv: cattrs.Converter) -> Any:
+    """TOML arrays only: cattrs would happily split the string 'BTCUSDT' into characters."""
+
+    def factory(kind: Any) -> Any:
+        element = kind.__args__[0]
+
+        def structure(value: Any, _: Any) -> tuple[Any, ...]:
+            if not isinstance(value, list):
+                raise TypeError(f"expected an array, got {type(value).__name__} {value!r}")
+            items = []
+            for index, item in enumerate(value):
+                try:
+                    items.append(conv.structure(item, element))
+                except (TypeError, ValueError) as exc:
+                    raise TypeError(f"item {index}: {exc}") from None
+            return tuple(items)
+
+        return structure
+
+    return factory
+
+
+def _is_literal(kind: Any) -> bool:
+    return getattr(kind, "__origin__", None) is Literal
+
+
+def _literal(kind: Any) -> Any:
+    allowed = kind.__args__
+
+    def structure(value: Any, _: Any) -> Any:
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+
+    return structure
+
+
+def _converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook_factory(_is_literal, _literal)
+    conv.register_structure_hook_factory(_is_tuple, _array_of(conv))
+    conv.register_structure_hook(bool, _strict(bool, (bool,)))
+    conv.register_structure_hook(int, _strict(int, (int,)))
+    conv.register_structure_hook(float, _strict(float, (int, float)))
+    conv.register_structure_hook(str, _strict(str, (str,)))
+    return conv
+
+
+_CONVERTER = _converter()
+_FILE_KEYS = ("feed", "http", "unix", "exchanges")
+
+
+def _describe(exc: BaseException, path: str) -> list[str]:
+    """Flatten a cattrs error tree into ``key: problem`` lines."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return [f"{path + '.' if path else ''}{key}: unknown key" for key in sorted(exc.extra_fields)]
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        lines: list[str] = []
+        for sub in exc.exceptions:
+            note = next(iter(getattr(sub, "__notes__", [])), None)
+            name = getattr(note, "name", None) if note is not None else None
+            index = getattr(note, "index", None) if note is not None else None
+            if name is not None:
+                child = f"{path}.{name}" if path else str(name)
+            elif index is not None:
+                child = f"{path}[{index}]"
+            else:
+                child = path
+            lines.extend(_describe(sub, child))
+        return lines or [f"{path}: {exc}"]
+    message = str(exc)
+    field, sep, problem = message.partition(": ")
+    if sep and field.isidentifier():  # an attrs validator names its own field
+        if path.rsplit(".", 1)[-1] != field:
+            path = f"{path}.{field}" if path else field
+        message = problem
+    return [f"{path or '<top>'}: {message}"]
+
+
+def structure_section(data: Any, cls: type[T], path: str, source: str) -> T:
+    try:
+        return _CONVERTER.structure(data, cls)
+    except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
+        raise ConfigError("; ".join(f"{source}: {line}" for line in _describe(exc, path))) from None
+    except (TypeError, ValueError) as exc:  # an attrs validator: "<field>: <problem>"
+        field, sep, problem = str(exc).partition(": ")
+        where = f"{path}.{field}" if sep and field.isidentifier() else path
+        raise ConfigError(f"{source}: {where}: {problem if sep else exc}") from None
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Structure a decoded TOML document; ConfigError names ``source`` and the bad key."""
+    extra = sorted(set(data) - set(_FILE_KEYS))
+    if extra:
+        raise ConfigError(f"{source}: {extra[0]}: unknown key (expected one of {', '.join(_FILE_KEYS)})")
+    feed = structure_section(data.get("feed", {}), FeedConfig, "feed", source)
+    http = structure_section(data.get("http", {}), HttpConfig, "http", source)
+    unix = structure_section(data.get("unix", {}), UnixConfig, "unix", source)
+    raw_exchanges = data.get("exchanges", {})
+    if not isinstance(raw_exchanges, Mapping):
+        raise ConfigError(f"{source}: exchanges: expected a table of venues")
+    known = venue_ids()
+    exchanges: dict[str, ExchangeConfig] = {}
+    for venue_id, section in raw_exchanges.items():
+        key = f"exchanges.{venue_id}"
+        if venue_id not in known:
+            raise ConfigError(f"{source}: {key}: unknown venue id (known: {', '.join(known)})")
+        exchange = structure_section(section, ExchangeConfig, key, source)
+        venue = make_venue(venue_id)
+        symbols = exchange.symbols
+        if venue.uppercase_symbols:
+            symbols = tuple(s.upper() for s in symbols)
+        for i, symbol in enumerate(symbols):
+            if not symbol or any(c.isspace() or c in "/@" for c in symbol):
+                raise ConfigError(f"{source}: {key}.symbols[{i}]: not a symbol: {symbol!r}")
+        exchanges[venue_id] = attrs.evolve(exchange, symbols=tuple(dict.fromkeys(symbols)))
+    return Config(feed=feed, http=http, unix=unix, exchanges=exchanges, source=source)
+
+
+_ENV_NAMES = {
+    "enabled": "ENABLE_WEBSOCKET_FEED",
+    "reconnect_interval": "WEBSOCKET_RECONNECT_INTERVAL",
+    "max_retries": "MAX_WEBSOCKET_RETRIES",
+}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
+    """Apply ``ENABLE_WEBSOCKET_FEED``, ``WEBSOCKET_RECONNECT_INTERVAL``, ``MAX_WEBSOCKET_RETRIES``."""
+    changes: dict[str, Any] = {}
+    if (raw := environ.get("ENABLE_WEBSOCKET_FEED")) is not None:
+        word = raw.strip().lower()
+        if word not in _TRUE | _FALSE:
+            raise ConfigError(f"ENABLE_WEBSOCKET_FEED: expected true/false/1/0, got {raw!r}")
+        changes["enabled"] = word in _TRUE
+    if (raw := environ.get("WEBSOCKET_RECONNECT_INTERVAL")) is not None:
+        try:
+            changes["reconnect_interval"] = float(raw)
+        except ValueError:
+            raise ConfigError(f"WEBSOCKET_RECONNECT_INTERVAL: expected seconds, got {raw!r}") from None
+    if (raw := environ.get("MAX_WEBSOCKET_RETRIES")) is not None:
+        try:
+            changes["max_retries"] = int(raw)
+        except ValueError:
+            raise ConfigError(f"MAX_WEBSOCKET_RETRIES: expected a whole number, got {raw!r}") from None
+    if not changes:
+        return config
+    feed = config.feed
+    if "reconnect_interval" in changes and feed.max_backoff < changes["reconnect_interval"]:
+        changes["max_backoff"] = changes["reconnect_interval"]
+    try:
+        return attrs.evolve(config, feed=attrs.evolve(feed, **changes))
+    except ValueError as exc:
+        field = str(exc).split(":", 1)[0]
+        raise ConfigError(f"{_ENV_NAMES.get(field, 'environment')}: {exc}") from None
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolve(value: str) -> str:
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base / path)
+
+    return attrs.evolve(
+        config,
+        feed=attrs.evolve(
+            config.feed,
+            state_file=resolve(config.feed.state_file),
+            cache_dir=resolve(config.feed.cache_dir),
+        ),
+        unix=attrs.evolve(config.unix, path=resolve(config.unix.path)),
+    )
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read, structure and override a config file; relative paths are relative to the file."""
+    file = Path(path)
+    source = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    config = parse_config(data, source)
+    config = apply_environment(config, os.environ if environ is None else environ)
+    return _resolve_paths(config, file.resolve().parent)
