@@ -1,0 +1,84 @@
+"""The venue's instrument list: which symbols exist, so a typo is an error and not a silent hole.
+
+Binance acknowledges a stream for a symbol that does not exist and then sends nothing (protocols
+§2.2), so feedd asks the REST instrument list first. The list is cached on disk: a restart during
+a REST outage still checks symbols against the last list seen, and still streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import attrs
+import httpx
+import orjson
+
+from feedd.exchanges.base import Venue
+
+log = logging.getLogger(__name__)
+
+REST_TIMEOUT = 10.0
+
+
+@attrs.frozen
+class Instruments:
+    """``symbols`` is None when neither REST nor the cache could say (symbols then go unchecked)."""
+
+    symbols: frozenset[str] | None
+    source: str  # "rest", "cache" or "unavailable"
+    error: str | None = None
+
+
+def _cache_file(cache_dir: str, venue_id: str) -> Path:
+    return Path(cache_dir) / f"{venue_id}-instruments.json"
+
+
+def _write_cache(path: Path, symbols: frozenset[str]) -> None:
+    # Small file, written rarely (start-up): a blocking write is cheaper than a thread hop.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(sorted(symbols)))
+    os.replace(tmp, path)
+
+
+def _read_cache(path: Path) -> frozenset[str]:
+    data = orjson.loads(path.read_bytes())
+    if not isinstance(data, list) or not all(isinstance(s, str) for s in data):
+        raise ValueError("not a list of symbols")
+    return frozenset(data)
+
+
+async def load_instruments(
+    venue: Venue,
+    rest_url: str,
+    cache_dir: str,
+) -> Instruments:
+    """Fetch the venue's symbols over REST, falling back to the on-disk cache."""
+    url = rest_url.rstrip("/") + venue.instruments_path()
+    cache = _cache_file(cache_dir, venue.venue_id)
+    try:
+        async with httpx.AsyncClient(timeout=REST_TIMEOUT) as http:
+            response = await http.get(url)
+            response.raise_for_status()
+            symbols = venue.parse_instruments(response.json())
+    except (httpx.HTTPError, ValueError) as exc:
+        error = f"instrument list from {url} unavailable: {exc or type(exc).__name__}"
+    else:
+        try:
+            _write_cache(cache, symbols)
+        except OSError as exc:
+            log.warning("%s: cannot cache instrument list at %s: %s", venue.venue_id, cache, exc)
+        return Instruments(symbols, "rest")
+    try:
+        symbols = _read_cache(cache)
+    except FileNotFoundError:
+        log.warning("%s: %s; no cached list either, symbols go unchecked", venue.venue_id, error)
+        return Instruments(None, "unavailable", error)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: %s; cached list %s unreadable (%s)", venue.venue_id, error, cache, exc)
+        return Instruments(None, "unavailable", error)
+    log.warning("%s: %s; using the cached list (%d symbols)", venue.venue_id, error, len(symbols))
+    return Instruments(symbols, "cache", error)
+

@@ -1,0 +1,45 @@
+"""Record validation: what a record must satisfy before anyone downstream sees it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import timedelta
+
+from feedd.model import MarketData
+
+#: how far an exchange timestamp may be from our receive time before the record is refused
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+class Validator:
+    """Checks records of one venue; returns the rejection reason, or None for a good record.
+
+    ``known_symbols`` is consulted live (a callable) so runtime subscribe/unsubscribe changes what
+    is accepted without rebuilding the validator.
+    """
+
+    def __init__(self, known_symbols: Callable[[], frozenset[str] | set[str]]) -> None:
+        self._known = known_symbols
+
+    def reason(self, record: MarketData) -> str | None:
+        price = record.price
+        if not math.isfinite(price):
+            return "non_finite_price"
+        if price <= 0:
+            return "non_positive_price"
+        volume = record.volume
+        if not math.isfinite(volume):
+            return "non_finite_volume"
+        if volume < 0:
+            return "negative_volume"
+        skew = record.timestamp - record.received_at
+        if skew > MAX_CLOCK_SKEW or -skew > MAX_CLOCK_SKEW:
+            return "timestamp_skew"
+        if record.symbol not in self._known():
+            return "unknown_symbol"
+        for value in (record.bid, record.ask, record.high_24h, record.low_24h, record.change_24h):
+            if value is not None and not math.isfinite(value):
+                return "non_finite_field"
+        return None
+
