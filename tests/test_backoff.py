@@ -1,0 +1,66 @@
+"""Backoff policy and send pacing, as pure arithmetic."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from feedd.backoff import Backoff
+from feedd.ratelimit import SlidingWindowLimiter
+
+
+def test_backoff_doubles_within_jitter_and_stops_at_the_ceiling() -> None:
+    backoff = Backoff(initial=1.0, ceiling=10.0, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(8)]
+    for n, delay in enumerate(delays):
+        top = min(10.0, 2.0**n)
+        assert top / 2 <= delay <= top
+    assert backoff.failures == 8
+
+
+def test_backoff_jitter_spreads_reconnects_apart() -> None:
+    delays = {Backoff(1.0, 60.0, rng=random.Random(seed)).next_delay() for seed in range(20)}
+    assert len(delays) == 20
+
+
+def test_backoff_reset_starts_from_the_initial_delay() -> None:
+    backoff = Backoff(initial=2.0, ceiling=100.0)
+    for _ in range(5):
+        backoff.next_delay()
+    backoff.reset()
+    assert backoff.failures == 0
+    assert 1.0 <= backoff.next_delay() <= 2.0
+
+
+def test_backoff_survives_very_many_failures() -> None:
+    backoff = Backoff(initial=1.0, ceiling=300.0)
+    for _ in range(5000):
+        delay = backoff.next_delay()
+    assert 150.0 <= delay <= 300.0
+
+
+def test_limiter_allows_limit_sends_in_any_window() -> None:
+    limiter = SlidingWindowLimiter(3, window=1.0)
+    for t in (0.0, 0.1, 0.2):
+        assert limiter.delay(t) == 0
+        limiter.record(t)
+    assert limiter.delay(0.3) == pytest.approx(0.7)
+    assert limiter.delay(1.0) == 0  # the send at 0.0 has left the window
+
+
+def test_limiter_rejects_a_zero_limit() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        SlidingWindowLimiter(0)
+
+
+async def test_limiter_paces_a_burst_to_the_limit(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = SlidingWindowLimiter(4, window=1.0)
+    sent: list[float] = []
+    for _ in range(10):
+        await limiter.acquire()
+        sent.append(trio.current_time())
+    for i in range(len(sent) - 4):
+        assert sent[i + 4] - sent[i] >= 1.0 - 1e-9
