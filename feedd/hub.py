@@ -1,0 +1,204 @@
+"""Fan-out of record batches from every connection to every sink.
+
+One ingress memory channel carries batches (``list[MarketData]``, all a connection read in one
+wakeup). The hub drains everything already queued, encodes each record to its JSON line once
+(only if some sink wants bytes), and offers the same objects to every sink. Sinks are synchronous
+and never block: each keeps its own bounded buffer and its own overflow policy, so a slow consumer
+can only hurt itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import trio
+
+from feedd.codec import encode_record
+from feedd.model import MarketData
+
+logger = logging.getLogger(__name__)
+
+Batch = list[MarketData]
+
+
+class Sink(Protocol):
+    """A consumer of records, fed synchronously by the hub."""
+
+    @property
+    def wants_encoded(self) -> bool:
+        """Whether :meth:`offer` needs the JSON lines; when no attached sink does, none are made."""
+        ...
+
+    def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
+        """Take ``records`` (and ``encoded[i]``, the line of ``records[i]``) without awaiting.
+
+        ``encoded`` is empty when no attached sink wants bytes. Must never block: buffer, drop by
+        the sink's own policy, and wake the sink's own task.
+        """
+        ...
+
+
+class Hub:
+    """Receives batches from producers and fans them out to the attached sinks.
+
+    Backpressure: sinks never block the hub, so a producer's ``await send(batch)`` waits only
+    when ``buffer`` batches are queued, i.e. when the hub itself cannot keep up on CPU. That
+    waiting is deliberate; it slows the readers instead of growing memory without bound.
+    """
+
+    def __init__(self, buffer: int = 1024) -> None:
+        self._send, self._receive = trio.open_memory_channel[Batch](buffer)
+        self._sinks: tuple[Sink, ...] = ()
+        self._encode = False
+        #: records and batches fanned out, and hub wakeups (each drains everything queued)
+        self.records = 0
+        self.batches = 0
+        self.wakeups = 0
+
+    def sender(self) -> trio.MemorySendChannel[Batch]:
+        """A send channel of its own for one producer, which closes it when done."""
+        return self._send.clone()
+
+    def close(self) -> None:
+        """Accept no new producers; :meth:`run` returns once every existing sender is closed."""
+        self._send.close()
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return self._sinks
+
+    def attach(self, sink: Sink) -> None:
+        """Start offering records to ``sink`` (from the next batch on)."""
+        if sink not in self._sinks:
+            self._set_sinks((*self._sinks, sink))
+
+    def detach(self, sink: Sink) -> None:
+        """Stop offering to ``sink``; unknown sinks are ignored so cleanup can be unconditional."""
+        if sink in self._sinks:
+            self._set_sinks(tuple(s for s in self._sinks if s is not sink))
+
+    def _set_sinks(self, sinks: tuple[Sink, ...]) -> None:
+        # A fresh tuple on every change: dispatch iterates a snapshot, and the "encode or not"
+        # decision is made once here instead of per batch.
+        self._sinks = sinks
+        self._encode = any(s.wants_encoded for s in sinks)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fan out until the channel is closed (:meth:`close` and every sender), or cancelled.
+
+        Each wakeup drains every batch already queued before yielding, so the sinks' tasks see
+        as much as possible at once and write it in one go.
+        """
+        receive = self._receive
+        task_status.started()
+        async with receive:
+            while True:
+                try:
+                    batch = await receive.receive()
+                except trio.EndOfChannel:
+                    return
+                self.wakeups += 1
+                closed = False
+                while True:
+                    self._dispatch(batch)
+                    try:
+                        batch = receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    except trio.EndOfChannel:
+                        closed = True
+                        break
+                if closed:
+                    return
+
+    def _dispatch(self, batch: Batch) -> None:
+        self.batches += 1
+        self.records += len(batch)
+        sinks = self._sinks
+        if not sinks or not batch:
+            return
+        encoded: Sequence[bytes] = [encode_record(r) for r in batch] if self._encode else ()
+        for sink in sinks:
+            try:
+                sink.offer(batch, encoded)
+            except Exception:
+                # A sink bug must not take every other consumer down with it.
+                logger.exception("sink %r failed; detaching it", sink)
+                self.detach(sink)
+
+
+Callback = Callable[[MarketData], Awaitable[None] | None]
+
+
+class CallbackSink:
+    """Delivers records to an in-process callback (``WebSocketService.add_data_callback``).
+
+    The hub only appends to a bounded buffer; :meth:`run`, a task of its own, calls the callback
+    (awaiting it if it returns an awaitable). When the callback falls behind, the oldest records
+    are dropped and counted in :attr:`dropped`. A raising callback is logged and counted, and the
+    next record is delivered as usual.
+    """
+
+    wants_encoded = False
+    #: after the first failure, at most one log line per this many seconds
+    error_log_interval = 10.0
+
+    def __init__(self, callback: Callback, buffer: int = 10_000) -> None:
+        if buffer < 1:
+            raise ValueError(f"buffer must be positive, got {buffer}")
+        self._callback = callback
+        self._buffer = buffer
+        self._pending: deque[MarketData] = deque(maxlen=buffer)
+        self._wakeup = trio.Event()
+        self.delivered = 0
+        self.dropped = 0
+        self.errors = 0
+        self._last_error_log = -float("inf")
+        self._unlogged_errors = 0
+
+    def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
+        overflow = len(self._pending) + len(records) - self._buffer
+        if overflow > 0:
+            self.dropped += overflow
+        self._pending.extend(records)  # the deque's maxlen drops the oldest
+        self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Call the callback for every buffered record, forever (cancel to stop)."""
+        task_status.started()
+        pending = self._pending
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while pending:
+                record = pending.popleft()
+                try:
+                    result = self._callback(record)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    self.errors += 1
+                    if self._should_log():
+                        logger.exception(
+                            "data callback %r raised (%d failures so far, %d not logged)",
+                            self._callback,
+                            self.errors,
+                            self._unlogged_errors,
+                        )
+                        self._unlogged_errors = 0
+                    else:
+                        self._unlogged_errors += 1
+                else:
+                    self.delivered += 1
+
+    def _should_log(self) -> bool:
+        """Rate-limit failure logs: a callback failing on every record must not flood the log."""
+        now = trio.current_time()
+        if now - self._last_error_log < self.error_log_interval:
+            return False
+        self._last_error_log = now
+        return True

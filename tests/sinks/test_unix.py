@@ -1,0 +1,410 @@
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import orjson
+import pytest
+import trio
+from trio.testing import MockClock, wait_all_tasks_blocked
+
+from feedd.codec import decode_record, encode_line
+from feedd.hub import Hub
+from feedd.model import MarketData
+from feedd.sinks.unix import ClientFilter, PublisherError, UnixPublisher, parse_filter
+
+T0 = datetime(2024, 8, 8, 6, 53, 2, 668000, tzinfo=UTC)
+
+
+def rec(i: int, exchange: str = "binance", symbol: str = "BTCUSDT", kind: str = "trade") -> Any:
+    if kind == "trade":
+        return MarketData(
+            exchange=exchange,
+            symbol=symbol,
+            kind="trade",
+            price=61837.63,
+            volume=0.02,
+            timestamp=T0,
+            received_at=T0,
+            side="sell",
+            trade_id=str(i),
+        )
+    return MarketData(
+        exchange=exchange,
+        symbol=symbol,
+        kind="ticker",
+        price=61837.63,
+        volume=12345.6,
+        timestamp=T0,
+        received_at=T0,
+        bid=61837.62,
+        ask=61837.64,
+        high_24h=62000.5,
+        low_24h=60000.25,
+        change_24h=1.5,
+        trade_id=str(i),  # tickers carry no id; the tests use it to tell records apart
+    )
+
+
+def mixed(n: int) -> list[MarketData]:
+    exchanges = ("binance", "bybit", "coinbase")
+    symbols = ("BTCUSDT", "ETHUSDT")
+    kinds = ("trade", "ticker", "trade")
+    return [rec(i, exchanges[i % 3], symbols[i % 2], kinds[i % 3]) for i in range(n)]
+
+
+@pytest.fixture
+def sock_path() -> Iterator[str]:
+    # tmp_path can exceed the ~107-byte AF_UNIX limit; a short directory of our own cannot.
+    directory = tempfile.mkdtemp(dir="/tmp", prefix="feedd-")
+    yield os.path.join(directory, "feedd.sock")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@attrs.define
+class Running:
+    hub: Hub
+    pub: UnixPublisher
+    send: trio.MemorySendChannel[list[MarketData]]
+
+    async def publish(self, records: list[MarketData]) -> None:
+        await self.send.send(records)
+        await wait_all_tasks_blocked()
+
+
+@asynccontextmanager
+async def running(path: str, **kwargs: Any) -> AsyncIterator[Running]:
+    hub = Hub()
+    pub = UnixPublisher(hub, path, **kwargs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        await nursery.start(pub.serve)
+        yield Running(hub, pub, hub.sender())
+        nursery.cancel_scope.cancel()
+
+
+class Client:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self._buf = b""
+
+    @classmethod
+    async def connect(cls, path: str, filter_line: bytes | None = None) -> Client:
+        client = cls(await trio.open_unix_socket(path))
+        if filter_line is not None:
+            await client.stream.send_all(filter_line)
+        await wait_all_tasks_blocked()  # accepted, attached, filter read
+        return client
+
+    async def line(self) -> bytes | None:
+        """The next line, or None at EOF."""
+        while b"\n" not in self._buf:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line + b"\n"
+
+    async def lines(self, n: int) -> list[bytes]:
+        with trio.fail_after(5):
+            out: list[bytes] = []
+            for _ in range(n):
+                line = await self.line()
+                assert line is not None, f"EOF after {len(out)} lines"
+                out.append(line)
+            return out
+
+    async def records(self, n: int) -> list[MarketData]:
+        return [decode_record(line) for line in await self.lines(n)]
+
+    async def records_until(self, trade_id: str) -> list[MarketData]:
+        out: list[MarketData] = []
+        with trio.fail_after(5):
+            while not out or out[-1].trade_id != trade_id:
+                out.extend(await self.records(1))
+        return out
+
+
+async def test_two_subscribers_receive_identical_correct_lines(sock_path: str) -> None:
+    records = mixed(50)
+    async with running(sock_path, filter_wait=0) as r:
+        a = await Client.connect(sock_path)
+        b = await Client.connect(sock_path)
+        assert r.pub.clients == 2
+        for start in range(0, 50, 20):
+            await r.publish(records[start : start + 20])
+
+        lines_a, lines_b = await a.lines(50), await b.lines(50)
+        assert lines_a == lines_b
+        assert [decode_record(line) for line in lines_a] == records
+        assert r.pub.records_sent == 100
+        assert r.pub.records_dropped == 0
+
+
+@pytest.mark.parametrize(
+    ("filter_obj", "wanted"),
+    [
+        ({"exchange": ["bybit"]}, lambda m: m.exchange == "bybit"),
+        ({"symbol": ["ethusdt"]}, lambda m: m.symbol == "ETHUSDT"),
+        ({"kind": ["ticker"]}, lambda m: m.kind == "ticker"),
+        (
+            {"exchange": ["binance", "coinbase"], "symbol": ["BTCUSDT"], "kind": ["trade"]},
+            lambda m: m.exchange in ("binance", "coinbase") and m.symbol == "BTCUSDT" and m.kind == "trade",
+        ),
+    ],
+)
+async def test_filter_selects_by_exchange_symbol_and_kind(
+    sock_path: str, filter_obj: dict[str, list[str]], wanted: Any
+) -> None:
+    records = mixed(60)
+    expected = [m for m in records if wanted(m)]
+    async with running(sock_path, filter_wait=10) as r:
+        client = await Client.connect(sock_path, encode_line(filter_obj))
+        unfiltered = await Client.connect(sock_path, b"{}\n")
+        await r.publish(records[:30])
+        await r.publish(records[30:])
+
+        assert await client.records_until(expected[-1].trade_id or "") == expected
+        assert await unfiltered.records(60) == records
+        assert r.pub.records_sent == len(expected) + 60
+
+
+async def test_records_published_before_the_filter_arrives_are_held_then_filtered(
+    sock_path: str,
+) -> None:
+    records = mixed(30)
+    async with running(sock_path, filter_wait=10) as r:
+        client = await Client.connect(sock_path)  # no filter yet: the server is waiting
+        await r.publish(records[:20])
+        assert r.pub.records_sent == 0
+
+        await client.stream.send_all(b'{"symbol": ["ETHUSDT"], "kind": ["trade"]}\n')
+        await wait_all_tasks_blocked()
+        await r.publish(records[20:])
+
+        expected = [m for m in records if m.symbol == "ETHUSDT" and m.kind == "trade"]
+        assert await client.records_until(expected[-1].trade_id or "") == expected
+
+
+async def test_without_a_filter_line_everything_is_delivered_after_filter_wait(
+    sock_path: str, mock_clock: MockClock
+) -> None:
+    records = mixed(10)
+    async with running(sock_path, filter_wait=0.5) as r:
+        client = await Client.connect(sock_path)
+        await r.publish(records[:6])
+        mock_clock.jump(0.4)
+        await wait_all_tasks_blocked()
+        assert r.pub.records_sent == 0  # still holding, waiting for a possible filter
+
+        mock_clock.jump(0.2)
+        await wait_all_tasks_blocked()
+        await r.publish(records[6:])
+        assert await client.records(10) == records
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"not json\n", "not JSON"),
+        (b'["BTCUSDT"]\n', "JSON object"),
+        (b'{"symbol": "BTCUSDT"}\n', "'symbol' must be a non-empty list of strings"),
+        (b'{"symbol": []}\n', "'symbol' must be a non-empty list of strings"),
+        (b'{"kind": [1]}\n', "'kind' must be a non-empty list of strings"),
+        (b'{"colour": ["red"]}\n', "unknown filter key(s) ['colour']"),
+        (b'{"kind": ["book"]}\n', "unknown value(s) ['book']"),
+    ],
+)
+async def test_invalid_filter_gets_one_error_line_and_is_closed(
+    sock_path: str, line: bytes, message: str
+) -> None:
+    async with running(sock_path, filter_wait=10) as r:
+        client = await Client.connect(sock_path, line)
+        await r.publish(mixed(3))
+
+        with trio.fail_after(5):
+            error = await client.line()
+            assert error is not None
+            assert await client.line() is None  # closed, and no record was sent
+        obj = orjson.loads(error)
+        assert obj["type"] == "error"
+        assert message in obj["error"]
+        assert r.pub.filter_errors == 1
+        assert r.pub.clients == 0
+        assert r.hub.sinks == ()
+
+
+async def test_unterminated_filter_line_is_an_error_after_filter_wait(
+    sock_path: str, autojump_clock: MockClock
+) -> None:
+    async with running(sock_path, filter_wait=0.1) as r:
+        client = await Client.connect(sock_path, b'{"symbol": ["BTC')
+        error = await client.line()
+        assert error is not None
+        assert "not terminated" in orjson.loads(error)["error"]
+        assert r.pub.filter_errors == 1
+
+
+def test_parse_filter_normalizes_case() -> None:
+    assert parse_filter(b'{"exchange": ["Bybit"], "symbol": ["btc-usd"]}') == ClientFilter(
+        exchanges=frozenset({"bybit"}), symbols=frozenset({"BTC-USD"})
+    )
+
+
+async def test_subscriber_that_fell_behind_gets_gap_with_exact_count_then_newest(
+    sock_path: str,
+) -> None:
+    records = [rec(i) for i in range(20)]
+    async with running(sock_path, filter_wait=0, client_buffer=5) as r:
+        client = await Client.connect(sock_path)
+        # Twenty batches queued at once: one hub wakeup offers all of them before the
+        # subscriber's writer runs, so only the newest five fit its buffer.
+        for m in records:
+            r.send.send_nowait([m])
+        await wait_all_tasks_blocked()
+
+        gap, *rest = await client.lines(6)
+        assert orjson.loads(gap) == {"type": "gap", "dropped": 15}
+        assert [decode_record(line) for line in rest] == records[15:]
+        assert r.pub.records_dropped == 15
+        assert r.pub.records_sent == 5
+
+
+async def test_slow_subscriber_loses_oldest_while_fast_one_gets_everything(
+    sock_path: str,
+) -> None:
+    total, batch, buffer = 6000, 20, 50
+    records = [rec(i) for i in range(total)]
+    async with running(sock_path, filter_wait=0, client_buffer=buffer) as r:
+        slow = await Client.connect(sock_path)
+        fast = await Client.connect(sock_path)
+        fast_got: list[MarketData] = []
+
+        async def read_fast() -> None:
+            fast_got.extend(await fast.records(total))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_fast)
+            # The slow client reads nothing while ~2 MB are published: its socket buffer
+            # fills, its writer blocks, and its own buffer overflows. Nobody else waits.
+            for start in range(0, total, batch):
+                await r.publish(records[start : start + batch])
+        assert fast_got == records
+
+        # Now the slow client reads: a contiguous prefix (what the kernel held), then
+        # exactly one gap notice with the exact number lost, then the newest `buffer`.
+        expected_next, gaps, after_gap = 0, [], 0
+        with trio.fail_after(5):
+            while expected_next < total:
+                line = await slow.line()
+                assert line is not None
+                obj = orjson.loads(line)
+                if obj.get("type") == "gap":
+                    gaps.append(obj["dropped"])
+                    expected_next += obj["dropped"]
+                    continue
+                assert obj["trade_id"] == str(expected_next)
+                expected_next += 1
+                after_gap += bool(gaps)
+        await wait_all_tasks_blocked()  # the writer counts a write once send_all returns
+        assert len(gaps) == 1
+        assert after_gap == buffer
+        assert r.pub.records_dropped == gaps[0]
+        assert r.pub.records_sent == 2 * total - gaps[0]
+
+
+async def test_a_stale_socket_file_is_replaced(sock_path: str) -> None:
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(sock_path)
+    leftover.close()  # the file stays; nobody listens on it
+    assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+
+    async with running(sock_path, filter_wait=0) as r:
+        client = await Client.connect(sock_path)
+        await r.publish([rec(1)])
+        assert await client.records(1) == [rec(1)]
+
+
+async def test_a_live_socket_owned_by_another_publisher_refuses_to_start(
+    sock_path: str,
+) -> None:
+    async with running(sock_path, filter_wait=0) as r:
+        intruder = UnixPublisher(Hub(), sock_path)
+        with pytest.raises(PublisherError, match="another feedd owns it") as info:
+            await intruder.serve()
+        assert sock_path in str(info.value)
+
+        client = await Client.connect(sock_path)  # the owner is untouched
+        await r.publish([rec(1)])
+        assert await client.records(1) == [rec(1)]
+
+
+async def test_a_path_that_is_not_a_socket_is_left_alone(sock_path: str) -> None:
+    await trio.Path(sock_path).write_text("precious")
+    with pytest.raises(PublisherError, match="not a socket"):
+        await UnixPublisher(Hub(), sock_path).serve()
+    assert await trio.Path(sock_path).read_text() == "precious"
+
+
+async def test_socket_is_mode_0660_in_a_created_directory_and_removed_on_shutdown() -> None:
+    directory = tempfile.mkdtemp(dir="/tmp", prefix="feedd-")
+    path = os.path.join(directory, "run", "f.sock")
+    try:
+        async with running(path):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+            assert stat.S_ISSOCK(os.stat(path).st_mode)
+        assert not await trio.Path(path).exists()
+    finally:
+        shutil.rmtree(directory)
+
+
+async def test_socket_is_removed_when_the_daemon_fails(sock_path: str) -> None:
+    with pytest.raises(ExceptionGroup) as info:
+        async with running(sock_path):
+            raise RuntimeError("boom")
+    assert info.group_contains(RuntimeError, match="boom")
+    assert not await trio.Path(sock_path).exists()
+
+
+async def test_a_client_leaving_does_not_disturb_the_others(sock_path: str) -> None:
+    records = mixed(40)
+    async with running(sock_path, filter_wait=0) as r:
+        leaving = await Client.connect(sock_path)
+        staying = await Client.connect(sock_path)
+        quitting = await Client.connect(sock_path)
+        await r.publish(records[:10])
+        assert await leaving.records(5) == records[:5]
+
+        await leaving.stream.aclose()  # mid-stream, with unread data
+        await quitting.stream.aclose()  # while idle
+        await r.publish(records[10:])
+
+        assert await staying.records(40) == records
+        await wait_all_tasks_blocked()
+        assert r.pub.clients == 1
+        assert r.pub.clients_total == 3
+        assert len(r.hub.sinks) == 1
+
+
+async def test_a_client_that_half_closes_still_receives_records(sock_path: str) -> None:
+    """`nc -U sock < /dev/null` closes its sending side at once; it still wants the feed."""
+    records = mixed(6)
+    async with running(sock_path) as r:
+        client = await Client.connect(sock_path, b'{"kind": ["trade"]}\n')
+        await client.stream.send_eof()
+        await r.publish(records)
+        assert await client.records(4) == [x for x in records if x.kind == "trade"]
+
+        silent = await Client.connect(sock_path)
+        await silent.stream.send_eof()  # no filter line at all, then EOF
+        await r.publish(records)
+        assert await silent.records(6) == records

@@ -1,0 +1,256 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pytest
+import trio
+from trio.testing import wait_all_tasks_blocked
+
+import feedd.hub
+from feedd.codec import encode_record
+from feedd.hub import CallbackSink, Hub
+from feedd.model import MarketData
+
+T0 = datetime(2024, 8, 8, 6, 53, 2, 668000, tzinfo=UTC)
+
+
+def rec(i: int) -> MarketData:
+    return MarketData(
+        exchange="binance",
+        symbol="BTCUSDT",
+        kind="trade",
+        price=61837.63 + i,
+        volume=0.02,
+        timestamp=T0,
+        received_at=T0,
+        side="buy",
+        trade_id=str(i),
+    )
+
+
+class SpySink:
+    def __init__(self, wants_encoded: bool = True) -> None:
+        self.wants_encoded = wants_encoded
+        self.offers: list[tuple[list[MarketData], Sequence[bytes]]] = []
+
+    def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
+        self.offers.append((list(records), encoded))
+
+    @property
+    def records(self) -> list[MarketData]:
+        return [r for records, _ in self.offers for r in records]
+
+
+class SignallingSink(SpySink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_offer = trio.Event()
+
+    def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
+        super().offer(records, encoded)
+        self.first_offer.set()
+
+
+@pytest.fixture
+def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[MarketData]:
+    calls: list[MarketData] = []
+
+    def counting(record: MarketData) -> bytes:
+        calls.append(record)
+        return encode_record(record)
+
+    monkeypatch.setattr(feedd.hub, "encode_record", counting)
+    return calls
+
+
+async def test_each_record_is_encoded_once_for_all_sinks(
+    nursery: trio.Nursery, encode_calls: list[MarketData]
+) -> None:
+    hub = Hub()
+    sinks = [SpySink() for _ in range(3)]
+    for sink in sinks:
+        hub.attach(sink)
+    await nursery.start(hub.run)
+    batch = [rec(i) for i in range(5)]
+    async with hub.sender() as send:
+        await send.send(batch)
+        await wait_all_tasks_blocked()
+
+    assert encode_calls == batch
+    first = sinks[0].offers[0][1]
+    assert list(first) == [encode_record(r) for r in batch]
+    for sink in sinks:
+        assert sink.records == batch
+        assert sink.offers[0][1] is first  # the very same lines, not copies
+
+
+async def test_nothing_is_encoded_when_no_sink_wants_bytes(
+    nursery: trio.Nursery, encode_calls: list[MarketData]
+) -> None:
+    hub = Hub()
+    await nursery.start(hub.run)
+    send = hub.sender()
+    await send.send([rec(0), rec(1)])
+    await wait_all_tasks_blocked()
+    assert hub.records == 2
+
+    plain = SpySink(wants_encoded=False)
+    hub.attach(plain)
+    await send.send([rec(2)])
+    await wait_all_tasks_blocked()
+
+    assert encode_calls == []
+    assert plain.offers == [([rec(2)], ())]
+
+
+async def test_all_queued_batches_are_drained_in_one_wakeup(nursery: trio.Nursery) -> None:
+    hub = Hub(buffer=8)
+    sink = SignallingSink()
+    hub.attach(sink)
+    send = hub.sender()
+    batches = [[rec(3 * b + i) for i in range(3)] for b in range(4)]
+    for batch in batches:
+        send.send_nowait(batch)
+
+    # A task woken by the first offer must find every queued batch already offered: the hub
+    # does not yield between batches of one wakeup.
+    seen_by_other_task: list[int] = []
+
+    async def watch() -> None:
+        await sink.first_offer.wait()
+        seen_by_other_task.append(len(sink.records))
+
+    nursery.start_soon(watch)
+    await wait_all_tasks_blocked()
+    await nursery.start(hub.run)
+    await wait_all_tasks_blocked()
+
+    assert seen_by_other_task == [12]
+    assert hub.wakeups == 1
+    assert hub.batches == 4
+    assert hub.records == 12
+    assert sink.records == [r for batch in batches for r in batch]
+
+
+async def test_run_returns_once_closed_and_every_sender_is_closed() -> None:
+    hub = Hub()
+    sink = SpySink()
+    hub.attach(sink)
+    first, second = hub.sender(), hub.sender()
+    hub.close()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.run)
+            async with first:
+                await first.send([rec(0)])
+            await wait_all_tasks_blocked()
+            assert sink.records == [rec(0)]  # still running: `second` is open
+            async with second:
+                await second.send([rec(1)])
+    assert sink.records == [rec(0), rec(1)]
+
+
+async def test_detached_sink_receives_nothing_more(nursery: trio.Nursery) -> None:
+    hub = Hub()
+    sink = SpySink()
+    hub.attach(sink)
+    await nursery.start(hub.run)
+    send = hub.sender()
+    await send.send([rec(0)])
+    await wait_all_tasks_blocked()
+    hub.detach(sink)
+    hub.detach(sink)  # idempotent
+    await send.send([rec(1)])
+    await wait_all_tasks_blocked()
+    assert sink.records == [rec(0)]
+    assert hub.sinks == ()
+
+
+async def test_a_raising_sink_is_detached_and_the_others_still_served(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        wants_encoded = True
+
+        def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
+            raise RuntimeError("bug")
+
+    hub = Hub()
+    broken, good = Broken(), SpySink()
+    hub.attach(broken)
+    hub.attach(good)
+    await nursery.start(hub.run)
+    send = hub.sender()
+    await send.send([rec(0)])
+    await send.send([rec(1)])
+    await wait_all_tasks_blocked()
+    assert good.records == [rec(0), rec(1)]
+    assert hub.sinks == (good,)
+    assert "detaching" in caplog.text
+
+
+async def test_callback_sink_delivers_in_order_to_sync_and_async_callbacks(
+    nursery: trio.Nursery,
+) -> None:
+    seen_sync: list[MarketData] = []
+    seen_async: list[MarketData] = []
+
+    async def async_cb(record: MarketData) -> None:
+        await trio.lowlevel.checkpoint()
+        seen_async.append(record)
+
+    hub = Hub()
+    sinks = [CallbackSink(seen_sync.append, buffer=100), CallbackSink(async_cb, buffer=100)]
+    for sink in sinks:
+        hub.attach(sink)
+        await nursery.start(sink.run)
+    await nursery.start(hub.run)
+    send = hub.sender()
+    await send.send([rec(0), rec(1)])
+    await send.send([rec(2)])
+    await wait_all_tasks_blocked()
+
+    expected = [rec(0), rec(1), rec(2)]
+    assert seen_sync == expected
+    assert seen_async == expected
+    assert [s.delivered for s in sinks] == [3, 3]
+
+
+async def test_callback_sink_drops_oldest_when_full(nursery: trio.Nursery) -> None:
+    seen: list[MarketData] = []
+    sink = CallbackSink(seen.append, buffer=4)
+    sink.offer([rec(i) for i in range(3)], ())
+    sink.offer([rec(i) for i in range(3, 10)], ())
+    assert sink.dropped == 6
+
+    await nursery.start(sink.run)
+    await wait_all_tasks_blocked()
+    assert seen == [rec(i) for i in range(6, 10)]
+
+
+async def test_callback_sink_survives_a_raising_callback(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[MarketData] = []
+
+    def callback(record: MarketData) -> None:
+        if record.trade_id in ("1", "2"):
+            raise ValueError(f"cannot take {record.trade_id}")
+        seen.append(record)
+
+    sink = CallbackSink(callback, buffer=10)
+    await nursery.start(sink.run)
+    with caplog.at_level(logging.ERROR, logger="feedd.hub"):
+        sink.offer([rec(0), rec(1), rec(2), rec(3)], ())
+        await wait_all_tasks_blocked()
+
+    assert seen == [rec(0), rec(3)]
+    assert sink.errors == 2
+    assert sink.delivered == 2
+    # The first failure is logged with its traceback; the second, right after, is rate-limited.
+    failures = [r for r in caplog.records if "data callback" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert "cannot take 1" in caplog.text
