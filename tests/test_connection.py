@@ -1,0 +1,298 @@
+"""The generic connection runner: backoff, failure accounting, live subscription changes.
+
+These tests drive the runner through a scripted transport on trio's mock clock, so minutes of
+backoff cost nothing; tests/test_daemon.py drives it against the simulator.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+import trio
+import trio.testing
+
+from feedd.backoff import Backoff
+from feedd.connection import ConnectionRunner, RunnerSettings
+from feedd.exchanges import make_venue
+from feedd.model import MarketData
+from feedd.status import VenueStatus
+from feedd.transport import Frame, TransportError
+from feedd.validate import Validator
+
+
+def trade_frame(trade_id: int, symbol: str = "BTCUSDT") -> str:
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    data = {"e": "trade", "E": now, "s": symbol, "t": trade_id, "p": "100.5", "q": "1", "T": now,
+            "m": False, "M": True}
+    return orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": data}).decode()
+
+
+class ScriptedTransport:
+    """A connected socket whose incoming frames the test pushes and whose sends it reads."""
+
+    def __init__(self) -> None:
+        self.incoming_send, self.incoming = trio.open_memory_channel[Frame | Exception](100)
+        self.sent: list[tuple[float, str]] = []
+
+    async def send(self, frame: Frame) -> None:
+        self.sent.append((trio.current_time(), str(frame)))
+
+    async def receive_batch(self) -> list[Frame]:
+        item = await self.incoming.receive()
+        if isinstance(item, Exception):
+            raise item
+        return [item]
+
+    async def aclose(self) -> None:
+        pass
+
+
+class FakeNetwork:
+    """``open_transport`` stand-in: each attempt either fails or yields a ScriptedTransport."""
+
+    def __init__(self, outcomes: Callable[[int], bool]) -> None:
+        self.outcomes = outcomes  # attempt number -> does it connect?
+        self.attempts: list[float] = []
+        self.connected = trio.Event()
+        self.transport: ScriptedTransport | None = None
+        self.changed = trio.Event()
+
+    @asynccontextmanager
+    async def open(self, url: str, *, connect_timeout: float) -> AsyncIterator[ScriptedTransport]:
+        self.attempts.append(trio.current_time())
+        self.changed.set()
+        self.changed = trio.Event()
+        if not self.outcomes(len(self.attempts)):
+            raise TransportError("cannot connect: refused")
+        transport = ScriptedTransport()
+        self.transport = transport
+        self.connected.set()
+        self.connected = trio.Event()
+        yield transport
+
+    async def wait_attempts(self, n: int) -> None:
+        while len(self.attempts) < n:
+            await self.changed.wait()
+
+
+def make_runner(
+    network: FakeNetwork, settings: RunnerSettings, *, topics: tuple[str, ...] = ("btcusdt@trade",)
+) -> tuple[ConnectionRunner, VenueStatus, trio.MemoryReceiveChannel[list[MarketData]]]:
+    status = VenueStatus("binance")
+    send, receive = trio.open_memory_channel[list[MarketData]](100)
+    runner = ConnectionRunner(
+        venue=make_venue("binance"),
+        url="ws://test/stream",
+        name="binance/stream#1",
+        topics=topics,
+        settings=settings,
+        status=status,
+        records=send,
+        validator=Validator(lambda: {"BTCUSDT"}),
+        open_transport=network.open,
+        backoff=Backoff(settings.reconnect_interval, settings.max_backoff, rng=random.Random(1)),
+    )
+    return runner, status, receive
+
+
+async def test_failed_connects_back_off_exponentially_with_jitter_up_to_the_ceiling(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = RunnerSettings(reconnect_interval=1.0, max_backoff=20.0, max_retries=0)
+    network = FakeNetwork(lambda n: False)
+    runner, status, _ = make_runner(network, settings)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.wait_attempts(9)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(network.attempts, network.attempts[1:], strict=False)]
+    for n, gap in enumerate(gaps):
+        top = min(20.0, 2.0**n)
+        assert top / 2 <= gap <= top, (n, gap)
+    assert gaps[-1] >= 10.0  # reached the ceiling's band
+    assert status.consecutive_failures == 9  # every attempt so far failed
+    assert status.state == "backoff"  # max_retries = 0: never "failed"
+
+
+async def test_after_max_retries_the_venue_is_failed_and_retries_at_the_ceiling(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = RunnerSettings(reconnect_interval=1.0, max_backoff=60.0, max_retries=3)
+    network = FakeNetwork(lambda n: False)
+    runner, status, _ = make_runner(network, settings)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.wait_attempts(3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert status.state == "failed"
+        assert "refused" in (status.last_error or "")
+        await network.wait_attempts(6)
+        nursery.cancel_scope.cancel()
+    assert network.attempts[4] - network.attempts[3] == pytest.approx(60.0)
+    assert network.attempts[5] - network.attempts[4] == pytest.approx(60.0)
+
+
+async def test_failure_count_resets_only_after_the_connection_delivered_data_for_a_while(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = RunnerSettings(reconnect_interval=1.0, max_backoff=60.0, stable_after=10.0)
+    network = FakeNetwork(lambda n: n >= 4)  # three refusals, then it connects
+    runner, status, records = make_runner(network, settings)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        transport = network.transport
+        assert transport is not None
+        assert runner.conn.consecutive_failures == 3
+        await transport.incoming_send.send(trade_frame(1))
+        assert len(await records.receive()) == 1
+        assert runner.conn.consecutive_failures == 3  # connected, but not yet stable
+        await trio.sleep(10.0)
+        await transport.incoming_send.send(trade_frame(2))
+        await records.receive()
+        assert runner.conn.consecutive_failures == 0
+        assert status.state == "connected"
+        # the next failure starts the ladder from reconnect_interval again
+        await transport.incoming_send.send(TransportError("closed by peer: code 1006"))
+        await network.wait_attempts(5)
+        nursery.cancel_scope.cancel()
+    assert 0.5 <= network.attempts[4] - network.attempts[3] - 10.0 <= 1.0 + 1e-6
+
+
+async def test_a_connection_that_closes_before_delivering_keeps_counting_failures(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = RunnerSettings(reconnect_interval=1.0, max_backoff=60.0)
+    network = FakeNetwork(lambda n: True)
+    runner, _, _ = make_runner(network, settings)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        for n in range(1, 4):
+            await network.connected.wait()
+            assert network.transport is not None
+            await network.transport.incoming_send.send(TransportError("closed by peer: code 1011"))
+            await network.wait_attempts(n + 1)
+        nursery.cancel_scope.cancel()
+    assert runner.conn.consecutive_failures == 3
+    assert runner.conn.last_error == "closed by peer: code 1011"
+
+
+async def test_every_topic_is_subscribed_again_after_a_reconnect(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = RunnerSettings(reconnect_interval=1.0)
+    network = FakeNetwork(lambda n: True)
+    runner, _, _ = make_runner(network, settings, topics=("btcusdt@trade", "btcusdt@ticker"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        first = network.transport
+        assert first is not None
+        await trio.testing.wait_all_tasks_blocked()
+        runner.add_topics(["ethusdt@trade"])  # live: one more SUBSCRIBE on this connection
+        await trio.testing.wait_all_tasks_blocked()
+        await first.incoming_send.send(TransportError("closed by peer: code 1001"))
+        await network.connected.wait()
+        second = network.transport
+        assert second is not None and second is not first
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    first_params = [orjson.loads(f)["params"] for _, f in first.sent]
+    assert first_params == [["btcusdt@ticker", "btcusdt@trade"], ["ethusdt@trade"]]
+    [resubscribe] = [orjson.loads(f) for _, f in second.sent]
+    assert resubscribe["method"] == "SUBSCRIBE"
+    assert resubscribe["params"] == ["btcusdt@ticker", "btcusdt@trade", "ethusdt@trade"]
+
+
+async def test_outgoing_frames_are_paced_below_the_venue_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, _, _ = make_runner(network, RunnerSettings())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        for i in range(12):
+            runner.add_topics([f"sym{i}usdt@trade"])
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert network.transport is not None
+    times = [t for t, _ in network.transport.sent]
+    assert len(times) == 13
+    limit = 4  # Binance allows 5 per second; one is kept free for pongs
+    for i in range(len(times) - limit):
+        assert times[i + limit] - times[i] >= 1.0 - 1e-9
+
+
+async def test_unsubscribe_is_sent_live_and_not_resubscribed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, _, _ = make_runner(network, RunnerSettings(), topics=("btcusdt@trade", "ethusdt@trade"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        first = network.transport
+        assert first is not None
+        runner.remove_topics(["ethusdt@trade"])
+        await trio.testing.wait_all_tasks_blocked()
+        await first.incoming_send.send(TransportError("closed by peer: code 1001"))
+        await network.connected.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert [orjson.loads(f)["method"] for _, f in first.sent] == ["SUBSCRIBE", "UNSUBSCRIBE"]
+    assert network.transport is not None
+    assert [orjson.loads(f)["params"] for _, f in network.transport.sent] == [["btcusdt@trade"]]
+
+
+async def test_frames_read_before_a_close_are_still_delivered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: n == 1)
+    runner, status, records = make_runner(network, RunnerSettings())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        assert network.transport is not None
+        for i in range(5):
+            network.transport.incoming_send.send_nowait(trade_frame(i))
+        network.transport.incoming_send.send_nowait(TransportError("closed by peer: code 1000"))
+        got: list[MarketData] = []
+        while len(got) < 5:
+            got.extend(await records.receive())
+        nursery.cancel_scope.cancel()
+    assert [r.trade_id for r in got] == ["0", "1", "2", "3", "4"]
+    assert status.messages == 5
+
+
+async def test_an_adapter_bug_is_a_connection_failure_not_a_crash(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, status, _ = make_runner(network, RunnerSettings(reconnect_interval=1.0))
+
+    def broken_decode(frame: Frame, received_at: datetime) -> list[object]:
+        raise RuntimeError("adapter bug")
+
+    original = runner.venue.new_session
+
+    def session_with_bug():  # type: ignore[no-untyped-def]
+        session = original()
+        session.decode = broken_decode  # type: ignore[method-assign]
+        return session
+
+    runner.venue.new_session = session_with_bug  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        assert network.transport is not None
+        await network.transport.incoming_send.send(trade_frame(1))
+        await network.wait_attempts(2)
+        nursery.cancel_scope.cancel()
+    assert "adapter bug" in (runner.conn.last_error or "")
+    assert status.reconnects >= 1
