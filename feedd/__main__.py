@@ -1,0 +1,5 @@
+import sys
+
+from feedd.cli import main
+
+sys.exit(main())
