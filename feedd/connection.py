@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 import attrs
@@ -39,13 +38,12 @@ from feedd.exchanges.base import (
 from feedd.model import MarketData
 from feedd.ratelimit import SlidingWindowLimiter
 from feedd.status import ConnectionStatus, VenueStatus
-from feedd.transport import Transport, TransportError, open_transport
+from feedd.transport import OpenTransport, Transport, TransportError, open_transport
 from feedd.validate import Validator
 
 log = logging.getLogger(__name__)
 
 Batch = list[MarketData]
-OpenTransport = Callable[..., AbstractAsyncContextManager[Transport]]
 
 #: outgoing frames a session may have queued (subscribe batches and pings: a handful)
 OUTGOING_BUFFER = 1024

@@ -14,13 +14,13 @@ import signal
 import trio
 
 from feedd.config import Config
-from feedd.connection import OpenTransport, RunnerSettings
+from feedd.connection import RunnerSettings
 from feedd.exchanges import make_venue
 from feedd.hub import Hub
 from feedd.sinks.unix import UnixPublisher
 from feedd.status import VenueStatus
 from feedd.supervisor import VenueSupervisor
-from feedd.transport import open_transport
+from feedd.transport import OpenTransport, open_transport
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 import trio
 
 from feedd.config import ExchangeConfig
-from feedd.connection import Batch, ConnectionRunner, OpenTransport, RunnerSettings
+from feedd.connection import Batch, ConnectionRunner, RunnerSettings
 from feedd.exchanges.base import Channel, Subscription, Topic, Venue
 from feedd.instruments import Instruments, load_instruments
 from feedd.status import VenueStatus
-from feedd.transport import open_transport
+from feedd.transport import OpenTransport, open_transport
 from feedd.validate import Validator
 
 log = logging.getLogger(__name__)
