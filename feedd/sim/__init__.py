@@ -1,0 +1,23 @@
+"""Local simulators of the exchanges' real WebSocket and REST protocols (design.md, Simulators).
+
+Tests, the benchmark and ``feedd demo`` run these instead of the real venues: each serves its
+venue's wire protocol on localhost, replays recorded traffic, and injects faults on demand.
+"""
+
+from feedd.sim.binance import BREAK_SYMBOL, BinanceSimulator, ControlRequest, SimConnection, parse_control
+from feedd.sim.replay import Recording, load_recording, parse_recording
+from feedd.sim.rest import HttpRequest, HttpResponse, JsonHttpServer
+
+__all__ = [
+    "BREAK_SYMBOL",
+    "BinanceSimulator",
+    "ControlRequest",
+    "HttpRequest",
+    "HttpResponse",
+    "JsonHttpServer",
+    "Recording",
+    "SimConnection",
+    "load_recording",
+    "parse_control",
+    "parse_recording",
+]

@@ -1,0 +1,74 @@
+"""Recorded exchange frames bundled with the package, and their pacing.
+
+A recording is two parallel text files under ``feedd/sim/data/<venue>/``: ``<name>.ndjson`` with
+one WebSocket frame per line, verbatim as the exchange sent it, and ``<name>.recv_ts`` with the
+recorder's receive time of the same line. Simulators replay the frames' payloads in a loop,
+sleeping the recorded inter-arrival gaps (divided by a speed factor) between them, so the traffic
+has the burstiness of the real feed rather than a metronome's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import attrs
+import orjson
+
+
+@attrs.frozen(slots=True)
+class Recording:
+    """The payloads of one recorded stream and the gap (seconds) that preceded each.
+
+    A payload is the frame's ``data`` when the frame is a combined-stream envelope
+    (``{"stream": ..., "data": ...}``), else the whole frame.
+
+    ``gaps[0]`` is the pause used when the replay wraps from the last frame back to the first:
+    the recording's mean gap, so the loop keeps the recorded rate.
+    """
+
+    name: str
+    payloads: tuple[Mapping[str, Any], ...]
+    gaps: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+
+def _payload(frame: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = frame.get("data")
+    if "stream" in frame and isinstance(data, Mapping):
+        return data
+    return frame
+
+
+def _seconds(stamp: str) -> float:
+    """A recv_ts value in seconds: float seconds (cryptofeed) or integer nanoseconds (hftbacktest)."""
+    return float(stamp) if "." in stamp else int(stamp) / 1e9
+
+
+def parse_recording(name: str, frames_text: str, recv_ts_text: str) -> Recording:
+    """Build a :class:`Recording` from the two files' contents (pure; used by the loader and tests)."""
+    lines = [line for line in frames_text.splitlines() if line.strip()]
+    stamps = [_seconds(line.strip()) for line in recv_ts_text.splitlines() if line.strip()]
+    if len(lines) != len(stamps):
+        raise ValueError(f"recording {name!r}: {len(lines)} frames but {len(stamps)} timestamps")
+    if not lines:
+        raise ValueError(f"recording {name!r} is empty")
+    payloads = tuple(_payload(orjson.loads(line)) for line in lines)
+    # Clamp negative gaps: receive stamps can step back by a few ns when a recorder's clock slews.
+    gaps = [max(0.0, later - earlier) for earlier, later in itertools.pairwise(stamps)]
+    wrap = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else 1.0
+    return Recording(name=name, payloads=payloads, gaps=(max(wrap, 0.0), *gaps))
+
+
+@cache
+def load_recording(venue: str, name: str) -> Recording:
+    """The bundled recording ``feedd/sim/data/<venue>/<name>.{ndjson,recv_ts}`` (read once)."""
+    folder = resources.files("feedd.sim").joinpath("data").joinpath(venue)
+    frames_text = folder.joinpath(f"{name}.ndjson").read_text(encoding="utf-8")
+    recv_ts_text = folder.joinpath(f"{name}.recv_ts").read_text(encoding="utf-8")
+    return parse_recording(f"{venue}/{name}", frames_text, recv_ts_text)
