@@ -1,0 +1,337 @@
+"""End to end: simulator → daemon (runner, hub, Unix publisher) → Unix-socket subscribers.
+
+Real sockets on the real clock, with short intervals: every wait is on an event (a record read,
+a simulator state change), bounded by ``fail_after`` so a regression fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from feedd.codec import decode_record
+from feedd.config import Config, load_config
+from feedd.daemon import Daemon
+from feedd.model import MarketData
+from feedd.sim import BinanceSimulator
+
+SPOT_STREAMS = {"btcusdt@trade", "btcusdt@ticker", "ethusdt@trade", "ethusdt@ticker"}
+TIMEOUT = 15
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # short: AF_UNIX paths are limited to ~107 bytes, and pytest's tmp_path can be longer
+    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="feedd-t-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_config(
+    workdir: Path,
+    spot: BinanceSimulator,
+    futures: BinanceSimulator | None = None,
+    *,
+    spot_symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT"),
+    **feed: object,
+) -> Config:
+    symbols = ", ".join(f'"{s}"' for s in spot_symbols)
+    settings = {"reconnect_interval": 0.05, "max_backoff": 0.5, "stale_after": 5.0} | feed
+    lines = "\n".join(f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
+                      for key, value in settings.items())
+    text = f"""
+[feed]
+cache_dir = "cache"
+{lines}
+
+[unix]
+path = "feedd.sock"
+
+[exchanges.binance]
+symbols = [{symbols}]
+url = "{spot.ws_url}"
+rest_url = "{spot.rest_url}"
+"""
+    if futures is not None:
+        text += f"""
+[exchanges.binance-usdm]
+symbols = ["BTCUSDT"]
+url = "{futures.ws_url}"
+rest_url = "{futures.rest_url}"
+"""
+    path = workdir / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path, environ={})
+
+
+class Subscriber:
+    """A Unix-socket client reading JSON lines."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    @classmethod
+    async def connect(cls, path: str, filter_line: bytes = b"{}\n") -> Subscriber:
+        stream = await trio.open_unix_socket(path)
+        await stream.send_all(filter_line)
+        return cls(stream)
+
+    async def line(self) -> bytes:
+        while b"\n" not in self.buffer:
+            data = await self.stream.receive_some(65536)
+            assert data, "the daemon closed the socket"
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+    async def record(self) -> MarketData:
+        return decode_record(await self.line())
+
+    async def until(self, predicate: object, limit: int = 10_000) -> list[MarketData]:
+        """Records read until one satisfies ``predicate`` (included)."""
+        seen: list[MarketData] = []
+        while True:
+            record = await self.record()
+            seen.append(record)
+            if predicate(record):  # type: ignore[operator]
+                return seen
+            assert len(seen) < limit, "predicate never held"
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Daemon]:
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(Daemon(config).run)
+        yield daemon
+        daemon.stop()
+
+
+@asynccontextmanager
+async def simulators(**spot_options: object) -> AsyncIterator[tuple[BinanceSimulator, BinanceSimulator]]:
+    spot = BinanceSimulator(speed=20.0, **spot_options)  # type: ignore[arg-type]
+    futures = BinanceSimulator(futures=True, speed=20.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(spot.serve)
+        await nursery.start(futures.serve)
+        yield spot, futures
+        nursery.cancel_scope.cancel()
+
+
+def assert_good(record: MarketData, venues: set[str], symbols: set[str]) -> None:
+    assert record.exchange in venues
+    assert record.symbol in symbols
+    assert record.price > 0
+    assert abs((record.received_at - record.timestamp).total_seconds()) < 60
+    if record.kind == "trade":
+        assert record.side in ("buy", "sell")
+        assert record.trade_id
+        assert record.volume > 0
+    else:
+        assert record.kind == "ticker"
+        assert record.high_24h is not None and record.low_24h is not None
+        assert record.low_24h <= record.high_24h
+        assert record.change_24h is not None
+
+
+async def test_two_subscribers_receive_identical_correct_records(workdir: Path) -> None:
+    async with simulators() as (spot, futures):
+        spot.set_silent(True)
+        futures.set_silent(True)
+        async with running(write_config(workdir, spot, futures)) as daemon:
+            with trio.fail_after(TIMEOUT):
+                await spot.wait_subscribed(SPOT_STREAMS)
+                await futures.wait_subscribed({"btcusdt@aggTrade", "btcusdt@ticker"})
+                await futures.wait_subscribed("btcusdt@bookTicker")
+                first = await Subscriber.connect(daemon.config.unix.path)
+                second = await Subscriber.connect(daemon.config.unix.path)
+                await trio.testing.wait_all_tasks_blocked()
+                spot.set_silent(False)
+                futures.set_silent(False)
+                lines_a = [await first.line() for _ in range(150)]
+                lines_b = [await second.line() for _ in range(150)]
+    assert lines_a == lines_b
+    records = [decode_record(line) for line in lines_a]
+    for record in records:
+        assert_good(record, {"binance", "binance-usdm"}, {"BTCUSDT", "ETHUSDT"})
+    kinds = {(r.exchange, r.kind) for r in records}
+    assert ("binance", "trade") in kinds and ("binance-usdm", "trade") in kinds
+    spot_tickers = [r for r in records if r.exchange == "binance" and r.kind == "ticker"]
+    assert all(r.bid is not None and r.ask is not None for r in spot_tickers)
+
+
+async def test_usdm_ticker_carries_bid_and_ask_from_the_public_route(workdir: Path) -> None:
+    async with simulators() as (spot, futures), running(write_config(workdir, spot, futures)) as daemon:
+        with trio.fail_after(TIMEOUT):
+            client = await Subscriber.connect(
+                daemon.config.unix.path, b'{"exchange": ["binance-usdm"], "kind": ["ticker"]}\n'
+            )
+            seen = await client.until(lambda r: r.bid is not None)
+    ticker = seen[-1]
+    assert ticker.ask is not None and ticker.bid is not None
+    assert ticker.bid <= ticker.ask
+    assert {r.exchange for r in seen} == {"binance-usdm"}
+
+
+async def test_server_drop_reconnects_with_backoff_and_resubscribes_every_stream(workdir: Path) -> None:
+    async with simulators() as (spot, _), running(write_config(workdir, spot)) as daemon:
+        with trio.fail_after(TIMEOUT):
+            client = await Subscriber.connect(daemon.config.unix.path)
+            old = await spot.wait_subscribed(SPOT_STREAMS)
+            await client.record()
+            spot.drop_connections()
+            await spot.wait_until(lambda: bool(spot.connections) and spot.connections[0] is not old)
+            await spot.wait_subscribed(SPOT_STREAMS)
+            # records flow again: a trade newer than the drop arrives
+            accepted = spot.connections_accepted
+            await client.until(lambda r: r.kind == "trade")
+        status = daemon.statuses["binance"]
+    assert accepted >= 2
+    assert status.reconnects >= 1
+    assert status.state == "connected"
+
+
+async def test_a_silent_feed_is_reopened_by_the_watchdog(workdir: Path) -> None:
+    async with simulators() as (spot, _):
+        config = write_config(workdir, spot, stale_after=0.5, max_backoff=0.1)
+        async with running(config) as daemon:
+            with trio.fail_after(TIMEOUT):
+                await spot.wait_subscribed(SPOT_STREAMS)
+                spot.set_silent(True)
+                await spot.wait_until(lambda: spot.connections_accepted >= 2)
+                conn = next(iter(daemon.statuses["binance"].connections.values()))
+                assert "stale feed" in (conn.last_error or "")
+                spot.set_silent(False)
+                client = await Subscriber.connect(daemon.config.unix.path)
+                await client.record()
+
+
+async def test_malformed_frames_are_counted_and_never_fatal(workdir: Path) -> None:
+    async with simulators() as (spot, _), running(write_config(workdir, spot)) as daemon:
+        with trio.fail_after(TIMEOUT):
+            client = await Subscriber.connect(daemon.config.unix.path)
+            await spot.wait_subscribed(SPOT_STREAMS)
+            await client.record()
+            for _ in range(3):
+                spot.send_malformed()
+            status = daemon.statuses["binance"]
+            await client.until(lambda r: status.decode_errors >= 3)
+            await client.until(lambda r: r.kind == "trade")
+    assert status.reconnects == 0
+    assert spot.connections_accepted == 1
+
+
+async def test_an_unknown_symbol_is_an_error_naming_it_while_valid_streams_flow(workdir: Path) -> None:
+    async with simulators() as (spot, _):
+        config = write_config(workdir, spot, spot_symbols=("BTCUSDT", "NOPEUSDT"))
+        async with running(config) as daemon:
+            with trio.fail_after(TIMEOUT):
+                client = await Subscriber.connect(daemon.config.unix.path)
+                records = [await client.record() for _ in range(20)]
+            status = daemon.statuses["binance"]
+            subscribed = spot.connections[0].streams
+    assert "NOPEUSDT" in status.subscription_errors
+    assert "NOPEUSDT" in status.subscription_errors["NOPEUSDT"]
+    assert "unknown symbol" in (status.last_error or "")
+    assert {r.symbol for r in records} == {"BTCUSDT"}
+    assert not any(name.startswith("nopeusdt") for name in subscribed)
+
+
+async def test_instrument_cache_keeps_symbol_checks_through_a_rest_outage(workdir: Path) -> None:
+    async with simulators() as (spot, _):
+        async with running(write_config(workdir, spot)) as daemon:
+            assert daemon.venues["binance"].instruments.source == "rest"
+        spot.rest_fail(True)
+        config = write_config(workdir, spot, spot_symbols=("BTCUSDT", "NOPEUSDT"))
+        async with running(config) as daemon:
+            supervisor = daemon.venues["binance"]
+            assert supervisor.instruments.source == "cache"
+            with trio.fail_after(TIMEOUT):
+                client = await Subscriber.connect(daemon.config.unix.path)
+                record = await client.record()
+    assert record.symbol == "BTCUSDT"
+    assert "NOPEUSDT" in daemon.statuses["binance"].subscription_errors
+
+
+async def test_without_rest_or_cache_symbols_go_unchecked_and_still_stream(workdir: Path) -> None:
+    async with simulators() as (spot, _):
+        spot.rest_fail(True)
+        async with running(write_config(workdir, spot)) as daemon:
+            assert daemon.venues["binance"].instruments.source == "unavailable"
+            with trio.fail_after(TIMEOUT):
+                client = await Subscriber.connect(daemon.config.unix.path)
+                assert (await client.record()).exchange == "binance"
+
+
+async def test_server_shutdown_is_a_planned_reconnect_without_a_failure(workdir: Path) -> None:
+    async with simulators() as (spot, _), running(write_config(workdir, spot)) as daemon:
+        with trio.fail_after(TIMEOUT):
+            await spot.wait_subscribed(SPOT_STREAMS)
+            spot.send_server_shutdown(close_after=5.0)
+            await spot.wait_until(lambda: spot.connections_accepted >= 2)
+            await spot.wait_subscribed(SPOT_STREAMS)
+        conn = next(iter(daemon.statuses["binance"].connections.values()))
+    assert conn.consecutive_failures == 0
+    assert "serverShutdown" in (conn.last_error or "")
+
+
+async def test_refused_connections_back_off_then_recover(workdir: Path) -> None:
+    async with simulators() as (spot, _):
+        spot.refuse_connections(3)
+        async with running(write_config(workdir, spot)) as daemon:
+            with trio.fail_after(TIMEOUT):
+                await spot.wait_subscribed(SPOT_STREAMS)
+                client = await Subscriber.connect(daemon.config.unix.path)
+                await client.record()
+            conn = next(iter(daemon.statuses["binance"].connections.values()))
+    assert spot.connections_refused == 3
+    assert conn.reconnects == 3
+    assert "503" in (conn.last_error or "")
+
+
+async def test_subscribing_many_streams_stays_under_the_venue_message_limit(workdir: Path) -> None:
+    async with simulators() as (spot, _):
+        config = write_config(workdir, spot, spot_symbols=("BTCUSDT",))
+        config = attrs.evolve(config, exchanges={
+            "binance": attrs.evolve(config.exchanges["binance"], check_symbols=False)
+        })
+        async with running(config) as daemon:
+            supervisor = daemon.venues["binance"]
+            with trio.fail_after(TIMEOUT):
+                await spot.wait_subscribed("btcusdt@trade")
+                names = [f"sym{i}usdt" for i in range(5)]
+                for name in names:  # 10 live SUBSCRIBE requests, twice the 5/s limit
+                    supervisor.subscribe(name, ["trades", "ticker"])
+                await spot.wait_subscribed({f"{n}@ticker" for n in names})
+    assert spot.rate_limit_closes == 0
+    assert spot.connections_accepted == 1
+
+
+async def test_unsubscribe_stops_the_stream_without_reconnecting(workdir: Path) -> None:
+    async with simulators() as (spot, _), running(write_config(workdir, spot)) as daemon:
+        supervisor = daemon.venues["binance"]
+        with trio.fail_after(TIMEOUT):
+            conn = await spot.wait_subscribed(SPOT_STREAMS)
+            supervisor.unsubscribe("ETHUSDT", ["trades", "ticker"])
+            await spot.wait_until(lambda: not any(s.startswith("ethusdt") for s in conn.streams))
+            client = await Subscriber.connect(daemon.config.unix.path)
+            records = [await client.record() for _ in range(10)]
+    assert {r.symbol for r in records} == {"BTCUSDT"}
+    assert spot.connections_accepted == 1
+
+
+async def test_a_disabled_feed_starts_sinks_but_no_venue(workdir: Path) -> None:
+    async with simulators() as (spot, _):
+        config = write_config(workdir, spot, enabled=False)
+        async with running(config) as daemon:
+            assert daemon.venues == {}
+            assert daemon.statuses["binance"].state == "disabled"
+            assert await trio.Path(daemon.config.unix.path).is_socket()
+    assert spot.connection_attempts == 0
