@@ -51,6 +51,17 @@ rest_url = "{futures.rest_url}"
 """
 
 
+async def report(daemon: Daemon, every: float = 5.0) -> None:
+    """A line per interval, so the demo shows the feed is alive without flooding the terminal."""
+    while True:
+        await trio.sleep(every)
+        parts = [
+            f"{venue}: {status.state}, {status.messages} records, {status.reconnects} reconnects"
+            for venue, status in daemon.statuses.items()
+        ]
+        print("  ".join(parts) + f"; {daemon.publisher.clients} subscriber(s)", file=sys.stderr, flush=True)
+
+
 async def run_demo(*, duration: float | None = None, show: int = 10) -> None:
     with tempfile.TemporaryDirectory(prefix="feedd-demo-") as tmp:
         workdir = Path(tmp)
@@ -75,6 +86,7 @@ async def run_demo(*, duration: float | None = None, show: int = 10) -> None:
             )
             if show:
                 nursery.start_soon(lambda: tail(socket, limit=show))
+            nursery.start_soon(report, daemon)
             if duration is not None:
                 nursery.cancel_scope.deadline = trio.current_time() + duration
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
