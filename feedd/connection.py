@@ -73,6 +73,7 @@ class _Live:
         self.end_reason: str | None = None
         self.planned = False
         self.connected_at = trio.current_time()
+        self.last_ping = -math.inf
         self.stable = False
 
     def end(self, reason: str, *, planned: bool = False) -> None:
@@ -208,7 +209,9 @@ class ConnectionRunner:
                     nursery.start_soon(self._sender, transport, to_send, live)
                     nursery.start_soon(self._watchdog, live)
                     if self.venue.ping_interval is not None:
-                        nursery.start_soon(self._pinger, self.venue.ping_interval, live)
+                        # idle pings must come well before the watchdog would give up
+                        interval = min(self.venue.ping_interval, self.settings.stale_after / 2)
+                        nursery.start_soon(self._pinger, interval, live)
         finally:
             self._live = None
         return live.end_reason or "session ended", live.planned
@@ -330,12 +333,19 @@ class ConnectionRunner:
             await trio.sleep_until(deadline)  # the deadline moves with every frame
 
     async def _pinger(self, interval: float, live: _Live) -> None:
+        """Send the venue's ping whenever no frame has arrived for ``interval`` seconds."""
         while True:
-            await trio.sleep(interval)
+            last = self.conn.last_frame_at or live.connected_at
+            due = max(last, live.last_ping) + interval
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue
             frame = live.protocol.ping()
-            if frame is not None:
-                try:
-                    live.outgoing.send_nowait(frame)
-                except trio.WouldBlock:
-                    live.end("outgoing queue full")
-                    return
+            if frame is None:
+                return
+            live.last_ping = trio.current_time()
+            try:
+                live.outgoing.send_nowait(frame)
+            except trio.WouldBlock:
+                live.end("outgoing queue full")
+                return

@@ -38,9 +38,12 @@ class ScriptedTransport:
     def __init__(self) -> None:
         self.incoming_send, self.incoming = trio.open_memory_channel[Frame | Exception](100)
         self.sent: list[tuple[float, str]] = []
+        self.sent_more = trio.Event()
 
     async def send(self, frame: Frame) -> None:
         self.sent.append((trio.current_time(), str(frame)))
+        self.sent_more.set()
+        self.sent_more = trio.Event()
 
     async def receive_batch(self) -> list[Frame]:
         item = await self.incoming.receive()
@@ -296,3 +299,40 @@ async def test_an_adapter_bug_is_a_connection_failure_not_a_crash(
         nursery.cancel_scope.cancel()
     assert "adapter bug" in (runner.conn.last_error or "")
     assert status.reconnects >= 1
+
+
+async def test_an_idle_feed_is_probed_and_a_reply_keeps_it_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, _, _ = make_runner(network, RunnerSettings(stale_after=30.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        transport = network.transport
+        assert transport is not None
+        for n in range(1, 7):  # a minute of silence but for the probe replies
+            while sum("LIST_SUBSCRIPTIONS" in f for _, f in transport.sent) < n:
+                await transport.sent_more.wait()
+            probe = orjson.loads(transport.sent[-1][1])
+            await transport.incoming_send.send(orjson.dumps({"result": [], "id": probe["id"]}).decode())
+        nursery.cancel_scope.cancel()
+    probes = [t for t, f in transport.sent if "LIST_SUBSCRIPTIONS" in f]
+    assert len(probes) == 6
+    assert probes[0] == pytest.approx(10.0, abs=1e-6)  # idle for ping_interval
+    assert len(network.attempts) == 1  # never judged stale
+
+
+async def test_a_stalled_feed_is_dropped_after_stale_after_and_reopened(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, _, _ = make_runner(network, RunnerSettings(stale_after=30.0, reconnect_interval=1.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        await network.wait_attempts(2)
+        nursery.cancel_scope.cancel()
+    assert network.attempts[0] == pytest.approx(0.0)
+    assert 30.5 <= network.attempts[1] <= 31.0 + 1e-6
+    assert runner.conn.last_error == "stale feed: no frame for 30 s"

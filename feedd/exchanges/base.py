@@ -117,7 +117,7 @@ class Session(Protocol):
         ...
 
     def ping(self) -> Frame | None:
-        """An application-level ping, or None when the venue relies on WebSocket control frames."""
+        """A frame whose reply proves the feed alive, sent when it has been idle; None: none."""
         ...
 
     def decode(self, frame: Frame, received_at: datetime) -> Iterable[Event]:
@@ -135,7 +135,7 @@ class Venue(Protocol):
     max_streams_per_connection: int
     #: messages per second the venue allows a client to send on one connection
     max_messages_per_second: float
-    #: seconds between application-level pings (None: the venue pings us)
+    #: idle seconds after which the runner sends :meth:`Session.ping` (None: never)
     ping_interval: float | None
     #: is the venue's symbol spelling case-insensitive (so feedd upper-cases it)
     uppercase_symbols: bool

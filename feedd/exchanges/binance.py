@@ -7,7 +7,7 @@ built: a USD-M ``@ticker`` carries no best bid/ask (§2.6), so feedd also subscr
 ``@bookTicker`` on the ``/public`` route and merges the last quote into the ticker.
 
 Liveness is WebSocket ping frames sent by the server (§2.4), which the transport answers; there is
-no JSON ping, so :meth:`BinanceSession.ping` returns None.
+no JSON ping, so :meth:`BinanceSession.ping` probes an idle feed with ``LIST_SUBSCRIPTIONS``.
 """
 
 from __future__ import annotations
@@ -96,8 +96,15 @@ class BinanceSession:
         return self._requests("UNSUBSCRIBE", "unsubscribe", topics)
 
     def ping(self) -> Frame | None:
-        """None: the server pings with WebSocket control frames and the transport answers."""
-        return None
+        """A ``LIST_SUBSCRIPTIONS`` request, sent only when the feed has been idle.
+
+        The server's WebSocket pings (§2.4) keep the socket open but are invisible to the stale
+        watchdog, and an illiquid symbol's trade stream can be silent for minutes; the reply to
+        this request proves the whole path alive (it decodes to :class:`Ignored`).
+        """
+        request_id = self._next_id
+        self._next_id += 1
+        return orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": request_id}).decode()
 
     def _requests(self, method: str, op: Op, topics: Sequence[str]) -> list[Frame]:
         frames: list[Frame] = []
@@ -257,7 +264,8 @@ class _BinanceVenue:
     default_rest_url: str
     max_streams_per_connection: int
     max_messages_per_second: float
-    ping_interval: float | None = None
+    #: idle seconds before a liveness probe (see BinanceSession.ping); well inside stale_after
+    ping_interval: float | None = 10.0
     uppercase_symbols: bool = True
     _instruments_path: str
 

@@ -97,7 +97,7 @@ def test_spot_venue_states_its_protocol_facts() -> None:
     assert venue.instruments_path() == "/api/v3/exchangeInfo"
     assert venue.max_streams_per_connection == 1024
     assert venue.max_messages_per_second == 5
-    assert venue.ping_interval is None
+    assert venue.ping_interval == 10.0
     assert venue.uppercase_symbols is True
 
 
@@ -109,7 +109,7 @@ def test_usdm_venue_states_its_protocol_facts() -> None:
     assert venue.instruments_path() == "/fapi/v1/exchangeInfo"
     assert venue.max_streams_per_connection == 200
     assert venue.max_messages_per_second == 10
-    assert venue.ping_interval is None
+    assert venue.ping_interval == 10.0
     assert venue.uppercase_symbols is True
 
 
@@ -237,8 +237,13 @@ def test_subscribe_of_nothing_sends_nothing() -> None:
     assert session().unsubscribe([]) == []
 
 
-def test_ping_is_left_to_websocket_control_frames() -> None:
-    assert session().ping() is None
+def test_idle_probe_is_a_list_subscriptions_request_whose_reply_is_ignored() -> None:
+    s = session()
+    s.subscribe(["btcusdt@trade"])
+    probe = orjson.loads(s.ping())
+    assert probe == {"method": "LIST_SUBSCRIPTIONS", "id": 2}
+    reply = orjson.dumps({"result": ["btcusdt@trade"], "id": 2}).decode()
+    assert s.decode(reply, RECEIVED) == [Ignored()]
 
 
 def test_each_session_numbers_its_requests_afresh() -> None:
