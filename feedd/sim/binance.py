@@ -498,7 +498,8 @@ class BinanceSimulator:
             conn._request_close(code, reason)
 
     def set_silent(self, silent: bool) -> None:
-        """Stall: keep connections open and answer requests, but send no data and no pings."""
+        """Stall: keep connections open and read requests (they take effect), but send nothing
+        back: no data, no replies, no pings, as a hung server would."""
         self._silent = silent
         if silent:
             if self._unsilenced.is_set():
@@ -687,6 +688,10 @@ class BinanceSimulator:
             text = message if isinstance(message, str) else message.decode("utf-8", "replace")
             reply, added = self._control(conn, text)
             self._notify()
+            if self._silent:  # a stalled server: requests take effect, nothing comes back
+                for name in added:
+                    self._register(conn, name)
+                continue
             # The reply is written here, not queued: streams start flowing only after their ack
             # is on the wire, as on the real exchange (and even in flood mode).
             with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
