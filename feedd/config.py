@@ -12,13 +12,14 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from feedd.exchanges import make_venue, venue_ids
-from feedd.exchanges.base import CHANNELS, Channel
+from feedd.exchanges.base import CHANNELS, Channel, Subscription, Venue
 
 T = TypeVar("T")
 
@@ -239,8 +240,24 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         for i, symbol in enumerate(symbols):
             if not symbol or any(c.isspace() or c in "/@" for c in symbol):
                 raise ConfigError(f"{source}: {key}.symbols[{i}]: not a symbol: {symbol!r}")
+        _check_endpoints(venue, exchange, f"{source}: {key}")
         exchanges[venue_id] = attrs.evolve(exchange, symbols=tuple(dict.fromkeys(symbols)))
     return Config(feed=feed, http=http, unix=unix, exchanges=exchanges, source=source)
+
+
+def _check_endpoints(venue: Venue, exchange: ExchangeConfig, where: str) -> None:
+    """Endpoint mistakes surface at start-up, naming the key, not at the first connect."""
+    if exchange.url is not None and urlsplit(exchange.url).scheme not in ("ws", "wss"):
+        raise ConfigError(f"{where}.url: expected a ws:// or wss:// URL, got {exchange.url!r}")
+    if exchange.rest_url is not None and urlsplit(exchange.rest_url).scheme not in ("http", "https"):
+        raise ConfigError(f"{where}.rest_url: expected an http:// or https:// URL, got {exchange.rest_url!r}")
+    base = exchange.url or venue.default_url
+    routes = {topic.route for channel in CHANNELS for topic in venue.topics(Subscription("X", channel))}
+    for route in sorted(routes):
+        try:
+            venue.url(route, base)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.url: {exc}") from None
 
 
 _ENV_NAMES = {

@@ -82,6 +82,10 @@ def test_example_config_is_valid() -> None:
         ("[exchanges.binance]\nsymbol = ['BTCUSDT']\n", "exchanges.binance.symbol: unknown key"),
         ("[exchanges.binance]\nsymbols = ['BTC USDT']\n", "exchanges.binance.symbols[0]: not a symbol"),
         ("[feeds]\nenabled = true\n", "feeds: unknown key"),
+        ("[exchanges.binance-usdm]\nurl = 'wss://fstream.binance.com/stream'\n",
+         "exchanges.binance-usdm.url: binance-usdm url"),
+        ("[exchanges.binance]\nurl = 'https://stream.binance.com'\n", "exchanges.binance.url: expected a ws://"),
+        ("[exchanges.binance]\nrest_url = 'api.binance.com'\n", "binance.rest_url: expected an http"),
         ("[feed\n", "not valid TOML"),
     ],
 )
