@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import trio
 
 from feedd import __version__
-from feedd.config import ConfigError, load_config
+from feedd.config import Config, ConfigError, load_config
 
 log = logging.getLogger("feedd")
 
@@ -30,13 +30,20 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _load(path: str) -> Config | None:
+    """The config at ``path``, or None after saying on stderr what is wrong with it."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"feedd: {exc}", file=sys.stderr)
+        return None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from feedd.daemon import run_until_signalled
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"feedd: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return EXIT_CONFIG
     try:
         trio.run(run_until_signalled, config)
@@ -47,10 +54,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.path)
-    except ConfigError as exc:
-        print(f"feedd: {exc}", file=sys.stderr)
+    config = _load(args.path)
+    if config is None:
         return EXIT_CONFIG
     venues = ", ".join(
         f"{venue} ({len(ex.symbols)} symbols)" for venue, ex in config.exchanges.items()
