@@ -6,7 +6,7 @@ this script as the subscriber counting lines. Prints records/s and the daemon's 
 record (user+sys from /proc), with ratios to the reference figures measured on this 2-core
 machine. A benchmark, not a test: run it a few times and read the spread.
 
-    .venv/bin/python bench/flood.py [--seconds 10] [--symbols 2]
+    .venv/bin/python bench/flood.py [--seconds 10] [--symbols 2] [--transport native|trio-websocket]
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--symbols", type=int, default=2, choices=range(1, len(SYMBOLS) + 1))
+    parser.add_argument("--transport", default="native", choices=["native", "trio-websocket"])
     parser.add_argument("--role", default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
     parser.add_argument("--cert-dir", help=argparse.SUPPRESS)
@@ -103,6 +104,7 @@ def main() -> None:
 [feed]
 cache_dir = "{work / 'cache'}"
 stale_after = 30.0
+transport = "{args.transport}"
 
 [unix]
 path = "{socket_path}"
@@ -153,7 +155,8 @@ rest_url = "{rest_url}"
 
         rate = records / wall
         us_per_record = cpu / records * 1e6 if records else float("inf")
-        print(f"symbols:                 {len(symbols)} x @trade, wss (TLS) from the simulator")
+        print(f"symbols:                 {len(symbols)} x @trade, wss (TLS) from the simulator, "
+              f"transport {args.transport}")
         print(f"records received:        {records} in {wall:.1f} s ({gaps} gap notices)")
         print(f"throughput:              {rate:,.0f} records/s")
         print(f"daemon CPU:              {cpu:.2f} s = {100 * cpu / wall:.0f}% of one core, "

@@ -63,6 +63,9 @@ class FeedConfig:
     state_file: str = "subscriptions.json"
     #: instrument lists are cached here, so a restart during a REST outage still streams
     cache_dir: str = "cache"
+    #: the WebSocket implementation (feedd.transport.TRANSPORTS): feedd's own framing, or
+    #: trio-websocket (slower: one task switch per message; kept as the reference)
+    transport: Literal["native", "trio-websocket"] = "native"
 
     @max_backoff.validator
     def _backoff_above_interval(self, attribute: attrs.Attribute[Any], value: float) -> None:

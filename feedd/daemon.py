@@ -20,7 +20,7 @@ from feedd.hub import Hub
 from feedd.sinks.unix import UnixPublisher
 from feedd.status import VenueStatus
 from feedd.supervisor import VenueSupervisor
-from feedd.transport import OpenTransport, open_transport
+from feedd.transport import TRANSPORTS, OpenTransport
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ def runner_settings(config: Config) -> RunnerSettings:
 class Daemon:
     """Everything ``feedd run`` runs; also the handle tests and embedders drive it by."""
 
-    def __init__(self, config: Config, *, open_transport: OpenTransport = open_transport) -> None:
+    def __init__(self, config: Config, *, open_transport: OpenTransport | None = None) -> None:
         self.config = config
         self.hub = Hub()
         self.publisher = UnixPublisher(self.hub, config.unix.path, client_buffer=config.unix.client_buffer)
         self.venues: dict[str, VenueSupervisor] = {}
         self.statuses: dict[str, VenueStatus] = {}
-        self._open = open_transport
+        self._open = open_transport or TRANSPORTS[config.feed.transport]
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:

@@ -335,3 +335,22 @@ async def test_a_disabled_feed_starts_sinks_but_no_venue(workdir: Path) -> None:
             assert daemon.statuses["binance"].state == "disabled"
             assert await trio.Path(daemon.config.unix.path).is_socket()
     assert spot.connection_attempts == 0
+
+
+@pytest.mark.parametrize("transport", ["native", "trio-websocket"])
+async def test_each_transport_streams_answers_pings_and_reconnects(workdir: Path, transport: str) -> None:
+    async with simulators(ping_interval=0.05, pong_timeout=1.0) as (spot, _):
+        config = write_config(workdir, spot, transport=f'"{transport}"')
+        async with running(config) as daemon:
+            with trio.fail_after(TIMEOUT):
+                client = await Subscriber.connect(daemon.config.unix.path)
+                await client.record()
+                spot.drop_connections()
+                await spot.wait_until(lambda: spot.connections_accepted >= 2)
+                await spot.wait_subscribed(SPOT_STREAMS)
+                # pings every 50 ms for 1.5 s: the simulator closes after 1 s without a pong
+                start = trio.current_time()
+                await client.until(lambda r: trio.current_time() - start > 1.5)
+    assert spot.pong_timeouts == 0
+    assert spot.connections_accepted == 2
+    assert daemon.statuses["binance"].reconnects == 1
