@@ -53,6 +53,13 @@ _fromtimestamp = datetime.fromtimestamp
 _PAYLOAD_ERRORS = (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError)
 
 
+def _symbol(data: dict[str, Any]) -> str:
+    symbol = data["s"]
+    if type(symbol) is not str:
+        raise TypeError(f"symbol 's' is not a string: {symbol!r}")
+    return symbol
+
+
 class BinanceSession:
     """Protocol state of one Binance connection: request ids and the requests awaiting a reply.
 
@@ -194,9 +201,7 @@ class BinanceSession:
         return self._trade_record(data, str(trade_id), received_at)
 
     def _trade_record(self, data: dict[str, Any], trade_id: str, received_at: datetime) -> Event:
-        symbol = data["s"]
-        if type(symbol) is not str:
-            raise TypeError(f"symbol 's' is not a string: {symbol!r}")
+        symbol = _symbol(data)
         # m: "is the buyer the market maker?"; true means the taker sold (§2.3, §4)
         maker_buyer = data["m"]
         if maker_buyer is True:
@@ -218,9 +223,7 @@ class BinanceSession:
         )
 
     def _ticker(self, data: dict[str, Any], received_at: datetime) -> Event:
-        symbol = data["s"]
-        if type(symbol) is not str:
-            raise TypeError(f"symbol 's' is not a string: {symbol!r}")
+        symbol = _symbol(data)
         bid_text = data.get("b")
         bid: float | None
         ask: float | None
@@ -246,9 +249,7 @@ class BinanceSession:
         )
 
     def _book_ticker(self, data: dict[str, Any], received_at: datetime) -> Event:
-        symbol = data["s"]
-        if type(symbol) is not str:
-            raise TypeError(f"symbol 's' is not a string: {symbol!r}")
+        symbol = _symbol(data)
         self._quotes[symbol] = (float(data["b"]), float(data["a"]))
         return _IGNORED
 
