@@ -277,10 +277,11 @@ class ConnectionRunner:
                         else:
                             self._on_control(event, live)
             status.frames += count
+            # stable = frames kept arriving for stable_after (an idle feed's probe replies count)
+            if not live.stable and trio.current_time() >= stable_at:
+                self._mark_stable(live)
             if records:
                 status.messages += len(records)
-                if not live.stable and trio.current_time() >= stable_at:
-                    self._mark_stable(live)
                 await to_hub.send(records)
 
     def _mark_stable(self, live: _Live) -> None:

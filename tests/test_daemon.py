@@ -354,3 +354,20 @@ async def test_each_transport_streams_answers_pings_and_reconnects(workdir: Path
     assert spot.pong_timeouts == 0
     assert spot.connections_accepted == 2
     assert daemon.statuses["binance"].reconnects == 1
+
+
+async def test_a_failing_venue_never_disturbs_another(workdir: Path) -> None:
+    async with simulators() as (spot, futures):
+        futures.refuse_connections(-1)
+        config = write_config(workdir, spot, futures, max_retries=2)
+        async with running(config) as daemon:
+            with trio.fail_after(TIMEOUT):
+                client = await Subscriber.connect(daemon.config.unix.path)
+                await futures.wait_until(lambda: futures.connections_refused >= 4)
+                records = [await client.record() for _ in range(30)]
+            usdm = daemon.statuses["binance-usdm"]
+            spot_status = daemon.statuses["binance"]
+            assert usdm.state == "failed"
+            assert spot_status.state == "connected"
+    assert {r.exchange for r in records} == {"binance"}
+    assert spot_status.reconnects == 0
