@@ -39,16 +39,28 @@ def _load(path: str) -> Config | None:
         return None
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from feedd.daemon import run_until_signalled
+    from feedd.sinks.unix import PublisherError
 
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    failure: BaseExceptionGroup[BaseException] | None = None
     try:
         trio.run(run_until_signalled, config)
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
+    except* (PublisherError, OSError) as group:  # e.g. the socket is taken: say so, no traceback
+        failure = group
+    if failure is not None:
+        for exc in _leaves(failure):
+            log.error("cannot start: %s", exc)
         return 1
     return 0
 

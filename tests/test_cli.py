@@ -107,3 +107,26 @@ def test_demo_runs_the_daemon_against_the_simulators_and_shows_records() -> None
     lines = [line for line in result.stdout.splitlines() if " binance" in line]
     assert len(lines) == 3
     assert "socket:" in result.stderr and "feedd tail --socket" in result.stderr
+
+
+def test_run_refuses_a_socket_another_daemon_owns_without_a_traceback(workdir: Path) -> None:
+    import socket
+
+    owner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    owner.bind(str(workdir / "feedd.sock"))
+    owner.listen()
+    config = workdir / "config.toml"
+    config.write_text(
+        '[unix]\npath = "feedd.sock"\n[exchanges.binance]\nsymbols = ["BTCUSDT"]\ncheck_symbols = false\n'
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "feedd", "run", "--config", str(config)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    finally:
+        owner.close()
+    assert result.returncode == 1
+    assert "another feedd owns it" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (workdir / "feedd.sock").exists()  # the other daemon's socket is left alone

@@ -6,7 +6,7 @@ Protocol, per connection: the client may first send one JSON line
 An invalid filter gets one ``{"type": "error", "error": "..."}`` line and the connection is closed.
 Each subscriber has a bounded buffer: when it falls behind its oldest records are dropped and the
 next write starts with ``{"type": "gap", "dropped": N}``. The hub and the other subscribers never
-wait for it. The client closing its sending side counts as leaving.
+wait for it. A client may half-close after its filter line; a failed write is what ends it.
 """
 
 from __future__ import annotations
