@@ -156,6 +156,8 @@ class ConnectionRunner:
             except Exception as exc:  # an adapter bug must not take the venue, or the daemon, down
                 log.exception("%s: internal error; treating it as a connection failure", self.name)
                 reason, planned = f"internal error: {exc!r}", False
+            if self._backoff.failures == 0:
+                failed_logged = False  # the session was stable: a new run of failures starts
             conn.reconnects += 1
             conn.last_error = reason
             self.status.last_error = f"{self.name}: {reason}"
@@ -177,8 +179,6 @@ class ConnectionRunner:
                 conn.state = "backoff"
                 log.warning("%s: %s; reconnecting in %.1f s", self.name, reason, delay)
             await trio.sleep(delay)
-            if conn.consecutive_failures == 0:
-                failed_logged = False
 
     async def _session(self) -> tuple[str, bool]:
         """One connection attempt, from connect to its end; returns (reason, planned)."""
