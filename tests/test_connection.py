@@ -336,3 +336,25 @@ async def test_a_stalled_feed_is_dropped_after_stale_after_and_reopened(
     assert network.attempts[0] == pytest.approx(0.0)
     assert 30.5 <= network.attempts[1] <= 31.0 + 1e-6
     assert runner.conn.last_error == "stale feed: no frame for 30 s"
+
+
+async def test_failed_is_logged_once_per_run_of_failures(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = RunnerSettings(reconnect_interval=1.0, max_backoff=5.0, max_retries=2, stable_after=10.0)
+    network = FakeNetwork(lambda n: n == 5)  # four refusals, one good connection, refusals again
+    runner, _, records = make_runner(network, settings)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        assert network.transport is not None
+        await network.transport.incoming_send.send(trade_frame(1))
+        await records.receive()
+        await trio.sleep(10.0)
+        await network.transport.incoming_send.send(trade_frame(2))
+        await records.receive()  # stable now
+        await network.transport.incoming_send.send(TransportError("closed by peer: code 1006"))
+        await network.wait_attempts(9)
+        nursery.cancel_scope.cancel()
+    failed = [r for r in caplog.records if "consecutive attempts" in r.getMessage()]
+    assert len(failed) == 2
