@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stack import SYMBOLS, cpu_seconds, stack, subscribe
+from stack import SYMBOLS, cpu_seconds, rss_mib, stack, subscribe
 
 # reference figures (records/s, CPU µs per record) measured on this machine, from the issue
 CRYPTOFEED = (85_000, 9.0)
@@ -59,6 +59,7 @@ def main() -> None:
         records, gaps = count_for(args.seconds)
         cpu = cpu_seconds(running.daemon_pid) - cpu_start
         wall = time.monotonic() - wall_start
+        rss = rss_mib(running.daemon_pid)
         client.close()
 
     rate = records / wall
@@ -69,6 +70,7 @@ def main() -> None:
     print(f"throughput:              {rate:,.0f} records/s")
     print(f"daemon CPU:              {cpu:.2f} s = {100 * cpu / wall:.0f}% of one core, "
           f"{us_per_record:.1f} µs per record")
+    print(f"daemon memory:           {rss:.0f} MiB resident at the end of the window")
     print(f"vs cryptofeed:           {rate / CRYPTOFEED[0]:.2f}x the rate, "
           f"{us_per_record / CRYPTOFEED[1]:.2f}x the CPU per record")
     print(f"vs naive trio-websocket: {rate / NAIVE_TRIO_WEBSOCKET[0]:.2f}x the rate, "
