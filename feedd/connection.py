@@ -8,7 +8,8 @@ the daemon. Each attempt is a *session* in its own cancel scope, with four tasks
   ``send_nowait`` — it never waits on anyone, so the transport keeps answering pings. When the
   decoder falls behind by ``frame_buffer`` batches, the newest batch is dropped and counted.
 - decoder: decodes, validates and sends records to the hub, a batch at a time.
-- sender: the only writer; paces every outgoing frame to the venue's message limit.
+- sender: the only writer; paces every outgoing frame to the venue's message limit, and turns
+  the subscription changes queued meanwhile into as few requests as the venue allows.
 - watchdog: ends the session when no frame has arrived for ``stale_after`` seconds.
 
 Any of them ends the session by naming a reason and cancelling its scope; the runner then waits
@@ -19,8 +20,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from itertools import groupby
+from operator import itemgetter
+from typing import Literal
 
 import attrs
 import trio
@@ -63,12 +67,22 @@ class RunnerSettings:
     frame_buffer: int = 256
 
 
+Op = Literal["subscribe", "unsubscribe"]
+#: on the outgoing channel: "build requests from the queued subscription changes now"
+_FLUSH = None
+
+
 class _Live:
     """What exists only while a session is connected."""
 
-    def __init__(self, protocol: Session, outgoing: trio.MemorySendChannel[Frame], scope: trio.CancelScope):
+    def __init__(
+        self, protocol: Session, outgoing: trio.MemorySendChannel[Frame | None], scope: trio.CancelScope
+    ):
         self.protocol = protocol
         self.outgoing = outgoing
+        #: live subscription changes not yet sent, in order
+        self.changes: list[tuple[Op, str]] = []
+        self.flush_queued = False
         self.scope = scope
         self.end_reason: str | None = None
         self.planned = False
@@ -123,21 +137,29 @@ class ConnectionRunner:
         new = [n for n in names if n not in self.topics]
         self.topics.update(new)
         self.conn.topics = len(self.topics)
-        self._send_now(lambda p: p.subscribe(new), new)
+        self._queue_changes("subscribe", new)
 
     def remove_topics(self, names: Iterable[str]) -> None:
         gone = [n for n in names if n in self.topics]
         self.topics.difference_update(gone)
         self.conn.topics = len(self.topics)
-        self._send_now(lambda p: p.unsubscribe(gone), gone)
+        self._queue_changes("unsubscribe", gone)
 
-    def _send_now(self, build: Callable[[Session], list[Frame]], names: list[str]) -> None:
+    def _queue_changes(self, op: Op, names: list[str]) -> None:
+        """Hand live changes to the sender, which batches whatever accumulated by its next slot.
+
+        Subscribing symbols one API call at a time thus costs a handful of requests, not one per
+        symbol paced at the venue's few messages per second.
+        """
         live = self._live
         if not names or live is None:
             return
+        live.changes.extend((op, name) for name in names)
+        if live.flush_queued:
+            return
         try:
-            for frame in build(live.protocol):
-                live.outgoing.send_nowait(frame)
+            live.outgoing.send_nowait(_FLUSH)
+            live.flush_queued = True
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             # the session is ending or hopelessly behind: the next connect sends every topic
             live.end("outgoing queue full")
@@ -191,7 +213,7 @@ class ConnectionRunner:
 
     async def _connected(self, transport: Transport) -> tuple[str, bool]:
         protocol = self.venue.new_session()
-        outgoing, to_send = trio.open_memory_channel[Frame](OUTGOING_BUFFER)
+        outgoing, to_send = trio.open_memory_channel[Frame | None](OUTGOING_BUFFER)
         frames_in, frames_out = trio.open_memory_channel[tuple[datetime, list[Frame]]](
             self.settings.frame_buffer
         )
@@ -312,16 +334,33 @@ class ConnectionRunner:
         # Pong, Heartbeat and Ignored only prove liveness, which the reader already noted.
 
     async def _sender(
-        self, transport: Transport, frames: trio.MemoryReceiveChannel[Frame], live: _Live
+        self, transport: Transport, frames: trio.MemoryReceiveChannel[Frame | None], live: _Live
     ) -> None:
         limiter = SlidingWindowLimiter(self._limit)
-        async for frame in frames:
-            await limiter.acquire()
-            try:
-                await transport.send(frame)
-            except TransportError as exc:
-                live.end(str(exc))
-                return
+        try:
+            async for item in frames:
+                await limiter.acquire()
+                if item is not _FLUSH:
+                    await transport.send(item)
+                    continue
+                # changes queued while we waited for this slot all go out together
+                live.flush_queued = False
+                changes, live.changes = live.changes, []
+                requests = [
+                    frame
+                    for op, run in groupby(changes, key=itemgetter(0))
+                    for frame in self._build(live.protocol, op, [name for _, name in run])
+                ]
+                for index, frame in enumerate(requests):
+                    if index:
+                        await limiter.acquire()
+                    await transport.send(frame)
+        except TransportError as exc:
+            live.end(str(exc))
+
+    @staticmethod
+    def _build(protocol: Session, op: Op, names: list[str]) -> list[Frame]:
+        return protocol.subscribe(names) if op == "subscribe" else protocol.unsubscribe(names)
 
     async def _watchdog(self, live: _Live) -> None:
         stale_after = self.settings.stale_after

@@ -220,16 +220,49 @@ async def test_outgoing_frames_are_paced_below_the_venue_limit(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
         await network.connected.wait()
-        for i in range(12):
-            runner.add_topics([f"sym{i}usdt@trade"])
+        runner.add_topics([f"sym{i}usdt@trade" for i in range(1000)])  # 5 requests of 200
+        runner.remove_topics([f"sym{i}usdt@trade" for i in range(1000)])  # 5 more
         await trio.sleep(5)
         nursery.cancel_scope.cancel()
     assert network.transport is not None
     times = [t for t, _ in network.transport.sent]
-    assert len(times) == 13
+    assert len(times) == 11
     limit = 4  # Binance allows 5 per second; one is kept free for pongs
     for i in range(len(times) - limit):
         assert times[i + limit] - times[i] >= 1.0 - 1e-9
+
+
+async def test_live_changes_queued_while_pacing_go_out_as_one_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, _, _ = make_runner(network, RunnerSettings())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(5):  # use up the window: these go out one by one
+            runner.add_topics([f"first{i}usdt@trade"])
+            await trio.testing.wait_all_tasks_blocked()
+        for i in range(30):  # one API call per symbol, while the sender waits for a slot
+            runner.add_topics([f"sym{i}usdt@trade"])
+        runner.remove_topics(["sym0usdt@trade"])
+        runner.add_topics(["sym0usdt@trade"])
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert network.transport is not None
+    sent = [orjson.loads(f) for _, f in network.transport.sent]
+    # the initial request and three singles fill the first second; everything asked for while
+    # the sender waited goes out in the next slot as one request, order of changes kept
+    assert [len(r["params"]) for r in sent[:4]] == [1, 1, 1, 1]
+    assert len(sent) == 7
+    assert sent[4]["method"] == "SUBSCRIBE"
+    assert sent[4]["params"] == ["first3usdt@trade", "first4usdt@trade"] + [
+        f"sym{i}usdt@trade" for i in range(30)
+    ]
+    assert (sent[5]["method"], sent[5]["params"]) == ("UNSUBSCRIBE", ["sym0usdt@trade"])
+    assert (sent[6]["method"], sent[6]["params"]) == ("SUBSCRIBE", ["sym0usdt@trade"])
+    assert "sym0usdt@trade" in runner.topics
 
 
 async def test_unsubscribe_is_sent_live_and_not_resubscribed(

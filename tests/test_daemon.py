@@ -371,3 +371,31 @@ async def test_a_failing_venue_never_disturbs_another(workdir: Path) -> None:
             assert spot_status.state == "connected"
     assert {r.exchange for r in records} == {"binance"}
     assert spot_status.reconnects == 0
+
+
+async def test_topics_are_sharded_by_the_venue_stream_limit_and_route(workdir: Path) -> None:
+    async with simulators() as (spot, futures):
+        config = write_config(workdir, spot, futures)
+        config = attrs.evolve(config, exchanges={
+            "binance-usdm": attrs.evolve(config.exchanges["binance-usdm"], check_symbols=False)
+        })
+        async with running(config) as daemon:
+            supervisor = daemon.venues["binance-usdm"]
+            names = [f"S{i}USDT" for i in range(100)]  # + BTCUSDT: 101 symbols
+            for name in names:
+                supervisor.subscribe(name, ["trades", "ticker"])
+            market = {f"{n.lower()}@{s}" for n in [*names, "BTCUSDT"] for s in ("aggTrade", "ticker")}
+            public = {f"{n.lower()}@bookTicker" for n in [*names, "BTCUSDT"]}
+            with trio.fail_after(TIMEOUT):
+                await futures.wait_until(
+                    lambda: {s for c in futures.connections if c.route == "market" for s in c.streams}
+                    >= market
+                    and {s for c in futures.connections if c.route == "public" for s in c.streams}
+                    >= public
+                )
+            connections = futures.connections
+    routes = sorted(c.route for c in connections)
+    assert routes == ["market", "market", "public"]  # 202 market topics need two connections of 200
+    assert all(len(c.streams) <= 200 for c in connections)
+    assert futures.rate_limit_closes == 0
+    assert len(daemon.statuses["binance-usdm"].connections) == 3
