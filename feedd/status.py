@@ -11,7 +11,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
-VenueState = Literal["connecting", "connected", "backoff", "failed", "disabled", "stopped"]
+VenueState = Literal["connecting", "connected", "backoff", "failed", "disabled"]
 
 
 @attrs.define

@@ -59,7 +59,7 @@ class VenueSupervisor:
         self._open = open_transport
         self._subscriptions: dict[Subscription, list[Topic]] = {}
         self._symbols: set[str] = set()
-        self._validator = Validator(lambda: self._symbols)
+        self._validator = Validator(self._symbols)
         self._runners: dict[str, list[ConnectionRunner]] = {}
         self._scopes: dict[ConnectionRunner, trio.CancelScope] = {}
         self._owner: dict[Topic, ConnectionRunner] = {}

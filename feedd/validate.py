@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from datetime import timedelta
 
 from feedd.model import MarketData
@@ -15,11 +15,11 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 class Validator:
     """Checks records of one venue; returns the rejection reason, or None for a good record.
 
-    ``known_symbols`` is consulted live (a callable) so runtime subscribe/unsubscribe changes what
-    is accepted without rebuilding the validator.
+    ``known_symbols`` is the owner's own set, read live (not copied), so a runtime subscribe or
+    unsubscribe changes what is accepted without rebuilding the validator or a call per record.
     """
 
-    def __init__(self, known_symbols: Callable[[], frozenset[str] | set[str]]) -> None:
+    def __init__(self, known_symbols: AbstractSet[str]) -> None:
         self._known = known_symbols
 
     def reason(self, record: MarketData) -> str | None:
@@ -36,7 +36,7 @@ class Validator:
         skew = record.timestamp - record.received_at
         if skew > MAX_CLOCK_SKEW or -skew > MAX_CLOCK_SKEW:
             return "timestamp_skew"
-        if record.symbol not in self._known():
+        if record.symbol not in self._known:
             return "unknown_symbol"
         for value in (record.bid, record.ask, record.high_24h, record.low_24h, record.change_24h):
             if value is not None and not math.isfinite(value):

@@ -96,7 +96,7 @@ def make_runner(
         settings=settings,
         status=status,
         records=send,
-        validator=Validator(lambda: {"BTCUSDT"}),
+        validator=Validator({"BTCUSDT"}),
         open_transport=network.open,
         backoff=Backoff(settings.reconnect_interval, settings.max_backoff, rng=random.Random(1)),
     )

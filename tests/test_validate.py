@@ -15,7 +15,7 @@ GOOD = MarketData("binance", "BTCUSDT", "trade", 61837.63, 0.02, NOW, NOW, side=
 
 
 def test_good_record_passes() -> None:
-    assert Validator(lambda: {"BTCUSDT"}).reason(GOOD) is None
+    assert Validator({"BTCUSDT"}).reason(GOOD) is None
 
 
 @pytest.mark.parametrize(
@@ -34,17 +34,17 @@ def test_good_record_passes() -> None:
     ],
 )
 def test_bad_record_is_refused_with_its_reason(change: dict[str, object], reason: str) -> None:
-    assert Validator(lambda: {"BTCUSDT"}).reason(attrs.evolve(GOOD, **change)) == reason
+    assert Validator({"BTCUSDT"}).reason(attrs.evolve(GOOD, **change)) == reason
 
 
 def test_zero_volume_ticker_is_accepted() -> None:
     ticker = attrs.evolve(GOOD, kind="ticker", volume=0.0, side=None, trade_id=None)
-    assert Validator(lambda: {"BTCUSDT"}).reason(ticker) is None
+    assert Validator({"BTCUSDT"}).reason(ticker) is None
 
 
 def test_known_symbols_are_read_live() -> None:
     symbols: set[str] = set()
-    validator = Validator(lambda: symbols)
+    validator = Validator(symbols)
     assert validator.reason(GOOD) == "unknown_symbol"
     symbols.add("BTCUSDT")
     assert validator.reason(GOOD) is None
