@@ -96,6 +96,9 @@ class ExchangeConfig:
     rest_url: str | None = None
     #: check symbols against the venue's instrument list before subscribing
     check_symbols: bool = True
+    #: a best bid/ask older than this many seconds is not attached to a ticker (venues whose
+    #: tickers take bid/ask from a separate quote stream: binance-usdm, bybit spot)
+    quote_max_age: float = attrs.field(default=5.0, validator=_positive)
 
     @channels.validator
     def _some_channels(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:

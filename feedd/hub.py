@@ -18,11 +18,9 @@ from typing import Protocol
 import trio
 
 from feedd.codec import encode_record
-from feedd.model import MarketData
+from feedd.model import Batch, MarketData
 
 logger = logging.getLogger(__name__)
-
-Batch = list[MarketData]
 
 
 class Sink(Protocol):

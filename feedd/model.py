@@ -13,6 +13,9 @@ Side = Literal["buy", "sell"]
 TRADE: Kind = "trade"
 TICKER: Kind = "ticker"
 
+#: one WebSocket message as the transport hands it over and as adapters decode it
+Frame = str | bytes
+
 
 @attrs.frozen(slots=True)
 class MarketData:
@@ -36,3 +39,7 @@ class MarketData:
     change_24h: float | None = None
     side: Side | None = None
     trade_id: str | None = None
+
+
+#: records one connection read in one wakeup; the unit the hub and the sinks move
+Batch = list[MarketData]

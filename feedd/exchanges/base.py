@@ -2,7 +2,13 @@
 
 An adapter owns no socket, clock or task (as h11 and wsproto do): the runner asks it for the
 frames to send and hands it every frame it receives, and the adapter answers with events.
-Adding a venue means writing one :class:`Venue` and its :class:`Session`; nothing else changes.
+Adding a venue means writing one :class:`Venue` and its :class:`Session` in one module of this
+package; nothing else changes. Helpers every adapter needs (payload errors, millisecond
+timestamps, a quote cache with an age bound) live in :mod:`feedd.exchanges.fields`.
+
+Vocabulary: a *connection* is one shard the runner keeps open for ever; an *attempt* is one
+connect-to-close of it (the runner's word); a *session* is the adapter's protocol state of one
+attempt (request ids, pending acks, ticker state), made fresh for every attempt.
 """
 
 from __future__ import annotations
@@ -13,12 +19,15 @@ from typing import Any, Literal, Protocol
 
 import attrs
 
-from feedd.model import MarketData
+from feedd.model import Frame, MarketData
 
 Channel = Literal["trades", "ticker"]
 CHANNELS: tuple[Channel, ...] = ("trades", "ticker")
-
-Frame = str | bytes
+#: what a subscribe/unsubscribe request does
+Op = Literal["subscribe", "unsubscribe"]
+#: when the runner sends :meth:`Session.ping`: only after ``ping_interval`` without a frame
+#: (a probe of an idle feed), or every ``ping_interval`` whatever arrives (a venue's heartbeat rule)
+PingMode = Literal["idle", "always"]
 
 
 @attrs.frozen(slots=True)
@@ -51,12 +60,19 @@ class SubscribeAck:
 
     request_id: str | int | None
     topics: tuple[str, ...]
-    op: Literal["subscribe", "unsubscribe"] = "subscribe"
+    op: Op = "subscribe"
 
 
 @attrs.frozen(slots=True)
 class SubscribeError:
-    """The venue refused a request; ``topics`` is empty when the reply cannot be attributed."""
+    """The venue refused a request, or some topics of it.
+
+    ``topics`` names exactly the refused topics when the reply says which (by request id or by
+    naming them); the runner records each as a subscription error while the rest of the batch
+    streams on. A reply that names neither (Binance's id-less ``code``/``msg`` errors) must
+    still be reported, with ``topics=()``: the runner logs it and shows it as unattributed
+    rather than guessing which request it belongs to.
+    """
 
     request_id: str | int | None
     topics: tuple[str, ...]
@@ -65,7 +81,7 @@ class SubscribeError:
 
 @attrs.frozen(slots=True)
 class Pong:
-    """The venue answered an application-level ping."""
+    """The venue answered :meth:`Session.ping`; ends the runner's wait for it (``pong_timeout``)."""
 
 
 @attrs.frozen(slots=True)
@@ -81,6 +97,14 @@ class Reconnect:
 
 
 @attrs.frozen(slots=True)
+class SequenceGap:
+    """The venue's message sequence skipped: ``missed`` messages were lost on this connection."""
+
+    missed: int
+    detail: str
+
+
+@attrs.frozen(slots=True)
 class Ignored:
     """A well-formed frame the adapter knows and deliberately drops (e.g. an absorbed quote)."""
 
@@ -93,7 +117,18 @@ class DecodeError:
     frame: str
 
 
-Event = MarketData | SubscribeAck | SubscribeError | Pong | Heartbeat | Reconnect | Ignored | DecodeError
+Event = (
+    MarketData | SubscribeAck | SubscribeError | Pong | Heartbeat | Reconnect | SequenceGap | Ignored
+    | DecodeError
+)
+
+
+@attrs.frozen(slots=True)
+class InstrumentPage:
+    """One page of a venue's instrument list; ``cursor`` asks for the next page (None: the last)."""
+
+    symbols: frozenset[str]
+    cursor: str | None = None
 
 
 def excerpt(frame: Frame, limit: int = 200) -> str:
@@ -103,9 +138,10 @@ def excerpt(frame: Frame, limit: int = 200) -> str:
 
 
 class Session(Protocol):
-    """Protocol state of one WebSocket connection (request ids, pending acks, merged quotes).
+    """Protocol state of one connection attempt (request ids, pending acks, ticker state).
 
-    A new session is made for every (re)connection; nothing in it survives a reconnect.
+    A new session is made for every attempt; nothing in it survives a reconnect, except what the
+    venue deliberately shares between its sessions (e.g. a quote cache).
     """
 
     def subscribe(self, topics: Sequence[str]) -> list[Frame]:
@@ -117,11 +153,15 @@ class Session(Protocol):
         ...
 
     def ping(self) -> Frame | None:
-        """A frame whose reply proves the feed alive, sent when it has been idle; None: none."""
+        """The venue's application ping (see :attr:`Venue.ping_mode`); None: none to send."""
         ...
 
     def decode(self, frame: Frame, received_at: datetime) -> Iterable[Event]:
         """Every event one received frame holds; never raises on bad input (gives DecodeError)."""
+        ...
+
+    def connection_lost(self) -> None:
+        """The attempt ended: forget what only this connection kept current (e.g. its quotes)."""
         ...
 
 
@@ -135,8 +175,15 @@ class Venue(Protocol):
     max_streams_per_connection: int
     #: messages per second the venue allows a client to send on one connection
     max_messages_per_second: float
-    #: idle seconds after which the runner sends :meth:`Session.ping` (None: never)
+    #: seconds between :meth:`Session.ping` calls, as :attr:`ping_mode` says (None: never)
     ping_interval: float | None
+    ping_mode: PingMode
+    #: a ping not answered by a :class:`Pong` within this many seconds ends the attempt
+    #: (None: replies are not awaited; the stale watchdog still applies)
+    pong_timeout: float | None
+    #: a best bid/ask older than this (seconds, by receive time) is not attached to a ticker;
+    #: set by the supervisor from ``[exchanges.<venue>] quote_max_age`` before any session exists
+    quote_max_age: float
     #: is the venue's symbol spelling case-insensitive (so feedd upper-cases it)
     uppercase_symbols: bool
 
@@ -152,10 +199,13 @@ class Venue(Protocol):
         """Fresh protocol state for one connection."""
         ...
 
-    def instruments_path(self) -> str:
-        """Path under the REST base URL that lists the venue's instruments."""
+    def instruments_path(self, cursor: str | None = None) -> str:
+        """Path (and query) under the REST base URL of the instrument list's page at ``cursor``."""
         ...
 
-    def parse_instruments(self, body: Any) -> frozenset[str]:
-        """The tradable symbols in a decoded instruments response."""
+    def parse_instruments(self, body: Any) -> InstrumentPage:
+        """The tradable symbols in one decoded instruments response, and the next page's cursor.
+
+        Raises ValueError (naming what is wrong) for a body that is not the expected shape.
+        """
         ...

@@ -13,7 +13,7 @@ no JSON ping, so :meth:`BinanceSession.ping` probes an idle feed with ``LIST_SUB
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,8 +22,10 @@ import orjson
 from feedd.exchanges.base import (
     DecodeError,
     Event,
-    Frame,
     Ignored,
+    InstrumentPage,
+    Op,
+    PingMode,
     Reconnect,
     Session,
     SubscribeAck,
@@ -33,31 +35,15 @@ from feedd.exchanges.base import (
     Venue,
     excerpt,
 )
-from feedd.model import TICKER, TRADE, MarketData
+from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, text
+from feedd.model import TICKER, TRADE, Frame, MarketData
 
-Op = Literal["subscribe", "unsubscribe"]
-#: best bid and ask of one symbol, from its last ``@bookTicker``
-Quote = tuple[float, float]
 _Handler = Callable[[dict[str, Any], datetime], Event]
 
 _IGNORED = Ignored()
 _SHUTDOWN = Reconnect("serverShutdown")
-# Exchange times are epoch milliseconds. ``fromtimestamp(ms / 1000, UTC)`` measured ~210 ns against
-# ~340-450 ns for ``_EPOCH + timedelta(...)``, and it is exact: below 2**32 s (year 2106) the float's
-# error is under 0.48 µs and fromtimestamp rounds to the nearest µs, so the millisecond survives
-# (also checked on 200k random values). It is inlined in the handlers to save a call per frame.
+# inlined rather than fields.from_ms: one call less per trade frame (see fields.py on exactness)
 _fromtimestamp = datetime.fromtimestamp
-
-# What a bad payload can raise while being read: a missing key, a wrong type, an unparsable
-# number, or a timestamp out of datetime's range (fromtimestamp may give OverflowError or OSError).
-_PAYLOAD_ERRORS = (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError)
-
-
-def _symbol(data: dict[str, Any]) -> str:
-    symbol = data["s"]
-    if type(symbol) is not str:
-        raise TypeError(f"symbol 's' is not a string: {symbol!r}")
-    return symbol
 
 
 class BinanceSession:
@@ -65,16 +51,19 @@ class BinanceSession:
 
     Request ids are small positive integers from 1: the docs allow more, but one documented error
     says "request ID must be an unsigned integer" (§2.2). Quotes go to the venue-wide ``quotes``
-    cache because on USD-M the ``@bookTicker`` and the ``@ticker`` arrive on different connections.
+    cache because on USD-M the ``@bookTicker`` and the ``@ticker`` arrive on different connections;
+    the session remembers whose quotes it feeds, to drop them when its connection is lost.
     """
 
     #: streams per SUBSCRIBE/UNSUBSCRIBE request; Binance answers "too many parameters" past its
     #: (undocumented) limit, and 200 is USD-M's whole per-connection budget.
     MAX_PARAMS_PER_REQUEST = 200
 
-    def __init__(self, venue_id: str, quotes: dict[str, Quote]) -> None:
+    def __init__(self, venue_id: str, quotes: QuoteCache) -> None:
         self._venue_id = venue_id
         self._quotes = quotes
+        #: symbols whose ``@bookTicker`` this connection carries
+        self._quoted: set[str] = set()
         self._next_id = 1
         self._pending: dict[int, tuple[Op, tuple[str, ...]]] = {}
         # keyed by the part of the stream name after its last "@" ("!serverShutdown" has none)
@@ -94,13 +83,21 @@ class BinanceSession:
         Subscribing a ``@bookTicker`` forgets its cached quote, so a ticker never carries a
         quote older than the subscription (e.g. from before a reconnect).
         """
-        self._forget_quotes(topics)
+        quoted = self._quote_symbols(topics)
+        self._quotes.forget(quoted)
+        self._quoted.update(quoted)
         return self._requests("SUBSCRIBE", "subscribe", topics)
 
     def unsubscribe(self, topics: Sequence[str]) -> list[Frame]:
         """``UNSUBSCRIBE`` text frames; an unsubscribed ``@bookTicker`` drops its cached quote."""
-        self._forget_quotes(topics)
+        quoted = self._quote_symbols(topics)
+        self._quotes.forget(quoted)
+        self._quoted.difference_update(quoted)
         return self._requests("UNSUBSCRIBE", "unsubscribe", topics)
+
+    def connection_lost(self) -> None:
+        """The quotes this connection kept current stop being current."""
+        self._quotes.forget(self._quoted)
 
     def ping(self) -> Frame | None:
         """A ``LIST_SUBSCRIPTIONS`` request, sent only when the feed has been idle.
@@ -125,11 +122,13 @@ class BinanceSession:
             frames.append(orjson.dumps(body).decode())
         return frames
 
-    def _forget_quotes(self, topics: Sequence[str]) -> None:
-        for topic in topics:
-            symbol, _, stream = topic.rpartition("@")
-            if stream == "bookTicker":
-                self._quotes.pop(symbol.upper(), None)
+    @staticmethod
+    def _quote_symbols(topics: Sequence[str]) -> list[str]:
+        return [
+            symbol.upper()
+            for symbol, _, stream in (topic.rpartition("@") for topic in topics)
+            if stream == "bookTicker"
+        ]
 
     # ---- incoming ------------------------------------------------------------------------
 
@@ -159,7 +158,7 @@ class BinanceSession:
                 return [handler(msg["data"], received_at)]
             except KeyError as exc:
                 reason = f"bad {stream!r} payload: missing field {exc}"
-            except _PAYLOAD_ERRORS as exc:
+            except PAYLOAD_ERRORS as exc:
                 reason = f"bad {stream!r} payload: {type(exc).__name__}: {exc}"
             return [DecodeError(reason, excerpt(frame))]
         if "result" in msg:
@@ -201,7 +200,7 @@ class BinanceSession:
         return self._trade_record(data, str(trade_id), received_at)
 
     def _trade_record(self, data: dict[str, Any], trade_id: str, received_at: datetime) -> Event:
-        symbol = _symbol(data)
+        symbol = text(data, "s")
         # m: "is the buyer the market maker?"; true means the taker sold (§2.3, §4)
         maker_buyer = data["m"]
         if maker_buyer is True:
@@ -223,14 +222,13 @@ class BinanceSession:
         )
 
     def _ticker(self, data: dict[str, Any], received_at: datetime) -> Event:
-        symbol = _symbol(data)
+        symbol = text(data, "s")
         bid_text = data.get("b")
         bid: float | None
         ask: float | None
         if bid_text is None:
-            # USD-M tickers carry no best bid/ask (§2.6): use the last @bookTicker, if any
-            quote = self._quotes.get(symbol)
-            bid, ask = quote if quote is not None else (None, None)
+            # USD-M tickers carry no best bid/ask (§2.6): use the last @bookTicker, if fresh
+            bid, ask = self._quotes.get(symbol, received_at)
         else:
             bid, ask = float(bid_text), float(data["a"])
         return MarketData(
@@ -249,8 +247,7 @@ class BinanceSession:
         )
 
     def _book_ticker(self, data: dict[str, Any], received_at: datetime) -> Event:
-        symbol = _symbol(data)
-        self._quotes[symbol] = (float(data["b"]), float(data["a"]))
+        self._quotes.put(text(data, "s"), float(data["b"]), float(data["a"]), received_at)
         return _IGNORED
 
     def _server_shutdown(self, data: dict[str, Any], received_at: datetime) -> Event:
@@ -267,20 +264,32 @@ class _BinanceVenue:
     max_messages_per_second: float
     #: idle seconds before a liveness probe (see BinanceSession.ping); well inside stale_after
     ping_interval: float | None = 10.0
+    ping_mode: PingMode = "idle"
+    #: the probe's reply is not awaited: the server's own WebSocket pings keep the socket honest,
+    #: and the stale watchdog ends a feed that stays silent
+    pong_timeout: float | None = None
     uppercase_symbols: bool = True
     _instruments_path: str
 
     def __init__(self) -> None:
         # symbol -> last best bid/ask; shared by every session of this venue instance
-        self.quotes: dict[str, Quote] = {}
+        self.quotes = QuoteCache()
+
+    @property
+    def quote_max_age(self) -> float:
+        return self.quotes.max_age.total_seconds()
+
+    @quote_max_age.setter
+    def quote_max_age(self, seconds: float) -> None:
+        self.quotes.max_age = timedelta(seconds=seconds)
 
     def new_session(self) -> Session:
         return BinanceSession(self.venue_id, self.quotes)
 
-    def instruments_path(self) -> str:
-        return self._instruments_path
+    def instruments_path(self, cursor: str | None = None) -> str:
+        return self._instruments_path  # exchangeInfo is one page
 
-    def parse_instruments(self, body: Any) -> frozenset[str]:
+    def parse_instruments(self, body: Any) -> InstrumentPage:
         """The symbols of an exchangeInfo response whose ``status`` is ``TRADING``."""
         if not isinstance(body, dict):
             raise ValueError(f"exchangeInfo is not a JSON object: {excerpt(repr(body), 100)}")
@@ -294,7 +303,7 @@ class _BinanceVenue:
                                  f"{excerpt(repr(entry), 100)}")
             if entry.get("status") == "TRADING":
                 tradable.add(entry["symbol"])
-        return frozenset(tradable)
+        return InstrumentPage(frozenset(tradable))
 
 
 class BinanceSpot(_BinanceVenue):

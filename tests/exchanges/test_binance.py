@@ -17,6 +17,7 @@ from feedd.exchanges.base import (
     Event,
     Frame,
     Ignored,
+    InstrumentPage,
     Reconnect,
     SubscribeAck,
     SubscribeError,
@@ -419,7 +420,7 @@ def test_book_ticker_sample_is_absorbed_into_the_venue_quotes() -> None:
     venue = BinanceSpot()
     frame = wrapped("bnbusdt@bookTicker", sample("bookTicker.json"))
     assert only(session(venue).decode(frame, RECEIVED)) == Ignored()
-    assert venue.quotes["BNBUSDT"] == (25.3519, 25.3652)
+    assert venue.quotes.get("BNBUSDT", RECEIVED) == (25.3519, 25.3652)
 
 
 def test_spot_ticker_prefers_its_own_bid_ask_over_a_cached_quote() -> None:
@@ -473,7 +474,33 @@ def test_book_ticker_request_forgets_the_cached_quote(op: str) -> None:
     public.decode(wrapped("ethusdt@bookTicker", other), RECEIVED)
     getattr(session(venue), op)(["bnbusdt@bookTicker"])  # e.g. a reconnected /public session
     assert "BNBUSDT" not in venue.quotes
-    assert venue.quotes["ETHUSDT"] == (1.0, 2.0)
+    assert venue.quotes.get("ETHUSDT", RECEIVED) == (1.0, 2.0)
+
+
+def test_usdm_ticker_ignores_a_quote_older_than_quote_max_age() -> None:
+    venue = BinanceUsdm()
+    venue.quote_max_age = 3.0
+    public, market = session(venue), session(venue)
+    public.decode(wrapped("bnbusdt@bookTicker", sample("bookTicker.json")), RECEIVED)
+    fresh = market_data(market.decode(usdm_ticker_frame(), RECEIVED + timedelta(seconds=3)))
+    assert (fresh.bid, fresh.ask) == (25.3519, 25.3652)
+    # the /public connection is down or backing off: its last quote must not pass for current
+    stale = market_data(market.decode(usdm_ticker_frame(), RECEIVED + timedelta(seconds=3.001)))
+    assert (stale.bid, stale.ask) == (None, None)
+
+
+def test_quotes_are_dropped_when_the_connection_that_carried_them_is_lost() -> None:
+    venue = BinanceUsdm()
+    public, market = session(venue), session(venue)
+    public.subscribe(["bnbusdt@bookTicker"])
+    public.decode(wrapped("bnbusdt@bookTicker", sample("bookTicker.json")), RECEIVED)
+    market.subscribe(["bnbusdt@ticker"])
+    market.connection_lost()  # another connection's loss leaves the quote alone
+    assert "BNBUSDT" in venue.quotes
+    public.connection_lost()
+    assert "BNBUSDT" not in venue.quotes
+    record = market_data(session(venue).decode(usdm_ticker_frame(), RECEIVED))
+    assert (record.bid, record.ask) == (None, None)
 
 
 def test_mini_ticker_sample_is_an_unhandled_stream() -> None:
@@ -506,7 +533,7 @@ def test_every_recorded_trade_decodes_to_a_valid_trade() -> None:
         events = s.decode(line, RECEIVED)
         if message["stream"] == "btcusdt@bookTicker":
             assert events == [Ignored()]
-            assert venue.quotes["BTCUSDT"] == (float(data["b"]), float(data["a"]))
+            assert venue.quotes.get("BTCUSDT", RECEIVED) == (float(data["b"]), float(data["a"]))
             book_tickers += 1
             continue
         assert message["stream"] == "btcusdt@trade"
@@ -645,7 +672,7 @@ def test_parse_instruments_keeps_only_trading_symbols() -> None:
         ],
     }
     for venue in (BinanceSpot(), BinanceUsdm()):
-        assert venue.parse_instruments(body) == frozenset({"BTCUSDT", "ETHUSDT"})
+        assert venue.parse_instruments(body) == InstrumentPage(frozenset({"BTCUSDT", "ETHUSDT"}))
 
 
 @pytest.mark.parametrize(

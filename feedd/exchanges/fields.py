@@ -1,0 +1,73 @@
+"""Decode helpers every adapter needs: one home, so a new exchange does not copy them.
+
+Nothing here knows a venue. Adapters read payload fields inside a ``try`` that catches
+:data:`PAYLOAD_ERRORS` and turn the exception into a :class:`~feedd.exchanges.base.DecodeError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+#: What reading a bad payload can raise: a missing key, a wrong type, an unparsable number, or a
+#: timestamp out of datetime's range (``fromtimestamp`` may give OverflowError or OSError).
+PAYLOAD_ERRORS = (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError)
+
+# Exchange times are epoch milliseconds. ``fromtimestamp(ms / 1000, UTC)`` measured ~210 ns against
+# ~340-450 ns for ``_EPOCH + timedelta(...)``, and it is exact: below 2**32 s (year 2106) the float's
+# error is under 0.48 µs and fromtimestamp rounds to the nearest µs, so the millisecond survives
+# (also checked on 200k random values). Hot handlers may inline it to save a call per frame.
+_fromtimestamp = datetime.fromtimestamp
+
+
+def from_ms(value: Any) -> datetime:
+    """An epoch-milliseconds field (an int, or a decimal string of one) as an aware UTC datetime."""
+    if type(value) is str:
+        value = int(value)
+    elif type(value) is not int:
+        raise TypeError(f"timestamp is not integer milliseconds: {value!r}")
+    return _fromtimestamp(value / 1000, UTC)
+
+
+def text(data: dict[str, Any], key: str) -> str:
+    """A field that must be a string (symbols, ids): a number or null there is a bad payload."""
+    value = data[key]
+    if type(value) is not str:
+        raise TypeError(f"{key!r} is not a string: {value!r}")
+    return value
+
+
+class QuoteCache:
+    """Best bid/ask per symbol, from a quote stream, for the ticker records that lack them.
+
+    Shared by the sessions of one venue, because a venue may carry quotes and tickers on
+    different connections. A quote is attached only while it is fresh: older than ``max_age``
+    (by receive time, so no clock is needed) it is stale — its connection is down or backing off
+    — and a ticker carries no bid/ask rather than a wrong one. A session forgets its symbols'
+    quotes when its connection is lost.
+    """
+
+    def __init__(self, max_age: float = 5.0) -> None:
+        self.max_age = timedelta(seconds=max_age)
+        self._quotes: dict[str, tuple[float, float, datetime]] = {}
+
+    def put(self, symbol: str, bid: float, ask: float, received_at: datetime) -> None:
+        self._quotes[symbol] = (bid, ask, received_at)
+
+    def get(self, symbol: str, at: datetime) -> tuple[float, float] | tuple[None, None]:
+        """The quote of ``symbol`` if it is at most ``max_age`` old at ``at``, else (None, None)."""
+        quote = self._quotes.get(symbol)
+        if quote is None or at - quote[2] > self.max_age:
+            return None, None
+        return quote[0], quote[1]
+
+    def forget(self, symbols: Iterable[str]) -> None:
+        for symbol in symbols:
+            self._quotes.pop(symbol, None)
+
+    def __contains__(self, symbol: str) -> bool:
+        return symbol in self._quotes
+
+    def __len__(self) -> int:
+        return len(self._quotes)
