@@ -15,6 +15,7 @@ import attrs
 import httpx
 import orjson
 
+from feedd.errors import describe
 from feedd.exchanges.base import Venue
 
 log = logging.getLogger(__name__)
@@ -50,26 +51,48 @@ def _read_cache(path: Path) -> frozenset[str]:
     return frozenset(data)
 
 
+#: pages followed at most; a venue whose cursor never ends is a bad answer, not a loop
+MAX_PAGES = 100
+
+
+async def _fetch(venue: Venue, rest_url: str) -> frozenset[str]:
+    """Every page of the instrument list, following the venue's cursor."""
+    base = rest_url.rstrip("/")
+    symbols: set[str] = set()
+    cursor: str | None = None
+    seen: set[str] = set()
+    async with httpx.AsyncClient(timeout=REST_TIMEOUT) as http:
+        for _ in range(MAX_PAGES):
+            response = await http.get(base + venue.instruments_path(cursor))
+            response.raise_for_status()
+            page = venue.parse_instruments(response.json())
+            symbols.update(page.symbols)
+            cursor = page.cursor
+            if cursor is None:
+                return frozenset(symbols)
+            if cursor in seen:
+                raise ValueError(f"the instrument list repeats its page cursor {cursor!r}")
+            seen.add(cursor)
+    raise ValueError(f"the instrument list has more than {MAX_PAGES} pages")
+
+
 async def load_instruments(
     venue: Venue,
     rest_url: str,
     cache_dir: str,
 ) -> Instruments:
-    """Fetch the venue's symbols over REST, falling back to the on-disk cache."""
+    """Fetch the venue's symbols over REST (every page), falling back to the on-disk cache."""
     url = rest_url.rstrip("/") + venue.instruments_path()
     cache = _cache_file(cache_dir, venue.venue_id)
     try:
-        async with httpx.AsyncClient(timeout=REST_TIMEOUT) as http:
-            response = await http.get(url)
-            response.raise_for_status()
-            symbols = venue.parse_instruments(response.json())
+        symbols = await _fetch(venue, rest_url)
     except (httpx.HTTPError, ValueError) as exc:
-        error = f"instrument list from {url} unavailable: {exc or type(exc).__name__}"
+        error = f"instrument list from {url} unavailable: {describe(exc)}"
     else:
         try:
             _write_cache(cache, symbols)
         except OSError as exc:
-            log.warning("%s: cannot cache instrument list at %s: %s", venue.venue_id, cache, exc)
+            log.warning("%s: cannot cache instrument list at %s: %s", venue.venue_id, cache, describe(exc))
         return Instruments(symbols, "rest")
     try:
         symbols = _read_cache(cache)
@@ -77,7 +100,7 @@ async def load_instruments(
         log.warning("%s: %s; no cached list either, symbols go unchecked", venue.venue_id, error)
         return Instruments(None, "unavailable", error)
     except (OSError, ValueError) as exc:
-        log.warning("%s: %s; cached list %s unreadable (%s)", venue.venue_id, error, cache, exc)
+        log.warning("%s: %s; cached list %s unreadable (%s)", venue.venue_id, error, cache, describe(exc))
         return Instruments(None, "unavailable", error)
     log.warning("%s: %s; using the cached list (%d symbols)", venue.venue_id, error, len(symbols))
     return Instruments(symbols, "cache", error)
