@@ -8,14 +8,16 @@ connection without reconnecting the others.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 
 import trio
 
 from feedd.config import ExchangeConfig
-from feedd.connection import Batch, ConnectionRunner, RunnerSettings
+from feedd.connection import ConnectionRunner, RunnerSettings
 from feedd.exchanges.base import Channel, Subscription, Topic, Venue
 from feedd.instruments import Instruments, load_instruments
+from feedd.model import Batch
 from feedd.status import VenueStatus
 from feedd.transport import OpenTransport, open_transport
 from feedd.validate import Validator
@@ -48,6 +50,7 @@ class VenueSupervisor:
         open_transport: OpenTransport = open_transport,
     ) -> None:
         self.venue = venue
+        venue.quote_max_age = config.quote_max_age
         self.config = config
         self.settings = settings
         self.cache_dir = cache_dir
@@ -63,6 +66,9 @@ class VenueSupervisor:
         self._runners: dict[str, list[ConnectionRunner]] = {}
         self._scopes: dict[ConnectionRunner, trio.CancelScope] = {}
         self._owner: dict[Topic, ConnectionRunner] = {}
+        #: subscriptions using each wire topic: channels of one exchange may share a topic, and
+        #: the topic leaves the wire only when the last of them is unsubscribed
+        self._refs: Counter[Topic] = Counter()
         self._nursery: trio.Nursery | None = None
         self._shard_count: dict[str, int] = {}
 
@@ -135,6 +141,7 @@ class VenueSupervisor:
         return removed
 
     def _place(self, topic: Topic) -> None:
+        self._refs[topic] += 1
         if topic in self._owner:
             return
         shards = self._runners.setdefault(topic.route, [])
@@ -147,6 +154,10 @@ class VenueSupervisor:
         self._owner[topic] = runner
 
     def _displace(self, topic: Topic) -> None:
+        self._refs[topic] -= 1
+        if self._refs[topic] > 0:
+            return
+        del self._refs[topic]
         runner = self._owner.pop(topic, None)
         if runner is None:
             return
