@@ -26,6 +26,8 @@ class ConnectionStatus:
     reconnects: int = 0
     last_error: str | None = None
     last_frame_at: float | None = None  # trio clock
+    #: the current attempt has kept delivering for ``stable_after`` seconds
+    stable: bool = False
 
 
 @attrs.define
@@ -41,8 +43,9 @@ class VenueStatus:
     rejected: Counter[str] = attrs.field(factory=Counter)
     #: frames that could not be decoded
     decode_errors: int = 0
-    #: frames the reader had to drop because the decoder fell behind
-    frames_dropped: int = 0
+    #: gaps in the venue's message sequence numbers, and the messages they skipped
+    sequence_gaps: int = 0
+    messages_missed: int = 0
     #: subscriptions the venue refused or we refused (unknown symbol), by topic or symbol
     subscription_errors: dict[str, str] = attrs.field(factory=dict)
     last_error: str | None = None
@@ -81,7 +84,8 @@ class VenueStatus:
             "rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(self.rejected),
             "decode_errors": self.decode_errors,
-            "frames_dropped": self.frames_dropped,
+            "sequence_gaps": self.sequence_gaps,
+            "messages_missed": self.messages_missed,
             "reconnects": self.reconnects,
             "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error,

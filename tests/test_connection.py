@@ -19,6 +19,7 @@ import trio.testing
 from feedd.backoff import Backoff
 from feedd.connection import ConnectionRunner, RunnerSettings
 from feedd.exchanges import make_venue
+from feedd.exchanges.base import Pong
 from feedd.model import MarketData
 from feedd.status import VenueStatus
 from feedd.transport import Frame, TransportError
@@ -391,3 +392,196 @@ async def test_failed_is_logged_once_per_run_of_failures(
         nursery.cancel_scope.cancel()
     failed = [r for r in caplog.records if "consecutive attempts" in r.getMessage()]
     assert len(failed) == 2
+
+
+SHUTDOWN = orjson.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown"}}).decode()
+
+
+async def test_a_venue_that_shuts_down_every_new_connection_meets_the_backoff_ladder(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A server in maintenance answering each connect with serverShutdown: no reconnect storm."""
+    settings = RunnerSettings(reconnect_interval=1.0, max_backoff=60.0, max_retries=0)
+    network = FakeNetwork(lambda n: True)
+    runner, _, _ = make_runner(network, settings)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        for n in range(1, 7):
+            await network.wait_attempts(n)
+            await trio.testing.wait_all_tasks_blocked()
+            assert network.transport is not None
+            await network.transport.incoming_send.send(SHUTDOWN)
+        await network.wait_attempts(7)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(network.attempts, network.attempts[1:], strict=False)]
+    for n, gap in enumerate(gaps):
+        assert 2.0**n / 2 <= gap <= 2.0**n + 1e-6, (n, gap)
+    assert runner.conn.consecutive_failures == 6
+    assert "serverShutdown" in (runner.conn.last_error or "")
+
+
+async def test_planned_reconnects_of_stable_connections_are_never_closer_than_reconnect_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = RunnerSettings(reconnect_interval=5.0, max_backoff=60.0, stable_after=1.0)
+    network = FakeNetwork(lambda n: True)
+    runner, _, records = make_runner(network, settings)
+    shutdowns: list[float] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        for n in range(1, 4):
+            await network.wait_attempts(n)
+            await trio.testing.wait_all_tasks_blocked()
+            transport = network.transport
+            assert transport is not None
+            await transport.incoming_send.send(trade_frame(2 * n))
+            await records.receive()
+            await trio.sleep(1.0)
+            await transport.incoming_send.send(trade_frame(2 * n + 1))  # stable from here on
+            await records.receive()
+            assert runner.conn.stable
+            shutdowns.append(trio.current_time())
+            await transport.incoming_send.send(SHUTDOWN)
+        await network.wait_attempts(4)
+        nursery.cancel_scope.cancel()
+    assert network.attempts[1] == pytest.approx(shutdowns[0])  # the first one is immediate
+    # the next ones wait until reconnect_interval has passed since the previous planned one
+    assert network.attempts[2] == pytest.approx(network.attempts[1] + 5.0)
+    assert network.attempts[3] == pytest.approx(network.attempts[2] + 5.0)
+    assert runner.conn.consecutive_failures == 0  # planned, healthy: never a failure
+
+
+async def test_no_frame_is_dropped_while_the_hub_is_behind_and_control_frames_still_act(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    status = VenueStatus("binance")
+    to_hub, from_runner = trio.open_memory_channel[list[MarketData]](1)  # a hub far behind
+    runner = ConnectionRunner(
+        venue=make_venue("binance"), url="ws://test/stream", name="binance/stream#1",
+        topics=("btcusdt@trade",), settings=RunnerSettings(), status=status, records=to_hub,
+        validator=Validator({"BTCUSDT"}), open_transport=network.open,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        transport = network.transport
+        assert transport is not None
+
+        async def push() -> None:
+            for i in range(600):
+                await transport.incoming_send.send(trade_frame(i))
+            # an error reply for the initial SUBSCRIBE (id 1), behind 600 frames the hub owes
+            await transport.incoming_send.send('{"code": 2, "msg": "Invalid request", "id": 1}')
+
+        nursery.start_soon(push)
+        await trio.sleep(10)  # the hub is stalled: the reader waits, and nothing is dropped
+        got: list[MarketData] = []
+        with trio.move_on_after(20):  # on the mock clock: ends the wait if records went missing
+            while len(got) < 600:
+                got.extend(await from_runner.receive())
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert [r.trade_id for r in got] == [str(i) for i in range(600)]
+    assert status.subscription_errors == {"btcusdt@trade": "code 2: Invalid request"}
+
+
+class PingVenue:
+    """A venue whose heartbeat rule is Bybit's: a JSON ping every interval, a pong owed for each."""
+
+    venue_id = "binance"
+    default_url = "ws://test"
+    default_rest_url = "http://test"
+    max_streams_per_connection = 10
+    max_messages_per_second = 10.0
+    ping_interval: float | None = 20.0
+    ping_mode = "always"
+    pong_timeout: float | None = 5.0
+    quote_max_age = 5.0
+    uppercase_symbols = True
+
+    def __init__(self) -> None:
+        self.binance = make_venue("binance")
+
+    def new_session(self) -> PingSession:
+        return PingSession(self.binance.new_session())
+
+
+class PingSession:
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def subscribe(self, topics: list[str]) -> list[Frame]:
+        return self.inner.subscribe(topics)  # type: ignore[attr-defined, no-any-return]
+
+    def unsubscribe(self, topics: list[str]) -> list[Frame]:
+        return self.inner.unsubscribe(topics)  # type: ignore[attr-defined, no-any-return]
+
+    def ping(self) -> Frame:
+        return '{"op": "ping"}'
+
+    def decode(self, frame: Frame, received_at: datetime) -> list[object]:
+        if frame == '{"op": "pong"}':
+            return [Pong()]
+        return self.inner.decode(frame, received_at)  # type: ignore[attr-defined, no-any-return]
+
+    def connection_lost(self) -> None:
+        pass
+
+
+def ping_runner(network: FakeNetwork) -> tuple[ConnectionRunner, trio.MemoryReceiveChannel[list[MarketData]]]:
+    send, receive = trio.open_memory_channel[list[MarketData]](1000)
+    runner = ConnectionRunner(
+        venue=PingVenue(),  # type: ignore[arg-type]
+        url="ws://test", name="ping#1", topics=("btcusdt@trade",),
+        settings=RunnerSettings(stale_after=30.0, reconnect_interval=1.0),
+        status=VenueStatus("binance"), records=send, validator=Validator({"BTCUSDT"}),
+        open_transport=network.open,
+    )
+    return runner, receive
+
+
+async def test_fixed_schedule_pings_go_out_even_while_data_flows(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, records = ping_runner(network)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        transport = network.transport
+        assert transport is not None
+        for i in range(100):  # a trade every second, and a pong for every ping
+            await trio.sleep(1.0)
+            await transport.incoming_send.send(trade_frame(i))
+            await records.receive()
+            if transport.sent and transport.sent[-1][1] == '{"op": "ping"}':
+                await transport.incoming_send.send('{"op": "pong"}')
+                transport.sent.append((trio.current_time(), "answered"))
+        nursery.cancel_scope.cancel()
+    pings = [t for t, f in transport.sent if f == '{"op": "ping"}']
+    assert pings == pytest.approx([20.0, 40.0, 60.0, 80.0, 100.0])
+    assert len(network.attempts) == 1
+
+
+async def test_a_missing_pong_ends_the_connection_within_pong_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, _ = ping_runner(network)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        transport = network.transport
+        assert transport is not None
+
+        async def trades() -> None:  # data keeps flowing: only the pong is missing
+            for i in range(1000):
+                await transport.incoming_send.send(trade_frame(i))
+                await trio.sleep(1.0)
+
+        nursery.start_soon(trades)
+        await network.wait_attempts(2)
+        nursery.cancel_scope.cancel()
+    assert runner.conn.last_error == "no pong within 5 s of a ping"
+    assert 25.0 <= network.attempts[1] <= 26.0 + 1e-6  # ping at 20 s, 5 s grace, then backoff 0.5-1 s

@@ -270,10 +270,16 @@ async def test_without_rest_or_cache_symbols_go_unchecked_and_still_stream(workd
                 assert (await client.record()).exchange == "binance"
 
 
-async def test_server_shutdown_is_a_planned_reconnect_without_a_failure(workdir: Path) -> None:
-    async with simulators() as (spot, _), running(write_config(workdir, spot)) as daemon:
+async def test_server_shutdown_of_a_stable_connection_is_a_planned_reconnect_without_a_failure(
+    workdir: Path,
+) -> None:
+    async with simulators() as (spot, _), running(write_config(workdir, spot, stable_after=0.2)) as daemon:
+        conn = next(iter(daemon.statuses["binance"].connections.values()))
         with trio.fail_after(TIMEOUT):
             await spot.wait_subscribed(SPOT_STREAMS)
+            client = await Subscriber.connect(daemon.config.unix.path)
+            while not conn.stable:  # records keep flowing; the connection turns stable
+                await client.record()
             spot.send_server_shutdown(close_after=5.0)
             await spot.wait_until(lambda: spot.connections_accepted >= 2)
             await spot.wait_subscribed(SPOT_STREAMS)
