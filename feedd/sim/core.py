@@ -353,6 +353,11 @@ class SimServer(Generic[C]):
             else:
                 self.frames_dropped += 1
 
+    def deliver(self, conn: C, text: str) -> None:
+        """Queue ``text`` for ``conn`` alone (a snapshot on subscribe); nothing while silent."""
+        if not self._silent and not conn.offer(text):
+            self.frames_dropped += 1
+
     # ---- hooks for the exchange's market data ----------------------------------------------
 
     def _run_feeds(self, nursery: trio.Nursery) -> None:
