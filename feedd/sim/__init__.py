@@ -2,21 +2,34 @@
 
 Tests, the benchmark and ``feedd demo`` run these instead of the real venues: each serves its
 venue's wire protocol on localhost, replays recorded traffic, and injects faults on demand.
+:mod:`feedd.sim.core` is the venue-neutral server; a venue module holds its protocol and data.
 """
 
-from feedd.sim.binance import BREAK_SYMBOL, BinanceSimulator, ControlRequest, SimConnection, parse_control
+from feedd.sim.binance import BREAK_SYMBOL, BinanceConnection, BinanceSimulator, ControlRequest, parse_control
+from feedd.sim.bybit import BybitConnection, BybitProtocol, BybitSimulator
+from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimProtocol, SimServer
 from feedd.sim.replay import Recording, load_recording, parse_recording
 from feedd.sim.rest import HttpRequest, HttpResponse, JsonHttpServer
 
 __all__ = [
     "BREAK_SYMBOL",
+    "Accept",
+    "BinanceConnection",
     "BinanceSimulator",
+    "BybitConnection",
+    "BybitProtocol",
+    "BybitSimulator",
     "ControlRequest",
     "HttpRequest",
     "HttpResponse",
     "JsonHttpServer",
+    "Liveness",
     "Recording",
+    "Reject",
+    "Reply",
     "SimConnection",
+    "SimProtocol",
+    "SimServer",
     "load_recording",
     "parse_control",
     "parse_recording",

@@ -1,4 +1,8 @@
-"""``python -m feedd.sim binance [--futures] [--port N] [--speed X]``: serve a simulator until Ctrl-C."""
+"""``python -m feedd.sim VENUE [options]``: serve a simulator until Ctrl-C.
+
+``binance [--futures]`` serves Binance spot or USD-M; ``bybit [--category C]`` serves Bybit's
+spot, linear and inverse endpoints on one port (``ws_url`` is the one of ``--category``).
+"""
 
 from __future__ import annotations
 
@@ -11,33 +15,42 @@ from functools import partial
 
 import trio
 
-from feedd.sim.binance import DEFAULT_SYMBOLS, BinanceSimulator
+from feedd.sim import binance, bybit
+
+
+def _symbols(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m feedd.sim", description=__doc__)
     venues = parser.add_subparsers(dest="venue", required=True, metavar="VENUE")
-    binance = venues.add_parser("binance", help="Binance spot, or USD-M futures with --futures")
-    binance.add_argument("--futures", action="store_true", help="serve USD-M futures routes")
-    binance.add_argument("--host", default="127.0.0.1")
-    binance.add_argument("--port", type=int, default=0, help="WebSocket port (0: any free port)")
-    binance.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
-    binance.add_argument(
-        "--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma-separated symbols with data"
+    binance_args = venues.add_parser("binance", help="Binance spot, or USD-M futures with --futures")
+    binance_args.add_argument("--futures", action="store_true", help="serve USD-M futures routes")
+    binance_args.add_argument(
+        "--symbols", default=",".join(binance.DEFAULT_SYMBOLS), help="comma-separated symbols with data"
     )
-    binance.add_argument("--flood", action="store_true", help="send trades as fast as possible")
+    binance_args.add_argument("--flood", action="store_true", help="send trades as fast as possible")
+    bybit_args = venues.add_parser("bybit", help="Bybit v5 public spot, linear and inverse streams")
+    bybit_args.add_argument("--category", choices=bybit.CATEGORIES, default="spot", help="market of ws_url")
+    bybit_args.add_argument(
+        "--symbols", default=",".join(bybit.DEFAULT_SYMBOLS), help="comma-separated spot and linear symbols"
+    )
+    bybit_args.add_argument(
+        "--inverse-symbols",
+        default=",".join(bybit.DEFAULT_INVERSE_SYMBOLS),
+        help="comma-separated inverse symbols",
+    )
+    for venue in (binance_args, bybit_args):
+        venue.add_argument("--host", default="127.0.0.1")
+        venue.add_argument("--port", type=int, default=0, help="WebSocket port (0: any free port)")
+        venue.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
     return parser
 
 
-async def _serve_binance(args: argparse.Namespace) -> None:
-    sim = BinanceSimulator(
-        futures=args.futures,
-        symbols=[s.strip() for s in args.symbols.split(",") if s.strip()],
-        speed=args.speed,
-        flood=args.flood,
-    )
+async def _serve(sim: binance.BinanceSimulator | bybit.BybitSimulator, host: str, port: int) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(sim.serve, host=args.host, port=args.port))
+        await nursery.start(partial(sim.serve, host=host, port=port))
         # Printed (not logged) on purpose: scripts read these two lines to find the simulator.
         print(f"ws_url {sim.ws_url}", flush=True)
         print(f"rest_url {sim.rest_url}", flush=True)
@@ -50,7 +63,19 @@ async def _serve_binance(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    trio.run(_serve_binance, args)
+    sim: binance.BinanceSimulator | bybit.BybitSimulator
+    if args.venue == "binance":
+        sim = binance.BinanceSimulator(
+            futures=args.futures, symbols=_symbols(args.symbols), speed=args.speed, flood=args.flood
+        )
+    else:
+        sim = bybit.BybitSimulator(
+            category=args.category,
+            symbols=_symbols(args.symbols),
+            inverse_symbols=_symbols(args.inverse_symbols),
+            speed=args.speed,
+        )
+    trio.run(_serve, sim, args.host, args.port)
     return 0
 
 

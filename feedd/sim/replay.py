@@ -4,19 +4,24 @@ A recording is two parallel text files under ``feedd/sim/data/<venue>/``: ``<nam
 one WebSocket frame per line, verbatim as the exchange sent it, and ``<name>.recv_ts`` with the
 recorder's receive time of the same line. Simulators replay the frames' payloads in a loop,
 sleeping the recorded inter-arrival gaps (divided by a speed factor) between them, so the traffic
-has the burstiness of the real feed rather than a metronome's.
+has the burstiness of the real feed rather than a metronome's. :func:`play` is that loop; the
+simulator's emit function gives each payload fresh ids and timestamps.
+
+Pacing uses trio's clock (so tests can run it under ``MockClock``); payload timestamps are the
+simulator's business and use the wall clock, because clients validate them against real time.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import attrs
 import orjson
+import trio
 
 
 @attrs.frozen(slots=True)
@@ -72,3 +77,53 @@ def load_recording(venue: str, name: str) -> Recording:
     frames_text = folder.joinpath(f"{name}.ndjson").read_text(encoding="utf-8")
     recv_ts_text = folder.joinpath(f"{name}.recv_ts").read_text(encoding="utf-8")
     return parse_recording(f"{venue}/{name}", frames_text, recv_ts_text)
+
+
+class Demand:
+    """How many subscriptions want a replay, and an event set while there is at least one, so a
+    replay nobody listens to costs nothing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.wanted = trio.Event()
+
+    def add(self, delta: int) -> None:
+        self.count += delta
+        if self.count > 0:
+            self.wanted.set()
+        elif self.wanted.is_set():
+            self.wanted = trio.Event()
+
+
+async def play(
+    recording: Recording,
+    emit: Callable[[Mapping[str, Any]], None],
+    *,
+    demand: Demand,
+    speed: float = 1.0,
+    start: int = 0,
+) -> None:
+    """Call ``emit`` with each payload of ``recording`` in a loop, from index ``start``, at the
+    recorded pace divided by ``speed``, while ``demand`` wants it. Never bursts more than one
+    second of backlog to catch up."""
+    count = len(recording)
+    index = start % count
+    deadline = trio.current_time()
+    since_checkpoint = 0
+    while True:
+        if not demand.wanted.is_set():
+            await demand.wanted.wait()
+            deadline = trio.current_time()
+        deadline += recording.gaps[index] / speed
+        now = trio.current_time()
+        if deadline > now:
+            await trio.sleep_until(deadline)
+            since_checkpoint = 0
+        else:
+            deadline = max(deadline, now - 1.0)
+            since_checkpoint += 1
+            if since_checkpoint >= 64:
+                await trio.lowlevel.checkpoint()
+                since_checkpoint = 0
+        emit(recording.payloads[index])
+        index = (index + 1) % count

@@ -1,0 +1,124 @@
+"""The simulator core serves any pure protocol: replies before data, idle cuts, the flood seam.
+
+A toy venue stands in for an exchange: ``sub <channel>`` is acked with ``ok <channel>`` and
+starts the channel, whose first frame (a snapshot) the server sends on start; ``ping`` is an
+application-level ping answered ``pong``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimServer
+
+
+class ToyProtocol:
+    default_path = "/toy"
+    malformed_frame = "{"
+
+    def __init__(self, liveness: Liveness) -> None:
+        self.liveness = liveness
+
+    def open(self, path: str, query: str) -> Accept[SimConnection] | Reject:
+        if path != self.default_path:
+            return Reject(404, {"error": path})
+        return Accept(SimConnection(path))
+
+    def receive(self, conn: SimConnection, text: str) -> Reply:
+        if text == "ping":
+            return Reply(frames=("pong",), ping=True)
+        verb, _, channel = text.partition(" ")
+        conn.topics[channel] = None
+        if verb == "sub":
+            return Reply(frames=(f"ok {channel}",), start=(channel,))
+        del conn.topics[channel]
+        return Reply(frames=(f"bye {channel}",), stop=(channel,))
+
+
+NO_RULES = Liveness()
+
+
+class ToySimulator(SimServer[SimConnection]):
+    def __init__(self, liveness: Liveness = NO_RULES, **options: object) -> None:
+        super().__init__(ToyProtocol(liveness), **options)  # type: ignore[arg-type]
+
+    def _on_start(self, conn: SimConnection, channel: str) -> None:
+        conn.offer(f"snapshot {channel}")
+
+    def _floodable(self, channel: str) -> bool:
+        return True
+
+    def _flood_payloads(self, conn: SimConnection, channels: Sequence[str], per_channel: int) -> list[bytes]:
+        return [f"{c} {i}".encode() for c in channels for i in range(per_channel)]
+
+
+async def start(nursery: trio.Nursery, **kwargs: object) -> ToySimulator:
+    sim = ToySimulator(**kwargs)  # type: ignore[arg-type]
+    await nursery.start(sim.serve)
+    return sim
+
+
+async def test_the_ack_goes_out_before_the_started_channel_and_its_data(nursery: trio.Nursery) -> None:
+    sim = await start(nursery)
+    async with open_websocket_url(sim.ws_url) as ws:
+        await ws.send_message("sub a")
+        assert await ws.get_message() == "ok a"
+        assert await ws.get_message() == "snapshot a"
+        sim.publish("a", "update a")
+        sim.publish("b", "not subscribed")
+        assert await ws.get_message() == "update a"
+        await ws.send_message("unsub a")
+        assert await ws.get_message() == "bye a"
+        assert not sim.has_subscribers("a")
+
+
+async def test_idle_connection_is_cut_without_a_close_frame(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    sim = await start(nursery, liveness=Liveness(idle_timeout=60.0))
+    async with open_websocket_url(sim.ws_url) as ws:
+        opened = trio.current_time()
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.get_message()
+    assert closed.value.reason.code == 1006
+    assert trio.current_time() - opened == pytest.approx(60.0, abs=0.1)
+    assert sim.idle_closes == 1
+
+
+async def test_pings_and_data_frames_push_the_idle_cut_back(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    sim = await start(nursery, liveness=Liveness(idle_timeout=60.0))
+    async with open_websocket_url(sim.ws_url) as ws:
+        for _ in range(5):
+            await trio.sleep(50)
+            await ws.send_message("ping")
+            assert await ws.get_message() == "pong"
+        await ws.send_message("sub a")
+        assert await ws.get_message() == "ok a"
+        assert await ws.get_message() == "snapshot a"
+        for _ in range(5):
+            await trio.sleep(50)
+            sim.publish("a", "update a")
+            assert await ws.get_message() == "update a"
+    assert sim.pings_received == 5
+    assert sim.idle_closes == 0
+
+
+async def test_flood_writes_frames_per_write_frames_at_a_time(nursery: trio.Nursery) -> None:
+    sim = await start(nursery, flood=True, frames_per_write=7)
+    async with open_websocket_url(sim.ws_url) as ws:
+        await ws.send_message("sub a")
+        assert await ws.get_message() == "ok a"
+        received = [await ws.get_message() for _ in range(30)]
+    assert received == [f"a {i % 7}" for i in range(30)]
+    assert sim.flood_frames_sent % 7 == 0
+
+
+def test_frames_per_write_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="frames_per_write"):
+        ToySimulator(frames_per_write=0)
