@@ -43,7 +43,12 @@ class Daemon:
     def __init__(self, config: Config, *, open_transport: OpenTransport | None = None) -> None:
         self.config = config
         self.hub = Hub()
-        self.publisher = UnixPublisher(self.hub, config.unix.path, client_buffer=config.unix.client_buffer)
+        self.publisher = UnixPublisher(
+            self.hub,
+            config.unix.path,
+            client_buffer=config.unix.client_buffer,
+            max_clients=config.unix.max_clients,
+        )
         self.venues: dict[str, VenueSupervisor] = {}
         self.statuses: dict[str, VenueStatus] = {}
         self._open = open_transport or TRANSPORTS[config.feed.transport]
