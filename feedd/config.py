@@ -85,6 +85,8 @@ class UnixConfig:
     path: str = "/run/feedd/feedd.sock"
     #: records buffered per subscriber before its oldest are dropped
     client_buffer: int = attrs.field(default=10_000, validator=_positive)
+    #: subscribers served at once; one more gets an error line and is closed
+    max_clients: int = attrs.field(default=256, validator=_positive)
 
 
 @attrs.frozen

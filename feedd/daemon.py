@@ -1,7 +1,7 @@
 """The daemon's task tree (design.md): hub and sinks first, then one supervisor per venue.
 
     root nursery
-    ├─ signals (SIGTERM/SIGINT → stop)
+    ├─ signals (SIGTERM/SIGINT → stop; SIGHUP/SIGUSR1/SIGUSR2 → logged, ignored)
     ├─ hub → unix publisher
     └─ venue supervisors → connection runners
 """
@@ -43,14 +43,23 @@ class Daemon:
     def __init__(self, config: Config, *, open_transport: OpenTransport | None = None) -> None:
         self.config = config
         self.hub = Hub()
-        self.publisher = UnixPublisher(self.hub, config.unix.path, client_buffer=config.unix.client_buffer)
+        self.publisher = UnixPublisher(
+            self.hub,
+            config.unix.path,
+            client_buffer=config.unix.client_buffer,
+            max_clients=config.unix.max_clients,
+        )
         self.venues: dict[str, VenueSupervisor] = {}
         self.statuses: dict[str, VenueStatus] = {}
         self._open = open_transport or TRANSPORTS[config.feed.transport]
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start sinks, then venues; ``task_status.started`` once all of them are up."""
+        """Start sinks, then venues; ``task_status.started`` once all of them have started.
+
+        A venue counts as started before its instrument list arrives (the supervisor fetches it
+        in the background), so a slow or dead REST endpoint delays only its own venue.
+        """
         config = self.config
         settings = runner_settings(config)
         async with trio.open_nursery() as nursery:
@@ -88,17 +97,31 @@ class Daemon:
             self._nursery.cancel_scope.cancel()
 
 
+#: what ``systemctl stop`` and Ctrl-C send
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: SIGHUP is what ``systemctl reload`` sends; until live reload exists these are logged and
+#: ignored, since their default action would kill the daemon and leave its socket file behind
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
 async def run_until_signalled(config: Config) -> None:
-    """``feedd run``: the daemon plus SIGTERM/SIGINT handling; returns after a clean stop."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """``feedd run``: the daemon under signal handling; returns after a clean stop.
+
+    Signals are handled from before the first start-up step, and every start-up step is
+    cancellable, so a stop is prompt even while the daemon is still starting.
+    """
+    with trio.open_signal_receiver(*STOP_SIGNALS, *IGNORED_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
-            daemon: Daemon = await nursery.start(Daemon(config).run)
 
-            async def wait_for_signal() -> None:
+            async def wait_for_stop() -> None:
                 async for signum in signals:
-                    log.info("received %s: stopping", signal.Signals(signum).name)
-                    daemon.stop()
-                    return
+                    name = signal.Signals(signum).name
+                    if signum in STOP_SIGNALS:
+                        log.info("received %s: stopping", name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    why = " (live reload is not implemented yet)" if signum == signal.SIGHUP else ""
+                    log.warning("received %s: ignored%s", name, why)
 
-            nursery.start_soon(wait_for_signal)
-
+            nursery.start_soon(wait_for_stop)
+            nursery.start_soon(Daemon(config).run)

@@ -80,17 +80,21 @@ class VenueSupervisor:
         return sorted(self._subscriptions, key=lambda s: (s.symbol, s.channel))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Check symbols, open the configured subscriptions, then supervise until cancelled."""
-        if self.config.check_symbols:
-            self.instruments = await load_instruments(self.venue, self.rest_url, self.cache_dir)
+        """Report started, check symbols, open the configured subscriptions, supervise until cancelled.
+
+        Started comes first: the instrument list may take up to its REST timeout, and only this
+        venue waits for it (the fetch is cancelled with the venue).
+        """
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            task_status.started()
+            if self.config.check_symbols:
+                self.instruments = await load_instruments(self.venue, self.rest_url, self.cache_dir)
             for symbol in self.config.symbols:
                 try:
                     self.subscribe(symbol, self.config.channels)
                 except SubscriptionRefused as exc:
                     log.error("%s", exc)
-            task_status.started()
             await trio.sleep_forever()
 
     # ---- subscriptions ------------------------------------------------------------------

@@ -6,10 +6,12 @@ a simulator state change), bounded by ``fail_after`` so a regression fails inste
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -125,6 +127,34 @@ async def simulators(**spot_options: object) -> AsyncIterator[tuple[BinanceSimul
         nursery.cancel_scope.cancel()
 
 
+class GatedRest:
+    """An HTTP endpoint that holds every request until :attr:`release` is set, then answers 503."""
+
+    def __init__(self) -> None:
+        self.requested = trio.Event()
+        self.release = trio.Event()
+        self.url = ""
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, self._answer, 0, host="127.0.0.1"))
+            host, port = listeners[0].socket.getsockname()[:2]
+            self.url = f"http://{host}:{port}"
+            task_status.started()
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        request = b""
+        with contextlib.suppress(trio.BrokenResourceError):
+            while b"\r\n\r\n" not in request:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                request += data
+            self.requested.set()
+            await self.release.wait()
+            await stream.send_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+
+
 def assert_good(record: MarketData, venues: set[str], symbols: set[str]) -> None:
     assert record.exchange in venues
     assert record.symbol in symbols
@@ -165,6 +195,29 @@ async def test_two_subscribers_receive_identical_correct_records(workdir: Path) 
     assert ("binance", "trade") in kinds and ("binance-usdm", "trade") in kinds
     spot_tickers = [r for r in records if r.exchange == "binance" and r.kind == "ticker"]
     assert all(r.bid is not None and r.ask is not None for r in spot_tickers)
+
+
+async def test_a_venue_whose_instrument_list_hangs_delays_only_itself(workdir: Path) -> None:
+    gate = GatedRest()
+    async with simulators() as (spot, futures), trio.open_nursery() as nursery:
+        await nursery.start(gate.serve)
+        config = write_config(workdir, spot, futures)
+        config = attrs.evolve(config, exchanges={
+            **config.exchanges,
+            "binance": attrs.evolve(config.exchanges["binance"], rest_url=gate.url),
+        })
+        # started, and streaming the other venue, while binance still waits for its list
+        async with running(config) as daemon:
+            with trio.fail_after(TIMEOUT):
+                await gate.requested.wait()
+                client = await Subscriber.connect(daemon.config.unix.path)
+                await client.until(lambda r: r.exchange == "binance-usdm")
+                assert daemon.venues["binance"].instruments.source == "unchecked"
+                assert spot.connection_attempts == 0
+                gate.release.set()
+                await client.until(lambda r: r.exchange == "binance")
+        nursery.cancel_scope.cancel()
+    assert daemon.venues["binance"].instruments.source == "unavailable"  # 503 and no cache yet
 
 
 async def test_usdm_ticker_carries_bid_and_ask_from_the_public_route(workdir: Path) -> None:
@@ -247,15 +300,16 @@ async def test_an_unknown_symbol_is_an_error_naming_it_while_valid_streams_flow(
 async def test_instrument_cache_keeps_symbol_checks_through_a_rest_outage(workdir: Path) -> None:
     async with simulators() as (spot, _):
         async with running(write_config(workdir, spot)) as daemon:
+            with trio.fail_after(TIMEOUT):  # a venue subscribes once its list is in
+                await spot.wait_subscribed(SPOT_STREAMS)
             assert daemon.venues["binance"].instruments.source == "rest"
         spot.rest_fail(True)
         config = write_config(workdir, spot, spot_symbols=("BTCUSDT", "NOPEUSDT"))
         async with running(config) as daemon:
-            supervisor = daemon.venues["binance"]
-            assert supervisor.instruments.source == "cache"
             with trio.fail_after(TIMEOUT):
                 client = await Subscriber.connect(daemon.config.unix.path)
                 record = await client.record()
+            assert daemon.venues["binance"].instruments.source == "cache"
     assert record.symbol == "BTCUSDT"
     assert "NOPEUSDT" in daemon.statuses["binance"].subscription_errors
 
@@ -264,10 +318,10 @@ async def test_without_rest_or_cache_symbols_go_unchecked_and_still_stream(workd
     async with simulators() as (spot, _):
         spot.rest_fail(True)
         async with running(write_config(workdir, spot)) as daemon:
-            assert daemon.venues["binance"].instruments.source == "unavailable"
             with trio.fail_after(TIMEOUT):
                 client = await Subscriber.connect(daemon.config.unix.path)
                 assert (await client.record()).exchange == "binance"
+            assert daemon.venues["binance"].instruments.source == "unavailable"
 
 
 async def test_server_shutdown_of_a_stable_connection_is_a_planned_reconnect_without_a_failure(
@@ -369,11 +423,14 @@ async def test_a_failing_venue_never_disturbs_another(workdir: Path) -> None:
         async with running(config) as daemon:
             with trio.fail_after(TIMEOUT):
                 client = await Subscriber.connect(daemon.config.unix.path)
-                await futures.wait_until(lambda: futures.connections_refused >= 4)
+                usdm = daemon.statuses["binance-usdm"]
+                # checked as the refusals come: between its retries a failed venue is "connecting"
+                await futures.wait_until(
+                    lambda: futures.connections_refused >= 4 and usdm.state == "failed"
+                )
                 records = [await client.record() for _ in range(30)]
-            usdm = daemon.statuses["binance-usdm"]
             spot_status = daemon.statuses["binance"]
-            assert usdm.state == "failed"
+            assert usdm.consecutive_failures >= 2
             assert spot_status.state == "connected"
     assert {r.exchange for r in records} == {"binance"}
     assert spot_status.reconnects == 0

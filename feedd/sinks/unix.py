@@ -1,17 +1,20 @@
 """Publish records as JSON lines to local subscribers on a Unix stream socket.
 
-Protocol, per connection: the client may first send one JSON line
-``{"exchange": [...], "symbol": [...], "kind": [...]}`` (each key optional); the server waits up to
-``filter_wait`` seconds for it, holding records meanwhile, then streams one record per line.
-An invalid filter gets one ``{"type": "error", "error": "..."}`` line and the connection is closed.
-Each subscriber has a bounded buffer: when it falls behind its oldest records are dropped and the
-next write starts with ``{"type": "gap", "dropped": N}``. The hub and the other subscribers never
-wait for it. A client may half-close after its filter line; a failed write is what ends it.
+Protocol, per connection: the client may send filter lines
+``{"exchange": [...], "symbol": [...], "kind": [...]}`` (each key optional) at any time; each
+applies from then on and replaces the one before (a blank line changes nothing). The server waits
+up to ``filter_wait`` seconds for the first, holding records meanwhile, then streams one record
+per line. An invalid filter gets one ``{"type": "error", "error": "..."}`` line and the connection
+is closed. Each subscriber has a bounded buffer: when it falls behind its oldest records are
+dropped and the next write starts with ``{"type": "gap", "dropped": N}``. The hub and the other
+subscribers never wait for it. A client may half-close (e.g. ``nc -U sock < /dev/null``); a failed
+write is what ends it. Beyond ``max_clients`` a new client gets one error line and is closed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -34,6 +37,12 @@ MAX_PATH_BYTES = 107
 MAX_FILTER_LINE = 4096
 KINDS = frozenset({"trade", "ticker"})
 _FILTER_KEYS = ("exchange", "symbol", "kind")
+#: accept() failures that mean "out of descriptors or memory for now": pause, then retry
+_EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: how long accepting pauses after such a failure; the pending clients wait in the backlog
+ACCEPT_PAUSE = 0.1
+#: how long a client that is being closed on (refused, bad filter) gets to read its error line
+GOODBYE_TIMEOUT = 1.0
 
 
 class PublisherError(Exception):
@@ -42,10 +51,6 @@ class PublisherError(Exception):
 
 class FilterError(ValueError):
     """A subscriber's filter line is not acceptable; the message is sent back to it."""
-
-
-class _ClientGone(Exception):
-    """The subscriber closed its end before it was served."""
 
 
 @attrs.frozen(slots=True)
@@ -103,9 +108,9 @@ def parse_filter(line: bytes) -> ClientFilter:
 class _Subscriber:
     """One connection's side of the hub: a bounded buffer of encoded lines (a :class:`Sink`).
 
-    Until the filter is known, records are held unfiltered (bounded the same way) and filtered
-    when :meth:`start` is called, so a filtered client never sees a record it did not ask for.
-    Drops while held may include records the filter would have excluded; the gap says so
+    Until the first filter is known, records are held unfiltered (bounded the same way) and
+    filtered when :meth:`start` is called, so a filtered client never sees a record it did not
+    ask for. Drops while held may include records the filter would have excluded; the gap says so
     conservatively. Memory per subscriber: at most ``capacity`` pending lines plus the write in
     flight.
     """
@@ -120,6 +125,12 @@ class _Subscriber:
         self._filter: ClientFilter | None = None
         self._dropped = 0
         self._wakeup = trio.Event()
+        #: set by :meth:`end`: the last payload (an error line, or nothing) before closing
+        self.goodbye: bytes | None = None
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
 
     def _count_drops(self, overflow: int) -> None:
         self._dropped += overflow
@@ -150,9 +161,7 @@ class _Subscriber:
     def start(self, flt: ClientFilter | None) -> None:
         """Apply the filter to what was held, and from now on to every offer."""
         held, self._held = self._held, None
-        if flt is not None and flt.is_everything:
-            flt = None
-        self._filter = flt
+        flt = self._filter = _effective(flt)
         if held:
             if flt is None:
                 self._lines.extend(line for _, line in held)
@@ -161,9 +170,24 @@ class _Subscriber:
         if self._lines or self._dropped:
             self._wakeup.set()
 
+    def set_filter(self, flt: ClientFilter) -> None:
+        """Replace the filter for every later offer; lines already queued stay queued."""
+        self._filter = _effective(flt)
+
+    def end(self, error: str | None) -> None:
+        """Stop delivering: the writer sends ``error`` (if any) instead of what is pending, then closes."""
+        self._held = None
+        self.goodbye = b"" if error is None else encode_line({"type": "error", "error": error})
+        self._wakeup.set()
+
     async def next_write(self) -> tuple[bytes, int]:
-        """Wait for data, then take everything pending as one payload (gap notice first)."""
+        """Wait for data, then take everything pending as one payload (gap notice first).
+
+        After :meth:`end` there is nothing more to take: check :attr:`goodbye` instead.
+        """
         await self._wakeup.wait()
+        if self.goodbye is not None:
+            return b"", 0
         self._wakeup = trio.Event()
         lines, self._lines = self._lines, deque(maxlen=self._capacity)
         dropped, self._dropped = self._dropped, 0
@@ -173,22 +197,70 @@ class _Subscriber:
         return b"".join(lines), len(lines)
 
 
+def _effective(flt: ClientFilter | None) -> ClientFilter | None:
+    """``None`` for a filter that lets everything through: the hot path then skips the check."""
+    return None if flt is None or flt.is_everything else flt
+
+
+def _filter_of(line: bytes | None) -> ClientFilter | None:
+    return None if line is None or not line.strip() else parse_filter(line)
+
+
+class _LineReader:
+    """Lines from a client, bounded by :data:`MAX_FILTER_LINE`; safe to cancel mid-line."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._buf = bytearray()
+
+    async def next_line(self) -> bytes | None:
+        """The next line without its newline; ``None`` at a clean end of input."""
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buf[:end])
+                del self._buf[: end + 1]
+                return line
+            if len(self._buf) > MAX_FILTER_LINE:
+                raise FilterError(f"filter line longer than {MAX_FILTER_LINE} bytes")
+            data = await self._stream.receive_some(MAX_FILTER_LINE)
+            if not data:
+                if self._buf:
+                    raise FilterError("filter line not terminated before end of input")
+                return None
+            self._buf += data
+
+
 class UnixPublisher:
     """Serves the hub's records to every subscriber of a Unix socket (see the module docstring).
 
-    Counters: ``clients`` (connected now), ``clients_total``, ``records_sent``,
+    Counters: ``clients`` (connected now), ``clients_total``, ``clients_refused`` (over
+    ``max_clients``), ``accept_errors`` (e.g. out of file descriptors), ``records_sent``,
     ``records_dropped`` (over all subscribers), ``filter_errors``.
     """
 
-    def __init__(self, hub: Hub, path: str, *, client_buffer: int = 10_000, filter_wait: float = 0.1) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        path: str,
+        *,
+        client_buffer: int = 10_000,
+        filter_wait: float = 0.1,
+        max_clients: int = 256,
+    ) -> None:
         if client_buffer < 1:
             raise ValueError(f"client_buffer must be positive, got {client_buffer}")
+        if max_clients < 1:
+            raise ValueError(f"max_clients must be positive, got {max_clients}")
         self.hub = hub
         self.path = path
         self.client_buffer = client_buffer
         self.filter_wait = filter_wait
+        self.max_clients = max_clients
         self.clients = 0
         self.clients_total = 0
+        self.clients_refused = 0
+        self.accept_errors = 0
         self.records_sent = 0
         self.records_dropped = 0
         self.filter_errors = 0
@@ -204,11 +276,53 @@ class UnixPublisher:
             async with listener, trio.open_nursery() as nursery:
                 logger.info("publishing records on %s", self.path)
                 task_status.started()
-                while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self._serve_client, stream)
+                await self._accept_loop(listener, nursery)
         finally:
             _remove_if_ours(self.path, inode)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept forever. Running out of descriptors pauses accepting (logged once per episode)
+        instead of ending the daemon; the clients that came meanwhile wait in the backlog."""
+        failures = 0
+        refusing = False
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _EXHAUSTION_ERRNOS:
+                    raise
+                self.accept_errors += 1
+                if not failures:
+                    logger.warning(
+                        "cannot accept subscribers on %s: %s; retrying every %.1f s "
+                        "(raise LimitNOFILE, or lower [unix] max_clients)",
+                        self.path, exc, ACCEPT_PAUSE,
+                    )
+                failures += 1
+                await trio.sleep(ACCEPT_PAUSE)
+                continue
+            if failures:
+                logger.info("accepting subscribers again on %s (%d failed attempts)", self.path, failures)
+                failures = 0
+            if self.clients >= self.max_clients:
+                self.clients_refused += 1
+                if not refusing:
+                    logger.warning(
+                        "too many subscribers on %s (max %d): refusing new ones", self.path, self.max_clients
+                    )
+                    refusing = True
+                nursery.start_soon(self._refuse, stream)
+                continue
+            refusing = False
+            self.clients += 1
+            self.clients_total += 1
+            nursery.start_soon(self._serve_client, stream)
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            await _say_goodbye(stream, encode_line(
+                {"type": "error", "error": f"too many subscribers (max {self.max_clients})"}
+            ))
 
     async def _listen(self) -> tuple[trio.SocketListener, int]:
         path = self.path
@@ -233,60 +347,46 @@ class UnixPublisher:
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
         sub = _Subscriber(self, self.client_buffer)
-        self.clients += 1
-        self.clients_total += 1
         # Attached before the filter is read, so nothing published meanwhile is missed.
         self.hub.attach(sub)
         try:
-            async with stream:
-                try:
-                    flt = await self._read_filter(stream)
-                except FilterError as exc:
-                    self.filter_errors += 1
-                    await _send_error(stream, str(exc))
-                    return
-                except _ClientGone:
-                    return
-                sub.start(flt)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_discard_input, stream)
-                    await self._write_loop(stream, sub)
-                    nursery.cancel_scope.cancel()
+            async with stream, trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_filters, stream, sub)
+                await self._write_loop(stream, sub)
+                nursery.cancel_scope.cancel()
         finally:
             self.hub.detach(sub)
             self.clients -= 1
 
-    async def _read_filter(self, stream: trio.SocketStream) -> ClientFilter | None:
-        """The client's filter, or ``None`` when it sends none within ``filter_wait``."""
-        buf = bytearray()
-        with trio.move_on_after(self.filter_wait):
-            while True:
-                try:
-                    data = await stream.receive_some(MAX_FILTER_LINE)
-                except trio.BrokenResourceError:
-                    raise _ClientGone from None
-                if not data:
-                    # the client closed its sending side (e.g. `nc -U sock < /dev/null`): it
-                    # still reads; a half-close is not a goodbye
-                    if buf:
-                        raise FilterError("filter line not terminated before end of input")
-                    return None
-                buf += data
-                end = buf.find(b"\n")
-                if end >= 0:
-                    line = bytes(buf[:end])
-                    return None if not line.strip() else parse_filter(line)
-                if len(buf) > MAX_FILTER_LINE:
-                    raise FilterError(f"filter line longer than {MAX_FILTER_LINE} bytes")
-        if buf:
-            raise FilterError(f"filter line not terminated within {self.filter_wait} s")
-        return None
+    async def _read_filters(self, stream: trio.SocketStream, sub: _Subscriber) -> None:
+        """Read filter lines for the life of the connection; the first one ends the hold."""
+        lines = _LineReader(stream)
+        try:
+            with trio.move_on_after(self.filter_wait):
+                line = await lines.next_line()
+                sub.start(_filter_of(line))
+                if line is None:
+                    return  # half-closed before any filter: it still reads
+            if sub.holding:
+                sub.start(None)
+            while (line := await lines.next_line()) is not None:
+                if line.strip():
+                    sub.set_filter(parse_filter(line))
+        except FilterError as exc:
+            self.filter_errors += 1
+            sub.end(str(exc))
+        except trio.BrokenResourceError:  # reset by the client: it is gone
+            sub.end(None)
 
     async def _write_loop(self, stream: trio.SocketStream, sub: _Subscriber) -> None:
         """One ``send_all`` per wakeup with everything pending; returns when the client is gone."""
         try:
             while True:
                 payload, count = await sub.next_write()
+                if sub.goodbye is not None:
+                    if sub.goodbye:
+                        await _say_goodbye(stream, sub.goodbye)
+                    return
                 await stream.send_all(payload)
                 self.records_sent += count
         except trio.BrokenResourceError:
@@ -323,17 +423,11 @@ def _remove_if_ours(path: str, inode: int) -> None:
             os.unlink(path)
 
 
-async def _send_error(stream: trio.SocketStream, message: str) -> None:
-    # The client may already be gone or may not read; neither may hold this task for long.
-    with trio.move_on_after(1.0), contextlib.suppress(trio.BrokenResourceError):
-        await stream.send_all(encode_line({"type": "error", "error": message}))
-
-
-async def _discard_input(stream: trio.SocketStream) -> None:
-    """Read and drop what the client sends after its filter, until it half-closes.
-
-    A client that is really gone shows as a failed write, so EOF alone does not end delivery.
-    """
-    with contextlib.suppress(trio.BrokenResourceError):
+async def _say_goodbye(stream: trio.SocketStream, line: bytes) -> None:
+    """Send a last line, then wait for the client to close, so it reads that line and not a
+    reset; a client that is gone or does not read may not hold the task for long."""
+    with trio.move_on_after(GOODBYE_TIMEOUT), contextlib.suppress(trio.BrokenResourceError):
+        await stream.send_all(line)
+        await stream.send_eof()
         while await stream.receive_some(MAX_FILTER_LINE):
             pass

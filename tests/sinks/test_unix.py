@@ -17,6 +17,7 @@ import trio
 from trio.testing import MockClock, wait_all_tasks_blocked
 
 from feedd.codec import decode_record, encode_line
+from feedd.config import ConfigError, parse_config
 from feedd.hub import Hub
 from feedd.model import MarketData
 from feedd.sinks.unix import ClientFilter, PublisherError, UnixPublisher, parse_filter
@@ -235,6 +236,8 @@ async def test_invalid_filter_gets_one_error_line_and_is_closed(
             error = await client.line()
             assert error is not None
             assert await client.line() is None  # closed, and no record was sent
+        await client.stream.aclose()  # the server waits for that, so the client reads no reset
+        await wait_all_tasks_blocked()
         obj = orjson.loads(error)
         assert obj["type"] == "error"
         assert message in obj["error"]
@@ -243,15 +246,116 @@ async def test_invalid_filter_gets_one_error_line_and_is_closed(
         assert r.hub.sinks == ()
 
 
-async def test_unterminated_filter_line_is_an_error_after_filter_wait(
-    sock_path: str, autojump_clock: MockClock
-) -> None:
+async def test_filter_line_sent_late_applies_from_then_on(sock_path: str, mock_clock: MockClock) -> None:
+    records = mixed(60)
     async with running(sock_path, filter_wait=0.1) as r:
+        client = await Client.connect(sock_path)
+        mock_clock.jump(0.2)  # no filter within filter_wait: the client gets everything
+        await wait_all_tasks_blocked()
+        await r.publish(records[:30])
+        assert await client.records(30) == records[:30]
+
+        # `nc -U`: the user types a filter a while later
+        await client.stream.send_all(b'{"symbol": ["ETHUSDT"]}\n')
+        await wait_all_tasks_blocked()
+        await r.publish(records[30:])
+        expected = [m for m in records[30:] if m.symbol == "ETHUSDT"]
+        assert await client.records_until(expected[-1].trade_id or "") == expected
+
+
+async def test_a_second_filter_line_replaces_the_first(sock_path: str) -> None:
+    records = mixed(60)
+    async with running(sock_path, filter_wait=10) as r:
+        client = await Client.connect(sock_path, b'{"kind": ["ticker"]}\n')
+        await r.publish(records[:30])
+        tickers = [m for m in records[:30] if m.kind == "ticker"]
+        assert await client.records_until(tickers[-1].trade_id or "") == tickers
+
+        await client.stream.send_all(b'{"symbol": ["BTCUSDT"]}\n\n')  # a blank line changes nothing
+        await wait_all_tasks_blocked()
+        await r.publish(records[30:])
+        btc = [m for m in records[30:] if m.symbol == "BTCUSDT"]
+        assert await client.records_until(btc[-1].trade_id or "") == btc
+
+
+async def test_a_filter_line_split_across_writes_applies_once_complete(sock_path: str) -> None:
+    records = mixed(30)
+    async with running(sock_path, filter_wait=10) as r:
+        client = await Client.connect(sock_path, b'{"kind": ')
+        await r.publish(records[:15])
+        assert r.pub.records_sent == 0  # still held: the filter is on its way
+        await client.stream.send_all(b'["ticker"]}\n')
+        await wait_all_tasks_blocked()
+        await r.publish(records[15:])
+        expected = [m for m in records if m.kind == "ticker"]
+        assert await client.records_until(expected[-1].trade_id or "") == expected
+
+
+async def test_a_bad_filter_line_sent_late_gets_the_error_line_and_is_closed(sock_path: str) -> None:
+    records = mixed(6)
+    async with running(sock_path, filter_wait=10) as r:
+        client = await Client.connect(sock_path, b'{"kind": ["trade"]}\n')
+        await r.publish(records)
+        assert await client.records(4) == [m for m in records if m.kind == "trade"]
+
+        await client.stream.send_all(b'{"kind": ["book"]}\n')
+        await wait_all_tasks_blocked()
+        await r.publish(records)
+        with trio.fail_after(5):
+            error = await client.line()
+            assert error is not None
+            assert await client.line() is None  # closed, and no record after the bad line
+        await client.stream.aclose()
+        await wait_all_tasks_blocked()
+        assert "unknown value(s) ['book']" in orjson.loads(error)["error"]
+        assert r.pub.filter_errors == 1
+        assert r.pub.clients == 0
+        assert r.hub.sinks == ()
+
+
+async def test_unterminated_filter_line_at_end_of_input_is_an_error(sock_path: str) -> None:
+    async with running(sock_path, filter_wait=10) as r:
         client = await Client.connect(sock_path, b'{"symbol": ["BTC')
-        error = await client.line()
+        await client.stream.send_eof()
+        with trio.fail_after(5):
+            error = await client.line()
         assert error is not None
         assert "not terminated" in orjson.loads(error)["error"]
         assert r.pub.filter_errors == 1
+
+
+def test_max_clients_must_be_positive() -> None:
+    assert parse_config({"unix": {"max_clients": 3}}).unix.max_clients == 3
+    with pytest.raises(ConfigError, match=r"x.toml: unix.max_clients: must be a positive number"):
+        parse_config({"unix": {"max_clients": 0}}, "x.toml")
+    with pytest.raises(ValueError, match="max_clients"):
+        UnixPublisher(Hub(), "unused.sock", max_clients=0)
+
+
+async def test_subscribers_beyond_max_clients_get_one_error_line_and_are_closed(sock_path: str) -> None:
+    async with running(sock_path, filter_wait=0, max_clients=2) as r:
+        first = await Client.connect(sock_path, b"{}\n")
+        second = await Client.connect(sock_path, b"{}\n")
+        refused = await Client.connect(sock_path, b"{}\n")
+        with trio.fail_after(5):
+            error = await refused.line()
+            assert await refused.line() is None
+        assert error is not None
+        assert orjson.loads(error) == {"type": "error", "error": "too many subscribers (max 2)"}
+        assert r.pub.clients_refused == 1
+        assert r.pub.clients == 2
+
+        await r.publish([rec(1)])
+        assert await first.records(1) == [rec(1)]
+        assert await second.records(1) == [rec(1)]
+
+        await first.stream.aclose()
+        await r.publish([rec(2)])  # the failed write is what tells the publisher it left
+        assert r.pub.clients == 1
+        later = await Client.connect(sock_path, b"{}\n")
+        await r.publish([rec(3)])
+        assert await later.records(1) == [rec(3)]
+        assert await second.records(2) == [rec(2), rec(3)]
 
 
 def test_parse_filter_normalizes_case() -> None:
