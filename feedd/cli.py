@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import trio
 
 from feedd import __version__
-from feedd.config import Config, ConfigError, load_config
+from feedd.config import Config, ConfigError, config_warnings, load_config
+from feedd.errors import describe
 
 log = logging.getLogger("feedd")
 
@@ -53,6 +54,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    for warning in config_warnings(config):
+        log.warning("%s", warning)
     failure: BaseExceptionGroup[BaseException] | None = None
     try:
         trio.run(run_until_signalled, config)
@@ -60,7 +63,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         failure = group
     if failure is not None:
         for exc in _leaves(failure):
-            log.error("cannot start: %s", exc)
+            # a PublisherError is worded for the operator already
+            log.error("cannot start: %s", exc if isinstance(exc, PublisherError) else describe(exc))
         return 1
     return 0
 
@@ -69,8 +73,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.path)
     if config is None:
         return EXIT_CONFIG
+    for warning in config_warnings(config):
+        print(f"feedd: warning: {warning}", file=sys.stderr)
     venues = ", ".join(
-        f"{venue} ({len(ex.symbols)} symbols)" for venue, ex in config.exchanges.items()
+        f"{venue} ({len(ex.symbols)} symbol{'' if len(ex.symbols) == 1 else 's'})"
+        for venue, ex in config.exchanges.items()
     )
     print(f"{args.path}: ok; venues: {venues or 'none'}; feed {'on' if config.feed.enabled else 'off'}")
     return 0
