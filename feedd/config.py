@@ -219,6 +219,8 @@ def _describe(exc: BaseException, path: str) -> list[str]:
 
 
 def structure_section(data: Any, cls: type[T], path: str, source: str) -> T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {path}: expected a table, got {type(data).__name__} {data!r}")
     try:
         return _CONVERTER.structure(data, cls)
     except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
@@ -252,7 +254,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         if venue.uppercase_symbols:
             symbols = tuple(s.upper() for s in symbols)
         for i, symbol in enumerate(symbols):
-            if not symbol or any(c.isspace() or c in "/@" for c in symbol):
+            if not symbol or any(c.isspace() or not c.isprintable() or c in "/@" for c in symbol):
                 raise ConfigError(f"{source}: {key}.symbols[{i}]: not a symbol: {symbol!r}")
         _check_endpoints(venue, exchange, f"{source}: {key}")
         exchanges[venue_id] = attrs.evolve(exchange, symbols=tuple(dict.fromkeys(symbols)))
@@ -268,6 +270,8 @@ _ENDPOINTS = {
 
 def _url_problem(url: str, schemes: tuple[str, ...], expected: str) -> str | None:
     """What makes ``url`` unusable as an endpoint (scheme, host, port), or None."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return f"a URL cannot contain spaces or control characters: {url!r}"
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket
@@ -281,8 +285,6 @@ def _url_problem(url: str, schemes: tuple[str, ...], expected: str) -> str | Non
     host = parts.hostname
     if not host:
         return f"no host in {url!r}"
-    if any(c.isspace() for c in host):
-        return f"bad host {host!r} in {url!r}"
     if port == 0:
         return f"port must be a number from 1 to 65535 in {url!r}"
     return None
@@ -352,18 +354,24 @@ def apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
-    def resolve(value: str) -> str:
-        path = Path(value).expanduser()
+    def resolve(key: str, value: str) -> str:
+        where = f"{config.source}: {key}"
+        if not value or "\0" in value:
+            raise ConfigError(f"{where}: expected a file path, got {value!r}")
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError as exc:  # "~user" for a user that does not exist
+            raise ConfigError(f"{where}: cannot expand {value!r}: {exc}") from None
         return str(path if path.is_absolute() else base / path)
 
     return attrs.evolve(
         config,
         feed=attrs.evolve(
             config.feed,
-            state_file=resolve(config.feed.state_file),
-            cache_dir=resolve(config.feed.cache_dir),
+            state_file=resolve("feed.state_file", config.feed.state_file),
+            cache_dir=resolve("feed.cache_dir", config.feed.cache_dir),
         ),
-        unix=attrs.evolve(config.unix, path=resolve(config.unix.path)),
+        unix=attrs.evolve(config.unix, path=resolve("unix.path", config.unix.path)),
     )
 
 
