@@ -11,23 +11,35 @@ from collections.abc import Sequence
 import trio
 
 from feedd import __version__
-from feedd.config import Config, ConfigError, load_config
+from feedd.config import Config, ConfigError, config_warnings, load_config
+from feedd.errors import describe
+from feedd.tail import KIND_NAMES
 
 log = logging.getLogger("feedd")
 
 DEFAULT_SOCKET = "/run/feedd/feedd.sock"
 EXIT_CONFIG = 2
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+DESCRIPTION = (
+    "feedd keeps WebSocket connections to crypto exchanges open, turns every trade and ticker "
+    "update into one record, and publishes the records as JSON lines on a Unix socket."
+)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # trio-websocket logs every frame at DEBUG; keep it out of -v output
-    logging.getLogger("trio-websocket").setLevel(logging.INFO)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def setup_logging(verbosity: int) -> None:
+    """feedd's own messages at INFO, or DEBUG with ``-v``; libraries at WARNING unless ``-vv``.
+
+    Libraries (trio-websocket, httpx, hpack...) log every frame or request at DEBUG, which would
+    bury feedd's own lines; so their level is the root's, raised only by a second ``-v``.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
+    log.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
 
 
 def _load(path: str) -> Config | None:
@@ -53,6 +65,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    for warning in config_warnings(config):
+        log.warning("%s", warning)
     failure: BaseExceptionGroup[BaseException] | None = None
     try:
         trio.run(run_until_signalled, config)
@@ -60,7 +74,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         failure = group
     if failure is not None:
         for exc in _leaves(failure):
-            log.error("cannot start: %s", exc)
+            # a PublisherError is worded for the operator already
+            log.error("cannot start: %s", exc if isinstance(exc, PublisherError) else describe(exc))
         return 1
     return 0
 
@@ -69,18 +84,31 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.path)
     if config is None:
         return EXIT_CONFIG
+    for warning in config_warnings(config):
+        print(f"feedd: warning: {warning}", file=sys.stderr)
     venues = ", ".join(
-        f"{venue} ({len(ex.symbols)} symbols)" for venue, ex in config.exchanges.items()
+        f"{venue} ({len(ex.symbols)} symbol{'' if len(ex.symbols) == 1 else 's'})"
+        for venue, ex in config.exchanges.items()
     )
     print(f"{args.path}: ok; venues: {venues or 'none'}; feed {'on' if config.feed.enabled else 'off'}")
     return 0
+
+
+def _stdout_gone() -> None:
+    """The reader of our stdout left (``feedd tail | head``): drop what is still buffered.
+
+    Without this, the interpreter's final flush of stdout fails again and prints a traceback.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
     from feedd.tail import TailError, tail
 
     try:
-        trio.run(
+        count = trio.run(
             lambda: tail(
                 args.socket,
                 exchanges=args.exchange,
@@ -92,8 +120,18 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     except TailError as exc:
         print(f"feedd tail: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        _stdout_gone()
+        return 0
     except KeyboardInterrupt:
-        pass
+        return 0
+    if args.limit is None or count < args.limit:
+        print(
+            f"feedd tail: the daemon closed the connection at {args.socket} after {count} record(s) "
+            "(did it stop?)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -104,39 +142,61 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="feedd", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"feedd {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_verbose(parser: argparse.ArgumentParser, dest: str) -> None:
+    parser.add_argument(
+        "-v", "--verbose", dest=dest, action="count", default=0,
+        help="show feedd's debug messages; twice (-vv): also those of the libraries it uses",
+    )
 
-    run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", "-c", required=True, help="TOML configuration file")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feedd", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"feedd {__version__}",
+                        help="print the version and exit")
+    _add_verbose(parser, "verbose")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (feedd COMMAND --help tells more)")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        child = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+        _add_verbose(child, "command_verbose")
+        return child
+
+    run = command("run", "run the daemon until SIGTERM or SIGINT")
+    run.add_argument("--config", "-c", required=True, metavar="FILE",
+                     help="TOML configuration file (see config.toml.example)")
     run.set_defaults(func=_cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a configuration file and exit")
-    check.add_argument("path")
+    check = command("check-config", "check a configuration file and exit (2 if it is wrong)")
+    check.add_argument("path", metavar="FILE", help="TOML configuration file to check")
     check.set_defaults(func=_cmd_check_config)
 
-    demo = sub.add_parser("demo", help="run the daemon against the bundled exchange simulators")
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo = command("demo", "run the daemon against the bundled exchange simulators (no internet needed)")
+    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                      help="stop after this many seconds (default: run until Ctrl-C)")
     demo.add_argument("--show", type=int, default=10, metavar="N",
                       help="print the first N records received over the socket (default 10)")
     demo.set_defaults(func=_cmd_demo)
 
-    tail = sub.add_parser("tail", help="print records from the daemon's Unix socket")
-    tail.add_argument("--socket", default=os.environ.get("FEEDD_SOCKET", DEFAULT_SOCKET))
-    tail.add_argument("--exchange", action="append", default=[], help="venue id (repeatable)")
-    tail.add_argument("--symbol", action="append", default=[], help="symbol (repeatable)")
-    tail.add_argument("--kind", action="append", default=[], choices=["trade", "ticker"])
-    tail.add_argument("--limit", type=int, default=None, help="stop after N records")
+    tail = command("tail", "print records from the daemon's Unix socket, one line each")
+    tail.add_argument("--socket", default=os.environ.get("FEEDD_SOCKET", DEFAULT_SOCKET), metavar="PATH",
+                      help=f"the daemon's socket (default: $FEEDD_SOCKET, else {DEFAULT_SOCKET})")
+    tail.add_argument("--exchange", action="append", default=[], metavar="VENUE",
+                      help="only this venue id, e.g. binance (repeatable)")
+    tail.add_argument("--symbol", action="append", default=[], metavar="SYMBOL",
+                      help="only this symbol, e.g. BTCUSDT (repeatable)")
+    tail.add_argument("--kind", action="append", default=[], choices=KIND_NAMES,
+                      help="only trades or only tickers (repeatable)")
+    tail.add_argument("--limit", type=int, default=None, metavar="N",
+                      help="stop after N records (default: until the daemon stops or Ctrl-C)")
     tail.set_defaults(func=_cmd_tail)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose + args.command_verbose)
+    log.debug("feedd %s, Python %s: %s", __version__, sys.version.split()[0], args.command)
     code: int = args.func(args)
     return code
 

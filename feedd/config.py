@@ -6,6 +6,7 @@ exit 2 with one readable line instead of a traceback.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tomllib
@@ -18,8 +19,11 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from feedd.errors import describe
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import CHANNELS, Channel, Subscription, Venue
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -40,8 +44,15 @@ def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: int)
 
 def _listen_address(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{attribute.name}: expected HOST:PORT, got {value!r}")
+    bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+    if (
+        not sep
+        or not host
+        or not (bracketed or ("[" not in host and "]" not in host and ":" not in host))
+        or not (port.isascii() and port.isdigit())
+        or not 0 < int(port) < 65536
+    ):
+        raise ValueError(f"{attribute.name}: expected HOST:PORT (an IPv6 host in brackets), got {value!r}")
 
 
 @attrs.frozen
@@ -213,6 +224,8 @@ def _describe(exc: BaseException, path: str) -> list[str]:
 
 
 def structure_section(data: Any, cls: type[T], path: str, source: str) -> T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {path}: expected a table, got {type(data).__name__} {data!r}")
     try:
         return _CONVERTER.structure(data, cls)
     except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
@@ -246,21 +259,59 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         if venue.uppercase_symbols:
             symbols = tuple(s.upper() for s in symbols)
         for i, symbol in enumerate(symbols):
-            if not symbol or any(c.isspace() or c in "/@" for c in symbol):
+            if not symbol or any(c.isspace() or not c.isprintable() or c in "/@" for c in symbol):
                 raise ConfigError(f"{source}: {key}.symbols[{i}]: not a symbol: {symbol!r}")
         _check_endpoints(venue, exchange, f"{source}: {key}")
         exchanges[venue_id] = attrs.evolve(exchange, symbols=tuple(dict.fromkeys(symbols)))
     return Config(feed=feed, http=http, unix=unix, exchanges=exchanges, source=source)
 
 
+#: config key -> (accepted schemes, how the error names them)
+_ENDPOINTS = {
+    "url": (("ws", "wss"), "a ws:// or wss:// URL"),
+    "rest_url": (("http", "https"), "an http:// or https:// URL"),
+}
+
+
+def _url_problem(url: str, schemes: tuple[str, ...], expected: str) -> str | None:
+    """What makes ``url`` unusable as an endpoint (scheme, host, port), or None."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return f"a URL cannot contain spaces or control characters: {url!r}"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        return f"not a URL ({exc}): {url!r}"
+    try:
+        port = parts.port
+    except ValueError:  # not digits, or above 65535
+        port = 0
+    if parts.scheme not in schemes:
+        return f"expected {expected}, got {url!r}"
+    host = parts.hostname
+    if not host:
+        return f"no host in {url!r}"
+    if port == 0:
+        return f"port must be a number from 1 to 65535 in {url!r}"
+    return None
+
+
 def _check_endpoints(venue: Venue, exchange: ExchangeConfig, where: str) -> None:
-    """Endpoint mistakes surface at start-up, naming the key, not at the first connect."""
-    if exchange.url is not None and urlsplit(exchange.url).scheme not in ("ws", "wss"):
-        raise ConfigError(f"{where}.url: expected a ws:// or wss:// URL, got {exchange.url!r}")
-    if exchange.rest_url is not None and urlsplit(exchange.rest_url).scheme not in ("http", "https"):
-        raise ConfigError(f"{where}.rest_url: expected an http:// or https:// URL, got {exchange.rest_url!r}")
+    """Endpoint and channel mistakes surface at start-up, naming the key, not at the first connect.
+
+    Only the configured channels are asked for: an adapter refuses (ValueError) a channel it lacks.
+    """
+    for key, (schemes, expected) in _ENDPOINTS.items():
+        url = getattr(exchange, key)
+        problem = None if url is None else _url_problem(url, schemes, expected)
+        if problem is not None:
+            raise ConfigError(f"{where}.{key}: {problem}")
     base = exchange.url or venue.default_url
-    routes = {topic.route for channel in CHANNELS for topic in venue.topics(Subscription("X", channel))}
+    routes: set[str] = set()
+    for channel in exchange.channels:
+        try:
+            routes.update(topic.route for topic in venue.topics(Subscription("X", channel)))
+        except ValueError:
+            raise ConfigError(f"{where}.channels: {venue.venue_id} does not support {channel!r}") from None
     for route in sorted(routes):
         try:
             venue.url(route, base)
@@ -308,18 +359,24 @@ def apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
-    def resolve(value: str) -> str:
-        path = Path(value).expanduser()
+    def resolve(key: str, value: str) -> str:
+        where = f"{config.source}: {key}"
+        if not value or "\0" in value:
+            raise ConfigError(f"{where}: expected a file path, got {value!r}")
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError as exc:  # "~user" for a user that does not exist
+            raise ConfigError(f"{where}: cannot expand {value!r}: {exc}") from None
         return str(path if path.is_absolute() else base / path)
 
     return attrs.evolve(
         config,
         feed=attrs.evolve(
             config.feed,
-            state_file=resolve(config.feed.state_file),
-            cache_dir=resolve(config.feed.cache_dir),
+            state_file=resolve("feed.state_file", config.feed.state_file),
+            cache_dir=resolve("feed.cache_dir", config.feed.cache_dir),
         ),
-        unix=attrs.evolve(config.unix, path=resolve(config.unix.path)),
+        unix=attrs.evolve(config.unix, path=resolve("unix.path", config.unix.path)),
     )
 
 
@@ -330,11 +387,44 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or describe(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     config = parse_config(data, source)
     config = apply_environment(config, os.environ if environ is None else environ)
-    return _resolve_paths(config, file.resolve().parent)
+    config = _resolve_paths(config, file.resolve().parent)
+    _check_socket_path(config)
+    for venue_id, exchange in config.exchanges.items():
+        log.debug(
+            "%s: %s: %d symbol(s), channels %s, url %s, rest_url %s", source, venue_id,
+            len(exchange.symbols), "+".join(exchange.channels), exchange.url or "default",
+            exchange.rest_url or "default",
+        )
+    return config
+
+
+#: sockaddr_un.sun_path holds 108 bytes on Linux, the last one the terminating NUL
+MAX_SOCKET_PATH = 107
+
+
+def _check_socket_path(config: Config) -> None:
+    """A socket path the kernel cannot bind fails here, not after the venues have started."""
+    size = len(os.fsencode(config.unix.path))
+    if size > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"{config.source}: unix.path: longer than {MAX_SOCKET_PATH} bytes once resolved "
+            f"({size}): {config.unix.path}"
+        )
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Things that are allowed but probably not meant, one ``file: key: text`` line each."""
+    return [
+        f"{config.source}: exchanges.{venue_id}.symbols: empty, so {venue_id} opens no connection"
+        for venue_id, exchange in config.exchanges.items()
+        if exchange.enabled and not exchange.symbols
+    ]

@@ -7,8 +7,11 @@ exchange, and the demo reads its own Unix socket like any subscriber would.
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import signal
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -51,6 +54,31 @@ rest_url = "{futures.rest_url}"
 """
 
 
+def feedd_command() -> str:
+    """How to run this same feedd from a shell, for the hints the demo prints.
+
+    ``scripts/demo`` runs ``.venv/bin/feedd``, which is not on PATH: a bare ``feedd`` in a hint
+    would fail. Prefer the running script, else the interpreter's scripts directory, else
+    ``python -m feedd``; say just ``feedd`` only when PATH finds this very script.
+    """
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    candidates = [argv0] if argv0 is not None and argv0.name == "feedd" else []
+    candidates.append(Path(sysconfig.get_path("scripts")) / "feedd")
+    script = next((c.absolute() for c in candidates if c.is_file()), None)
+    if script is None:
+        return f"{shlex.quote(sys.executable)} -m feedd"
+    on_path = shutil.which("feedd")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "feedd"
+    try:
+        shown = str(script.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(script)
+    if "/" not in shown:  # a bare name would be looked up on PATH
+        shown = f"./{shown}"
+    return shlex.quote(shown)
+
+
 async def report(daemon: Daemon, every: float = 5.0) -> None:
     """A line per interval, so the demo shows the feed is alive without flooding the terminal."""
     while True:
@@ -79,7 +107,7 @@ async def run_demo(*, duration: float | None = None, show: int = 10) -> None:
                 f"\nfeedd demo is running against simulated Binance (spot {spot.ws_url}, "
                 f"USD-M {futures.ws_url}).\n"
                 f"  config: {config_path}\n  socket: {socket}\n"
-                f"In another terminal:  feedd tail --socket {socket}\n"
+                f"In another terminal:  {feedd_command()} tail --socket {shlex.quote(socket)}\n"
                 "Ctrl-C stops the demo.\n",
                 file=sys.stderr,
                 flush=True,

@@ -1,18 +1,45 @@
-"""Error texts that say what happened, for logs and status.
+"""Exception texts for logs and status fields: never empty, always naming what happened.
 
-``str(exc)`` is often empty (``ConnectionResetError()``, httpx's ``ReadTimeout('')``), and
-``exc or type(exc).__name__`` never picks the name, because an exception is always truthy.
+``str(exc)`` alone is often empty (``trio.BrokenResourceError()``, ``TimeoutError()``,
+``ConnectionResetError()`` raised bare), which gives log lines such as ``connection lost: ``.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import ssl
+
+#: how many causes of an exception without text are followed
+_MAX_DEPTH = 3
 
 
 def describe(exc: BaseException) -> str:
-    """``TypeName: text``, or the type (and errno name) alone when the text is empty."""
+    """The exception's type and text, e.g. ``ConnectionRefusedError: Connection refused (ECONNREFUSED)``.
+
+    An OS error with an errno but no text gets the system's text for it; an exception without
+    text tells its cause instead (``BrokenResourceError (from ConnectionResetError: ...)``).
+    """
+    return _describe(exc, _MAX_DEPTH)
+
+
+def _describe(exc: BaseException, depth: int) -> str:
     name = type(exc).__name__
-    message = str(exc).strip()
-    if not message and isinstance(exc, OSError) and exc.errno is not None:
-        message = errno.errorcode.get(exc.errno, str(exc.errno))
-    return f"{name}: {message}" if message else name
+    text = _os_text(exc) if isinstance(exc, OSError) else str(exc).strip()
+    if text:
+        return f"{name}: {text}"
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None and depth > 0:
+        return f"{name} (from {_describe(cause, depth - 1)})"
+    return name
+
+
+def _os_text(exc: OSError) -> str:
+    """errno-based text; ssl and getaddrinfo errors carry library codes, so their own text is kept."""
+    code = exc.errno
+    if isinstance(exc, ssl.SSLError) or not isinstance(code, int) or code not in errno.errorcode:
+        return str(exc.strerror or exc).strip()
+    text = exc.strerror or os.strerror(code)
+    if exc.filename is not None:
+        text = f"{text}: {os.fsdecode(exc.filename)}"
+    return f"{text} ({errno.errorcode[code]})"

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from datetime import UTC
 from decimal import Decimal
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import orjson
 import trio
 
 from feedd.codec import decode_record, encode_line
+from feedd.errors import describe
 from feedd.model import MarketData
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 _READ_SIZE = 65536
+
+#: what ``--kind`` accepts → the record kind; the config calls the channel "trades"
+_KINDS = {"trade": "trade", "trades": "trade", "ticker": "ticker"}
+KIND_NAMES = tuple(_KINDS)
 
 
 class TailError(Exception):
@@ -54,8 +64,10 @@ def format_gap(dropped: int) -> str:
 
 
 def _filter_line(exchanges: Iterable[str], symbols: Iterable[str], kinds: Iterable[str]) -> bytes | None:
+    record_kinds = [_KINDS.get(kind, kind) for kind in kinds]
     wanted = {
-        key: list(values) for key, values in (("exchange", exchanges), ("symbol", symbols), ("kind", kinds))
+        key: list(dict.fromkeys(values))
+        for key, values in (("exchange", exchanges), ("symbol", symbols), ("kind", record_kinds))
     }
     wanted = {key: values for key, values in wanted.items() if values}
     return encode_line(wanted) if wanted else None
@@ -71,7 +83,7 @@ async def _connect(path: str) -> trio.SocketStream:
     except PermissionError:
         raise TailError(f"no permission to connect to {path} (group of the socket?)") from None
     except OSError as exc:
-        raise TailError(f"cannot connect to {path}: {exc}") from exc
+        raise TailError(f"cannot connect to {path}: {describe(exc)}") from exc
 
 
 async def tail(
@@ -86,7 +98,8 @@ async def tail(
     """Print records from the socket at ``path`` until EOF or ``limit`` records; return the count.
 
     ``out`` defaults to the current ``sys.stdout``. A filter line is sent only when some filter
-    is given. Gap notices are printed but not counted.
+    is given; ``kinds`` may say ``trades`` for ``trade``. Gap notices are printed but not counted.
+    A write to ``out`` that fails (BrokenPipeError: the reader left) propagates.
     """
     if out is None:
         out = sys.stdout
@@ -94,12 +107,13 @@ async def tail(
     count = 0
     async with stream:
         flt = _filter_line(exchanges, symbols, kinds)
+        log.debug("connected to %s; filter: %s", path, "none" if flt is None else flt.decode().strip())
         if flt is not None:
-            await stream.send_all(flt)
+            await _io(stream.send_all(flt), path)
         if limit is not None and limit <= 0:
             return 0
         rest = b""
-        while data := await stream.receive_some(_READ_SIZE):
+        while data := await _io(stream.receive_some(_READ_SIZE), path):
             lines = (rest + data).split(b"\n")
             rest = lines.pop()
             for line in lines:
@@ -111,7 +125,7 @@ async def tail(
                     # Not a record: a control line ({"type": ...}).
                     out.write(_control(path, line) + "\n")
                     continue
-                except ValueError as exc:
+                except (TypeError, ValueError) as exc:
                     raise TailError(f"unreadable line from {path}: {line[:80]!r}") from exc
                 out.write(format_record(record) + "\n")
                 count += 1
@@ -119,7 +133,16 @@ async def tail(
                     out.flush()
                     return count
             out.flush()
+    log.debug("%s: end of stream after %d record(s)", path, count)
     return count
+
+
+async def _io(operation: Awaitable[T], path: str) -> T:
+    """One socket operation; a connection torn down under it becomes a TailError that says so."""
+    try:
+        return await operation
+    except (trio.BrokenResourceError, OSError) as exc:
+        raise TailError(f"lost the connection to {path}: {describe(exc)}") from exc
 
 
 def _control(path: str, line: bytes) -> str:
@@ -128,5 +151,5 @@ def _control(path: str, line: bytes) -> str:
     if kind == "gap":
         return format_gap(int(obj["dropped"]))
     if kind == "error":
-        raise TailError(f"feedd at {path} refused the request: {obj.get('error')}")
+        raise TailError(f"feedd at {path} refused the request: {obj.get('error') or 'it gave no reason'}")
     raise TailError(f"unexpected line from {path}: {line[:80]!r}")

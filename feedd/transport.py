@@ -121,7 +121,7 @@ class NativeTransport:
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._closed = self._closed or f"connection lost: {describe(exc.__cause__ or exc)}"
+                self._closed = self._closed or f"connection lost: {describe(exc)}"
                 raise TransportError(self._closed) from None
 
     async def send(self, frame: Frame) -> None:
@@ -157,7 +157,7 @@ class NativeTransport:
             try:
                 data = await self._stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._closed = f"connection lost: {describe(exc.__cause__ or exc)}"
+                self._closed = f"connection lost: {describe(exc)}"
                 raise TransportError(self._closed) from None
             if not data:
                 self._closed = "connection closed without a close frame"
@@ -222,7 +222,7 @@ async def open_native(url: str, *, connect_timeout: float) -> AsyncIterator[Tran
     except trio.TooSlowError:
         raise TransportError(f"cannot connect to {url}: timed out after {connect_timeout:g} s") from None
     except (OSError, ssl.SSLError, trio.BrokenResourceError, wsframe.HandshakeError) as exc:
-        raise TransportError(f"cannot connect to {url}: {describe(exc.__cause__ or exc)}") from None
+        raise TransportError(f"cannot connect to {url}: {describe(exc)}") from None
     try:
         yield transport
     finally:

@@ -328,9 +328,9 @@ async def test_server_shutdown_of_a_stable_connection_is_a_planned_reconnect_wit
     workdir: Path,
 ) -> None:
     async with simulators() as (spot, _), running(write_config(workdir, spot, stable_after=0.2)) as daemon:
-        conn = next(iter(daemon.statuses["binance"].connections.values()))
         with trio.fail_after(TIMEOUT):
             await spot.wait_subscribed(SPOT_STREAMS)
+            conn = next(iter(daemon.statuses["binance"].connections.values()))
             client = await Subscriber.connect(daemon.config.unix.path)
             while not conn.stable:  # records keep flowing; the connection turns stable
                 await client.record()

@@ -5,6 +5,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,6 +15,7 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
+from feedd.cli import build_parser
 from feedd.codec import encode_line, encode_record
 from feedd.hub import Hub
 from feedd.model import MarketData
@@ -199,3 +202,117 @@ async def test_tail_against_a_stale_socket_names_the_path(sock_path: str) -> Non
     stale.close()
     with pytest.raises(TailError, match=f"nothing listens on {re.escape(sock_path)}"):
         await tail(sock_path, out=io.StringIO())
+
+
+async def test_kind_trades_is_the_same_filter_as_trade(sock_path: str) -> None:
+    received: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_once, sock_path, b"", received)
+        await tail(sock_path, kinds=["trades", "trade", "ticker"], out=io.StringIO())
+    assert received == [b'{"kind":["trade","ticker"]}\n']
+
+
+def test_command_line_accepts_both_spellings_of_trades() -> None:
+    for word in ("trade", "trades", "ticker"):
+        assert build_parser().parse_args(["tail", "--kind", word]).kind == [word]
+
+
+def feedd_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "feedd", *args]
+
+
+async def serve_records_until_the_client_leaves(
+    path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A stand-in daemon that streams records to one client until it goes (at most 1M records)."""
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await listener.bind(path)
+    listener.listen(1)
+    task_status.started()
+    with listener:
+        conn, _ = await listener.accept()
+        batch = b"".join(encode_record(trade(i)) for i in range(100))
+        async with trio.SocketStream(conn) as stream:
+            for _ in range(10_000):
+                try:
+                    await stream.send_all(batch)
+                except trio.BrokenResourceError:
+                    return
+
+
+async def test_tail_into_a_reader_that_stops_early_exits_quietly(sock_path: str) -> None:
+    """``feedd tail | head -3``: the pipe closes under tail; that is the end, not a traceback."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_records_until_the_client_leaves, sock_path)
+        process = await trio.lowlevel.open_process(
+            feedd_command("tail", "--socket", sock_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert process.stdout is not None and process.stderr is not None
+        try:
+            head = b""
+            with trio.fail_after(30):
+                while head.count(b"\n") < 3:
+                    chunk = await process.stdout.receive_some(4096)
+                    assert chunk, "feedd tail ended before printing 3 lines"
+                    head += chunk
+                await process.stdout.aclose()  # what `head -3` does after its third line
+                code = await process.wait()
+                err = b""
+                while chunk := await process.stderr.receive_some(4096):
+                    err += chunk
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert head.decode().splitlines()[0] == format_record(trade(0))
+    assert err.decode() == ""
+    assert code == 0
+
+
+async def test_tail_says_so_when_the_daemon_closes_the_connection(sock_path: str) -> None:
+    received: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_once, sock_path, encode_record(trade(1)), received)
+        with trio.fail_after(30):
+            result = await trio.run_process(
+                feedd_command("tail", "--socket", sock_path),
+                capture_stdout=True, capture_stderr=True, check=False,
+            )
+    assert result.stdout.decode().splitlines() == [format_record(trade(1))]
+    assert result.stderr.decode() == (
+        f"feedd tail: the daemon closed the connection at {sock_path} after 1 record(s) (did it stop?)\n"
+    )
+    assert result.returncode == 1
+
+
+async def test_tail_that_reached_its_limit_exits_0_without_a_message(sock_path: str) -> None:
+    received: list[bytes] = []
+    payload = encode_record(trade(1)) + encode_record(trade(2))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_once, sock_path, payload, received)
+        with trio.fail_after(30):
+            result = await trio.run_process(
+                feedd_command("tail", "--socket", sock_path, "--limit", "2"),
+                capture_stdout=True, capture_stderr=True, check=False,
+            )
+    assert len(result.stdout.decode().splitlines()) == 2
+    assert result.stderr == b""
+    assert result.returncode == 0
+
+
+async def test_error_line_without_a_reason_says_so(sock_path: str) -> None:
+    received: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_once, sock_path, encode_line({"type": "error"}), received)
+        with pytest.raises(TailError) as info:
+            await tail(sock_path, out=io.StringIO())
+    assert str(info.value) == f"feedd at {sock_path} refused the request: it gave no reason"
+
+
+async def test_record_with_a_field_of_the_wrong_type_is_a_tail_error(sock_path: str) -> None:
+    line = encode_record(trade(1)).replace(b'"timestamp":"', b'"timestamp":5,"x":"')
+    received: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_once, sock_path, line, received)
+        with pytest.raises(TailError, match="unreadable line"):
+            await tail(sock_path, out=io.StringIO())
