@@ -21,9 +21,17 @@ def test_backoff_doubles_within_jitter_and_stops_at_the_ceiling() -> None:
     assert backoff.failures == 8
 
 
-def test_backoff_jitter_spreads_reconnects_apart() -> None:
-    delays = {Backoff(1.0, 60.0, rng=random.Random(seed)).next_delay() for seed in range(20)}
-    assert len(delays) == 20
+def test_backoff_jitter_is_uniform_over_the_upper_half_of_the_delay() -> None:
+    """Half-jitter: uniform in [top/2, top], so reconnects spread apart but never come early."""
+    rng = random.Random(3)
+    delays = []
+    for _ in range(4000):
+        backoff = Backoff(1.0, 60.0, rng=rng, failures=3)  # top = 8 s
+        delays.append(backoff.next_delay())
+    assert min(delays) >= 4.0 and max(delays) <= 8.0
+    assert min(delays) < 4.05 and max(delays) > 7.95  # the whole band is used
+    quarters = [sum(4.0 + q <= d < 5.0 + q for d in delays) for q in range(4)]
+    assert all(900 <= n <= 1100 for n in quarters), quarters  # evenly
 
 
 def test_backoff_reset_starts_from_the_initial_delay() -> None:

@@ -23,7 +23,8 @@ from feedd.transport import TRANSPORTS, Frame, OpenTransport, Transport, Transpo
 
 Handler = Callable[[WebSocketConnection], Awaitable[None]]
 
-pytestmark = pytest.mark.parametrize("open_", TRANSPORTS.values(), ids=TRANSPORTS.keys())
+#: every behaviour below holds for each transport a config may name
+each_transport = pytest.mark.parametrize("open_", TRANSPORTS.values(), ids=TRANSPORTS.keys())
 
 
 @asynccontextmanager
@@ -57,11 +58,12 @@ async def receive(transport: Transport, count: int) -> list[Frame]:
     return frames
 
 
-async def test_default_is_the_native_transport(open_: OpenTransport) -> None:
+def test_default_is_the_native_transport() -> None:
     assert next(iter(TRANSPORTS)) == "native"
     assert open_transport is TRANSPORTS["native"]
 
 
+@each_transport
 async def test_text_frames_arrive_whole_and_in_order(open_: OpenTransport) -> None:
     large = "L" * 200_000
     sent: list[Frame] = ["first", large, b"\x00binary\xff", "x" * 126, "last"]
@@ -76,6 +78,7 @@ async def test_text_frames_arrive_whole_and_in_order(open_: OpenTransport) -> No
             assert await receive(transport, len(sent)) == sent
 
 
+@each_transport
 async def test_fragmented_message_is_reassembled(open_: OpenTransport) -> None:
     async def handler(ws: WebSocketConnection) -> None:
         # trio-websocket's public API sends whole messages; its _send emits a fragment
@@ -90,6 +93,7 @@ async def test_fragmented_message_is_reassembled(open_: OpenTransport) -> None:
             assert await receive(transport, 2) == ["Hello " + "w" * 70_000 + "orld", "next"]
 
 
+@each_transport
 async def test_server_ping_is_answered_while_receiving(open_: OpenTransport) -> None:
     pong_seen = trio.Event()
 
@@ -105,6 +109,7 @@ async def test_server_ping_is_answered_while_receiving(open_: OpenTransport) -> 
         assert pong_seen.is_set()
 
 
+@each_transport
 async def test_server_close_surfaces_code_and_reason(open_: OpenTransport) -> None:
     async def handler(ws: WebSocketConnection) -> None:
         await ws.send_message("before the close")
@@ -117,6 +122,7 @@ async def test_server_close_surfaces_code_and_reason(open_: OpenTransport) -> No
                 await transport.receive_batch()
 
 
+@each_transport
 async def test_rejected_handshake_reports_the_http_status(open_: OpenTransport) -> None:
     async with server(reject=503) as url:
         with pytest.raises(TransportError, match=r"^handshake rejected: HTTP 503$"):
@@ -124,6 +130,7 @@ async def test_rejected_handshake_reports_the_http_status(open_: OpenTransport) 
                 pass
 
 
+@each_transport
 async def test_refused_connection_is_a_transport_error(open_: OpenTransport) -> None:
     with socket.socket() as probe:  # a port that was free a moment ago, with nobody listening
         probe.bind(("127.0.0.1", 0))
@@ -133,6 +140,7 @@ async def test_refused_connection_is_a_transport_error(open_: OpenTransport) -> 
             pass
 
 
+@each_transport
 async def test_silent_server_times_out_the_connect(
     open_: OpenTransport, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -148,6 +156,7 @@ async def test_silent_server_times_out_the_connect(
         nursery.cancel_scope.cancel()
 
 
+@each_transport
 async def test_client_send_arrives_at_the_server(open_: OpenTransport) -> None:
     got: list[str | bytes] = []
     done = trio.Event()
@@ -168,6 +177,7 @@ async def test_client_send_arrives_at_the_server(open_: OpenTransport) -> None:
     assert got == ['{"method":"SUBSCRIBE"}', b"\x00\x01", "y" * 70_000]
 
 
+@each_transport
 async def test_aclose_sends_a_normal_close_frame(open_: OpenTransport) -> None:
     closed_with: list[int] = []
     done = trio.Event()
@@ -188,6 +198,7 @@ async def test_aclose_sends_a_normal_close_frame(open_: OpenTransport) -> None:
     assert closed_with == [1000]
 
 
+@each_transport
 async def test_wss_connects_through_tls(open_: OpenTransport, monkeypatch: pytest.MonkeyPatch) -> None:
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
