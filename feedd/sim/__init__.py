@@ -7,6 +7,7 @@ venue's wire protocol on localhost, replays recorded traffic, and injects faults
 
 from feedd.sim.binance import BREAK_SYMBOL, BinanceConnection, BinanceSimulator, ControlRequest, parse_control
 from feedd.sim.bybit import BybitConnection, BybitProtocol, BybitSimulator
+from feedd.sim.coinbase import CoinbaseConnection, CoinbaseProtocol, CoinbaseSimulator
 from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimProtocol, SimServer
 from feedd.sim.replay import Recording, load_recording, parse_recording
 from feedd.sim.rest import HttpRequest, HttpResponse, JsonHttpServer
@@ -19,6 +20,9 @@ __all__ = [
     "BybitConnection",
     "BybitProtocol",
     "BybitSimulator",
+    "CoinbaseConnection",
+    "CoinbaseProtocol",
+    "CoinbaseSimulator",
     "ControlRequest",
     "HttpRequest",
     "HttpResponse",

@@ -1,7 +1,8 @@
 """``python -m feedd.sim VENUE [options]``: serve a simulator until Ctrl-C.
 
 ``binance [--futures]`` serves Binance spot or USD-M; ``bybit [--category C]`` serves Bybit's
-spot, linear and inverse endpoints on one port (``ws_url`` is the one of ``--category``).
+spot, linear and inverse endpoints on one port (``ws_url`` is the one of ``--category``);
+``coinbase`` serves Coinbase Advanced Trade's market-data endpoint and products REST call.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from functools import partial
 
 import trio
 
-from feedd.sim import binance, bybit
+from feedd.sim import binance, bybit, coinbase
 
 
 def _symbols(text: str) -> list[str]:
@@ -41,14 +42,24 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(bybit.DEFAULT_INVERSE_SYMBOLS),
         help="comma-separated inverse symbols",
     )
-    for venue in (binance_args, bybit_args):
+    coinbase_args = venues.add_parser("coinbase", help="Coinbase Advanced Trade market data")
+    coinbase_args.add_argument(
+        "--products", default=",".join(coinbase.DEFAULT_PRODUCTS), help="comma-separated products with data"
+    )
+    coinbase_args.add_argument(
+        "--quiet-products", default="", help="comma-separated products that exist but never trade"
+    )
+    for venue in (binance_args, bybit_args, coinbase_args):
         venue.add_argument("--host", default="127.0.0.1")
         venue.add_argument("--port", type=int, default=0, help="WebSocket port (0: any free port)")
         venue.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
     return parser
 
 
-async def _serve(sim: binance.BinanceSimulator | bybit.BybitSimulator, host: str, port: int) -> None:
+Simulator = binance.BinanceSimulator | bybit.BybitSimulator | coinbase.CoinbaseSimulator
+
+
+async def _serve(sim: Simulator, host: str, port: int) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(sim.serve, host=host, port=port))
         # Printed (not logged) on purpose: scripts read these two lines to find the simulator.
@@ -63,10 +74,14 @@ async def _serve(sim: binance.BinanceSimulator | bybit.BybitSimulator, host: str
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    sim: binance.BinanceSimulator | bybit.BybitSimulator
+    sim: Simulator
     if args.venue == "binance":
         sim = binance.BinanceSimulator(
             futures=args.futures, symbols=_symbols(args.symbols), speed=args.speed, flood=args.flood
+        )
+    elif args.venue == "coinbase":
+        sim = coinbase.CoinbaseSimulator(
+            products=_symbols(args.products), quiet_products=_symbols(args.quiet_products), speed=args.speed
         )
     else:
         sim = bybit.BybitSimulator(

@@ -4,10 +4,11 @@ Split the way hypercorn splits ``protocol/`` from ``trio/``. An exchange module 
 :class:`SimProtocol`: a pure object that turns a handshake path into a connection or a
 rejection, and one client text frame into a :class:`Reply`. :class:`SimServer` does everything
 that involves sockets and time around it: the WebSocket and REST listeners, a reader and a
-writer task per connection, server pings, idle cuts and rate limits (as the protocol's
-:class:`Liveness` asks), faults on demand, the flood writer, and the counters and ``wait_*``
-helpers tests synchronise on. Market data reaches clients through :meth:`SimServer.publish`,
-keyed by *channel*: the protocol's name for what one subscription delivers.
+writer task per connection, server pings, idle cuts, subscribe deadlines and rate limits (as
+the protocol's :class:`Liveness` asks), faults on demand, the flood writer, and the counters
+and ``wait_*`` helpers tests synchronise on. Market data reaches clients through
+:meth:`SimServer.publish`, keyed by *channel*: the protocol's name for what one subscription
+delivers.
 
 An exchange simulator subclasses :class:`SimServer` for its market data only: it starts its
 feeds in :meth:`SimServer._run_feeds` and may react to a channel starting or stopping on a
@@ -45,15 +46,20 @@ class Liveness:
 
     ``ping_interval``: the server sends a WebSocket ping this often and closes (1008) a client
     that has not answered within ``pong_timeout``. ``max_incoming_per_second``: more client
-    messages than this within one second closes the connection (1008). ``idle_timeout``: a
-    connection with no client ping (a :class:`Reply` with ``ping``) and no data frame sent for
-    this long is cut without a close frame.
+    messages than this within one second closes the connection (1008); with
+    ``incoming_per_address`` the count spans every connection from the client's address (a
+    per-IP limit). ``idle_timeout``: a connection with no client ping (a :class:`Reply` with
+    ``ping``) and no data frame sent for this long is cut without a close frame.
+    ``subscribe_timeout``: a connection that has not come to hold a subscription this long after
+    opening is cut without a close frame.
     """
 
     ping_interval: float | None = None
     pong_timeout: float = 60.0
     max_incoming_per_second: int | None = None
+    incoming_per_address: bool = False
     idle_timeout: float | None = None
+    subscribe_timeout: float | None = None
 
 
 @attrs.frozen(slots=True)
@@ -68,12 +74,17 @@ class Reject:
 class Reply:
     """What one client message causes: ``frames`` sent back at once (before anything else is
     queued), then ``start`` channels begin and ``stop`` channels end delivering to the
-    connection. ``ping`` marks an application-level ping (client activity for the idle rule)."""
+    connection. ``ping`` marks an application-level ping (client activity for the idle rule).
+
+    With ``queued``, ``frames`` instead join the connection's queue behind the data frames
+    already in it, each passed through :meth:`SimConnection.frame` with channel ``""``: for
+    venues that number every message of a connection, so replies and data share one order."""
 
     frames: tuple[str, ...] = ()
     start: tuple[str, ...] = ()
     stop: tuple[str, ...] = ()
     ping: bool = False
+    queued: bool = False
 
 
 class SimConnection:
@@ -96,6 +107,7 @@ class SimConnection:
         self._flood: dict[str, None] = {}
         self._flood_changed = trio.Event()
         self._recent: deque[float] = deque()
+        self._subscribed = trio.Event()
         self._idle_scope: trio.CancelScope | None = None
         self._idle_after = 0.0
         self._scope = trio.CancelScope()
@@ -106,7 +118,8 @@ class SimConnection:
         return f"<{type(self).__name__} {self.path} topics={len(self.topics)}>"
 
     def frame(self, channel: str, payload: str) -> str:
-        """The text frame carrying ``payload`` of ``channel`` (the venue's envelope, if any)."""
+        """The text frame carrying ``payload`` of ``channel`` (the venue's envelope, if any);
+        called as a frame is queued. ``channel`` is ``""`` for a queued reply."""
         del channel
         return payload
 
@@ -224,6 +237,8 @@ class SimServer(Generic[C]):
         self._ws_port = 0
         self._rest_port = 0
         self._rest = JsonHttpServer(self._rest_answer)
+        #: recent message times per client address, shared by its connections (per-IP limits)
+        self._recent_by_address: dict[str, deque[float]] = {}
 
         #: handshakes seen, including refused and rejected ones
         self.connection_attempts = 0
@@ -236,6 +251,8 @@ class SimServer(Generic[C]):
         self.rate_limit_closes = 0
         self.pong_timeouts = 0
         self.idle_closes = 0
+        #: connections cut for holding no subscription ``subscribe_timeout`` after opening
+        self.subscribe_timeouts = 0
         #: data frames a slow client's full queue made us discard
         self.frames_dropped = 0
         self.flood_frames_sent = 0
@@ -449,6 +466,10 @@ class SimServer(Generic[C]):
             return
         conn = opened.connection
         conn._ws = ws
+        if self.protocol.liveness.incoming_per_address:
+            remote = ws.remote
+            address = str(getattr(remote, "address", remote))
+            conn._recent = self._recent_by_address.setdefault(address, deque())
         self.connections_accepted += 1
         self._live.append(conn)
         for channel in opened.start:
@@ -484,6 +505,8 @@ class SimServer(Generic[C]):
                     nursery.start_soon(self._pinger, conn, ws, liveness, nursery)
                 if liveness.idle_timeout is not None:
                     await nursery.start(self._idle_watch, conn, liveness.idle_timeout)
+                if liveness.subscribe_timeout is not None:
+                    nursery.start_soon(self._subscribe_watch, conn, liveness.subscribe_timeout)
                 if self.flood:
                     nursery.start_soon(until_done, self._flooder)
 
@@ -547,13 +570,19 @@ class SimServer(Generic[C]):
                 return
             text = message if isinstance(message, str) else message.decode("utf-8", "replace")
             reply = self.protocol.receive(conn, text)
+            if conn.topics and not conn._subscribed.is_set():
+                conn._subscribed.set()
             if reply.ping:
                 self.pings_received += 1
                 conn._touch()
             self._notify()
             for channel in reply.stop:
                 self._stop(conn, channel)
-            if not self._silent:  # a stalled server: requests take effect, nothing comes back
+            if reply.queued and not self._silent:
+                # Queued ahead of the channels' first data all the same: they start below.
+                for text_out in reply.frames:
+                    self.deliver(conn, conn.frame("", text_out))
+            elif not self._silent:  # a stalled server: requests take effect, nothing comes back
                 # Replies are written here, not queued: channels start delivering only after
                 # their acknowledgement is on the wire, as on the real exchanges.
                 for text_out in reply.frames:
@@ -613,6 +642,14 @@ class SimServer(Generic[C]):
         self.idle_closes += 1
         self._notify()
         conn.close(None, "idle timeout")
+
+    async def _subscribe_watch(self, conn: C, within: float) -> None:
+        with trio.move_on_after(within):
+            await conn._subscribed.wait()
+            return
+        self.subscribe_timeouts += 1
+        self._notify()
+        conn.close(None, "no subscription in time")
 
     async def _flooder(self, conn: C, ws: WebSocketConnection) -> None:
         while True:
