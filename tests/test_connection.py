@@ -628,7 +628,7 @@ async def test_a_retry_requests_again_only_the_topics_still_wanted(
     runner, status, _ = make_runner(network, RunnerSettings(), topics=topics)
     rest = ("a@trade", "b@trade", "gone@trade")
     binance = runner.venue.new_session
-    runner.venue.new_session = lambda: RefusingSession(binance(), op, "bad@trade", rest)  # type: ignore[method-assign, return-value]
+    runner.venue.new_session = lambda: RefusingSession(binance(), op, "bad@trade", rest)  # type: ignore[method-assign, assignment]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
         await network.connected.wait()
