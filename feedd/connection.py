@@ -38,6 +38,7 @@ from feedd.exchanges.base import (
     Op,
     Pong,
     Reconnect,
+    Retry,
     SequenceGap,
     Session,
     SubscribeAck,
@@ -332,6 +333,14 @@ class _Attempt:
                 status.subscription_errors[topic] = event.reason
             log.warning("%s: subscription refused (%s): %s",
                         name, ", ".join(event.topics) or "request unknown", event.reason)
+        elif isinstance(event, Retry):
+            # only what is still wanted: the user may have changed a topic since the request
+            wanted = event.op == "subscribe"
+            again = [topic for topic in event.topics if (topic in runner.topics) is wanted]
+            if again:
+                log.info("%s: %s %d topic(s) again after a refused request (%s)",
+                         name, event.op, len(again), event.reason)
+                self.queue_changes(event.op, again)
         elif isinstance(event, SubscribeAck):
             if event.op == "subscribe":
                 for topic in event.topics:

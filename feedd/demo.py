@@ -1,8 +1,9 @@
 """``feedd demo``: the real daemon against the bundled simulators, on a generated config.
 
 Machines without internet can still see feedd work end to end: simulated Binance spot and USD-M
-serve recorded traffic on localhost, the daemon connects to them exactly as it would to the
-exchange, and the demo reads its own Unix socket like any subscriber would.
+and Bybit spot, linear and inverse (one simulator serves Bybit's three endpoints) serve recorded
+traffic on localhost, the daemon connects to them exactly as it would to the exchanges, and the
+demo reads its own Unix socket like any subscriber would.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ import trio
 
 from feedd.config import load_config
 from feedd.daemon import Daemon
-from feedd.sim import BinanceSimulator
+from feedd.sim import BinanceSimulator, BybitSimulator
 from feedd.tail import tail
 
 SPOT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 FUTURES_SYMBOLS = ("BTCUSDT",)
+BYBIT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+BYBIT_INVERSE_SYMBOLS = ("BTCUSD",)
 
 
-def demo_config(spot: BinanceSimulator, futures: BinanceSimulator, workdir: Path) -> str:
+def demo_config(
+    spot: BinanceSimulator, futures: BinanceSimulator, bybit: BybitSimulator, workdir: Path
+) -> str:
     def quoted(symbols: tuple[str, ...]) -> str:
         return ", ".join(f'"{s}"' for s in symbols)
 
@@ -51,6 +56,21 @@ rest_url = "{spot.rest_url}"
 symbols = [{quoted(FUTURES_SYMBOLS)}]
 url = "{futures.ws_url}"
 rest_url = "{futures.rest_url}"
+
+[exchanges.bybit]
+symbols = [{quoted(BYBIT_SYMBOLS)}]
+url = "{bybit.endpoint('spot')}"
+rest_url = "{bybit.rest_url}"
+
+[exchanges.bybit-linear]
+symbols = [{quoted(BYBIT_SYMBOLS)}]
+url = "{bybit.endpoint('linear')}"
+rest_url = "{bybit.rest_url}"
+
+[exchanges.bybit-inverse]
+symbols = [{quoted(BYBIT_INVERSE_SYMBOLS)}]
+url = "{bybit.endpoint('inverse')}"
+rest_url = "{bybit.rest_url}"
 """
 
 
@@ -96,16 +116,19 @@ async def run_demo(*, duration: float | None = None, show: int = 10) -> None:
         async with trio.open_nursery() as nursery:
             spot = BinanceSimulator()
             futures = BinanceSimulator(futures=True)
+            bybit = BybitSimulator(symbols=BYBIT_SYMBOLS, inverse_symbols=BYBIT_INVERSE_SYMBOLS)
             await nursery.start(spot.serve)
             await nursery.start(futures.serve)
+            await nursery.start(bybit.serve)
             config_path = workdir / "config.toml"
-            config_path.write_text(demo_config(spot, futures, workdir), encoding="utf-8")
+            config_path.write_text(demo_config(spot, futures, bybit, workdir), encoding="utf-8")
             daemon = Daemon(load_config(config_path, environ={}))
             await nursery.start(daemon.run)
             socket = daemon.config.unix.path
             print(
                 f"\nfeedd demo is running against simulated Binance (spot {spot.ws_url}, "
-                f"USD-M {futures.ws_url}).\n"
+                f"USD-M {futures.ws_url}) and Bybit (spot, linear and inverse under "
+                f"{bybit.url('/v5/public/')}).\n"
                 f"  config: {config_path}\n  socket: {socket}\n"
                 f"In another terminal:  {feedd_command()} tail --socket {shlex.quote(socket)}\n"
                 "Ctrl-C stops the demo.\n",

@@ -19,7 +19,7 @@ import trio.testing
 from feedd.backoff import Backoff
 from feedd.connection import ConnectionRunner, RunnerSettings
 from feedd.exchanges import make_venue
-from feedd.exchanges.base import Pong
+from feedd.exchanges.base import Pong, Retry, SubscribeError
 from feedd.model import MarketData
 from feedd.status import VenueStatus
 from feedd.transport import Frame, TransportError
@@ -585,3 +585,66 @@ async def test_a_missing_pong_ends_the_connection_within_pong_timeout(
         nursery.cancel_scope.cancel()
     assert runner.conn.last_error == "no pong within 5 s of a ping"
     assert 25.0 <= network.attempts[1] <= 26.0 + 1e-6  # ping at 20 s, 5 s grace, then backoff 0.5-1 s
+
+
+class RefusingSession:
+    """Binance's protocol, except that a ``refuse`` frame is a refusal of request 1 naming one
+    topic as bad and asking for the rest of it again (as the Bybit adapter answers Bybit's
+    one-bad-topic-fails-the-request replies)."""
+
+    def __init__(self, inner: object, op: str, bad: str, rest: tuple[str, ...]) -> None:
+        self.inner = inner
+        self.op = op
+        self.bad = bad
+        self.rest = rest
+
+    def subscribe(self, topics: list[str]) -> list[Frame]:
+        return self.inner.subscribe(topics)  # type: ignore[attr-defined, no-any-return]
+
+    def unsubscribe(self, topics: list[str]) -> list[Frame]:
+        return self.inner.unsubscribe(topics)  # type: ignore[attr-defined, no-any-return]
+
+    def ping(self) -> Frame | None:
+        return None
+
+    def decode(self, frame: Frame, received_at: datetime) -> list[object]:
+        if frame == "refuse":
+            return [
+                SubscribeError(1, (self.bad,), "invalid topic"),
+                Retry(self.op, self.rest, "invalid topic"),  # type: ignore[arg-type]
+            ]
+        return self.inner.decode(frame, received_at)  # type: ignore[attr-defined, no-any-return]
+
+    def connection_lost(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("op", ["subscribe", "unsubscribe"])
+async def test_a_retry_requests_again_only_the_topics_still_wanted(
+    autojump_clock: trio.testing.MockClock, op: str
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    topics = ("a@trade", "bad@trade", "b@trade", "gone@trade")
+    runner, status, _ = make_runner(network, RunnerSettings(), topics=topics)
+    rest = ("a@trade", "b@trade", "gone@trade")
+    binance = runner.venue.new_session
+    runner.venue.new_session = lambda: RefusingSession(binance(), op, "bad@trade", rest)  # type: ignore[method-assign, assignment]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        transport = network.transport
+        assert transport is not None
+        await trio.testing.wait_all_tasks_blocked()
+        if op == "subscribe":
+            runner.remove_topics(["gone@trade"])  # unsubscribed before the refusal came back
+        else:
+            runner.remove_topics(["a@trade", "b@trade"])  # gone@trade is still wanted
+        await trio.testing.wait_all_tasks_blocked()
+        await transport.incoming_send.send("refuse")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    sent = [orjson.loads(f) for _, f in transport.sent]
+    assert [r["method"] for r in sent] == ["SUBSCRIBE", "UNSUBSCRIBE", op.upper()]
+    assert sent[2]["params"] == ["a@trade", "b@trade"]
+    assert status.subscription_errors == {"bad@trade": "invalid topic"}
+    assert len(network.attempts) == 1

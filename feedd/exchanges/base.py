@@ -80,6 +80,22 @@ class SubscribeError:
 
 
 @attrs.frozen(slots=True)
+class Retry:
+    """Request ``topics`` again: the venue refused the request they were in for another's sake.
+
+    A venue that fails a whole request for one bad topic (Bybit) answers with a
+    :class:`SubscribeError` naming the bad topic and this event for the rest of the batch. The
+    runner requests again, through :meth:`Session.subscribe` or :meth:`Session.unsubscribe`,
+    only the topics whose wish has not changed meanwhile: for a subscribe, the topics it still
+    carries; for an unsubscribe, the topics it no longer does.
+    """
+
+    op: Op
+    topics: tuple[str, ...]
+    reason: str
+
+
+@attrs.frozen(slots=True)
 class Pong:
     """The venue answered :meth:`Session.ping`; ends the runner's wait for it (``pong_timeout``)."""
 
@@ -118,8 +134,8 @@ class DecodeError:
 
 
 Event = (
-    MarketData | SubscribeAck | SubscribeError | Pong | Heartbeat | Reconnect | SequenceGap | Ignored
-    | DecodeError
+    MarketData | SubscribeAck | SubscribeError | Retry | Pong | Heartbeat | Reconnect | SequenceGap
+    | Ignored | DecodeError
 )
 
 
