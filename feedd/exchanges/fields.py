@@ -27,7 +27,7 @@ def from_ms(value: Any) -> datetime:
     if type(value) is str:
         value = int(value)
     elif type(value) is not int:
-        raise TypeError(f"timestamp is not integer milliseconds: {value!r}")
+        raise TypeError(f"timestamp is not integer milliseconds: {value!r:.60}")
     return _fromtimestamp(value / 1000, UTC)
 
 
@@ -45,7 +45,7 @@ def parse_rfc3339(value: Any) -> datetime:
     or a ``±HH:MM`` offset (converted to UTC). A leap second (``:60``) is a ValueError.
     """
     if type(value) is not str:
-        raise TypeError(f"timestamp is not a string: {value!r}")
+        raise TypeError(f"timestamp is not a string: {value!r:.60}")
     size = len(value)
     if (
         size < 20
@@ -55,24 +55,24 @@ def parse_rfc3339(value: Any) -> datetime:
         or value[13] != ":"
         or value[16] != ":"
     ):
-        raise ValueError(f"not an RFC 3339 date-time: {value!r}")
+        raise ValueError(f"not an RFC 3339 date-time: {value!r:.60}")
     last = value[-1]
     if last == "Z" or last == "z":
         zone = size - 1
     elif value[-6] in "+-" and value[-3] == ":":
         zone = size - 6
     else:
-        raise ValueError(f"RFC 3339 date-time without a time offset: {value!r}")
+        raise ValueError(f"RFC 3339 date-time without a time offset: {value!r:.60}")
     if zone > 19:
         if value[19] != "." or zone == 20:
-            raise ValueError(f"not an RFC 3339 date-time: {value!r}")
+            raise ValueError(f"not an RFC 3339 date-time: {value!r:.60}")
         if zone > 26:
             dropped = value[26:zone]
             if not (dropped.isdigit() and dropped.isascii()):
-                raise ValueError(f"bad fraction of a second in {value!r}")
+                raise ValueError(f"bad fraction of a second in {value!r:.60}")
             value = value[:26] + value[zone:]
     elif zone != 19:
-        raise ValueError(f"not an RFC 3339 date-time: {value!r}")
+        raise ValueError(f"not an RFC 3339 date-time: {value!r:.60}")
     if last == "z":
         value = value[:-1] + "Z"
     parsed = _fromisoformat(value)
@@ -83,7 +83,7 @@ def text(data: dict[str, Any], key: str) -> str:
     """A field that must be a string (symbols, ids): a number or null there is a bad payload."""
     value = data[key]
     if type(value) is not str:
-        raise TypeError(f"{key!r} is not a string: {value!r}")
+        raise TypeError(f"{key!r} is not a string: {value!r:.60}")
     return value
 
 

@@ -585,6 +585,12 @@ def test_rfc3339_rejects_what_is_not_an_rfc3339_date_time(text: str) -> None:
         parse_rfc3339(text)
 
 
+def test_rfc3339_error_quotes_a_bounded_slice_of_the_value() -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_rfc3339("2026-08-09T21:05:38." + "x" * 10_000 + "Z")
+    assert len(str(caught.value)) < 120
+
+
 @pytest.mark.parametrize("value", [None, 1786309548, 1786309548.5, b"2026-08-09T21:05:38Z"])
 def test_rfc3339_rejects_a_non_string(value: Any) -> None:
     with pytest.raises(TypeError):
