@@ -27,7 +27,7 @@ def from_ms(value: Any) -> datetime:
     if type(value) is str:
         value = int(value)
     elif type(value) is not int:
-        raise TypeError(f"timestamp is not integer milliseconds: {value!r:.60}")
+        raise TypeError(f"timestamp is not integer milliseconds: {value!r}")
     return _fromtimestamp(value / 1000, UTC)
 
 
@@ -83,7 +83,7 @@ def text(data: dict[str, Any], key: str) -> str:
     """A field that must be a string (symbols, ids): a number or null there is a bad payload."""
     value = data[key]
     if type(value) is not str:
-        raise TypeError(f"{key!r} is not a string: {value!r:.60}")
+        raise TypeError(f"{key!r} is not a string: {value!r}")
     return value
 
 
