@@ -1,23 +1,15 @@
-"""End to end with Bybit: simulators → daemon (runner, hub, Unix publisher) → Unix-socket subscribers.
-
-Real sockets on the real clock, with short intervals: every wait is on an event (a record read,
-a simulator state change), bounded by ``fail_after`` so a regression fails instead of hanging.
-"""
+"""End to end with Bybit: simulators → daemon (runner, hub, Unix publisher) → Unix-socket subscribers."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
+from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 
-from feedd.codec import decode_record
-from feedd.config import Config, load_config
-from feedd.daemon import Daemon
+from feedd.config import Config
 from feedd.exchanges.bybit import BybitLinear
 from feedd.model import MarketData
 from feedd.sim import BinanceSimulator, BybitSimulator
@@ -29,16 +21,8 @@ ALL_VENUES = {*BYBIT_VENUES, "binance", "binance-usdm"}
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    # short: AF_UNIX paths are limited to ~107 bytes, and pytest's tmp_path can be longer
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="feedd-b-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def section(venue: str, url: str, rest_url: str, symbols: tuple[str, ...], *extra: str) -> str:
-    listed = ", ".join(f'"{s}"' for s in symbols)
-    lines = "\n".join(extra)
-    return f'\n[exchanges.{venue}]\nsymbols = [{listed}]\nurl = "{url}"\nrest_url = "{rest_url}"\n{lines}\n'
+    with short_tempdir("feedd-b-") as path:
+        yield path
 
 
 def write_config(
@@ -50,76 +34,16 @@ def write_config(
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT"),
     extra: tuple[str, ...] = (),
 ) -> Config:
-    text = """
-[feed]
-cache_dir = "cache"
-reconnect_interval = 0.05
-max_backoff = 0.5
-stale_after = 5.0
-
-[unix]
-path = "feedd.sock"
-"""
+    text = FAST_FEED
     categories = {"bybit": "spot", "bybit-linear": "linear", "bybit-inverse": "inverse"}
     for venue in venues:
         names = ("BTCUSD", "ETHUSD") if venue == "bybit-inverse" else symbols
-        text += section(venue, bybit.endpoint(categories[venue]), bybit.rest_url, names, *extra)
+        text += venue_section(venue, bybit.endpoint(categories[venue]), bybit.rest_url, names, *extra)
     if binance is not None:
         spot, futures = binance
-        text += section("binance", spot.ws_url, spot.rest_url, ("BTCUSDT", "ETHUSDT"))
-        text += section("binance-usdm", futures.ws_url, futures.rest_url, ("BTCUSDT",))
-    path = workdir / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    return load_config(path, environ={})
-
-
-class Subscriber:
-    """A Unix-socket client reading JSON lines."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    @classmethod
-    async def connect(cls, path: str, filter_line: bytes = b"{}\n") -> Subscriber:
-        stream = await trio.open_unix_socket(path)
-        await stream.send_all(filter_line)
-        return cls(stream)
-
-    async def record(self) -> MarketData:
-        while b"\n" not in self.buffer:
-            data = await self.stream.receive_some(65536)
-            assert data, "the daemon closed the socket"
-            self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return decode_record(line)
-
-    async def until(self, predicate: object, limit: int = 20_000) -> list[MarketData]:
-        """Records read until one satisfies ``predicate`` (included)."""
-        seen: list[MarketData] = []
-        while True:
-            record = await self.record()
-            seen.append(record)
-            if predicate(record):  # type: ignore[operator]
-                return seen
-            assert len(seen) < limit, "predicate never held"
-
-
-@asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Daemon]:
-    async with trio.open_nursery() as nursery:
-        daemon: Daemon = await nursery.start(Daemon(config).run)
-        yield daemon
-        daemon.stop()
-
-
-@asynccontextmanager
-async def serving(*sims: BybitSimulator | BinanceSimulator) -> AsyncIterator[None]:
-    async with trio.open_nursery() as nursery:
-        for sim in sims:
-            await nursery.start(sim.serve)
-        yield
-        nursery.cancel_scope.cancel()
+        text += venue_section("binance", spot.ws_url, spot.rest_url, ("BTCUSDT", "ETHUSDT"))
+        text += venue_section("binance-usdm", futures.ws_url, futures.rest_url, ("BTCUSDT",))
+    return load_text(workdir, text)
 
 
 def assert_good(record: MarketData) -> None:
