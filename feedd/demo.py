@@ -1,7 +1,8 @@
 """``feedd demo``: the real daemon against the bundled simulators, on a generated config.
 
 Machines without internet can still see feedd work end to end: simulated Binance spot and USD-M
-and Bybit spot, linear and inverse (one simulator serves Bybit's three endpoints) serve recorded
+Bybit spot, linear and inverse (one simulator serves Bybit's three endpoints) and Coinbase
+Advanced Trade serve recorded
 traffic on localhost, the daemon connects to them exactly as it would to the exchanges, and the
 demo reads its own Unix socket like any subscriber would.
 """
@@ -20,17 +21,22 @@ import trio
 
 from feedd.config import load_config
 from feedd.daemon import Daemon
-from feedd.sim import BinanceSimulator, BybitSimulator
+from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
 from feedd.tail import tail
 
 SPOT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 FUTURES_SYMBOLS = ("BTCUSDT",)
 BYBIT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 BYBIT_INVERSE_SYMBOLS = ("BTCUSD",)
+COINBASE_PRODUCTS = ("BTC-USD", "ETH-USD")
 
 
 def demo_config(
-    spot: BinanceSimulator, futures: BinanceSimulator, bybit: BybitSimulator, workdir: Path
+    spot: BinanceSimulator,
+    futures: BinanceSimulator,
+    bybit: BybitSimulator,
+    coinbase: CoinbaseSimulator,
+    workdir: Path,
 ) -> str:
     def quoted(symbols: tuple[str, ...]) -> str:
         return ", ".join(f'"{s}"' for s in symbols)
@@ -71,6 +77,11 @@ rest_url = "{bybit.rest_url}"
 symbols = [{quoted(BYBIT_INVERSE_SYMBOLS)}]
 url = "{bybit.endpoint('inverse')}"
 rest_url = "{bybit.rest_url}"
+
+[exchanges.coinbase]
+symbols = [{quoted(COINBASE_PRODUCTS)}]
+url = "{coinbase.ws_url}"
+rest_url = "{coinbase.rest_url}"
 """
 
 
@@ -119,16 +130,18 @@ async def run_demo(*, duration: float | None = None, show: int = 10) -> None:
             bybit = BybitSimulator(symbols=BYBIT_SYMBOLS, inverse_symbols=BYBIT_INVERSE_SYMBOLS)
             await nursery.start(spot.serve)
             await nursery.start(futures.serve)
+            coinbase = CoinbaseSimulator(products=COINBASE_PRODUCTS)
             await nursery.start(bybit.serve)
+            await nursery.start(coinbase.serve)
             config_path = workdir / "config.toml"
-            config_path.write_text(demo_config(spot, futures, bybit, workdir), encoding="utf-8")
+            config_path.write_text(demo_config(spot, futures, bybit, coinbase, workdir), encoding="utf-8")
             daemon = Daemon(load_config(config_path, environ={}))
             await nursery.start(daemon.run)
             socket = daemon.config.unix.path
             print(
                 f"\nfeedd demo is running against simulated Binance (spot {spot.ws_url}, "
-                f"USD-M {futures.ws_url}) and Bybit (spot, linear and inverse under "
-                f"{bybit.url('/v5/public/')}).\n"
+                f"USD-M {futures.ws_url}), Bybit (spot, linear and inverse under "
+                f"{bybit.url('/v5/public/')}) and Coinbase ({coinbase.ws_url}).\n"
                 f"  config: {config_path}\n  socket: {socket}\n"
                 f"In another terminal:  {feedd_command()} tail --socket {shlex.quote(socket)}\n"
                 "Ctrl-C stops the demo.\n",

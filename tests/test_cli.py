@@ -112,9 +112,10 @@ def test_demo_runs_the_daemon_against_the_simulators_and_shows_records() -> None
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if " binance" in line or " bybit" in line]
+    venues = ("binance", "binance-usdm", "bybit", "bybit-linear", "bybit-inverse", "coinbase")
+    lines = [line for line in result.stdout.splitlines() if any(f" {v} " in line for v in venues)]
     assert len(lines) == 3
-    for venue in ("binance", "binance-usdm", "bybit", "bybit-linear", "bybit-inverse"):
+    for venue in venues:
         assert re.search(rf" {venue}/\w+#1: connected to ", result.stderr), venue
     assert "socket:" in result.stderr and f"{feedd_command()} tail --socket" in result.stderr
 

@@ -1,0 +1,91 @@
+"""End to end with Coinbase: simulators → daemon → Unix-socket subscribers, beside Binance and Bybit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
+
+from feedd.config import Config
+from feedd.model import MarketData
+from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
+
+TIMEOUT = 15
+PRODUCTS = ("BTC-USD", "ETH-USD")
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    with short_tempdir("feedd-c-") as path:
+        yield path
+
+
+def coinbase_config(workdir: Path, coinbase: CoinbaseSimulator, *more: str) -> Config:
+    own = venue_section("coinbase", coinbase.ws_url, coinbase.rest_url, PRODUCTS)
+    return load_text(workdir, FAST_FEED + own + "".join(more))
+
+
+def no_duplicate_trades(records: list[MarketData]) -> None:
+    ids = [(r.symbol, r.trade_id) for r in records if r.kind == "trade"]
+    assert len(ids) == len(set(ids)), "a trade was published twice"
+
+
+async def test_coinbase_streams_beside_binance_and_bybit_through_the_unix_socket(workdir: Path) -> None:
+    coinbase = CoinbaseSimulator(speed=20.0)
+    bybit = BybitSimulator(speed=20.0)
+    spot, futures = BinanceSimulator(speed=20.0), BinanceSimulator(futures=True, speed=20.0)
+    async with serving(coinbase, bybit, spot, futures):
+        config = coinbase_config(
+            workdir, coinbase,
+            venue_section("binance", spot.ws_url, spot.rest_url, ("BTCUSDT",)),
+            venue_section("binance-usdm", futures.ws_url, futures.rest_url, ("BTCUSDT",)),
+            venue_section("bybit", bybit.endpoint("spot"), bybit.rest_url, ("BTCUSDT",)),
+            venue_section("bybit-linear", bybit.endpoint("linear"), bybit.rest_url, ("BTCUSDT",)),
+            venue_section("bybit-inverse", bybit.endpoint("inverse"), bybit.rest_url, ("BTCUSD",)),
+        )
+        async with running(config) as daemon:
+            with trio.fail_after(TIMEOUT):
+                client = await Subscriber.connect(daemon.config.unix.path)
+                seen: dict[tuple[str, str], MarketData] = {}
+                wanted = {(venue, kind) for venue in daemon.venues for kind in ("trade", "ticker")}
+                records = await client.until(
+                    lambda r: bool(seen.setdefault((r.exchange, r.kind), r)) and wanted <= set(seen)
+                )
+    trade, ticker = seen["coinbase", "trade"], seen["coinbase", "ticker"]
+    assert trade.symbol in PRODUCTS and trade.side in ("buy", "sell") and trade.trade_id
+    assert ticker.bid is not None and ticker.ask is not None and ticker.bid <= ticker.ask
+    assert ticker.high_24h is not None and ticker.change_24h is not None
+    no_duplicate_trades([r for r in records if r.exchange == "coinbase"])
+    assert coinbase.subscribe_timeouts == 0  # subscribed well within Coinbase's 5 s
+
+
+async def test_no_coinbase_trade_is_published_twice_across_a_reconnect(workdir: Path) -> None:
+    coinbase = CoinbaseSimulator(speed=20.0)
+    async with serving(coinbase), running(coinbase_config(workdir, coinbase)) as daemon:
+        with trio.fail_after(TIMEOUT):
+            client = await Subscriber.connect(daemon.config.unix.path, b'{"kind": ["trade"]}\n')
+            before = await client.until(lambda r: r.symbol == "BTC-USD")
+            coinbase.drop_connections()
+            await coinbase.wait_until(lambda: coinbase.connections_accepted >= 2)
+            # the new connection's snapshot repeats past trades: none of them comes out again
+            after = await client.until(lambda r: r.symbol == "ETH-USD" and r.trade_id is not None, limit=100)
+            after += [await client.record() for _ in range(20)]
+    no_duplicate_trades(before + after)
+    assert daemon.statuses["coinbase"].reconnects >= 1
+
+
+async def test_a_sequence_gap_is_counted_in_the_status(workdir: Path) -> None:
+    coinbase = CoinbaseSimulator(speed=20.0)
+    async with serving(coinbase), running(coinbase_config(workdir, coinbase)) as daemon:
+        status = daemon.statuses["coinbase"]
+        with trio.fail_after(TIMEOUT):
+            client = await Subscriber.connect(daemon.config.unix.path)
+            await client.record()
+            coinbase.skip_sequence(5)
+            while status.sequence_gaps == 0:
+                await client.record()
+    assert status.sequence_gaps == 1
+    assert status.messages_missed == 5
