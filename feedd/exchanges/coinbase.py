@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 import orjson
@@ -448,12 +449,15 @@ class Coinbase:
         return CoinbaseSession(self.venue_id, self.trade_ids)
 
     def instruments_path(self, cursor: str | None = None) -> str:
-        """The product list; a cursor is the ``offset`` of the next page.
+        """The product list; a cursor is the docs' ``pagination.next_cursor`` or the next ``offset``.
 
         Without ``limit`` the endpoint answers every product in one page (clients rely on it);
         the offset is remembered for :meth:`parse_instruments`, which the instrument fetch calls
         on this page's answer before asking for the next.
         """
+        if cursor is not None and cursor.startswith(_CURSOR):
+            self._page_offset = 0
+            return f"{self.products_path}?cursor={quote(cursor[len(_CURSOR):], safe='')}"
         offset = 0 if cursor is None else int(cursor)
         self._page_offset = offset
         return self.products_path if offset == 0 else f"{self.products_path}?offset={offset}"
@@ -482,10 +486,18 @@ class Coinbase:
             if isinstance(status, str) and status and status.lower() != "online":
                 continue
             listed.add(product["product_id"])
+        pagination = body.get("pagination")
+        if isinstance(pagination, dict) and pagination.get("has_next") is True:
+            next_cursor = pagination.get("next_cursor")
+            if isinstance(next_cursor, str) and next_cursor:
+                return InstrumentPage(frozenset(listed), _CURSOR + next_cursor)
         total = body.get("num_products")
         seen = self._page_offset + len(products)
         more = bool(products) and type(total) is int and total > seen
         return InstrumentPage(frozenset(listed), str(seen) if more else None)
 
+
+#: marks a page cursor that is Coinbase's own ``next_cursor`` (not an offset of ours)
+_CURSOR = "cursor:"
 
 VENUES: dict[str, Callable[[], Venue]] = {"coinbase": Coinbase}

@@ -1010,3 +1010,18 @@ async def test_the_runner_counts_recorded_gaps_and_publishes_no_trade_twice_acro
     assert status.messages_missed == 2 * missed
     assert status.decode_errors == 0
     assert status.reconnects >= 1
+
+
+def test_parse_instruments_follows_the_documented_pagination_cursor() -> None:
+    venue = Coinbase()
+    first = venue.parse_instruments({
+        "products": [product("A-USD")], "num_products": 1,
+        "pagination": {"next_cursor": "Mg==", "has_next": True, "prev_cursor": "", "has_prev": False},
+    })
+    assert first.symbols == frozenset({"A-USD"})
+    assert venue.instruments_path(first.cursor) == "/api/v3/brokerage/market/products?cursor=Mg%3D%3D"
+    last = venue.parse_instruments({
+        "products": [product("B-USD")], "num_products": 1,
+        "pagination": {"next_cursor": "", "has_next": False},
+    })
+    assert last.cursor is None
