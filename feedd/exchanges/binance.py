@@ -13,7 +13,7 @@ no JSON ping, so :meth:`BinanceSession.ping` probes an idle feed with ``LIST_SUB
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,7 +35,7 @@ from feedd.exchanges.base import (
     Venue,
     excerpt,
 )
-from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, text
+from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
 from feedd.model import TICKER, TRADE, Frame, MarketData
 
 _Handler = Callable[[dict[str, Any], datetime], Event]
@@ -141,12 +141,9 @@ class BinanceSession:
         errors often carry no id (§2.2); those give a :class:`SubscribeError` with no topics.
         A raw (unwrapped) ``serverShutdown`` is honoured like the combined one.
         """
-        try:
-            msg = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            return [DecodeError(f"malformed JSON: {exc}", excerpt(frame))]
-        if type(msg) is not dict:
-            return [DecodeError("not a JSON object", excerpt(frame))]
+        msg = load_object(frame)
+        if isinstance(msg, DecodeError):
+            return [msg]
         stream = msg.get("stream")
         if stream is not None:
             if type(stream) is not str:
@@ -254,8 +251,9 @@ class BinanceSession:
         return _SHUTDOWN
 
 
-class _BinanceVenue:
-    """What both Binance venues share: the session factory, the quote cache, exchangeInfo."""
+class _BinanceVenue(QuotedVenue):
+    """What both Binance venues share: the session factory, the quote cache (USD-M's
+    ``@bookTicker``; spot tickers carry their own), exchangeInfo."""
 
     venue_id: str
     default_url: str
@@ -270,18 +268,6 @@ class _BinanceVenue:
     pong_timeout: float | None = None
     uppercase_symbols: bool = True
     _instruments_path: str
-
-    def __init__(self) -> None:
-        # symbol -> last best bid/ask; shared by every session of this venue instance
-        self.quotes = QuoteCache()
-
-    @property
-    def quote_max_age(self) -> float:
-        return self.quotes.max_age.total_seconds()
-
-    @quote_max_age.setter
-    def quote_max_age(self, seconds: float) -> None:
-        self.quotes.max_age = timedelta(seconds=seconds)
 
     def new_session(self) -> Session:
         return BinanceSession(self.venue_id, self.quotes)
@@ -325,9 +311,7 @@ class BinanceSpot(_BinanceVenue):
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def url(self, route: str, base_url: str) -> str:
-        if route != "":
-            raise ValueError(f"binance has only the default route, not {route!r}")
-        return base_url
+        return single_route(self.venue_id, route, base_url)
 
 
 class BinanceUsdm(_BinanceVenue):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal, DecimalException
 from typing import Any, Literal
 from urllib.parse import quote
@@ -50,7 +50,7 @@ from feedd.exchanges.base import (
     Venue,
     excerpt,
 )
-from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, text
+from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
 from feedd.model import TICKER, TRADE, Frame, MarketData
 
 _Handler = Callable[[dict[str, Any], str, datetime, Frame], list[Event]]
@@ -211,12 +211,9 @@ class BybitSession:
         like a subscribe reply (``success``, ``ret_msg``, ``op``) and must not be taken for one;
         then replies to requests.
         """
-        try:
-            msg = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            return [DecodeError(f"malformed JSON: {exc}", excerpt(frame))]
-        if type(msg) is not dict:
-            return [DecodeError("not a JSON object", excerpt(frame))]
+        msg = load_object(frame)
+        if isinstance(msg, DecodeError):
+            return [msg]
         topic = msg.get("topic")
         if topic is not None:
             if type(topic) is not str:
@@ -404,7 +401,7 @@ class BybitSession:
         return [_IGNORED]
 
 
-class _BybitVenue:
+class _BybitVenue(QuotedVenue):
     """What the three Bybit venues share: limits, heartbeat, the session, instruments-info."""
 
     venue_id: str
@@ -427,18 +424,6 @@ class _BybitVenue:
     _merge_tickers = True
     _inverse = False
 
-    def __init__(self) -> None:
-        # symbol -> last best bid/ask from orderbook.1; shared by every session of this venue
-        self.quotes = QuoteCache()
-
-    @property
-    def quote_max_age(self) -> float:
-        return self.quotes.max_age.total_seconds()
-
-    @quote_max_age.setter
-    def quote_max_age(self, seconds: float) -> None:
-        self.quotes.max_age = timedelta(seconds=seconds)
-
     def topics(self, subscription: Subscription) -> list[Topic]:
         symbol = subscription.symbol
         if subscription.channel == "trades":
@@ -448,9 +433,7 @@ class _BybitVenue:
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def url(self, route: str, base_url: str) -> str:
-        if route != "":
-            raise ValueError(f"{self.venue_id} has only the default route, not {route!r}")
-        return base_url
+        return single_route(self.venue_id, route, base_url)
 
     def new_session(self) -> Session:
         return BybitSession(

@@ -48,7 +48,7 @@ from feedd.exchanges.base import (
     Venue,
     excerpt,
 )
-from feedd.exchanges.fields import PAYLOAD_ERRORS, parse_rfc3339, text
+from feedd.exchanges.fields import PAYLOAD_ERRORS, load_object, parse_rfc3339, single_route, text
 from feedd.model import TICKER, TRADE, Frame, MarketData, Side
 
 MARKET_TRADES = "market_trades"
@@ -219,12 +219,9 @@ class CoinbaseSession:
         not subscribe (``l2_data``, ``candles``, ...) are :class:`Ignored`, as Coinbase asks
         clients to ignore message types they do not support.
         """
-        try:
-            msg = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            return [DecodeError(f"malformed JSON: {exc}", excerpt(frame))]
-        if type(msg) is not dict:
-            return [DecodeError("not a JSON object", excerpt(frame))]
+        msg = load_object(frame)
+        if isinstance(msg, DecodeError):
+            return [msg]
         self._frame = frame
         events: list[Event] = []
         sequence = msg.get("sequence_num")
@@ -441,9 +438,7 @@ class Coinbase:
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def url(self, route: str, base_url: str) -> str:
-        if route != "":
-            raise ValueError(f"coinbase has only the default route, not {route!r}")
-        return base_url
+        return single_route(self.venue_id, route, base_url)
 
     def new_session(self) -> Session:
         return CoinbaseSession(self.venue_id, self.trade_ids)

@@ -11,6 +11,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
+from feedd.exchanges.base import DecodeError, excerpt
+from feedd.model import Frame
+
 #: What reading a bad payload can raise: a missing key, a wrong type, an unparsable number, or a
 #: timestamp out of datetime's range (``fromtimestamp`` may give OverflowError or OSError).
 PAYLOAD_ERRORS = (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError)
@@ -20,6 +25,24 @@ PAYLOAD_ERRORS = (KeyError, TypeError, ValueError, AttributeError, OverflowError
 # error is under 0.48 µs and fromtimestamp rounds to the nearest µs, so the millisecond survives
 # (also checked on 200k random values). Hot handlers may inline it to save a call per frame.
 _fromtimestamp = datetime.fromtimestamp
+
+
+def load_object(frame: Frame) -> dict[str, Any] | DecodeError:
+    """The JSON object a frame holds, or the :class:`DecodeError` that says why it holds none."""
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        return DecodeError(f"malformed JSON: {exc}", excerpt(frame))
+    if type(msg) is not dict:
+        return DecodeError("not a JSON object", excerpt(frame))
+    return msg
+
+
+def single_route(venue_id: str, route: str, base_url: str) -> str:
+    """``Venue.url`` of a venue with one endpoint: the configured URL, for route ``""`` only."""
+    if route != "":
+        raise ValueError(f"{venue_id} has only the default route, not {route!r}")
+    return base_url
 
 
 def from_ms(value: Any) -> datetime:
@@ -120,3 +143,19 @@ class QuoteCache:
 
     def __len__(self) -> int:
         return len(self._quotes)
+
+
+class QuotedVenue:
+    """A venue whose tickers take best bid/ask from a quote stream: it owns the shared cache,
+    and ``quote_max_age`` (set by the supervisor from the config) is that cache's bound."""
+
+    def __init__(self) -> None:
+        self.quotes = QuoteCache()
+
+    @property
+    def quote_max_age(self) -> float:
+        return self.quotes.max_age.total_seconds()
+
+    @quote_max_age.setter
+    def quote_max_age(self, seconds: float) -> None:
+        self.quotes.max_age = timedelta(seconds=seconds)
