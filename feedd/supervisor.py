@@ -21,7 +21,7 @@ import trio
 
 from feedd.config import ExchangeConfig
 from feedd.connection import ConnectionRunner, Reply, RunnerSettings
-from feedd.exchanges.base import Channel, Subscription, Topic, Venue
+from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue
 from feedd.instruments import Instruments, load_instruments
 from feedd.model import Batch
 from feedd.status import VenueStatus
@@ -208,7 +208,7 @@ class VenueSupervisor:
     def channels_of(self, symbol: str) -> list[Channel]:
         """The channels ``symbol`` is subscribed to (normalized as the venue spells it)."""
         symbol = self.normalize(symbol)
-        return [s.channel for s in self.subscriptions() if s.symbol == symbol]
+        return [c for c in CHANNELS if Subscription(symbol, c) in self._subscriptions]
 
     def _replies(self, subs: Iterable[Subscription]) -> dict[str, Reply]:
         replies = {}
