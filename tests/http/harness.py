@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import orjson
@@ -87,8 +87,14 @@ async def running(config: Config, **options: Any) -> AsyncIterator[tuple[Daemon,
     """A daemon and an HTTP client pointed at its API; the daemon stops gracefully at the end."""
     async with trio.open_nursery() as nursery:
         daemon: Daemon = await nursery.start(Daemon(config, **options).run)
-        async with httpx.AsyncClient(base_url=f"http://{daemon.http_address}", timeout=TIMEOUT) as client:
-            yield daemon, client
+        try:
+            async with httpx.AsyncClient(base_url=f"http://{daemon.http_address}", timeout=TIMEOUT) as client:
+                yield daemon, client
+        finally:
+            with trio.CancelScope(shield=True):
+                for subscriber in Subscriber.opened:
+                    await subscriber.stream.aclose()
+                Subscriber.opened.clear()
         daemon.stop()
 
 
@@ -100,7 +106,9 @@ def subscribe_body(symbol: str, channels: list[str] | None = None, exchange: str
 
 
 class Subscriber:
-    """A Unix-socket client reading JSON lines."""
+    """A Unix-socket client reading JSON lines; :func:`running` closes it at the end."""
+
+    opened: ClassVar[list[Subscriber]] = []
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
@@ -109,8 +117,10 @@ class Subscriber:
     @classmethod
     async def connect(cls, path: str, filter_line: bytes = b"{}\n") -> Subscriber:
         stream = await trio.open_unix_socket(path)
+        subscriber = cls(stream)
+        cls.opened.append(subscriber)
         await stream.send_all(filter_line)
-        return cls(stream)
+        return subscriber
 
     async def record(self) -> MarketData:
         while b"\n" not in self.buffer:

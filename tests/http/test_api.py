@@ -21,6 +21,7 @@ from harness import (
     write_config,
 )
 
+from feedd.config import load_config
 from feedd.model import MarketData
 
 
@@ -306,3 +307,36 @@ async def test_a_request_in_flight_when_the_daemon_stops_still_gets_its_answer(w
                 await spot.wait_subscribed({"ethusdt@trade"})  # the request is with the exchange
                 daemon.stop()  # graceful: the answer still comes (here: no acknowledgement in time)
     assert [a.status_code for a in answers] == [504]
+
+
+async def test_a_live_subscribe_on_a_full_connection_opens_another_without_touching_it(
+    workdir: Path,
+) -> None:
+    async with simulator(futures=True) as futures:
+        symbols = [f"S{i}USDT" for i in range(100)]  # 200 market-route streams: USD-M's limit
+        quoted = ", ".join(f'"{s}"' for s in symbols)
+        (workdir / "config.toml").write_text(f"""
+[http]
+listen = "127.0.0.1:0"
+[unix]
+path = "feedd.sock"
+[exchanges.binance-usdm]
+symbols = [{quoted}]
+channels = ["trades", "ticker"]
+check_symbols = false
+url = "{futures.ws_url}"
+rest_url = "{futures.rest_url}"
+""", encoding="utf-8")
+        async with running(load_config(workdir / "config.toml", environ={})) as (daemon, http):
+            with trio.fail_after(TIMEOUT):
+                full = await futures.wait_subscribed({f"{s.lower()}@aggTrade" for s in symbols})
+                body = subscribe_body("NEWUSDT", ["trades"], exchange="binance-usdm")
+                answer = await http.post(f"{API}/subscribe", content=body)
+                market = [c for c in futures.connections if c.route == "market"]
+            status = daemon.statuses["binance-usdm"]
+    assert answer.status_code == 200, answer.text
+    assert len(market) == 2 and full in market
+    assert len(full.streams) == 200 and "newusdt@aggTrade" not in full.streams
+    assert [c.streams for c in market if c is not full] == [frozenset({"newusdt@aggTrade"})]
+    assert futures.connections_accepted == 3  # market, public, and the new market shard
+    assert status.reconnects == 0
