@@ -79,7 +79,7 @@ class WebSocketService:
 
     ``serve_unix`` and ``serve_http`` start the ``[unix]`` publisher and the ``[http]`` API; the
     daemon turns both on. Runtime subscription changes are saved to ``[feed] state_file`` and
-    restored at start either way.
+    restored at start either way. An instance runs once.
     """
 
     def __init__(
@@ -208,8 +208,8 @@ class WebSocketService:
                 )
             await records.aclose()
             for venue_id in sorted(set(restored) - set(self.venues)):
-                log.warning("%s: %s has runtime subscriptions for %s, which is not running; kept, unused",
-                            config.feed.state_file, "the state file", venue_id)
+                log.warning("%s: runtime subscriptions of %s, which is not running, are kept but not used",
+                            config.feed.state_file, venue_id)
             if self.serve_http:
                 self.http_address = await nursery.start(self._serve_http)
             for venue_id, supervisor in self.venues.items():
@@ -230,13 +230,13 @@ class WebSocketService:
 
     async def _serve_http(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         from feedd.http.api import build_app
-        from feedd.http.server import serve_http
+        from feedd.http.server import serve_http, split_listen
 
         listen = self.config.http.listen
         try:
             async with trio.open_nursery() as nursery:
                 address: str = await nursery.start(serve_http, build_app(self), listen, self._http_stop.wait)
-                host = listen.rpartition(":")[0].strip("[]")
+                host = split_listen(listen)[0]
                 if self.config.http.token is None and host not in ("127.0.0.1", "::1", "localhost"):
                     log.warning("the HTTP API listens on %s without a token: anyone who can reach it "
                                 "can change subscriptions ([http] token)", address)
