@@ -60,6 +60,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from feedd.daemon import run_until_signalled
+    from feedd.http.server import ListenError
     from feedd.sinks.unix import PublisherError
 
     config = _load(args.config)
@@ -70,12 +71,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     failure: BaseExceptionGroup[BaseException] | None = None
     try:
         trio.run(run_until_signalled, config)
-    except* (PublisherError, OSError) as group:  # e.g. the socket is taken: say so, no traceback
+    except* (PublisherError, ListenError, OSError) as group:  # e.g. the socket is taken: say so
         failure = group
     if failure is not None:
         for exc in _leaves(failure):
-            # a PublisherError is worded for the operator already
-            log.error("cannot start: %s", exc if isinstance(exc, PublisherError) else describe(exc))
+            # PublisherError and ListenError are worded for the operator already
+            worded = isinstance(exc, PublisherError | ListenError)
+            log.error("cannot start: %s", exc if worded else describe(exc))
         return 1
     return 0
 
@@ -135,6 +137,87 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_target(args: argparse.Namespace, command: str) -> tuple[str, str | None] | None:
+    """The API's URL and token from --url / --config / $FEEDD_URL and --token-file / $FEEDD_TOKEN."""
+    from feedd.http.client import DEFAULT_URL
+
+    url: str = args.url or os.environ.get("FEEDD_URL") or DEFAULT_URL
+    token = os.environ.get("FEEDD_TOKEN") or None
+    if args.config is not None:
+        config = _load(args.config)
+        if config is None:
+            return None
+        host, _, port = config.http.listen.rpartition(":")
+        if port == "0" and not args.url:
+            print(f"feedd {command}: {args.config}: [http] listen has port 0 (a free port picked at "
+                  "start); the daemon logs the address it bound: pass it with --url", file=sys.stderr)
+            return None
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        url = args.url or f"http://{host}:{port}"
+        token = config.http.token or token
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as file:
+                token = file.read().strip()
+        except OSError as exc:
+            print(f"feedd {command}: cannot read {args.token_file}: {describe(exc)}", file=sys.stderr)
+            return None
+    return url, token
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    """``status``, ``subscribe`` and ``unsubscribe``: one request to the daemon's HTTP API."""
+    import orjson
+
+    from feedd.http.client import ApiClient, ApiError, format_status
+
+    command = args.command
+    target = _api_target(args, command)
+    if target is None:
+        return EXIT_CONFIG
+    url, token = target
+    try:
+        with ApiClient(url, token=token, timeout=args.timeout) as client:
+            if command == "status":
+                answer = client.status()
+            elif command == "subscribe":
+                answer = client.subscribe(args.exchange, args.symbol, args.channels)
+            else:
+                answer = client.unsubscribe(args.exchange, args.symbol, args.channels)
+    except ApiError as exc:
+        print(f"feedd {command}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    elif command == "status":
+        print(format_status(answer, url))
+    else:
+        done = answer.get("added" if command == "subscribe" else "removed") or []
+        now = answer.get("channels") or []
+        verb = "subscribed" if command == "subscribe" else "unsubscribed"
+        what = ", ".join(done) if done else "nothing new (already so)"
+        print(f"{answer.get('exchange')} {answer.get('symbol')}: {verb} {what}; "
+              f"now: {', '.join(now) or 'not subscribed'}")
+        if answer.get("persisted") is False:
+            print(f"feedd {command}: warning: the change was not saved to the state file "
+                  "(see feedd status)", file=sys.stderr)
+    return 0
+
+
+def _add_api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", metavar="URL",
+                        help="the daemon's HTTP API (default: $FEEDD_URL, else http://127.0.0.1:8080)")
+    parser.add_argument("--config", "-c", metavar="FILE",
+                        help="take the API address and token from this config file ([http])")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="file holding the API token (default: $FEEDD_TOKEN, or the config's)")
+    parser.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    parser.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
+                        help="how long to wait for the answer (default 20)")
+    parser.set_defaults(func=_cmd_api)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from feedd.demo import run_demo
 
@@ -190,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--limit", type=int, default=None, metavar="N",
                       help="stop after N records (default: until the daemon stops or Ctrl-C)")
     tail.set_defaults(func=_cmd_tail)
+
+    status = command("status", "show the running daemon's state, per venue (asks its HTTP API)")
+    _add_api_options(status)
+    for name, verb in (("subscribe", "subscribe to"), ("unsubscribe", "unsubscribe from")):
+        change = command(name, f"{verb} a symbol's streams on the running daemon, live")
+        change.add_argument("exchange", metavar="VENUE", help="venue id, e.g. binance")
+        change.add_argument("symbol", metavar="SYMBOL", help="the exchange's symbol, e.g. BTCUSDT")
+        change.add_argument("--channels", nargs="+", choices=("trades", "ticker"), metavar="CHANNEL",
+                            help="trades and/or ticker (default: "
+                            + ("the venue's configured channels)" if name == "subscribe" else "all)"))
+        _add_api_options(change)
     return parser
 
 

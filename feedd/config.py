@@ -50,9 +50,25 @@ def _listen_address(instance: object, attribute: attrs.Attribute[Any], value: st
         or not host
         or not (bracketed or ("[" not in host and "]" not in host and ":" not in host))
         or not (port.isascii() and port.isdigit())
-        or not 0 < int(port) < 65536
+        or not 0 <= int(port) < 65536
     ):
-        raise ValueError(f"{attribute.name}: expected HOST:PORT (an IPv6 host in brackets), got {value!r}")
+        raise ValueError(
+            f"{attribute.name}: expected HOST:PORT (an IPv6 host in brackets; port 0 picks a free "
+            f"port), got {value!r}"
+        )
+
+
+#: longest symbol accepted from a config file, the state file or the API
+MAX_SYMBOL_LENGTH = 64
+
+
+def symbol_problem(symbol: str) -> str | None:
+    """Why ``symbol`` cannot be one (empty, too long, a space, control or stream-name character)."""
+    if not symbol or len(symbol) > MAX_SYMBOL_LENGTH:
+        return f"not a symbol (1 to {MAX_SYMBOL_LENGTH} characters): {symbol!r}"
+    if any(c.isspace() or not c.isprintable() or c in "/@" for c in symbol):
+        return f"not a symbol: {symbol!r}"
+    return None
 
 
 @attrs.frozen
@@ -86,9 +102,23 @@ class FeedConfig:
             )
 
 
+def _token(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (not value or any(c.isspace() or not c.isprintable() for c in value)):
+        raise ValueError(f"{attribute.name}: must be non-empty printable text without spaces")
+
+
 @attrs.frozen
 class HttpConfig:
     listen: str = attrs.field(default="127.0.0.1:8080", validator=_listen_address)
+    #: a bearer token the mutating endpoints demand (``Authorization: Bearer <token>``)
+    token: str | None = attrs.field(default=None, validator=_token)
+    #: or a file holding it (read at load, surrounding whitespace stripped); not both
+    token_file: str | None = attrs.field(default=None)
+
+    @token_file.validator
+    def _one_token(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if value is not None and self.token is not None:
+            raise ValueError("token_file: set token or token_file, not both")
 
 
 @attrs.frozen
@@ -259,8 +289,8 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         if venue.uppercase_symbols:
             symbols = tuple(s.upper() for s in symbols)
         for i, symbol in enumerate(symbols):
-            if not symbol or any(c.isspace() or not c.isprintable() or c in "/@" for c in symbol):
-                raise ConfigError(f"{source}: {key}.symbols[{i}]: not a symbol: {symbol!r}")
+            if (problem := symbol_problem(symbol)) is not None:
+                raise ConfigError(f"{source}: {key}.symbols[{i}]: {problem}")
         _check_endpoints(venue, exchange, f"{source}: {key}")
         exchanges[venue_id] = attrs.evolve(exchange, symbols=tuple(dict.fromkeys(symbols)))
     return Config(feed=feed, http=http, unix=unix, exchanges=exchanges, source=source)
@@ -369,6 +399,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             raise ConfigError(f"{where}: cannot expand {value!r}: {exc}") from None
         return str(path if path.is_absolute() else base / path)
 
+    token_file = config.http.token_file
     return attrs.evolve(
         config,
         feed=attrs.evolve(
@@ -376,8 +407,29 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             state_file=resolve("feed.state_file", config.feed.state_file),
             cache_dir=resolve("feed.cache_dir", config.feed.cache_dir),
         ),
+        http=attrs.evolve(
+            config.http,
+            token_file=None if token_file is None else resolve("http.token_file", token_file),
+        ),
         unix=attrs.evolve(config.unix, path=resolve("unix.path", config.unix.path)),
     )
+
+
+def read_token_file(config: Config) -> Config:
+    """``[http] token_file`` read into ``token``, so a missing or empty file fails at load."""
+    path = config.http.token_file
+    if path is None:
+        return config
+    where = f"{config.source}: http.token_file"
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or describe(exc)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigError(f"{where}: {path} must hold one token: non-empty, no spaces or control characters")
+    return attrs.evolve(config, http=HttpConfig(listen=config.http.listen, token=token))
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -397,6 +449,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     config = parse_config(data, source)
     config = apply_environment(config, os.environ if environ is None else environ)
     config = _resolve_paths(config, file.resolve().parent)
+    config = read_token_file(config)
     _check_socket_path(config)
     for venue_id, exchange in config.exchanges.items():
         log.debug(

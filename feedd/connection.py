@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from itertools import groupby
 from operator import itemgetter
+from typing import Literal
 
 import attrs
 import trio
@@ -71,6 +72,24 @@ class RunnerSettings:
 
 #: on the outgoing channel: "build requests from the queued subscription changes now"
 _FLUSH = None
+
+
+@attrs.define(eq=False)
+class Reply:
+    """The venue's answer to one topic's subscribe or unsubscribe request, for whoever awaits it.
+
+    ``done`` is set by the matching :class:`SubscribeAck` or :class:`SubscribeError`; ``error``
+    then holds the venue's reason, or None when it agreed. A subscribe reply stays pending across
+    reconnects (the topic is resubscribed on every connect) until the venue answers.
+    """
+
+    op: Op
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: str | None = None
+
+    def resolve(self, error: str | None) -> None:
+        self.error = error
+        self.done.set()
 
 
 @attrs.frozen
@@ -118,6 +137,9 @@ class ConnectionRunner:
         self._backoff = backoff or Backoff(settings.reconnect_interval, settings.max_backoff)
         self._attempt: _Attempt | None = None
         self.send_limit = max(1, math.floor(venue.max_messages_per_second) - CONTROL_HEADROOM)
+        #: the venue's latest answer per topic, or the one still awaited: a subscribe reply for
+        #: every carried topic, an unsubscribe reply while its request is outstanding
+        self.replies: dict[str, Reply] = {name: Reply("subscribe") for name in self.topics}
 
     # ---- live subscription changes ----------------------------------------------------
 
@@ -126,15 +148,47 @@ class ConnectionRunner:
         new = [n for n in names if n not in self.topics]
         self.topics.update(new)
         self.conn.topics = len(self.topics)
+        for name in new:
+            self._replace_reply(name, Reply("subscribe"))
         if new and self._attempt is not None:
             self._attempt.queue_changes("subscribe", new)
 
     def remove_topics(self, names: Iterable[str]) -> None:
+        """Stop carrying topics; when connected, each has an unsubscribe :class:`Reply` pending."""
         gone = [n for n in names if n in self.topics]
         self.topics.difference_update(gone)
         self.conn.topics = len(self.topics)
+        for name in gone:
+            # when not connected, the next connect simply leaves it out: nothing to await
+            self._replace_reply(name, None if self._attempt is None else Reply("unsubscribe"))
         if gone and self._attempt is not None:
             self._attempt.queue_changes("unsubscribe", gone)
+
+    def _replace_reply(self, name: str, reply: Reply | None) -> None:
+        """A new request for ``name`` settles the one still awaited: its answer would not say
+        anything about the topic any more."""
+        old = self.replies.pop(name, None)
+        if old is not None and not old.done.is_set():
+            old.resolve(None if old.op == "unsubscribe" else "unsubscribed before the venue answered")
+        if reply is not None:
+            self.replies[name] = reply
+
+    def record_reply(self, topics: Iterable[str], op: Op | Literal["error"], error: str | None) -> None:
+        """Record the venue's answer; an error answers whichever request the topic awaits."""
+        for name in topics:
+            reply = self.replies.get(name)
+            if reply is None or (op != "error" and reply.op != op):
+                continue
+            if reply.op == "unsubscribe":
+                del self.replies[name]
+            elif reply.done.is_set():  # a later answer (after a reconnect) replaces the old one
+                reply = self.replies[name] = Reply("subscribe")
+            reply.resolve(error)
+
+    def _connection_gone(self) -> None:
+        """Unsubscribes still awaiting an answer are done: the connection that carried them is."""
+        for name in [n for n, r in self.replies.items() if r.op == "unsubscribe"]:
+            self.replies.pop(name).resolve(None)
 
     # ---- the supervision loop -----------------------------------------------------------
 
@@ -196,6 +250,7 @@ class ConnectionRunner:
                     return await attempt.run()
                 finally:
                     self._attempt = None
+                    self._connection_gone()
                     attempt.session.connection_lost()
         except TransportError as exc:
             return _Outcome(str(exc))
@@ -333,6 +388,7 @@ class _Attempt:
                 status.subscription_errors[topic] = event.reason
             log.warning("%s: subscription refused (%s): %s",
                         name, ", ".join(event.topics) or "request unknown", event.reason)
+            runner.record_reply(event.topics, "error", event.reason)
         elif isinstance(event, Retry):
             # only what is still wanted: the user may have changed a topic since the request
             wanted = event.op == "subscribe"
@@ -345,6 +401,7 @@ class _Attempt:
             if event.op == "subscribe":
                 for topic in event.topics:
                     status.subscription_errors.pop(topic, None)
+            runner.record_reply(event.topics, event.op, None)
         elif isinstance(event, SequenceGap):
             status.sequence_gaps += 1
             status.messages_missed += event.missed

@@ -1,9 +1,8 @@
-"""The daemon's task tree (design.md): hub and sinks first, then one supervisor per venue.
+"""``feedd run``: the service with its Unix socket and HTTP API, under signal handling.
 
     root nursery
-    ├─ signals (SIGTERM/SIGINT → stop; SIGHUP/SIGUSR1/SIGUSR2 → logged, ignored)
-    ├─ hub → unix publisher
-    └─ venue supervisors → connection runners
+    ├─ signals (SIGTERM/SIGINT → graceful stop; SIGHUP/SIGUSR1/SIGUSR2 → logged, ignored)
+    └─ the service (feedd.service): hub and sinks, HTTP API, venue supervisors
 """
 
 from __future__ import annotations
@@ -14,87 +13,29 @@ import signal
 import trio
 
 from feedd.config import Config
-from feedd.connection import RunnerSettings
-from feedd.exchanges import make_venue
-from feedd.hub import Hub
+from feedd.service import WebSocketService
 from feedd.sinks.unix import UnixPublisher
-from feedd.status import VenueStatus
-from feedd.supervisor import VenueSupervisor
-from feedd.transport import TRANSPORTS, OpenTransport
+from feedd.transport import OpenTransport
 
 log = logging.getLogger(__name__)
 
-
-def runner_settings(config: Config) -> RunnerSettings:
-    feed = config.feed
-    return RunnerSettings(
-        reconnect_interval=feed.reconnect_interval,
-        max_backoff=feed.max_backoff,
-        max_retries=feed.max_retries,
-        stale_after=feed.stale_after,
-        stable_after=feed.stable_after,
-        connect_timeout=feed.connect_timeout,
-    )
+__all__ = ["Daemon", "run_until_signalled"]
 
 
-class Daemon:
-    """Everything ``feedd run`` runs; also the handle tests and embedders drive it by."""
+class Daemon(WebSocketService):
+    """The service as ``feedd run`` runs it: the Unix publisher and the HTTP API on.
 
-    def __init__(self, config: Config, *, open_transport: OpenTransport | None = None) -> None:
-        self.config = config
-        self.hub = Hub()
-        self.publisher = UnixPublisher(
-            self.hub,
-            config.unix.path,
-            client_buffer=config.unix.client_buffer,
-            max_clients=config.unix.max_clients,
-        )
-        self.venues: dict[str, VenueSupervisor] = {}
-        self.statuses: dict[str, VenueStatus] = {}
-        self._open = open_transport or TRANSPORTS[config.feed.transport]
-        self._nursery: trio.Nursery | None = None
+    Also the handle tests drive it by: ``daemon = await nursery.start(Daemon(config).run)``,
+    ``daemon.stop()``.
+    """
 
-    async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start sinks, then venues; ``task_status.started`` once all of them have started.
-
-        A venue counts as started before its instrument list arrives (the supervisor fetches it
-        in the background), so a slow or dead REST endpoint delays only its own venue.
-        """
-        config = self.config
-        settings = runner_settings(config)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await nursery.start(self.hub.run)
-            await nursery.start(self.publisher.serve)
-            records = self.hub.sender()
-            for venue_id, exchange in config.exchanges.items():
-                enabled = config.feed.enabled and exchange.enabled
-                status = VenueStatus(venue_id, enabled=enabled)
-                self.statuses[venue_id] = status
-                if not enabled:
-                    continue
-                supervisor = VenueSupervisor(
-                    make_venue(venue_id),
-                    exchange,
-                    settings,
-                    cache_dir=config.feed.cache_dir,
-                    records=records.clone(),
-                    status=status,
-                    open_transport=self._open,
-                )
-                self.venues[venue_id] = supervisor
-                await nursery.start(supervisor.run, name=f"venue {venue_id}")
-            await records.aclose()
-            if not config.feed.enabled:
-                log.warning("the feed is disabled (feed.enabled / ENABLE_WEBSOCKET_FEED): no venue runs")
-            log.info(
-                "feedd running: %d venue(s), socket %s", len(self.venues), config.unix.path
-            )
-            task_status.started(self)
-
-    def stop(self) -> None:
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+    def __init__(
+        self, config: Config, *, open_transport: OpenTransport | None = None, ack_timeout: float | None = None
+    ) -> None:
+        extra = {} if ack_timeout is None else {"ack_timeout": ack_timeout}
+        super().__init__(config, serve_unix=True, serve_http=True, open_transport=open_transport, **extra)
+        assert self.publisher is not None
+        self.publisher: UnixPublisher = self.publisher
 
 
 #: what ``systemctl stop`` and Ctrl-C send
@@ -110,6 +51,7 @@ async def run_until_signalled(config: Config) -> None:
     Signals are handled from before the first start-up step, and every start-up step is
     cancellable, so a stop is prompt even while the daemon is still starting.
     """
+    daemon = Daemon(config)
     with trio.open_signal_receiver(*STOP_SIGNALS, *IGNORED_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -118,10 +60,14 @@ async def run_until_signalled(config: Config) -> None:
                     name = signal.Signals(signum).name
                     if signum in STOP_SIGNALS:
                         log.info("received %s: stopping", name)
-                        nursery.cancel_scope.cancel()
+                        daemon.stop()
                         return
                     why = " (live reload is not implemented yet)" if signum == signal.SIGHUP else ""
                     log.warning("received %s: ignored%s", name, why)
 
+            async def run() -> None:
+                await daemon.run()
+                nursery.cancel_scope.cancel()  # stopped: stop listening for signals too
+
             nursery.start_soon(wait_for_stop)
-            nursery.start_soon(Daemon(config).run)
+            nursery.start_soon(run)

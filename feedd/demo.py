@@ -50,6 +50,9 @@ stale_after = 30.0
 state_file = "{workdir / 'subscriptions.json'}"
 cache_dir = "{workdir / 'cache'}"
 
+[http]
+listen = "127.0.0.1:0"
+
 [unix]
 path = "{workdir / 'feedd.sock'}"
 
@@ -142,8 +145,9 @@ async def run_demo(*, duration: float | None = None, show: int = 10) -> None:
                 f"\nfeedd demo is running against simulated Binance (spot {spot.ws_url}, "
                 f"USD-M {futures.ws_url}), Bybit (spot, linear and inverse under "
                 f"{bybit.url('/v5/public/')}) and Coinbase ({coinbase.ws_url}).\n"
-                f"  config: {config_path}\n  socket: {socket}\n"
+                f"  config: {config_path}\n  socket: {socket}\n  HTTP API: http://{daemon.http_address}\n"
                 f"In another terminal:  {feedd_command()} tail --socket {shlex.quote(socket)}\n"
+                f"                      {feedd_command()} status --url http://{daemon.http_address}\n"
                 "Ctrl-C stops the demo.\n",
                 file=sys.stderr,
                 flush=True,

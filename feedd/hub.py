@@ -13,8 +13,9 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
+import attrs
 import trio
 
 from feedd.codec import encode_record
@@ -129,6 +130,18 @@ class Hub:
                 self.detach(sink)
 
 
+@attrs.frozen
+class SubscriberInfo:
+    """One consumer of the hub as the status and metrics show it."""
+
+    kind: Literal["unix", "callback"]
+    name: str
+    delivered: int
+    dropped: int
+    pending: int
+    errors: int = 0
+
+
 Callback = Callable[[MarketData], Awaitable[None] | None]
 
 
@@ -145,10 +158,11 @@ class CallbackSink:
     #: after the first failure, at most one log line per this many seconds
     error_log_interval = 10.0
 
-    def __init__(self, callback: Callback, buffer: int = 10_000) -> None:
+    def __init__(self, callback: Callback, buffer: int = 10_000, name: str | None = None) -> None:
         if buffer < 1:
             raise ValueError(f"buffer must be positive, got {buffer}")
         self._callback = callback
+        self.name = name or getattr(callback, "__qualname__", None) or repr(callback)
         self._buffer = buffer
         self._pending: deque[MarketData] = deque(maxlen=buffer)
         self._wakeup = trio.Event()
@@ -157,6 +171,13 @@ class CallbackSink:
         self.errors = 0
         self._last_error_log = -float("inf")
         self._unlogged_errors = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def info(self) -> SubscriberInfo:
+        return SubscriberInfo("callback", self.name, self.delivered, self.dropped, self.pending, self.errors)
 
     def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
         overflow = len(self._pending) + len(records) - self._buffer

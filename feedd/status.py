@@ -6,6 +6,7 @@ Plain mutable objects updated in place by the one trio thread: no locks, no copi
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import attrs
@@ -28,6 +29,20 @@ class ConnectionStatus:
     last_frame_at: float | None = None  # trio clock
     #: the current attempt has kept delivering for ``stable_after`` seconds
     stable: bool = False
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        last = self.last_frame_at
+        return {
+            "name": self.name,
+            "url": self.url,
+            "state": self.state,
+            "streams": self.topics,
+            "reconnects": self.reconnects,
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+            "seconds_since_last_message": None if last is None else _age(now - last),
+            "stable": self.stable,
+        }
 
 
 @attrs.define
@@ -74,15 +89,41 @@ class VenueStatus:
         times = [c.last_frame_at for c in self.connections.values() if c.last_frame_at is not None]
         return trio.current_time() - max(times) if times else None
 
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-ready view for the status API."""
+    def problems(self, max_age: float) -> list[str]:
+        """Why this venue is not connected and fresh (no frame for ``max_age`` s); empty if it is.
+
+        A disabled venue has none: it is not expected to stream.
+        """
+        if not self.enabled:
+            return []
+        if not self.connections:
+            return [f"{self.venue}: no connection (starting, or nothing subscribed)"]
+        now = trio.current_time()
+        found = []
+        for conn in self.connections.values():
+            if conn.state != "connected":
+                why = f": {conn.last_error}" if conn.last_error else ""
+                found.append(f"{conn.name}: {conn.state}{why}")
+            elif conn.last_frame_at is None:
+                found.append(f"{conn.name}: connected, no message yet")
+            elif now - conn.last_frame_at > max_age:
+                found.append(f"{conn.name}: no message for {now - conn.last_frame_at:.1f} s")
+        return found
+
+    def snapshot(self, subscriptions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A JSON-ready view for the status API.
+
+        ``messages`` are WebSocket messages read, ``records`` the records delivered (after
+        validation); ``rejected`` counts refused records by reason.
+        """
+        now = trio.current_time()
         return {
             "state": self.state,
-            "connections": len(self.connections),
-            "messages": self.messages,
-            "frames": self.frames,
-            "rejected": sum(self.rejected.values()),
-            "rejected_by_reason": dict(self.rejected),
+            "connections": [conn.snapshot(now) for conn in self.connections.values()],
+            "subscriptions": subscriptions or [],
+            "messages": self.frames,
+            "records": self.messages,
+            "rejected": dict(self.rejected),
             "decode_errors": self.decode_errors,
             "sequence_gaps": self.sequence_gaps,
             "messages_missed": self.messages_missed,
@@ -90,5 +131,26 @@ class VenueStatus:
             "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error,
             "subscription_errors": dict(self.subscription_errors),
-            "seconds_since_last_message": self.seconds_since_last_message(),
+            "seconds_since_last_message": _age(self.seconds_since_last_message()),
         }
+
+
+def _age(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
+OverallState = Literal["ok", "degraded", "down"]
+
+
+def overall(statuses: Iterable[VenueStatus], max_age: float) -> tuple[OverallState, list[str]]:
+    """``ok`` when every enabled venue is connected and fresh, ``degraded`` when only some are,
+    ``down`` when none is (or none is enabled); with the reasons for anything short of ok."""
+    enabled = [s for s in statuses if s.enabled]
+    problems = {s.venue: s.problems(max_age) for s in enabled}
+    reasons = [reason for found in problems.values() for reason in found]
+    healthy = sum(1 for found in problems.values() if not found)
+    if not enabled:
+        return "down", ["no venue is enabled"]
+    if healthy == len(enabled):
+        return "ok", []
+    return ("degraded" if healthy else "down"), reasons

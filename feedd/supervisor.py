@@ -3,19 +3,25 @@
 It owns the venue's nursery; every connection runner lives there, so one venue failing never
 disturbs another venue or the sinks, and adding a subscription at run time starts or reuses a
 connection without reconnecting the others.
+
+Live changes come in two forms: :meth:`VenueSupervisor.subscribe` / :meth:`unsubscribe` act at
+once and return, and :meth:`subscribe_confirmed` / :meth:`unsubscribe_confirmed` (what the HTTP
+and Python APIs call) also wait, within a deadline, until the venue has answered every wire topic
+involved, and roll a refused subscription back.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 import trio
 
 from feedd.config import ExchangeConfig
-from feedd.connection import ConnectionRunner, RunnerSettings
-from feedd.exchanges.base import Channel, Subscription, Topic, Venue
+from feedd.connection import ConnectionRunner, Reply, RunnerSettings
+from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue
 from feedd.instruments import Instruments, load_instruments
 from feedd.model import Batch
 from feedd.status import VenueStatus
@@ -37,6 +43,22 @@ class NotSubscribed(SubscriptionRefused):
     pass
 
 
+class VenueRefused(SubscriptionRefused):
+    """The venue answered a subscribe request with an error; the subscription was rolled back."""
+
+
+class NoAnswer(SubscriptionRefused):
+    """No answer within the deadline: the instrument list is still loading, or the venue has not
+    acknowledged (``pending`` names the wire topics still awaited)."""
+
+    def __init__(self, message: str, pending: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.pending = tuple(pending)
+
+
+SubscriptionState = Literal["active", "pending", "refused"]
+
+
 class VenueSupervisor:
     def __init__(
         self,
@@ -48,6 +70,7 @@ class VenueSupervisor:
         records: trio.MemorySendChannel[Batch],
         status: VenueStatus | None = None,
         open_transport: OpenTransport = open_transport,
+        initial: Mapping[str, Sequence[Channel]] | None = None,
     ) -> None:
         self.venue = venue
         venue.quote_max_age = config.quote_max_age
@@ -71,6 +94,15 @@ class VenueSupervisor:
         self._refs: Counter[Topic] = Counter()
         self._nursery: trio.Nursery | None = None
         self._shard_count: dict[str, int] = {}
+        #: what to subscribe at start: symbol -> channels (the config file's, unless told)
+        self.initial: dict[str, tuple[Channel, ...]] = (
+            {s: tuple(config.channels) for s in config.symbols}
+            if initial is None
+            else {s: tuple(c) for s, c in initial.items()}
+        )
+        #: set once the instrument list is in and the initial subscriptions are placed; live
+        #: subscribes wait for it, so a symbol is checked against the list and not let through
+        self.ready = trio.Event()
 
     @property
     def venue_id(self) -> str:
@@ -90,11 +122,12 @@ class VenueSupervisor:
             task_status.started()
             if self.config.check_symbols:
                 self.instruments = await load_instruments(self.venue, self.rest_url, self.cache_dir)
-            for symbol in self.config.symbols:
+            for symbol, channels in self.initial.items():
                 try:
-                    self.subscribe(symbol, self.config.channels)
+                    self.subscribe(symbol, channels)
                 except SubscriptionRefused as exc:
                     log.error("%s", exc)
+            self.ready.set()
             await trio.sleep_forever()
 
     # ---- subscriptions ------------------------------------------------------------------
@@ -102,15 +135,27 @@ class VenueSupervisor:
     def normalize(self, symbol: str) -> str:
         return symbol.upper() if self.venue.uppercase_symbols else symbol
 
-    def subscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
-        """Subscribe live; returns the subscriptions that were new. Raises UnknownSymbol."""
+    def check(self, symbol: str) -> str:
+        """The symbol as the venue spells it; UnknownSymbol when its instrument list lacks it."""
         symbol = self.normalize(symbol)
         known = self.instruments.symbols
         if known is not None and symbol not in known:
-            reason = f"unknown symbol {symbol!r}: not listed by {self.rest_url}"
-            self.status.subscription_errors[symbol] = reason
-            self.status.last_error = f"{self.venue_id}: {reason}"
-            raise UnknownSymbol(f"{self.venue_id}: {reason}")
+            raise UnknownSymbol(f"{self.venue_id}: unknown symbol {symbol!r}: not listed by {self.rest_url}")
+        return symbol
+
+    def subscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
+        """Subscribe live; returns the subscriptions that were new.
+
+        Raises UnknownSymbol, and reports it in the venue's status (a configured symbol that
+        does not exist is the operator's to fix).
+        """
+        try:
+            symbol = self.check(symbol)
+        except UnknownSymbol as exc:
+            reason = str(exc).removeprefix(f"{self.venue_id}: ")
+            self.status.subscription_errors[self.normalize(symbol)] = reason
+            self.status.last_error = str(exc)
+            raise
         added = []
         for channel in dict.fromkeys(channels):
             sub = Subscription(symbol, channel)
@@ -128,20 +173,123 @@ class VenueSupervisor:
 
     def unsubscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
         """Unsubscribe live; raises NotSubscribed when none of the channels was subscribed."""
+        return self._unsubscribe(symbol, channels)[0]
+
+    def _unsubscribe(
+        self, symbol: str, channels: Iterable[Channel]
+    ) -> tuple[list[Subscription], dict[str, Reply]]:
+        """The subscriptions removed, and the venue's answers to the unsubscribes this sent.
+
+        The cut is clean: once no channel of the symbol is left, its records are refused at once
+        (validation counts those still in flight as ``unknown_symbol``).
+        """
         symbol = self.normalize(symbol)
+        channels = list(dict.fromkeys(channels))
         removed = []
-        for channel in dict.fromkeys(channels):
+        replies: dict[str, Reply] = {}
+        for channel in channels:
             sub = Subscription(symbol, channel)
             topics = self._subscriptions.pop(sub, None)
             if topics is None:
                 continue
             removed.append(sub)
             for topic in topics:
-                self._displace(topic)
+                reply = self._displace(topic)
+                if reply is not None:
+                    replies[topic.name] = reply
         if not removed:
             raise NotSubscribed(f"{self.venue_id}: {symbol} is not subscribed to {', '.join(channels)}")
         if not any(s.symbol == symbol for s in self._subscriptions):
             self._symbols.discard(symbol)
+        return removed, replies
+
+    # ---- changes confirmed by the venue --------------------------------------------------
+
+    def channels_of(self, symbol: str) -> list[Channel]:
+        """The channels ``symbol`` is subscribed to (normalized as the venue spells it)."""
+        symbol = self.normalize(symbol)
+        return [c for c in CHANNELS if Subscription(symbol, c) in self._subscriptions]
+
+    def _replies(self, subs: Iterable[Subscription]) -> dict[str, Reply]:
+        replies = {}
+        for sub in subs:
+            for topic in self._subscriptions.get(sub, ()):
+                runner = self._owner.get(topic)
+                reply = runner.replies.get(topic.name) if runner is not None else None
+                if reply is not None:
+                    replies[topic.name] = reply
+        return replies
+
+    def state_of(self, sub: Subscription) -> SubscriptionState:
+        """``active`` once the venue acknowledged every topic, ``refused`` if it refused one."""
+        replies = self._replies([sub]).values()
+        if any(r.error is not None for r in replies):
+            return "refused"
+        return "active" if all(r.done.is_set() for r in replies) else "pending"
+
+    async def _await_ready(self, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            await self.ready.wait()
+        if not self.ready.is_set():
+            raise NoAnswer(
+                f"{self.venue_id}: the instrument list from {self.rest_url} is still loading; try again"
+            )
+
+    async def _await_replies(self, replies: Mapping[str, Reply], deadline: float, what: str) -> None:
+        with trio.move_on_at(deadline):
+            for reply in replies.values():
+                await reply.done.wait()
+        pending = sorted(name for name, reply in replies.items() if not reply.done.is_set())
+        if pending:
+            last = f" (last error: {self.status.last_error})" if self.status.last_error else ""
+            raise NoAnswer(
+                f"{self.venue_id}: no answer from the exchange to {what} {', '.join(pending)} "
+                f"in time{last}",
+                pending,
+            )
+
+    async def subscribe_confirmed(
+        self, symbol: str, channels: Iterable[Channel], deadline: float
+    ) -> list[Subscription]:
+        """Subscribe and wait until the venue acknowledged every topic; the new subscriptions.
+
+        Idempotent: subscriptions that exist already are awaited the same way. A refusal rolls
+        the refused subscriptions back and raises VenueRefused with the venue's reason; no answer
+        by ``deadline`` (trio clock) raises NoAnswer, and the subscription stays, retried on
+        every reconnect. Waits for the instrument list first, then raises UnknownSymbol for a
+        symbol it lacks (without marking the venue's status: the caller is told).
+        """
+        await self._await_ready(deadline)
+        symbol = self.check(symbol)
+        channels = list(dict.fromkeys(channels))
+        added = self.subscribe(symbol, channels)
+        subs = [Subscription(symbol, c) for c in channels]
+        replies = self._replies(subs)
+        await self._await_replies(replies, deadline, "the subscription of")
+        refused = {name: r.error for name, r in replies.items() if r.error is not None}
+        if refused:
+            topics = {sub: self._subscriptions.get(sub, []) for sub in subs}
+            rollback = [sub.channel for sub in subs if any(t.name in refused for t in topics[sub])]
+            if rollback:
+                self._unsubscribe(symbol, rollback)
+            for name in refused:
+                self.status.subscription_errors.pop(name, None)
+            reasons = "; ".join(f"{name}: {error}" for name, error in sorted(refused.items()))
+            raise VenueRefused(f"{self.venue_id} refused {symbol}: {reasons}")
+        return added
+
+    async def unsubscribe_confirmed(
+        self, symbol: str, channels: Iterable[Channel] | None, deadline: float
+    ) -> list[Subscription]:
+        """Unsubscribe (every channel of ``symbol`` when ``channels`` is None) and wait until the
+        venue confirmed; NotSubscribed when nothing was, NoAnswer when no answer came in time
+        (the stream is gone from our side all the same)."""
+        symbol = self.normalize(symbol)
+        wanted = self.channels_of(symbol) if channels is None else list(channels)
+        if not wanted:
+            raise NotSubscribed(f"{self.venue_id}: {symbol} is not subscribed")
+        removed, replies = self._unsubscribe(symbol, wanted)
+        await self._await_replies(replies, deadline, "the unsubscription of")
         return removed
 
     def _place(self, topic: Topic) -> None:
@@ -157,19 +305,25 @@ class VenueSupervisor:
         runner.add_topics([topic.name])
         self._owner[topic] = runner
 
-    def _displace(self, topic: Topic) -> None:
+    def _displace(self, topic: Topic) -> Reply | None:
+        """Release ``topic``; the venue's answer to its unsubscribe, if one was sent and matters.
+
+        A connection left without topics is closed instead, which needs no answer.
+        """
         self._refs[topic] -= 1
         if self._refs[topic] > 0:
-            return
+            return None
         del self._refs[topic]
         runner = self._owner.pop(topic, None)
         if runner is None:
-            return
+            return None
         runner.remove_topics([topic.name])
         if not runner.topics:
             self._runners[topic.route].remove(runner)
             self._scopes.pop(runner).cancel()
             self.status.connections.pop(runner.name, None)
+            return None
+        return runner.replies.get(topic.name)
 
     def _start_runner(self, route: str) -> ConnectionRunner:
         if self._nursery is None:

@@ -31,6 +31,9 @@ stale_after = 5.0
 
 [unix]
 path = "feedd.sock"
+
+[http]
+listen = "127.0.0.1:0"
 """
 
 

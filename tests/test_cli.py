@@ -50,6 +50,8 @@ async def test_run_streams_then_stops_cleanly_on_a_signal_within_5_seconds(
         config.write_text(f"""
 [feed]
 cache_dir = "cache"
+[http]
+listen = "127.0.0.1:0"
 [unix]
 path = "feedd.sock"
 [exchanges.binance]
@@ -128,6 +130,7 @@ def test_run_refuses_a_socket_another_daemon_owns_without_a_traceback(workdir: P
     owner.listen()
     config = workdir / "config.toml"
     config.write_text(
+        '[http]\nlisten = "127.0.0.1:0"\n'
         '[unix]\npath = "feedd.sock"\n[exchanges.binance]\nsymbols = ["BTCUSDT"]\ncheck_symbols = false\n'
     )
     try:
@@ -187,7 +190,8 @@ def test_every_command_and_option_has_a_help_text_in_plain_words() -> None:
         assert parser.description, parser.prog
         for action in parser._actions:
             assert action.help, f"{parser.prog}: {action.option_strings or action.dest} has no help"
-    assert seen == ["feedd", "feedd run", "feedd check-config", "feedd demo", "feedd tail"]
+    assert seen == ["feedd", "feedd run", "feedd check-config", "feedd demo", "feedd tail",
+                    "feedd status", "feedd subscribe", "feedd unsubscribe"]
 
 
 @pytest.fixture

@@ -53,6 +53,9 @@ def write_config(
 cache_dir = "cache"
 {lines}
 
+[http]
+listen = "127.0.0.1:0"
+
 [unix]
 path = "feedd.sock"
 

@@ -41,7 +41,7 @@ def workdir() -> Iterator[Path]:
 def write_config(workdir: Path, venues: dict[str, tuple[str, str]]) -> Path:
     """A config with one section per venue id: ``{venue: (ws url, rest url)}``."""
     text = '[feed]\ncache_dir = "cache"\nreconnect_interval = 0.05\nmax_backoff = 0.5\n'
-    text += '[unix]\npath = "feedd.sock"\n'
+    text += '[http]\nlisten = "127.0.0.1:0"\n[unix]\npath = "feedd.sock"\n'
     for venue, (url, rest_url) in venues.items():
         text += f'[exchanges.{venue}]\nsymbols = ["BTCUSDT"]\nurl = "{url}"\nrest_url = "{rest_url}"\n'
     path = workdir / "config.toml"

@@ -117,8 +117,13 @@ class _Subscriber:
 
     wants_encoded = True
 
-    def __init__(self, publisher: UnixPublisher, capacity: int) -> None:
+    def __init__(self, publisher: UnixPublisher, capacity: int, number: int = 0) -> None:
         self._publisher = publisher
+        #: which subscriber since start (1, 2, ...), for the status and metrics
+        self.number = number
+        #: records written to it, and lost to its slowness, since it connected
+        self.sent = 0
+        self.dropped_total = 0
         self._capacity = capacity
         self._lines: deque[bytes] = deque(maxlen=capacity)
         self._held: deque[tuple[MarketData, bytes]] | None = deque(maxlen=capacity)
@@ -132,8 +137,14 @@ class _Subscriber:
     def holding(self) -> bool:
         return self._held is not None
 
+    @property
+    def pending(self) -> int:
+        """Records waiting for the writer (held ones included)."""
+        return len(self._lines) + len(self._held or ())
+
     def _count_drops(self, overflow: int) -> None:
         self._dropped += overflow
+        self.dropped_total += overflow
         self._publisher.records_dropped += overflow
 
     def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
@@ -264,6 +275,8 @@ class UnixPublisher:
         self.records_sent = 0
         self.records_dropped = 0
         self.filter_errors = 0
+        #: the subscribers connected now
+        self.subscribers: set[_Subscriber] = set()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on :attr:`path` until cancelled; the socket file is removed on the way out.
@@ -346,9 +359,10 @@ class UnixPublisher:
         return trio.SocketListener(sock), inode
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
-        sub = _Subscriber(self, self.client_buffer)
+        sub = _Subscriber(self, self.client_buffer, self.clients_total)
         # Attached before the filter is read, so nothing published meanwhile is missed.
         self.hub.attach(sub)
+        self.subscribers.add(sub)
         try:
             async with stream, trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_filters, stream, sub)
@@ -356,6 +370,7 @@ class UnixPublisher:
                 nursery.cancel_scope.cancel()
         finally:
             self.hub.detach(sub)
+            self.subscribers.discard(sub)
             self.clients -= 1
 
     async def _read_filters(self, stream: trio.SocketStream, sub: _Subscriber) -> None:
@@ -389,6 +404,7 @@ class UnixPublisher:
                     return
                 await stream.send_all(payload)
                 self.records_sent += count
+                sub.sent += count
         except trio.BrokenResourceError:
             return
 

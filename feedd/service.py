@@ -1,0 +1,469 @@
+"""The service: everything ``feedd run`` runs, and what an embedding program drives directly.
+
+    service nursery
+    ├─ hub → delay metrics sink, data callbacks (each its own buffer and task), unix publisher
+    ├─ http server (status, control, health, metrics)
+    └─ venue supervisors → connection runners
+
+:class:`WebSocketService` is an async context manager owning that nursery::
+
+    async with WebSocketService(config) as ws:
+        await ws.subscribe_to_symbol("binance", "ETHUSDT")
+        ws.add_data_callback(on_record)
+
+The HTTP API and the Python API are the same calls: a live subscribe waits for the venue's
+instrument list, checks the symbol, places the stream on a connection of the venue that has room
+(or a new one), waits until the venue acknowledged it, and saves the change to the state file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from feedd.config import Config, read_token_file, symbol_problem
+from feedd.connection import RunnerSettings
+from feedd.exchanges import make_venue, venue_ids
+from feedd.exchanges.base import CHANNELS, Channel, Subscription
+from feedd.hub import Callback, CallbackSink, Hub, SubscriberInfo
+from feedd.metrics import Metrics
+from feedd.sinks.unix import UnixPublisher
+from feedd.state import StateFile
+from feedd.status import VenueStatus, overall
+from feedd.supervisor import NotSubscribed, SubscriptionRefused, VenueSupervisor
+from feedd.transport import TRANSPORTS, OpenTransport
+
+log = logging.getLogger(__name__)
+
+#: how long a live subscribe or unsubscribe waits for the venue's answer, by default
+ACK_TIMEOUT = 10.0
+
+
+class InvalidRequest(SubscriptionRefused):
+    """A request that cannot be right whatever the venue says (a malformed symbol, a channel)."""
+
+
+class UnknownVenue(SubscriptionRefused):
+    """Not a venue id feedd knows, or one the configuration does not name."""
+
+
+class VenueDisabled(SubscriptionRefused):
+    """The venue is configured but not running (``enabled = false``, or the feed is off)."""
+
+
+def runner_settings(config: Config) -> RunnerSettings:
+    feed = config.feed
+    return RunnerSettings(
+        reconnect_interval=feed.reconnect_interval,
+        max_backoff=feed.max_backoff,
+        max_retries=feed.max_retries,
+        stale_after=feed.stale_after,
+        stable_after=feed.stable_after,
+        connect_timeout=feed.connect_timeout,
+    )
+
+
+def _channel_list(subs: Iterable[Subscription]) -> list[str]:
+    channels = {s.channel for s in subs}
+    return [c for c in CHANNELS if c in channels]
+
+
+class WebSocketService:
+    """Market data from every configured venue, to callbacks (and, for the daemon, to the Unix
+    socket and the HTTP API), with live subscription changes that survive a restart.
+
+    ``serve_unix`` and ``serve_http`` start the ``[unix]`` publisher and the ``[http]`` API; the
+    daemon turns both on. Runtime subscription changes are saved to ``[feed] state_file`` and
+    restored at start either way. An instance runs once.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        serve_unix: bool = False,
+        serve_http: bool = False,
+        open_transport: OpenTransport | None = None,
+        ack_timeout: float = ACK_TIMEOUT,
+    ) -> None:
+        if config.http.token_file is not None and config.http.token is None:
+            config = read_token_file(config)
+        self.config = config
+        self.ack_timeout = ack_timeout
+        self.hub = Hub()
+        self.publisher = (
+            UnixPublisher(
+                self.hub,
+                config.unix.path,
+                client_buffer=config.unix.client_buffer,
+                max_clients=config.unix.max_clients,
+            )
+            if serve_unix
+            else None
+        )
+        self.serve_http = serve_http
+        #: the HTTP API's bound address (``HOST:PORT``) once it listens
+        self.http_address: str | None = None
+        self.venues: dict[str, VenueSupervisor] = {}
+        self.statuses: dict[str, VenueStatus] = {}
+        self.state = StateFile(config.feed.state_file)
+        self.metrics = Metrics(self)
+        self.callbacks: dict[CallbackSink, trio.CancelScope] = {}
+        self._open = open_transport or TRANSPORTS[config.feed.transport]
+        self._nursery: trio.Nursery | None = None
+        self._started = False
+        self._stop = trio.Event()
+        self._http_stop = trio.Event()
+        self._http_done = trio.Event()
+        self._stack: AsyncExitStack | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> WebSocketService:
+        stack = AsyncExitStack()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        try:
+            await nursery.start(self.run)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        if exc is None:
+            self.stop()  # graceful: requests in flight get their answers
+        elif self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        try:
+            return await stack.__aexit__(kind, exc, tb)
+        except BaseExceptionGroup as group:
+            # the nursery wraps the body's own exception; hand it back as it was raised
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                raise exc.with_traceback(tb) from None
+            raise
+
+    async def initialize(self) -> None:
+        """Wait until every running venue has its instrument list and has placed its configured
+        and restored subscriptions (they are then being connected). Starting is ``async with``."""
+        if self._nursery is None:
+            raise RuntimeError("the service is not running: use `async with WebSocketService(config) as ws`")
+        for supervisor in self.venues.values():
+            await supervisor.ready.wait()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[WebSocketService] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The task tree; ``task_status.started(self)`` once sinks listen and every venue started.
+
+        A venue counts as started before its instrument list arrives (its supervisor fetches it in
+        the background), so a slow or dead REST endpoint delays only its own venue.
+        """
+        if self._stop.is_set():
+            return
+        try:
+            await self._run(task_status)
+        finally:
+            self._nursery = None
+
+    async def _run(self, task_status: trio.TaskStatus[WebSocketService]) -> None:
+        config = self.config
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.hub.run)
+            self.hub.attach(self.metrics.sink)
+            for sink, scope in self.callbacks.items():
+                self._start_callback(sink, scope)
+            if self.publisher is not None:
+                await nursery.start(self.publisher.serve)
+            restored = self.state.load()
+            records = self.hub.sender()
+            settings = runner_settings(config)
+            for venue_id, exchange in config.exchanges.items():
+                enabled = config.feed.enabled and exchange.enabled
+                self.statuses[venue_id] = status = VenueStatus(venue_id, enabled=enabled)
+                if not enabled:
+                    continue
+                changes = restored.get(venue_id)
+                configured = {s: tuple(exchange.channels) for s in exchange.symbols}
+                self.venues[venue_id] = VenueSupervisor(
+                    make_venue(venue_id),
+                    exchange,
+                    settings,
+                    cache_dir=config.feed.cache_dir,
+                    records=records.clone(),
+                    status=status,
+                    open_transport=self._open,
+                    initial=configured if changes is None else changes.merge(configured),
+                )
+            await records.aclose()
+            for venue_id in sorted(set(restored) - set(self.venues)):
+                log.warning("%s: runtime subscriptions of %s, which is not running, are kept but not used",
+                            config.feed.state_file, venue_id)
+            if self.serve_http:
+                self.http_address = await nursery.start(self._serve_http)
+            for venue_id, supervisor in self.venues.items():
+                await nursery.start(supervisor.run, name=f"venue {venue_id}")
+            if not config.feed.enabled:
+                log.warning("the feed is disabled (feed.enabled / ENABLE_WEBSOCKET_FEED): no venue runs")
+            where = [f"socket {config.unix.path}"] if self.publisher is not None else []
+            where += [f"HTTP API http://{self.http_address}"] if self.http_address else []
+            log.info("feedd running: %d venue(s)%s", len(self.venues), "".join(f", {w}" for w in where))
+            self._started = True
+            task_status.started(self)
+            await self._stop.wait()
+            if self.serve_http:
+                self._http_stop.set()
+                with trio.move_on_after(5.0):  # hypercorn bounds its own grace; this bounds hypercorn
+                    await self._http_done.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _serve_http(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        from feedd.http.api import build_app
+        from feedd.http.server import serve_http, split_listen
+
+        listen = self.config.http.listen
+        try:
+            async with trio.open_nursery() as nursery:
+                address: str = await nursery.start(serve_http, build_app(self), listen, self._http_stop.wait)
+                host = split_listen(listen)[0]
+                if self.config.http.token is None and host not in ("127.0.0.1", "::1", "localhost"):
+                    log.warning("the HTTP API listens on %s without a token: anyone who can reach it "
+                                "can change subscriptions ([http] token)", address)
+                task_status.started(address)
+        finally:
+            self._http_done.set()  # hypercorn returned: requests in flight were answered
+
+    def stop(self) -> None:
+        """Stop gracefully: the HTTP API answers what is in flight (bounded), then all ends."""
+        self._stop.set()
+        if not self._started and self._nursery is not None:
+            self._nursery.cancel_scope.cancel()  # still starting: nothing to be graceful about
+
+    # ---- data callbacks -----------------------------------------------------------------
+
+    def add_data_callback(self, callback: Callback, *, buffer: int = 10_000) -> CallbackSink:
+        """Call ``callback(record)`` (sync, or async and awaited) for every record from now on.
+
+        Each callback has its own task and a buffer of ``buffer`` records: a slow one loses its
+        oldest records (counted in ``dropped``) and never stalls the feed or the others; an
+        exception is logged (rate-limited) and counted in ``errors``, and the next record comes
+        as usual. Returns the sink, for :meth:`remove_data_callback` and its counters.
+        """
+        sink = CallbackSink(callback, buffer, name=f"callback#{len(self.callbacks) + 1}:"
+                            f"{getattr(callback, '__qualname__', type(callback).__name__)}")
+        scope = trio.CancelScope()
+        self.callbacks[sink] = scope
+        if self._nursery is not None:
+            self._start_callback(sink, scope)
+        return sink
+
+    def remove_data_callback(self, sink: CallbackSink) -> None:
+        scope = self.callbacks.pop(sink, None)
+        if scope is not None:
+            self.hub.detach(sink)
+            scope.cancel()
+
+    def _start_callback(self, sink: CallbackSink, scope: trio.CancelScope) -> None:
+        async def deliver() -> None:
+            with scope:
+                await sink.run()
+
+        assert self._nursery is not None
+        self.hub.attach(sink)
+        self._nursery.start_soon(deliver, name=sink.name)
+
+    # ---- subscriptions ------------------------------------------------------------------
+
+    def _supervisor(self, exchange: str) -> VenueSupervisor:
+        supervisor = self.venues.get(exchange)
+        if supervisor is not None:
+            return supervisor
+        if exchange in self.statuses:
+            why = "the feed is disabled" if not self.config.feed.enabled else "enabled = false"
+            raise VenueDisabled(f"venue {exchange!r} is not running ({why})")
+        configured = ", ".join(self.statuses) or "none"
+        if exchange not in venue_ids():
+            raise UnknownVenue(f"unknown venue {exchange!r} (configured: {configured})")
+        raise UnknownVenue(f"venue {exchange!r} is not configured (configured: {configured})")
+
+    def _channels(self, supervisor: VenueSupervisor, channels: Sequence[str] | None) -> list[Channel]:
+        if channels is None:
+            return list(supervisor.config.channels)
+        if isinstance(channels, str) or not channels:
+            raise InvalidRequest("channels: expected a non-empty list of " + ", ".join(CHANNELS))
+        wanted: list[Channel] = []
+        for channel in channels:
+            if channel not in CHANNELS:
+                raise InvalidRequest(f"unknown channel {channel!r} (known: {', '.join(CHANNELS)})")
+            wanted.append(channel)
+        for channel in wanted:
+            try:
+                supervisor.venue.topics(Subscription("X", channel))
+            except ValueError:
+                raise InvalidRequest(f"{supervisor.venue_id} has no {channel!r} channel") from None
+        return list(dict.fromkeys(wanted))
+
+    @staticmethod
+    def _symbol(symbol: object) -> str:
+        if not isinstance(symbol, str):
+            raise InvalidRequest(f"symbol: expected text, got {type(symbol).__name__}")
+        problem = symbol_problem(symbol)
+        if problem is not None:
+            raise InvalidRequest(f"symbol: {problem}")
+        return symbol
+
+    async def subscribe_to_symbol(
+        self,
+        exchange: str,
+        symbol: str,
+        channels: Sequence[str] | None = None,
+        *,
+        ack_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe live (default channels: the venue's configured ones) and wait until the venue
+        acknowledged it, at most ``ack_timeout`` seconds (default: the service's).
+
+        Idempotent. Raises UnknownVenue, VenueDisabled, InvalidRequest, UnknownSymbol,
+        VenueRefused (rolled back) or NoAnswer (kept, and retried on every reconnect).
+        """
+        supervisor = self._supervisor(exchange)
+        wanted = self._channels(supervisor, channels)
+        symbol = self._symbol(symbol)
+        deadline = trio.current_time() + (self.ack_timeout if ack_timeout is None else ack_timeout)
+        before = set(supervisor.subscriptions())
+        try:
+            added = await supervisor.subscribe_confirmed(symbol, wanted, deadline)
+        finally:
+            persisted = await self._record(supervisor, before)
+        symbol = supervisor.normalize(symbol)
+        return {
+            "exchange": exchange,
+            "symbol": symbol,
+            "channels": supervisor.channels_of(symbol),
+            "added": _channel_list(added),
+            "persisted": persisted,
+        }
+
+    async def unsubscribe_from_symbol(
+        self,
+        exchange: str,
+        symbol: str,
+        channels: Sequence[str] | None = None,
+        *,
+        ack_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Unsubscribe live (default: every channel of the symbol) and wait for the venue's answer.
+
+        Raises NotSubscribed when none of the channels is subscribed, NoAnswer when the venue did
+        not confirm in time (the stream is gone from feedd's side all the same).
+        """
+        supervisor = self._supervisor(exchange)
+        wanted = None if channels is None else self._channels(supervisor, channels)
+        symbol = self._symbol(symbol)
+        if wanted is not None and not set(wanted) & set(supervisor.channels_of(symbol)):
+            raise NotSubscribed(
+                f"{exchange}: {supervisor.normalize(symbol)} is not subscribed to {', '.join(wanted)}"
+            )
+        deadline = trio.current_time() + (self.ack_timeout if ack_timeout is None else ack_timeout)
+        before = set(supervisor.subscriptions())
+        try:
+            removed = await supervisor.unsubscribe_confirmed(symbol, wanted, deadline)
+        finally:
+            persisted = await self._record(supervisor, before)
+        symbol = supervisor.normalize(symbol)
+        return {
+            "exchange": exchange,
+            "symbol": symbol,
+            "removed": _channel_list(removed),
+            "channels": supervisor.channels_of(symbol),
+            "persisted": persisted,
+        }
+
+    async def _record(self, supervisor: VenueSupervisor, before: set[Subscription]) -> bool:
+        """Save what changed relative to the config; whether the state file holds it now."""
+        after = set(supervisor.subscriptions())
+        exchange = supervisor.config
+        base = {Subscription(s, c) for s in exchange.symbols for c in exchange.channels}
+        changed = self.state.changes(supervisor.venue_id).record(before, after, base)
+        if not changed:
+            return self.state.writable
+        with trio.CancelScope(shield=True):  # a change made is a change saved
+            saved = await self.state.save()
+        return saved
+
+    def list_subscriptions(self) -> list[dict[str, Any]]:
+        """Every subscription: ``{"exchange", "symbol", "channels", "state"}``, ``state`` being
+        ``active`` (acknowledged), ``pending`` (not yet) or ``refused`` (by the venue)."""
+        return [
+            {"exchange": venue_id, **entry}
+            for venue_id, supervisor in self.venues.items()
+            for entry in _by_symbol(supervisor)
+        ]
+
+    # ---- status -------------------------------------------------------------------------
+
+    def subscribers(self) -> list[SubscriberInfo]:
+        found = [sink.info() for sink in self.callbacks]
+        if self.publisher is not None:
+            found += [
+                SubscriberInfo("unix", f"unix#{sub.number}", sub.sent, sub.dropped_total, sub.pending)
+                for sub in sorted(self.publisher.subscribers, key=lambda s: s.number)
+            ]
+        return found
+
+    def health(self) -> tuple[str, list[str]]:
+        """``ok``/``degraded``/``down`` and why; a venue is fresh with a message within
+        ``stale_after`` seconds on every connection."""
+        return overall(self.statuses.values(), self.config.feed.stale_after)
+
+    def get_connection_status(self) -> dict[str, Any]:
+        """The status document of ``GET /api/v1/websocket/status``."""
+        state, reasons = self.health()
+        exchanges = {}
+        for venue_id, status in self.statuses.items():
+            supervisor = self.venues.get(venue_id)
+            subs = [] if supervisor is None else _by_symbol(supervisor)
+            exchanges[venue_id] = status.snapshot(subs)
+        return {
+            "state": state,
+            "reasons": reasons,
+            "exchanges": exchanges,
+            "subscribers": [
+                {"kind": s.kind, "name": s.name, "delivered": s.delivered, "dropped": s.dropped,
+                 "pending": s.pending, **({"errors": s.errors} if s.kind == "callback" else {})}
+                for s in self.subscribers()
+            ],
+            "http": {"listen": self.http_address, "token": self.config.http.token is not None},
+            "state_file": {"path": str(self.state.path), "problem": self.state.problem},
+        }
+
+
+def _by_symbol(supervisor: VenueSupervisor) -> list[dict[str, Any]]:
+    """A venue's subscriptions, one entry per symbol and state."""
+    groups: dict[tuple[str, str], list[Channel]] = {}
+    for sub in supervisor.subscriptions():
+        groups.setdefault((sub.symbol, supervisor.state_of(sub)), []).append(sub.channel)
+    return [
+        {"symbol": symbol, "channels": [c for c in CHANNELS if c in channels], "state": state}
+        for (symbol, state), channels in groups.items()
+    ]
+
+
+__all__ = [
+    "ACK_TIMEOUT",
+    "InvalidRequest",
+    "UnknownVenue",
+    "VenueDisabled",
+    "WebSocketService",
+]
