@@ -9,8 +9,6 @@ fi
 stamp="$venv/.installed$extras"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    # compat: a plain path entry; the default mode prints a banner about same-named folders
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        --config-settings editable_mode=compat -e "$root$extras"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root$extras"
     touch "$stamp"
 fi
