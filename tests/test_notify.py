@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -16,46 +15,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from processes import FakeSystemd
 from trio.testing import MockClock, wait_all_tasks_blocked
 
 from feedd.hub import Hub
 from feedd.notify import Notifier, keep_status, notify_address, watchdog, watchdog_interval
-
-
-class FakeSystemd:
-    """The receiving end of $NOTIFY_SOCKET: every datagram as a dict of its fields."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        self.address = address
-
-    async def bind(self) -> FakeSystemd:
-        self.sock.bind(self.address)
-        return self
-
-    @property
-    def env_value(self) -> str:
-        return "@" + self.address[1:] if self.address.startswith("\0") else self.address
-
-    async def message(self) -> dict[str, str]:
-        while True:
-            try:
-                return _fields(self.sock.recv(65536))
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
-
-    def pending(self) -> list[dict[str, str]]:
-        found = []
-        while True:
-            try:
-                found.append(_fields(self.sock.recv(65536)))
-            except BlockingIOError:
-                return found
-
-
-def _fields(data: bytes) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in data.decode().split("\n"))
 
 
 @pytest.fixture
@@ -83,7 +47,7 @@ def test_watchdog_interval_is_half_of_watchdog_usec_and_only_for_the_named_proce
 
 
 async def test_each_notification_is_one_datagram_of_key_value_lines(short_dir: Path) -> None:
-    systemd = await FakeSystemd(str(short_dir / "notify")).bind()
+    systemd = FakeSystemd(str(short_dir / "notify"))
     notifier = Notifier({"NOTIFY_SOCKET": systemd.env_value})
     assert notifier.enabled
     await notifier.ready("ok: 2/2 venue(s) connected")
@@ -100,7 +64,7 @@ async def test_each_notification_is_one_datagram_of_key_value_lines(short_dir: P
 
 
 async def test_an_abstract_namespace_notify_socket_is_reached() -> None:
-    systemd = await FakeSystemd(f"\0feedd-test-{uuid.uuid4().hex}").bind()
+    systemd = FakeSystemd(f"\0feedd-test-{uuid.uuid4().hex}")
     notifier = Notifier({"NOTIFY_SOCKET": systemd.env_value})
     await notifier.ready("ok")
     assert await systemd.message() == {"READY": "1", "STATUS": "ok"}
@@ -135,7 +99,7 @@ async def test_a_notify_socket_that_is_gone_is_logged_once_and_never_raised(
 async def test_watchdog_pings_at_half_the_period_while_an_idle_hub_answers_its_probes(
     short_dir: Path, autojump_clock: MockClock
 ) -> None:
-    systemd = await FakeSystemd(str(short_dir / "notify")).bind()
+    systemd = FakeSystemd(str(short_dir / "notify"))
     notifier = Notifier({"NOTIFY_SOCKET": systemd.env_value, "WATCHDOG_USEC": "20000000"})
     hub = Hub()
     async with trio.open_nursery() as nursery:
@@ -152,7 +116,7 @@ async def test_watchdog_pings_at_half_the_period_while_an_idle_hub_answers_its_p
 async def test_watchdog_withholds_pings_while_the_hub_is_stuck_and_resumes_with_it(
     short_dir: Path, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    systemd = await FakeSystemd(str(short_dir / "notify")).bind()
+    systemd = FakeSystemd(str(short_dir / "notify"))
     notifier = Notifier({"NOTIFY_SOCKET": systemd.env_value, "WATCHDOG_USEC": "20000000"})
     hub = Hub()  # not running: nothing takes the probes off its ingress
     caplog.set_level(logging.INFO, logger="feedd.notify")
@@ -171,7 +135,7 @@ async def test_watchdog_withholds_pings_while_the_hub_is_stuck_and_resumes_with_
 async def test_status_is_kept_current_and_sent_only_when_it_changes(
     short_dir: Path, autojump_clock: MockClock
 ) -> None:
-    systemd = await FakeSystemd(str(short_dir / "notify")).bind()
+    systemd = FakeSystemd(str(short_dir / "notify"))
     notifier = Notifier({"NOTIFY_SOCKET": systemd.env_value})
     lines = iter(["connecting", "connecting", "connecting", "ok", "ok"])
     async with trio.open_nursery() as nursery:
