@@ -3,10 +3,11 @@
 Under systemd, stderr goes to the journal, which stamps every line itself and reads a ``<N>``
 prefix (the syslog priority) as the line's level: so there feedd writes ``<6>feedd.connection:
 binance/stream#1: connected ...`` with no timestamp. Anywhere else a line carries its time and
-level name. The journal is recognised the way sd-daemon(3) documents it: ``$JOURNAL_STREAM``
+level name. The journal is recognised as systemd.exec(5) documents it: ``$JOURNAL_STREAM``
 names the device and inode of the stream the journal reads, and is compared with stderr's (a
 child whose stderr was redirected inherits the variable but not the stream); when it is absent,
-``$INVOCATION_ID`` says systemd started us, with stderr on its syslog, kmsg or journal stream.
+``$INVOCATION_ID`` says systemd started us, with stderr on its syslog, kmsg or journal stream
+(unless stderr is a terminal: a shell in a terminal that systemd started inherits the variable).
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ def stderr_is_journal(environ: Mapping[str, str], stream: TextIO) -> bool:
         except (OSError, ValueError):  # no descriptor (a test's StringIO, a closed stream)
             return False
         return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
-    return bool(environ.get("INVOCATION_ID"))
+    try:
+        terminal = stream.isatty()
+    except ValueError:  # closed
+        terminal = False
+    return bool(environ.get("INVOCATION_ID")) and not terminal
 
 
 class JournalFormatter(logging.Formatter):

@@ -85,6 +85,15 @@ def test_journal_stream_is_believed_only_for_the_stream_it_names() -> None:
     assert not stderr_is_journal({}, io.StringIO())
 
 
+def test_a_terminal_gets_timestamps_even_where_systemd_started_the_shell() -> None:
+    leader, follower = os.openpty()
+    try:
+        with os.fdopen(follower, "w") as terminal:
+            assert not stderr_is_journal({"INVOCATION_ID": "x"}, terminal)
+    finally:
+        os.close(leader)
+
+
 def test_priorities_follow_syslog() -> None:
     assert [priority(level) for level in (10, 20, 30, 40, 50)] == [7, 6, 4, 3, 2]
     record = logging.LogRecord("feedd.x", logging.WARNING, __file__, 1, "two\nlines", None, None)
