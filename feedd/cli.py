@@ -19,7 +19,6 @@ log = logging.getLogger("feedd")
 
 DEFAULT_SOCKET = "/run/feedd/feedd.sock"
 EXIT_CONFIG = 2
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 DESCRIPTION = (
     "feedd keeps WebSocket connections to crypto exchanges open, turns every trade and ticker "
@@ -27,19 +26,12 @@ DESCRIPTION = (
 )
 
 
-def setup_logging(verbosity: int) -> None:
-    """feedd's own messages at INFO, or DEBUG with ``-v``; libraries at WARNING unless ``-vv``.
+def setup_logging(verbosity: int, level: str | None = None) -> None:
+    """feedd's own messages at INFO (``level`` if given), DEBUG with ``-v``; libraries at WARNING
+    unless ``-vv``; journal form under systemd, else timestamped (feedd.logs)."""
+    from feedd.logs import configure
 
-    Libraries (trio-websocket, httpx, hpack...) log every frame or request at DEBUG, which would
-    bury feedd's own lines; so their level is the root's, raised only by a second ``-v``.
-    """
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
-    log.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
+    configure(level=level, verbosity=verbosity)
 
 
 def _load(path: str) -> Config | None:
@@ -69,8 +61,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for warning in config_warnings(config):
         log.warning("%s", warning)
     failure: BaseExceptionGroup[BaseException] | None = None
+    code = 0
     try:
-        trio.run(run_until_signalled, config)
+        code = trio.run(run_until_signalled, config, args.config)
     except* (PublisherError, ListenError, OSError) as group:  # e.g. the socket is taken: say so
         failure = group
     if failure is not None:
@@ -79,7 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             worded = isinstance(exc, PublisherError | ListenError)
             log.error("cannot start: %s", exc if worded else describe(exc))
         return 1
-    return 0
+    return code
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -230,6 +223,10 @@ def _add_verbose(parser: argparse.ArgumentParser, dest: str) -> None:
         "-v", "--verbose", dest=dest, action="count", default=0,
         help="show feedd's debug messages; twice (-vv): also those of the libraries it uses",
     )
+    parser.add_argument(
+        "--log-level", dest=f"{dest}_log_level", choices=("debug", "info", "warning", "error"),
+        default=None, help="the least severe of feedd's messages shown (default: info)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_verbose(child, "command_verbose")
         return child
 
-    run = command("run", "run the daemon until SIGTERM or SIGINT")
+    run = command("run", "run the daemon until SIGTERM or SIGINT (SIGHUP reloads the config file)")
     run.add_argument("--config", "-c", required=True, metavar="FILE",
                      help="TOML configuration file (see config.toml.example)")
     run.set_defaults(func=_cmd_run)
@@ -289,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose + args.command_verbose)
+    level = args.command_verbose_log_level or args.verbose_log_level
+    setup_logging(args.verbose + args.command_verbose, level)
     log.debug("feedd %s, Python %s: %s", __version__, sys.version.split()[0], args.command)
     code: int = args.func(args)
     return code

@@ -190,16 +190,23 @@ class ConnectionRunner:
         for name in [n for n, r in self.replies.items() if r.op == "unsubscribe"]:
             self.replies.pop(name).resolve(None)
 
+    def update_settings(self, settings: RunnerSettings) -> None:
+        """Settings from a config reload: used from the next attempt on (the current one keeps
+        its deadlines); the failure count stands."""
+        self.settings = settings
+        self._backoff.initial = settings.reconnect_interval
+        self._backoff.ceiling = settings.max_backoff
+
     # ---- the supervision loop -----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        settings = self.settings
         conn = self.conn
         failed_logged = False
         #: when the last planned reconnect was made: they are never closer than reconnect_interval
         last_planned = -math.inf
         while True:
+            settings = self.settings  # a reload may replace them between attempts
             conn.state = "connecting"
             try:
                 outcome = await self._connect_once()

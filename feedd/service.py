@@ -19,29 +19,35 @@ instrument list, checks the symbol, places the stream on a connection of the ven
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
+import attrs
 import trio
 
-from feedd.config import Config, read_token_file, symbol_problem
+from feedd.config import Config, ExchangeConfig, read_token_file, symbol_problem
 from feedd.connection import RunnerSettings
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import CHANNELS, Channel, Subscription
 from feedd.hub import Callback, CallbackSink, Hub, SubscriberInfo
 from feedd.metrics import Metrics
+from feedd.model import Batch
+from feedd.reload import ReloadOutcome, VenuePlan, plan_reload, subscriptions_of
 from feedd.sinks.unix import UnixPublisher
 from feedd.state import StateFile
 from feedd.status import VenueStatus, overall
-from feedd.supervisor import NotSubscribed, SubscriptionRefused, VenueSupervisor
+from feedd.supervisor import NoAnswer, NotSubscribed, SubscriptionRefused, VenueSupervisor
 from feedd.transport import TRANSPORTS, OpenTransport
 
 log = logging.getLogger(__name__)
 
 #: how long a live subscribe or unsubscribe waits for the venue's answer, by default
 ACK_TIMEOUT = 10.0
+#: how long a graceful stop may take before what is left is cancelled (``feedd run`` promises
+#: an exit within 5 s of SIGTERM; the rest is the interpreter's own exit)
+STOP_GRACE = 4.0
 
 
 class InvalidRequest(SubscriptionRefused):
@@ -66,6 +72,20 @@ def runner_settings(config: Config) -> RunnerSettings:
         stable_after=feed.stable_after,
         connect_timeout=feed.connect_timeout,
     )
+
+
+_DONE = {"start": "started", "stop": "stopped", "restart": "restarted"}
+
+
+@attrs.define(eq=False)
+class _VenueRun:
+    """One venue's supervisor as a task of the service: cancelled by ``scope``, ``done`` once
+    ended; ``records`` is its own sender to the hub, closed when it ends."""
+
+    supervisor: VenueSupervisor
+    records: trio.MemorySendChannel[Batch]
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    done: trio.Event = attrs.field(factory=trio.Event)
 
 
 def _channel_list(subs: Iterable[Subscription]) -> list[str]:
@@ -111,6 +131,11 @@ class WebSocketService:
         self.http_address: str | None = None
         self.venues: dict[str, VenueSupervisor] = {}
         self.statuses: dict[str, VenueStatus] = {}
+        self._runs: dict[str, _VenueRun] = {}
+        #: what the last :meth:`reload` did (None before the first)
+        self.last_reload: ReloadOutcome | None = None
+        self._reload_lock = trio.Lock()
+        self._reloading: trio.CancelScope | None = None
         self.state = StateFile(config.feed.state_file)
         self.metrics = Metrics(self)
         self.callbacks: dict[CallbackSink, trio.CancelScope] = {}
@@ -120,6 +145,8 @@ class WebSocketService:
         self._stop = trio.Event()
         self._http_stop = trio.Event()
         self._http_done = trio.Event()
+        self._hub_done = trio.Event()
+        self._publisher_done = trio.Event()
         self._stack: AsyncExitStack | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -180,40 +207,25 @@ class WebSocketService:
         config = self.config
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(self.hub.run)
+            await nursery.start(_until_done, self.hub.run, self._hub_done)
             self.hub.attach(self.metrics.sink)
             for sink, scope in self.callbacks.items():
                 self._start_callback(sink, scope)
             if self.publisher is not None:
-                await nursery.start(self.publisher.serve)
+                await nursery.start(_until_done, self.publisher.serve, self._publisher_done)
             restored = self.state.load()
-            records = self.hub.sender()
-            settings = runner_settings(config)
             for venue_id, exchange in config.exchanges.items():
                 enabled = config.feed.enabled and exchange.enabled
-                self.statuses[venue_id] = status = VenueStatus(venue_id, enabled=enabled)
-                if not enabled:
-                    continue
-                changes = restored.get(venue_id)
-                configured = {s: tuple(exchange.channels) for s in exchange.symbols}
-                self.venues[venue_id] = VenueSupervisor(
-                    make_venue(venue_id),
-                    exchange,
-                    settings,
-                    cache_dir=config.feed.cache_dir,
-                    records=records.clone(),
-                    status=status,
-                    open_transport=self._open,
-                    initial=configured if changes is None else changes.merge(configured),
-                )
-            await records.aclose()
+                self.statuses[venue_id] = VenueStatus(venue_id, enabled=enabled)
+                if enabled:
+                    self._add_venue(venue_id, exchange)
             for venue_id in sorted(set(restored) - set(self.venues)):
                 log.warning("%s: runtime subscriptions of %s, which is not running, are kept but not used",
                             config.feed.state_file, venue_id)
             if self.serve_http:
                 self.http_address = await nursery.start(self._serve_http)
-            for venue_id, supervisor in self.venues.items():
-                await nursery.start(supervisor.run, name=f"venue {venue_id}")
+            for venue_id in self.venues:
+                await self._start_venue(venue_id)
             if not config.feed.enabled:
                 log.warning("the feed is disabled (feed.enabled / ENABLE_WEBSOCKET_FEED): no venue runs")
             where = [f"socket {config.unix.path}"] if self.publisher is not None else []
@@ -222,11 +234,195 @@ class WebSocketService:
             self._started = True
             task_status.started(self)
             await self._stop.wait()
-            if self.serve_http:
-                self._http_stop.set()
-                with trio.move_on_after(5.0):  # hypercorn bounds its own grace; this bounds hypercorn
-                    await self._http_done.wait()
+            with trio.move_on_after(STOP_GRACE) as grace:
+                await self._wind_down()
+            if grace.cancelled_caught:
+                log.warning("stopping took longer than %.0f s: cancelling what is left "
+                            "(a subscriber that does not read, or an exchange that does not answer)",
+                            STOP_GRACE)
             nursery.cancel_scope.cancel()
+
+    async def _wind_down(self) -> None:
+        """The graceful stop, in the order that loses nothing: stop reading (every connection
+        closes politely), let the hub hand on what it holds, let the sinks write it out; the
+        HTTP API answers what is in flight meanwhile."""
+        self._http_stop.set()
+        if self._reloading is not None:
+            self._reloading.cancel()
+        async with self._reload_lock:  # a reload cancelled above unwinds first
+            for run in self._runs.values():
+                run.scope.cancel()
+            for run in self._runs.values():
+                await run.done.wait()
+        self.hub.close()  # with every venue's sender closed, the hub drains and returns
+        await self._hub_done.wait()
+        if self.publisher is not None:
+            self.publisher.finish()
+            await self._publisher_done.wait()
+        if self.serve_http:
+            await self._http_done.wait()
+
+    # ---- venues -------------------------------------------------------------------------
+
+    def _add_venue(self, venue_id: str, exchange: ExchangeConfig) -> None:
+        """Create a venue's supervisor (configured + runtime subscriptions) and its status."""
+        config = self.config
+        status = VenueStatus(venue_id, enabled=True)
+        self.statuses[venue_id] = status
+        changes = self.state.venues.get(venue_id)
+        configured = {s: tuple(exchange.channels) for s in exchange.symbols}
+        records = self.hub.sender()
+        supervisor = VenueSupervisor(
+            make_venue(venue_id),
+            exchange,
+            runner_settings(config),
+            cache_dir=config.feed.cache_dir,
+            records=records,
+            status=status,
+            open_transport=self._open,
+            initial=configured if changes is None else changes.merge(configured),
+        )
+        self.venues[venue_id] = supervisor
+        self._runs[venue_id] = _VenueRun(supervisor, records)
+
+    async def _start_venue(self, venue_id: str) -> None:
+        assert self._nursery is not None
+        await self._nursery.start(self._run_venue, self._runs[venue_id], name=f"venue {venue_id}")
+
+    @staticmethod
+    async def _run_venue(
+        run: _VenueRun, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            with run.scope, run.records:
+                await run.supervisor.run(task_status=task_status)
+        finally:
+            run.done.set()
+
+    async def _stop_venue(self, venue_id: str) -> None:
+        """Stop a venue: its connections close (politely), its records stop; waits until done."""
+        run = self._runs.pop(venue_id)
+        del self.venues[venue_id]
+        run.scope.cancel()
+        await run.done.wait()
+
+    # ---- reload -------------------------------------------------------------------------
+
+    async def reload(self, config: Config) -> ReloadOutcome:
+        """Apply the difference between the running config and ``config``, live.
+
+        Venues start, stop or (when their endpoints changed) restart; symbols and channels the
+        edit added are subscribed and those it removed unsubscribed, through the same calls as
+        the API, concurrently, each waiting at most the ack timeout; settings that can change
+        live do; those that need a restart are left as they run and reported. Streams the edit
+        does not touch are not reconnected. Reloads run one at a time; a stop cancels one.
+        """
+        if config.http.token_file is not None and config.http.token is None:
+            config = read_token_file(config)
+        async with self._reload_lock:
+            if self._stop.is_set() or not self._started:
+                raise RuntimeError("the service is not running")
+            with trio.CancelScope() as self._reloading:
+                try:
+                    outcome = await self._apply(config)
+                finally:
+                    self._reloading = None
+            self.last_reload = outcome
+            return outcome
+
+    def reload_refused(self, source: str, error: str) -> ReloadOutcome:
+        """Record a reload whose config could not be used (it was not applied)."""
+        self.last_reload = ReloadOutcome(source, error=error)
+        return self.last_reload
+
+    async def _apply(self, new: Config) -> ReloadOutcome:
+        old = self.config
+        plan = plan_reload(old, new)
+        self.config = config = plan.config
+        applied = list(plan.applied)
+        problems: list[str] = []
+        settings = runner_settings(config)
+        if settings != runner_settings(old):
+            for supervisor in self.venues.values():
+                supervisor.update_settings(settings)
+        if self.publisher is not None:
+            self.publisher.client_buffer = config.unix.client_buffer
+            self.publisher.max_clients = config.unix.max_clients
+        updates: list[VenuePlan] = []
+        live: list[VenuePlan] = []  # updates made through live subscribes and unsubscribes
+        for step in plan.venues:
+            if step.action in ("stop", "restart"):
+                await self._stop_venue(step.venue)
+            if step.action in ("start", "restart"):
+                self._add_venue(step.venue, config.exchanges[step.venue])
+                await self._start_venue(step.venue)
+            if step.action == "update":
+                supervisor = self.venues[step.venue]
+                supervisor.reconfigure(config.exchanges[step.venue])
+                if supervisor.amend_initial(step.subscribe, step.unsubscribe):
+                    applied.append(f"{step.venue}: {step.why} (applied once its instrument list is in)")
+                else:
+                    live.append(step)
+                updates.append(step)
+            else:
+                applied.append(f"{step.venue}: {_DONE[step.action]} ({step.why})")
+        for venue_id in config.exchanges:
+            if venue_id not in self.venues:
+                self.statuses[venue_id] = VenueStatus(venue_id, enabled=False)
+        for venue_id in [v for v in self.statuses if v not in config.exchanges]:
+            del self.statuses[venue_id]
+        async with trio.open_nursery() as nursery:
+            for step in live:
+                for symbol, channels in step.unsubscribe.items():
+                    nursery.start_soon(self._reload_change, self.unsubscribe_from_symbol,
+                                       step.venue, symbol, channels, applied, problems)
+                for symbol, channels in step.subscribe.items():
+                    nursery.start_soon(self._reload_change, self.subscribe_to_symbol,
+                                       step.venue, symbol, channels, applied, problems)
+        if [step for step in updates if self._forget_config_changes(step.venue, old)]:
+            with trio.CancelScope(shield=True):
+                await self.state.save()
+        return ReloadOutcome(new.source, applied=tuple(applied),
+                             needs_restart=plan.needs_restart, problems=tuple(problems))
+
+    async def _reload_change(
+        self,
+        call: Callable[..., Awaitable[dict[str, Any]]],
+        venue_id: str,
+        symbol: str,
+        channels: Sequence[Channel],
+        applied: list[str],
+        problems: list[str],
+    ) -> None:
+        subscribe = call == self.subscribe_to_symbol
+        verb = "subscribed" if subscribe else "unsubscribed"
+        what = f"{venue_id}: {symbol} {'+'.join(channels)}"
+        try:
+            answer = await call(venue_id, symbol, channels)
+        except NotSubscribed:
+            return  # removed through the API already
+        except NoAnswer as exc:  # the change stands; the venue may still confirm it
+            problems.append(f"{what}: {verb}, but {str(exc).removeprefix(f'{venue_id}: ')}")
+        except SubscriptionRefused as exc:
+            problems.append(f"{what}: not {verb}: {str(exc).removeprefix(f'{venue_id}: ')}")
+        else:
+            done = answer["added" if subscribe else "removed"]
+            if done:  # nothing when the API had made the change already
+                applied.append(f"{venue_id}: {symbol} {'+'.join(done)}: {verb}")
+
+    def _forget_config_changes(self, venue_id: str, old: Config) -> bool:
+        """Drop runtime changes the edit made moot: an API subscription the config now has, an
+        API unsubscription of a subscription the config no longer has, or has again (the edit
+        that adds it is the newer wish). Whether anything was dropped."""
+        changes = self.state.venues.get(venue_id)
+        if changes is None:
+            return False
+        base = subscriptions_of(self.config.exchanges[venue_id])
+        added = base - subscriptions_of(old.exchanges[venue_id])
+        before = (set(changes.subscribed), set(changes.unsubscribed))
+        changes.subscribed -= base
+        changes.unsubscribed &= base - added
+        return (changes.subscribed, changes.unsubscribed) != before
 
     async def _serve_http(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         from feedd.http.api import build_app
@@ -446,7 +642,34 @@ class WebSocketService:
             ],
             "http": {"listen": self.http_address, "token": self.config.http.token is not None},
             "state_file": {"path": str(self.state.path), "problem": self.state.problem},
+            "reload": None if self.last_reload is None else self.last_reload.snapshot(),
         }
+
+    def summary(self) -> str:
+        """The state in one line (systemd's ``STATUS=``), with what the last reload left to do."""
+        state, _ = self.health()
+        connected = sum(1 for v in self.venues if self.statuses[v].state == "connected")
+        subscriptions = sum(len(s.subscriptions()) for s in self.venues.values())
+        line = f"{state}: {connected}/{len(self.venues)} venue(s) connected, {subscriptions} subscription(s)"
+        if self.publisher is not None:
+            line += f", {len(self.publisher.subscribers)} socket subscriber(s)"
+        reload = self.last_reload
+        if reload is not None and (not reload.ok or reload.needs_restart):
+            line += f"; last reload: {reload.summary()}"
+        return line
+
+
+async def _until_done(
+    fn: Callable[..., Awaitable[None]],
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``fn(task_status=...)`` and set ``done`` when it returns, however it ends."""
+    try:
+        await fn(task_status=task_status)
+    finally:
+        done.set()
 
 
 def _by_symbol(supervisor: VenueSupervisor) -> list[dict[str, Any]]:

@@ -108,6 +108,41 @@ class VenueSupervisor:
     def venue_id(self) -> str:
         return self.venue.venue_id
 
+    def reconfigure(self, config: ExchangeConfig) -> None:
+        """A reloaded section with the same endpoints: its channels become the default for API
+        subscribes and the base the state file is relative to, and ``quote_max_age`` applies at
+        once. The symbols are the caller's to subscribe and unsubscribe (live, confirmed)."""
+        self.config = config
+        self.venue.quote_max_age = config.quote_max_age
+
+    def amend_initial(
+        self, subscribe: Mapping[str, Sequence[Channel]], unsubscribe: Mapping[str, Sequence[Channel]]
+    ) -> bool:
+        """Before the venue is ready (its instrument list still loading), change what it will
+        subscribe once it is, and return True; once ready, do nothing and return False."""
+        if self.ready.is_set():
+            return False
+        for symbol, channels in unsubscribe.items():
+            kept = tuple(c for c in self.initial.get(symbol, ()) if c not in channels)
+            if kept:
+                self.initial[symbol] = kept
+            else:
+                self.initial.pop(symbol, None)
+        for symbol, channels in subscribe.items():
+            have = self.initial.get(symbol, ())
+            self.initial[symbol] = tuple(c for c in CHANNELS if c in have or c in channels)
+        return True
+
+    def update_settings(self, settings: RunnerSettings) -> None:
+        """New timing settings for every connection, from its next attempt on."""
+        self.settings = settings
+        for runner in self.runners():
+            runner.update_settings(settings)
+
+    def runners(self) -> list[ConnectionRunner]:
+        """The venue's connections (shards) now."""
+        return [runner for shards in self._runners.values() for runner in shards]
+
     def subscriptions(self) -> list[Subscription]:
         return sorted(self._subscriptions, key=lambda s: (s.symbol, s.channel))
 

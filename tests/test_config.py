@@ -334,8 +334,9 @@ def test_run_logs_the_warnings_of_its_config(
 ) -> None:
     started: list[Any] = []
 
-    async def fake_run(config: Any) -> None:
+    async def fake_run(config: Any, path: str | None = None) -> int:
         started.append(config)
+        return 0
 
     monkeypatch.setattr(feedd.daemon, "run_until_signalled", fake_run)
     path = write(tmp_path, "[exchanges.binance]\nsymbols = []\n")
@@ -350,7 +351,7 @@ def test_run_logs_the_warnings_of_its_config(
 def test_run_that_cannot_start_says_what_happened_even_when_the_error_has_no_text(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def failing_run(config: Any) -> None:
+    async def failing_run(config: Any, path: str | None = None) -> int:
         raise ExceptionGroup("daemon", [ConnectionResetError()])
 
     monkeypatch.setattr(feedd.daemon, "run_until_signalled", failing_run)

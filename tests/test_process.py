@@ -10,24 +10,16 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import trio
-
-from feedd.codec import decode_record
-from feedd.model import MarketData
-from feedd.sim import BinanceSimulator
+from processes import Subscriber, feedd_run, simulator, write_config
 
 TIMEOUT = 20
-#: how long a stop may take at most: a bound against hanging, not a measurement
-STOP_BOUND = 5
 
 
 @pytest.fixture
@@ -36,105 +28,6 @@ def workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(dir="/tmp", prefix="feedd-p-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def write_config(workdir: Path, venues: dict[str, tuple[str, str]]) -> Path:
-    """A config with one section per venue id: ``{venue: (ws url, rest url)}``."""
-    text = '[feed]\ncache_dir = "cache"\nreconnect_interval = 0.05\nmax_backoff = 0.5\n'
-    text += '[http]\nlisten = "127.0.0.1:0"\n[unix]\npath = "feedd.sock"\n'
-    for venue, (url, rest_url) in venues.items():
-        text += f'[exchanges.{venue}]\nsymbols = ["BTCUSDT"]\nurl = "{url}"\nrest_url = "{rest_url}"\n'
-    path = workdir / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-class FeeddRun:
-    """A running ``feedd run`` and what it has logged so far."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.log = bytearray()
-        self.log_ended = False
-        self._changed = trio.Event()
-
-    @property
-    def text(self) -> str:
-        return self.log.decode(errors="replace")
-
-    async def collect_log(self) -> None:
-        assert self.process.stderr is not None
-        while chunk := await self.process.stderr.receive_some(65536):
-            self.log += chunk
-            self._changed.set()
-            self._changed = trio.Event()
-        self.log_ended = True
-        self._changed.set()
-
-    async def wait_for_log(self, text: str, count: int = 1) -> None:
-        """Until ``text`` has been logged ``count`` times; fails at once if the daemon ends first."""
-        while self.text.count(text) < count:
-            assert not self.log_ended, f"feedd ended before logging {text!r}:\n{self.text}"
-            await self._changed.wait()
-
-    async def stop(self, signum: signal.Signals = signal.SIGTERM) -> int:
-        self.process.send_signal(signum)
-        with trio.fail_after(STOP_BOUND):
-            return await self.process.wait()
-
-
-@asynccontextmanager
-async def feedd_run(config: Path) -> AsyncIterator[FeeddRun]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "feedd", "run", "--config", str(config)], stderr=subprocess.PIPE
-    )
-    run = FeeddRun(process)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run.collect_log)
-            yield run
-            if process.returncode is None:
-                process.kill()
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
-
-
-@asynccontextmanager
-async def simulator() -> AsyncIterator[BinanceSimulator]:
-    sim = BinanceSimulator(speed=20.0)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve)
-        yield sim
-        nursery.cancel_scope.cancel()
-
-
-class Subscriber:
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    @classmethod
-    async def connect(cls, path: Path) -> Subscriber:
-        stream = await trio.open_unix_socket(str(path))
-        await stream.send_all(b"{}\n")
-        return cls(stream)
-
-    async def record(self) -> MarketData:
-        while b"\n" not in self.buffer:
-            data = await self.stream.receive_some(65536)
-            assert data, "the daemon closed the socket"
-            self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return decode_record(line)
-
-    async def record_received_after(self, moment: datetime) -> MarketData:
-        """Skips what was buffered before ``moment``: proof the daemon still streams after it."""
-        while (record := await self.record()).received_at <= moment:
-            pass
-        return record
 
 
 async def test_stray_signals_are_logged_and_ignored_and_sigterm_still_removes_the_socket(
@@ -146,7 +39,7 @@ async def test_stray_signals_are_logged_and_ignored_and_sigterm_still_removes_th
         async with feedd_run(config) as run:
             with trio.fail_after(TIMEOUT):
                 await run.wait_for_log("feedd running")
-                for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+                for signum in (signal.SIGUSR1, signal.SIGUSR2):  # SIGHUP reloads: test_systemd.py
                     run.process.send_signal(signum)
                     await run.wait_for_log(f"received {signum.name}")
                     client = await Subscriber.connect(socket_path)

@@ -132,6 +132,8 @@ class _Subscriber:
         self._wakeup = trio.Event()
         #: set by :meth:`end`: the last payload (an error line, or nothing) before closing
         self.goodbye: bytes | None = None
+        #: set by :meth:`finish`: no more records will come; close once the pending are written
+        self.finishing = False
 
     @property
     def holding(self) -> bool:
@@ -185,6 +187,14 @@ class _Subscriber:
         """Replace the filter for every later offer; lines already queued stay queued."""
         self._filter = _effective(flt)
 
+    def finish(self) -> None:
+        """The daemon is stopping: write what is pending, then close (one still waiting for its
+        filter has asked for nothing yet, and is closed at once)."""
+        if self.holding:
+            self.end(None)
+        self.finishing = True
+        self._wakeup.set()
+
     def end(self, error: str | None) -> None:
         """Stop delivering: the writer sends ``error`` (if any) instead of what is pending, then closes."""
         self._held = None
@@ -196,7 +206,8 @@ class _Subscriber:
 
         After :meth:`end` there is nothing more to take: check :attr:`goodbye` instead.
         """
-        await self._wakeup.wait()
+        if not self.finishing:
+            await self._wakeup.wait()
         if self.goodbye is not None:
             return b"", 0
         self._wakeup = trio.Event()
@@ -277,6 +288,7 @@ class UnixPublisher:
         self.filter_errors = 0
         #: the subscribers connected now
         self.subscribers: set[_Subscriber] = set()
+        self._accepting = trio.CancelScope()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on :attr:`path` until cancelled; the socket file is removed on the way out.
@@ -286,12 +298,21 @@ class UnixPublisher:
         """
         listener, inode = await self._listen()
         try:
-            async with listener, trio.open_nursery() as nursery:
+            # the listener closes first; the nursery then waits for the subscribers to finish
+            async with trio.open_nursery() as nursery, listener:
                 logger.info("publishing records on %s", self.path)
                 task_status.started()
-                await self._accept_loop(listener, nursery)
+                with self._accepting:
+                    await self._accept_loop(listener, nursery)
         finally:
             _remove_if_ours(self.path, inode)
+
+    def finish(self) -> None:
+        """Stop accepting, and let every subscriber write what it holds and close; then
+        :meth:`serve` returns. Called once the hub has handed on its last records."""
+        self._accepting.cancel()
+        for sub in self.subscribers:
+            sub.finish()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept forever. Running out of descriptors pauses accepting (logged once per episode)
@@ -363,6 +384,8 @@ class UnixPublisher:
         # Attached before the filter is read, so nothing published meanwhile is missed.
         self.hub.attach(sub)
         self.subscribers.add(sub)
+        if self._accepting.cancel_called:  # accepted just before finish(): it has nothing
+            sub.finish()
         try:
             async with stream, trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_filters, stream, sub)
@@ -401,6 +424,8 @@ class UnixPublisher:
                 if sub.goodbye is not None:
                     if sub.goodbye:
                         await _say_goodbye(stream, sub.goodbye)
+                    return
+                if not payload and sub.finishing:
                     return
                 await stream.send_all(payload)
                 self.records_sent += count

@@ -512,3 +512,42 @@ async def test_a_client_that_half_closes_still_receives_records(sock_path: str) 
         await silent.stream.send_eof()  # no filter line at all, then EOF
         await r.publish(records)
         assert await silent.records(6) == records
+
+
+async def test_finish_lets_each_subscriber_write_what_it_holds_then_closes(sock_path: str) -> None:
+    """The graceful stop: records a slow subscriber holds are written out before it is closed."""
+    records = [rec(i) for i in range(20_000)]  # megabytes: more than the socket buffers hold
+    hub = Hub()
+    pub = UnixPublisher(hub, sock_path, filter_wait=0, client_buffer=len(records))
+    served = trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await pub.serve(task_status=task_status)
+        served.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        await nursery.start(serve)
+        slow = await Client.connect(sock_path)
+        idle = await Client.connect(sock_path, b'{"symbol": ["ETHUSDT"]}\n')
+        with hub.sender() as send:
+            await send.send(records[:10_000])  # taken at once: its write blocks on a full socket
+            await wait_all_tasks_blocked()
+            await send.send(records[10_000:])  # held in the subscriber's buffer meanwhile
+        await wait_all_tasks_blocked()
+        assert max(s.pending for s in pub.subscribers) == 10_000
+
+        pub.finish()
+        await wait_all_tasks_blocked()
+        assert not served.is_set()  # still writing to the slow one
+        with pytest.raises(OSError):
+            await trio.open_unix_socket(sock_path)  # accepting has stopped
+
+        assert await idle.line() is None  # nothing for it: closed at once
+        with trio.fail_after(5):
+            got = [decode_record(line) for line in await slow.lines(len(records))]
+            assert await slow.line() is None  # then the end of the stream
+            await served.wait()
+        nursery.cancel_scope.cancel()
+    assert got == records
+    assert not await trio.Path(sock_path).exists()
