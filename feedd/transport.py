@@ -32,6 +32,7 @@ from trio_websocket import (
 from feedd import wsframe
 from feedd.errors import describe
 from feedd.model import Frame
+from feedd.tls import TLSClient, TLSError
 
 #: frames handed on per wakeup at most (bounds the latency of the first frame of a batch)
 MAX_BATCH = 4096
@@ -100,8 +101,86 @@ def _close_text(exc: ConnectionClosed) -> str:
     return f"{text} ({reason.reason})" if reason.reason else text
 
 
+class _Wire:
+    """The bytes under the WebSocket codec: a TCP socket, through :mod:`feedd.tls` for ``wss``.
+
+    One :meth:`receive` is one socket read, and with TLS every complete record in it decrypted
+    at once (``trio.SSLStream`` hands out one record per call, so one frame per wakeup, since
+    exchanges write one frame per record). Writes go out under one lock, which also keeps TLS's
+    records in the order they were made, whichever task made them.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, tls_client: TLSClient | None) -> None:
+        self._stream = stream
+        self._tls = tls_client
+        self._send_lock = trio.Lock()
+        #: the peer ended a plain stream (TLS keeps its own end)
+        self._ended = False
+        self._handshake_leftover = tls_client is not None
+
+    async def receive(self) -> bytes | bytearray:
+        """The bytes (plaintext) of the next socket read; ``b""`` once the peer has ended.
+
+        Raises ``trio.BrokenResourceError`` or :class:`TLSError` when the connection broke.
+        """
+        tls_client = self._tls
+        if tls_client is None:
+            if self._ended:
+                return b""
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+            self._ended = not data
+            return data
+        if self._handshake_leftover:
+            # the read that finished the handshake may have brought records too; after that,
+            # every read takes all complete records, so none wait before the next socket read
+            self._handshake_leftover = False
+        else:
+            tls_client.receive_data(await self._stream.receive_some(RECEIVE_BYTES))
+        while True:
+            got = tls_client.read()
+            if got.wants_write:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.send(b"")
+            if got.data or got.end is not None:
+                return got.data  # after the end, b"" from every later call
+            tls_client.receive_data(await self._stream.receive_some(RECEIVE_BYTES))
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data`` (and with TLS, whatever TLS has pending before it)."""
+        async with self._send_lock:
+            tls_client = self._tls
+            if tls_client is not None:
+                data = tls_client.send(data) if data else tls_client.data_to_send()
+            if data:
+                await self._stream.send_all(data)
+
+    async def handshake(self) -> None:
+        """Complete the TLS handshake (nothing to do without TLS)."""
+        tls_client = self._tls
+        if tls_client is None:
+            return
+        while not tls_client.handshake():
+            if hello := tls_client.data_to_send():
+                await self._stream.send_all(hello)
+            tls_client.receive_data(await self._stream.receive_some(RECEIVE_BYTES))
+        await self.send(b"")  # the client's Finished
+
+    async def goodbye(self, data: bytes) -> None:
+        """Write ``data`` (a close frame) and TLS's close_notify; errors do not matter any more."""
+        tls_client = self._tls
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, TLSError):
+            async with self._send_lock:
+                if tls_client is not None:
+                    data = tls_client.send(data) + tls_client.close()
+                if data:
+                    await self._stream.send_all(data)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self._stream)
+
+
 class NativeTransport:
-    """:class:`Transport` on :mod:`feedd.wsframe` over a trio stream: one socket read, every frame in it.
+    """:class:`Transport` on :mod:`feedd.wsframe` over a :class:`_Wire`: one read, every frame in it.
 
     trio-websocket hands each message through its own task and a memory channel, which costs a
     task switch per message and defeats batching (measured: ~19k records/s, as a naive pipeline);
@@ -110,19 +189,17 @@ class NativeTransport:
     on the way, so one wakeup carries a whole batch through decode, hub and sinks.
     """
 
-    def __init__(self, stream: trio.abc.Stream, protocol: wsframe.ClientProtocol) -> None:
-        self._stream = stream
+    def __init__(self, wire: _Wire, protocol: wsframe.ClientProtocol) -> None:
+        self._wire = wire
         self._protocol = protocol
         self._closed: str | None = None
-        self._send_lock = trio.Lock()
 
     async def _write(self, data: bytes) -> None:
-        async with self._send_lock:
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._closed = self._closed or f"connection lost: {describe(exc)}"
-                raise TransportError(self._closed) from None
+        try:
+            await self._wire.send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, TLSError) as exc:
+            self._closed = self._closed or f"connection lost: {describe(exc)}"
+            raise TransportError(self._closed) from None
 
     async def send(self, frame: Frame) -> None:
         if self._closed is not None:
@@ -155,8 +232,8 @@ class NativeTransport:
             if self._closed is not None:
                 raise TransportError(self._closed)
             try:
-                data = await self._stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                data = await self._wire.receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, TLSError) as exc:
                 self._closed = f"connection lost: {describe(exc)}"
                 raise TransportError(self._closed) from None
             if not data:
@@ -168,41 +245,47 @@ class NativeTransport:
         # Say goodbye politely when we can, within a second, even while being cancelled.
         protocol = self._protocol
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-            if protocol.close_received is None and not protocol.close_sent and self._closed is None:
-                with contextlib.suppress(TransportError):
-                    await self._write(protocol.encode_close(wsframe.CLOSE_NORMAL))
-        await trio.aclose_forcefully(self._stream)
+            polite = protocol.close_received is None and not protocol.close_sent and self._closed is None
+            await self._wire.goodbye(protocol.encode_close(wsframe.CLOSE_NORMAL) if polite else b"")
+        await self._wire.aclose()
 
 
 async def _native_connect(url: str, ssl_context: ssl.SSLContext | None) -> NativeTransport:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise TransportError(f"not a WebSocket URL: {url!r}")
-    secure = parts.scheme == "wss"
-    host = parts.hostname
-    port = parts.port or (443 if secure else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    stream = await trio.open_tcp_stream(parts.hostname, port)
     try:
-        if secure:
-            assert ssl_context is not None
-            tls = trio.SSLStream(stream, ssl_context, server_hostname=host, https_compatible=True)
-            await tls.do_handshake()
-            stream = tls
-        name = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
-        handshake = wsframe.ClientHandshake(name if parts.port is None else f"{name}:{parts.port}", target)
-        await stream.send_all(handshake.request())
-        try:
-            while (rest := handshake.receive_data(await stream.receive_some(RECEIVE_BYTES))) is None:
-                pass
-        except wsframe.HandshakeRejected as exc:
-            raise TransportError(f"handshake rejected: HTTP {exc.status_code}") from None
-        protocol = wsframe.ClientProtocol(max_message=MAX_MESSAGE)
-        protocol.receive_data(rest)  # frames sent right behind the 101 response
-        return NativeTransport(stream, protocol)
+        return await native_over(stream, url, ssl_context)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+async def native_over(
+    stream: trio.abc.Stream, url: str, ssl_context: ssl.SSLContext | None
+) -> NativeTransport:
+    """The TLS (for ``wss``) and WebSocket handshakes for ``url`` over an open byte stream."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    secure = parts.scheme == "wss"
+    if secure and ssl_context is None:
+        raise TransportError(f"{url}: wss needs an SSL context")
+    wire = _Wire(stream, TLSClient(ssl_context, host) if secure and ssl_context is not None else None)
+    await wire.handshake()
+    name = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
+    handshake = wsframe.ClientHandshake(name if parts.port is None else f"{name}:{parts.port}", target)
+    await wire.send(handshake.request())
+    try:
+        while (rest := handshake.receive_data(await wire.receive())) is None:
+            pass
+    except wsframe.HandshakeRejected as exc:
+        raise TransportError(f"handshake rejected: HTTP {exc.status_code}") from None
+    protocol = wsframe.ClientProtocol(max_message=MAX_MESSAGE)
+    protocol.receive_data(rest)  # frames sent right behind the 101 response
+    return NativeTransport(wire, protocol)
 
 
 @cache
@@ -221,7 +304,7 @@ async def open_native(url: str, *, connect_timeout: float) -> AsyncIterator[Tran
             transport = await _native_connect(url, ssl_context)
     except trio.TooSlowError:
         raise TransportError(f"cannot connect to {url}: timed out after {connect_timeout:g} s") from None
-    except (OSError, ssl.SSLError, trio.BrokenResourceError, wsframe.HandshakeError) as exc:
+    except (OSError, ssl.SSLError, TLSError, trio.BrokenResourceError, wsframe.HandshakeError) as exc:
         raise TransportError(f"cannot connect to {url}: {describe(exc)}") from None
     try:
         yield transport

@@ -11,6 +11,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 import trio
@@ -19,7 +20,18 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from wsproto.events import TextMessage
 
 from feedd import transport as transport_module
-from feedd.transport import TRANSPORTS, Frame, OpenTransport, Transport, TransportError, open_transport
+from feedd import wsframe
+from feedd.sim.core import frame_header
+from feedd.transport import (
+    TRANSPORTS,
+    Frame,
+    OpenTransport,
+    Transport,
+    TransportError,
+    native_over,
+    open_native,
+    open_transport,
+)
 
 Handler = Callable[[WebSocketConnection], Awaitable[None]]
 
@@ -215,3 +227,205 @@ async def test_wss_connects_through_tls(open_: OpenTransport, monkeypatch: pytes
         await transport.send("echo over TLS")
         with trio.fail_after(5):
             assert await receive(transport, 1) == ["echo over TLS"]
+
+
+# ---- the native transport over TLS: feedd.tls under a real socket ------------------------------
+
+
+@pytest.fixture
+def tls_pair(monkeypatch: pytest.MonkeyPatch) -> tuple[trustme.CA, ssl.SSLContext]:
+    """A throwaway CA the client trusts, and a server context with a certificate for 127.0.0.1."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    monkeypatch.setattr(transport_module, "_default_ssl_context", lambda: client_context)
+    return ca, server_context
+
+
+RawScript = Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_wss_server(server_context: ssl.SSLContext, script: RawScript) -> AsyncIterator[str]:
+    """A TLS server that accepts the WebSocket upgrade by hand, then runs ``script`` on the stream,
+    so a test decides where records, close_notify and the TCP close fall."""
+
+    async def on_connection(tcp: trio.SocketStream) -> None:
+        stream = trio.SSLStream(tcp, server_context, server_side=True)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(4096)
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + wsframe.accept_key(key) + b"\r\n\r\n"
+        )
+        await script(stream)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, on_connection, 0, host="127.0.0.1"))
+        yield f"wss://127.0.0.1:{listeners[0].socket.getsockname()[1]}/stream"
+        nursery.cancel_scope.cancel()
+
+
+def text_frame(text: str) -> bytes:
+    body = text.encode()
+    return frame_header(len(body)) + body
+
+
+async def test_native_wss_hands_over_every_record_of_one_read_in_one_batch(
+    tls_pair: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    """Exchanges write one frame per TLS record; all that one read brought must come out of one
+    call (trio's SSLStream gave one record per call). In-memory streams make "one read" exact:
+    the server's 100 records move to the client only when the test pumps them, all at once."""
+    to_client, from_server = trio.testing.MemorySendStream(), trio.testing.MemoryReceiveStream()
+    to_server, from_client = trio.testing.MemorySendStream(), trio.testing.MemoryReceiveStream()
+
+    async def pump_to_client() -> None:
+        trio.testing.memory_stream_pump(to_client, from_server)
+
+    async def pump_to_server() -> None:
+        trio.testing.memory_stream_pump(to_server, from_client)
+
+    to_client.send_all_hook = pump_to_client
+    to_server.send_all_hook = pump_to_server
+    server = trio.SSLStream(trio.StapledStream(to_client, from_client), tls_pair[1], server_side=True)
+    client_stream = trio.StapledStream(to_server, from_server)
+    sent = [f'{{"n":{i}}}' for i in range(100)]
+
+    async def serve() -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await server.receive_some(4096)
+        key = request.split(b"Sec-WebSocket-Key: ", 1)[1].split(b"\r\n", 1)[0]
+        await server.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + wsframe.accept_key(key) + b"\r\n\r\n"
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        context = transport_module._default_ssl_context()
+        transport = await native_over(client_stream, "wss://127.0.0.1/stream", context)
+        to_client.send_all_hook = None
+        for text in sent:
+            await server.send_all(text_frame(text))  # one send_all, one TLS record; held back
+        await pump_to_client()
+        with trio.fail_after(5):
+            assert await transport.receive_batch() == sent
+
+
+async def test_native_wss_close_notify_after_a_batch_delivers_the_batch_then_ends(
+    tls_pair: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    written = trio.Event()
+
+    async def script(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        for text in ("a", "b", "c"):
+            await stream.send_all(text_frame(text))
+        await stream.aclose()  # close_notify right behind the records, no WebSocket close
+        written.set()
+
+    async with raw_wss_server(tls_pair[1], script) as url, open_native(url, connect_timeout=5) as transport:
+        with trio.fail_after(5):
+            await written.wait()
+            assert await receive(transport, 3) == ["a", "b", "c"]
+            with pytest.raises(TransportError, match=r"^connection closed without a close frame$"):
+                await transport.receive_batch()
+
+
+async def test_native_wss_truncated_stream_delivers_whole_records_then_ends(
+    tls_pair: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    async def script(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.send_all(text_frame("whole"))
+        await stream.transport_stream.aclose()  # TCP close without close_notify
+
+    async with raw_wss_server(tls_pair[1], script) as url, open_native(url, connect_timeout=5) as transport:
+        with trio.fail_after(5):
+            assert await receive(transport, 1) == ["whole"]
+            with pytest.raises(TransportError, match=r"^connection closed without a close frame$"):
+                await transport.receive_batch()
+
+
+async def test_native_wss_untrusted_certificate_is_a_connect_error(
+    tls_pair: tuple[trustme.CA, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport_module, "_default_ssl_context", ssl.create_default_context)
+
+    async def script(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await trio.sleep_forever()
+
+    async with raw_wss_server(tls_pair[1], script) as url:
+        with pytest.raises(TransportError, match=r"^cannot connect to .*CERTIFICATE_VERIFY_FAILED"):
+            async with open_native(url, connect_timeout=5):
+                pass
+
+
+async def test_native_wss_handshake_that_never_completes_times_out(
+    tls_pair: tuple[trustme.CA, ssl.SSLContext], autojump_clock: trio.testing.MockClock
+) -> None:
+    async def accept_and_say_nothing(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, accept_and_say_nothing, 0)
+        port = listeners[0].socket.getsockname()[1]
+        with pytest.raises(TransportError, match="timed out after 3 s"):
+            async with open_native(f"wss://127.0.0.1:{port}/", connect_timeout=3):
+                pass
+        nursery.cancel_scope.cancel()
+
+
+async def test_native_wss_records_that_came_with_the_handshake_are_not_held_back(
+    tls_pair: tuple[trustme.CA, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under TLS 1.2 a server may send data right behind its Finished, in the very read that
+    completes the client's handshake; those records must come out without waiting for another
+    read (the server here sends nothing more, so waiting would hang)."""
+    key = b"dGhlIHNhbXBsZSBub25jZQ=="  # fixed, so the server can answer before reading the request
+    monkeypatch.setattr(wsframe, "ClientHandshake", partial(wsframe.ClientHandshake, key=key))
+    server_context = tls_pair[1]
+    server_context.maximum_version = ssl.TLSVersion.TLSv1_2
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_context.wrap_bio(incoming, outgoing, server_side=True)
+    to_client, from_server = trio.testing.MemorySendStream(), trio.testing.MemoryReceiveStream()
+    to_server, from_client = trio.testing.MemorySendStream(), trio.testing.MemoryReceiveStream()
+
+    async def pump_to_server() -> None:
+        trio.testing.memory_stream_pump(to_server, from_client)
+
+    to_server.send_all_hook = pump_to_server
+
+    async def serve() -> None:
+        while True:
+            incoming.write(await from_client.receive_some())
+            try:
+                server.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await to_client.send_all(outgoing.read())
+                trio.testing.memory_stream_pump(to_client, from_server)
+        server.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + wsframe.accept_key(key) + b"\r\n\r\n"
+        )
+        server.write(text_frame("right behind the handshake"))
+        await to_client.send_all(outgoing.read())  # Finished and both records, one read
+        trio.testing.memory_stream_pump(to_client, from_server)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        context = transport_module._default_ssl_context()
+        with trio.fail_after(5):
+            transport = await native_over(
+                trio.StapledStream(to_server, from_server), "wss://127.0.0.1/stream", context
+            )
+            assert await transport.receive_batch() == ["right behind the handshake"]
