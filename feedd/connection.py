@@ -346,6 +346,7 @@ class _Attempt:
         on_control = self._on_control
         receive = self.transport.receive_batch
         to_hub = runner.records.send
+        to_hub_now = runner.records.send_nowait
         now = datetime.now
         stable_at = self.connected_at + runner.settings.stable_after
         while True:
@@ -376,7 +377,12 @@ class _Attempt:
                 runner.mark_stable()
             if records:
                 status.messages += len(records)
-                await to_hub(records)
+                # no checkpoint of its own: the next read is one, and the hub runs meanwhile;
+                # a full or closed channel takes the awaiting path (which also sees cancellation)
+                try:
+                    to_hub_now(records)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    await to_hub(records)
 
     def _on_control(self, event: object) -> None:
         runner = self.runner

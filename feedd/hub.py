@@ -1,10 +1,10 @@
 """Fan-out of record batches from every connection to every sink.
 
 One ingress memory channel carries batches (``list[MarketData]``, all a connection read in one
-wakeup). The hub drains everything already queued, encodes each record to its JSON line once
-(only if some sink wants bytes), and offers the same objects to every sink. Sinks are synchronous
-and never block: each keeps its own bounded buffer and its own overflow policy, so a slow consumer
-can only hurt itself.
+wakeup). The hub takes everything already queued as one batch, encodes each record to its JSON
+line once (only if some sink wants bytes), and offers the same objects to every sink. Sinks are
+synchronous and never block: each keeps its own bounded buffer and its own overflow policy, so a
+slow consumer can only hurt itself.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class Hub:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fan out until the channel is closed (:meth:`close` and every sender), or cancelled.
 
-        Each wakeup drains every batch already queued before yielding, so the sinks' tasks see
-        as much as possible at once and write it in one go.
+        Each wakeup takes every batch already queued (from any connection) and offers them to
+        the sinks as one, so a sink writes once per wakeup however many batches it carried.
         """
         receive = self._receive
         task_status.started()
@@ -101,26 +101,32 @@ class Hub:
                 except trio.EndOfChannel:
                     return
                 self.wakeups += 1
+                batches = 1
                 closed = False
+                merged: Batch | None = None
                 while True:
-                    self._dispatch(batch)
                     try:
-                        batch = receive.receive_nowait()
+                        more = receive.receive_nowait()
                     except trio.WouldBlock:
                         break
                     except trio.EndOfChannel:
                         closed = True
                         break
+                    if merged is None:
+                        merged = list(batch)  # never the producer's own list
+                    merged.extend(more)
+                    batches += 1
+                self._dispatch(batch if merged is None else merged, batches)
                 if closed:
                     return
 
-    def _dispatch(self, batch: Batch) -> None:
-        self.batches += 1
+    def _dispatch(self, batch: Batch, batches: int = 1) -> None:
+        self.batches += batches
         self.records += len(batch)
         sinks = self._sinks
         if not sinks or not batch:
             return
-        encoded: Sequence[bytes] = [encode_record(r) for r in batch] if self._encode else ()
+        encoded: Sequence[bytes] = [_line(r) for r in batch] if self._encode else ()
         for sink in sinks:
             try:
                 sink.offer(batch, encoded)
@@ -128,6 +134,17 @@ class Hub:
                 # A sink bug must not take every other consumer down with it.
                 logger.exception("sink %r failed; detaching it", sink)
                 self.detach(sink)
+
+
+def _line(record: MarketData) -> bytes:
+    """The record's JSON line, as a compact copy.
+
+    orjson's result keeps all of its working buffer (4-8 KiB, measured with tracemalloc on
+    orjson 3.13) however short the line: lines waiting in a subscriber's buffer would take 15-25
+    times their size, and a batch's worth of them evicts everything else from the CPU cache
+    (encoding a kept batch measured 3.0 µs a record, 1.2 µs with this copy).
+    """
+    return bytes(memoryview(encode_record(record)))
 
 
 @attrs.frozen

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import tracemalloc
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -254,3 +255,41 @@ async def test_callback_sink_survives_a_raising_callback(
     assert len(failures) == 1
     assert failures[0].exc_info is not None
     assert "cannot take 1" in caplog.text
+
+
+async def test_lines_handed_to_sinks_take_no_more_memory_than_their_bytes(nursery: trio.Nursery) -> None:
+    """orjson's results keep their whole working buffer; a subscriber buffering 10,000 of them
+    would hold ~80 MB instead of ~3 MB. The hub hands sinks compact lines."""
+    hub = Hub()
+    sink = SpySink()
+    hub.attach(sink)
+    await nursery.start(hub.run)
+    batch = [rec(i) for i in range(1000)]
+    send = hub.sender()
+    tracemalloc.start()
+    try:
+        await send.send(batch)
+        await wait_all_tasks_blocked()
+        lines = sink.offers[0][1]
+        held, _peak = tracemalloc.get_traced_memory()  # what is still allocated: mostly the lines
+    finally:
+        tracemalloc.stop()
+    assert len(lines) == 1000
+    payload = sum(len(line) for line in lines)
+    assert held < payload + 1000 * 64 + 16_384  # the bytes, object headers, and the list
+
+
+async def test_batches_queued_together_reach_each_sink_as_one_offer(nursery: trio.Nursery) -> None:
+    """One offer per wakeup, so a sink writes once for everything every connection delivered."""
+    hub = Hub()
+    sink = SpySink()
+    hub.attach(sink)
+    send = hub.sender()
+    batches = [[rec(2 * b), rec(2 * b + 1)] for b in range(5)]
+    for batch in batches:
+        send.send_nowait(batch)
+    await nursery.start(hub.run)
+    await wait_all_tasks_blocked()
+    assert [records for records, _ in sink.offers] == [[r for batch in batches for r in batch]]
+    assert batches[0] == [rec(0), rec(1)]  # the producers' own lists are left alone
+    assert (hub.wakeups, hub.batches, hub.records) == (1, 5, 10)
