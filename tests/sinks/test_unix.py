@@ -16,7 +16,7 @@ import pytest
 import trio
 from trio.testing import MockClock, wait_all_tasks_blocked
 
-from feedd.codec import decode_record, encode_line
+from feedd.codec import decode_record, encode_line, encode_record
 from feedd.config import ConfigError, parse_config
 from feedd.hub import Hub
 from feedd.model import MarketData
@@ -367,20 +367,38 @@ def test_parse_filter_normalizes_case() -> None:
 async def test_subscriber_that_fell_behind_gets_gap_with_exact_count_then_newest(
     sock_path: str,
 ) -> None:
-    records = [rec(i) for i in range(20)]
+    big = [rec(i) for i in range(5000)]  # ~1.5 MB: more than a Unix socket holds
+    tail = [rec(5000 + i) for i in range(20)]
     async with running(sock_path, filter_wait=0, client_buffer=5) as r:
         client = await Client.connect(sock_path)
-        # Twenty batches queued at once: one hub wakeup offers all of them before the
-        # subscriber's writer runs, so only the newest five fit its buffer.
-        for m in records:
+        await r.publish(big)  # the socket fills; the rest of that write waits for the client
+        # Twenty batches while the client reads nothing: only the newest five fit its buffer.
+        for m in tail:
             r.send.send_nowait([m])
         await wait_all_tasks_blocked()
 
-        gap, *rest = await client.lines(6)
+        lines = await client.lines(len(big) + 6)
+        first, gap, last = lines[: len(big)], lines[len(big)], lines[len(big) + 1 :]
+        assert [decode_record(line) for line in first] == big  # the write in progress, whole
         assert orjson.loads(gap) == {"type": "gap", "dropped": 15}
-        assert [decode_record(line) for line in rest] == records[15:]
+        assert [decode_record(line) for line in last] == tail[15:]
+        await wait_all_tasks_blocked()
         assert r.pub.records_dropped == 15
-        assert r.pub.records_sent == 5
+        assert r.pub.records_sent == len(big) + 5
+
+
+async def test_a_subscriber_whose_socket_has_room_gets_every_record_whatever_its_buffer(
+    sock_path: str,
+) -> None:
+    records = [rec(i) for i in range(20)]
+    async with running(sock_path, filter_wait=0, client_buffer=5) as r:
+        client = await Client.connect(sock_path)
+        for m in records:  # twenty batches in one hub wakeup: one flush, one write
+            r.send.send_nowait([m])
+        await wait_all_tasks_blocked()
+        assert await client.records(20) == records
+        assert r.pub.records_dropped == 0
+        assert r.pub.flushes == 1
 
 
 async def test_slow_subscriber_loses_oldest_while_fast_one_gets_everything(
@@ -551,3 +569,58 @@ async def test_finish_lets_each_subscriber_write_what_it_holds_then_closes(sock_
         nursery.cancel_scope.cancel()
     assert got == records
     assert not await trio.Path(sock_path).exists()
+
+
+# ---- writes: at once, from the hub's own call, and coalesced when there are many subscribers ----
+
+
+async def test_an_offer_is_written_before_the_offering_call_returns(sock_path: str) -> None:
+    """No task of its own runs per batch: the hub's call itself writes to a subscriber whose
+    socket has room (a hop costs a scheduler pass per batch, measured in bench/hops.py)."""
+    records = mixed(5)
+    async with running(sock_path, filter_wait=0) as r:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(sock_path)
+        client.setblocking(False)
+        await wait_all_tasks_blocked()  # accepted, attached, no filter to wait for
+        r.pub.offer(records, [encode_record(m) for m in records])
+        data = client.recv(1 << 16)  # no await in between: it is there already
+        client.close()
+    assert [decode_record(line) for line in data.splitlines()] == records
+
+
+async def test_a_lone_subscriber_is_never_held_back(sock_path: str, mock_clock: MockClock) -> None:
+    records = mixed(30)
+    async with running(sock_path, filter_wait=0, write_interval=1.0) as r:
+        client = await Client.connect(sock_path)
+        for start in range(0, 30, 10):  # the clock stands still: only the count can hold back
+            await r.publish(records[start : start + 10])
+            assert r.pub.records_sent == start + 10
+        assert await client.records(30) == records
+        assert r.pub.flushes == 3
+
+
+async def test_with_many_subscribers_records_arriving_meanwhile_go_out_with_the_next_flush(
+    sock_path: str, mock_clock: MockClock
+) -> None:
+    records = mixed(30)
+    async with running(sock_path, filter_wait=0, write_interval=1.0) as r:
+        clients = [await Client.connect(sock_path) for _ in range(3)]
+        await r.publish(records[:10])  # written at once, to all three
+        assert r.pub.records_sent == 30
+        await r.publish(records[10:20])
+        await r.publish(records[20:])
+        mock_clock.jump(1.999)  # three subscribers written: the next flush is (3 - 1) x 1 s later
+        await wait_all_tasks_blocked()
+        assert (r.pub.records_sent, r.pub.flushes) == (30, 1)
+
+        mock_clock.jump(0.001)
+        await wait_all_tasks_blocked()
+        assert (r.pub.records_sent, r.pub.flushes) == (90, 2)  # both batches, one write each
+        for client in clients:
+            assert await client.records(30) == records
+
+
+def test_write_interval_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="write_interval"):
+        UnixPublisher(Hub(), "/tmp/x.sock", write_interval=-1.0)
