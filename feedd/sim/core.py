@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 
 _OUTBOX_SIZE: Final = 8192
 _CLOSE_TIMEOUT: Final = 5.0
-#: frames the flood writer puts in one socket write; the hot-path issue may tune this
-FRAMES_PER_WRITE: Final = 512
+#: frames the flood writer puts in one socket write by default: one, as an exchange writes them,
+#: so over TLS every frame is a TLS record of its own (a client must not get batches for free)
+FRAMES_PER_WRITE: Final = 1
+#: frames the flood writer builds per round (per channel set), then writes FRAMES_PER_WRITE at a time
+FLOOD_ROUND: Final = 512
 
 
 @attrs.frozen(slots=True)
@@ -207,7 +210,9 @@ class SimServer(Generic[C]):
 
     Run it with ``await nursery.start(sim.serve)``, then point a client at :attr:`ws_url` and
     :attr:`rest_url`. With ``flood``, channels the subclass calls floodable are not paced but
-    written as fast as the client reads, ``frames_per_write`` frames per socket write.
+    written as fast as the client reads, ``frames_per_write`` frames per socket write: one (the
+    default) makes every frame its own write and, over TLS, its own record, as exchanges do;
+    more packs them into one write and so into a few large records.
     """
 
     def __init__(
@@ -256,6 +261,8 @@ class SimServer(Generic[C]):
         #: data frames a slow client's full queue made us discard
         self.frames_dropped = 0
         self.flood_frames_sent = 0
+        #: socket writes (over TLS: calls producing records) the flood writer made
+        self.flood_writes = 0
         self.rest_requests = 0
 
     # ---- addresses -----------------------------------------------------------------------
@@ -660,24 +667,29 @@ class SimServer(Generic[C]):
                 await conn._flood_changed.wait()
                 continue
             channels = list(conn._flood)
-            payloads = self._flood_payloads(conn, channels, max(1, self.frames_per_write // len(channels)))
-            parts: list[bytes] = []
-            for body in payloads:
-                parts.append(frame_header(len(body)))
-                parts.append(body)
-            blob = b"".join(parts)
-            # Reaching into trio-websocket's connection: one send_all of many pre-built frames,
-            # under its send lock so control frames and replies still interleave whole. Server
-            # frames are unmasked and no extension is negotiated, so the bytes are valid as-is.
+            payloads = self._flood_payloads(conn, channels, max(1, FLOOD_ROUND // len(channels)))
+            frames = [frame_header(len(body)) + body for body in payloads]
+            per_write = self.frames_per_write
+            writes = (
+                frames if per_write == 1
+                else [b"".join(frames[i : i + per_write]) for i in range(0, len(frames), per_write)]
+            )
+            # Reaching into trio-websocket's connection: pre-built frames written straight to its
+            # stream (one send_all per write: over TLS, one SSL_write, so its own record(s)), under
+            # its send lock so control frames and replies still interleave whole. Server frames are
+            # unmasked and no extension is negotiated, so the bytes are valid as-is.
+            stream = ws._stream
             async with ws._stream_lock:
                 if ws.closed is not None:
                     return
                 # Shielded for the same reason as in _writer: frames must stay whole.
                 with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
                     try:
-                        await ws._stream.send_all(blob)
+                        for data in writes:
+                            await stream.send_all(data)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return
+            self.flood_writes += len(writes)
             conn.frames_sent += len(payloads)
             conn._touch()
             self.flood_frames_sent += len(payloads)

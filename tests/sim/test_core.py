@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimServer
+from feedd.sim.core import FLOOD_ROUND, Accept, Liveness, Reject, Reply, SimConnection, SimServer
 
 
 class ToyProtocol:
@@ -109,14 +109,27 @@ async def test_pings_and_data_frames_push_the_idle_cut_back(
     assert sim.idle_closes == 0
 
 
+async def test_flood_writes_one_frame_per_write_by_default(nursery: trio.Nursery) -> None:
+    sim = await start(nursery, flood=True)
+    async with open_websocket_url(sim.ws_url) as ws:
+        await ws.send_message("sub a")
+        assert await ws.get_message() == "ok a"
+        received = [await ws.get_message() for _ in range(600)]
+    assert received == [f"a {i % FLOOD_ROUND}" for i in range(600)]
+    assert sim.flood_frames_sent == sim.flood_writes >= 600
+
+
 async def test_flood_writes_frames_per_write_frames_at_a_time(nursery: trio.Nursery) -> None:
     sim = await start(nursery, flood=True, frames_per_write=7)
     async with open_websocket_url(sim.ws_url) as ws:
         await ws.send_message("sub a")
         assert await ws.get_message() == "ok a"
-        received = [await ws.get_message() for _ in range(30)]
-    assert received == [f"a {i % 7}" for i in range(30)]
-    assert sim.flood_frames_sent % 7 == 0
+        received = [await ws.get_message() for _ in range(600)]
+    assert received == [f"a {i % FLOOD_ROUND}" for i in range(600)]
+    # a round of FLOOD_ROUND frames is cut into writes of 7 (the last one shorter)
+    rounds = sim.flood_frames_sent // FLOOD_ROUND
+    assert sim.flood_frames_sent == rounds * FLOOD_ROUND
+    assert sim.flood_writes == rounds * -(-FLOOD_ROUND // 7)
 
 
 def test_frames_per_write_must_be_positive() -> None:
