@@ -1,10 +1,12 @@
 """Throughput of the whole hot path: simulator flood over TLS → daemon → one Unix subscriber.
 
-Prints records/s and the daemon's CPU time per record (user+sys from /proc), with ratios to the
-reference figures measured on this 2-core machine. A benchmark, not a test: run it a few times
-and read the spread.
+feedd alone, against its own simulator (one frame per TLS record unless --frames-per-write says
+otherwise); prints records/s and the daemon's CPU time per record (user+sys from /proc). For
+feedd beside cryptofeed, in one run, use compare.py. A benchmark, not a test: run it a few
+times and read the spread.
 
-    .venv/bin/python bench/flood.py [--seconds 10] [--symbols 2] [--transport native|trio-websocket]
+    .venv/bin/python bench/flood.py [--seconds 10] [--symbols 2] [--frames-per-write 1]
+                                    [--transport native|trio-websocket]
 """
 
 from __future__ import annotations
@@ -19,11 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from stack import SYMBOLS, cpu_seconds, rss_mib, stack, subscribe
 
-# reference figures (records/s, CPU µs per record) measured on this machine, from the issue
-CRYPTOFEED = (85_000, 9.0)
-NAIVE_TRIO_WEBSOCKET = (19_000, 53.0)
-TRANSPORT_CEILING = 50_000  # trio-websocket alone, frames/s
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -33,9 +30,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--symbols", type=int, default=2, choices=range(1, len(SYMBOLS) + 1))
     parser.add_argument("--transport", default="native", choices=["native", "trio-websocket"])
+    parser.add_argument("--frames-per-write", type=int, default=1,
+                        help="frames per simulator write (1: one TLS record per frame, as exchanges)")
     args = parser.parse_args()
 
-    with stack(symbols=args.symbols, flood=True, transport=args.transport) as running:
+    with stack(symbols=args.symbols, flood=True, transport=args.transport,
+               frames_per_write=args.frames_per_write) as running:
         client = subscribe(running.socket_path)
         buf = bytearray(1 << 20)
 
@@ -65,17 +65,12 @@ def main() -> None:
     rate = records / wall
     us_per_record = cpu / records * 1e6 if records else float("inf")
     print(f"symbols:                 {args.symbols} x @trade, wss (TLS) from the simulator, "
-          f"transport {args.transport}")
+          f"{args.frames_per_write} frame(s) per write, transport {args.transport}")
     print(f"records received:        {records} in {wall:.1f} s ({gaps} gap notices)")
     print(f"throughput:              {rate:,.0f} records/s")
     print(f"daemon CPU:              {cpu:.2f} s = {100 * cpu / wall:.0f}% of one core, "
           f"{us_per_record:.1f} µs per record")
     print(f"daemon memory:           {rss:.0f} MiB resident at the end of the window")
-    print(f"vs cryptofeed:           {rate / CRYPTOFEED[0]:.2f}x the rate, "
-          f"{us_per_record / CRYPTOFEED[1]:.2f}x the CPU per record")
-    print(f"vs naive trio-websocket: {rate / NAIVE_TRIO_WEBSOCKET[0]:.2f}x the rate, "
-          f"{us_per_record / NAIVE_TRIO_WEBSOCKET[1]:.2f}x the CPU per record")
-    print(f"vs transport ceiling:    {rate / TRANSPORT_CEILING:.2f}x trio-websocket's receive rate")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def subscribe(path: Path) -> socket.socket:
 
 
 @contextmanager
-def stack(*, symbols: int, flood: bool, speed: float = 1.0, transport: str = "native") -> Iterator[Running]:
+def stack(
+    *, symbols: int, flood: bool, speed: float = 1.0, transport: str = "native", frames_per_write: int = 1
+) -> Iterator[Running]:
     import trustme
 
     work = Path(tempfile.mkdtemp(prefix="feedd-bench-", dir="/tmp"))
@@ -77,7 +79,8 @@ def stack(*, symbols: int, flood: bool, speed: float = 1.0, transport: str = "na
         names = SYMBOLS[:symbols]
 
         address = work / "sim.addr"
-        sim = [sys.executable, __file__, "sim", str(address), str(work), ",".join(names), str(speed)]
+        sim = [sys.executable, __file__, "sim", str(address), str(work), ",".join(names), str(speed),
+               str(frames_per_write)]
         procs.append(subprocess.Popen([*sim, "--flood"] if flood else sim))
         wait_for(lambda: address.exists() and address.read_text().count("\n") == 2, 20, "simulator")
         ws_url, rest_url = address.read_text().split()
@@ -117,14 +120,17 @@ rest_url = "{rest_url}"
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _serve_simulator(address: str, cert_dir: str, symbols: str, speed: float, flood: bool) -> None:
+def _serve_simulator(
+    address: str, cert_dir: str, symbols: str, speed: float, frames_per_write: int, flood: bool
+) -> None:
     import trio
 
     from feedd.sim import BinanceSimulator
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(f"{cert_dir}/server.pem", f"{cert_dir}/server.key")
-    sim = BinanceSimulator(symbols=symbols.split(","), flood=flood, speed=speed, ssl_context=context)
+    sim = BinanceSimulator(symbols=symbols.split(","), flood=flood, speed=speed, ssl_context=context,
+                           frames_per_write=frames_per_write)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -141,6 +147,7 @@ if __name__ == "__main__":
     parser.add_argument("cert_dir")
     parser.add_argument("symbols")
     parser.add_argument("speed", type=float)
+    parser.add_argument("frames_per_write", type=int)
     parser.add_argument("--flood", action="store_true")
     args = parser.parse_args()
-    _serve_simulator(args.address, args.cert_dir, args.symbols, args.speed, args.flood)
+    _serve_simulator(args.address, args.cert_dir, args.symbols, args.speed, args.frames_per_write, args.flood)
