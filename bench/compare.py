@@ -14,7 +14,9 @@ at the end is this run's and nothing else's.
 Rows: a flood at 1 and at 50 frames per write (records/s, daemon CPU per record); paced 1k, 5k
 and 20k frames/s (delay percentiles, CPU per record); feedd's fan-out to 1, 10 and 100
 subscribers at 5k frames/s (CPU per record, the worst subscriber's p99); and the daemon's RSS
-after 1 M records with one subscriber that reads and with one that never reads. Flood and paced
+after 1 M records with one subscriber that reads and with one that never reads; and a flood of
+multi-record frames (Bybit v5 ``publicTrade.BTCUSDT`` on the linear endpoint, ``--multi`` trades
+per frame, one frame per TLS record; cryptofeed's Bybit feed against the same server). Flood and paced
 rows are run ``--repeat`` times with the daemons taking turns, and show the medians (the paced
 table also each attempt's p99: the spread is the machine's noise). ``--before PATH`` adds an
 older feedd as a third daemon, for a before/after table from one run.
@@ -64,6 +66,31 @@ CRYPTOFEED = textwrap.dedent('''
                              callbacks={TRADES: [TradeSocket("uds://" + p) for p in paths]}))
     fh.run()
 ''')
+CRYPTOFEED_BYBIT = textwrap.dedent('''
+    import sys
+    from cryptofeed import FeedHandler
+    from cryptofeed.backends.socket import TradeSocket
+    from cryptofeed.connection import WebsocketEndpoint
+    from cryptofeed.defines import BYBIT, PERPETUAL, TRADES
+    from cryptofeed.exchanges import Bybit
+    from cryptofeed.symbols import Symbol, Symbols
+
+    port, paths = int(sys.argv[1]), sys.argv[2:]
+    perp = Symbol("BTC", "USDT", type=PERPETUAL).normalized
+    Symbols.set(BYBIT, {perp: "BTCUSDT"}, {"instrument_type": {perp: PERPETUAL}})
+
+    class LocalBybit(Bybit):
+        websocket_endpoints = [WebsocketEndpoint(
+            f"wss://127.0.0.1:{port}/v5/public/linear", instrument_filter=("TYPE", (PERPETUAL,)),
+            channel_filter=("publicTrade",), options={"compression": None})]
+
+    fh = FeedHandler(config={"log": {"disabled": True}})
+    fh.add_feed(LocalBybit(symbols=[perp], channels=[TRADES],
+                           callbacks={TRADES: [TradeSocket("uds://" + p) for p in paths]}))
+    fh.run()
+''')
+#: the [exchanges.*] table feedd gets per venue the benchmark serves
+VENUE_PATHS = {"binance": "/stream", "bybit-linear": "/v5/public/linear"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -112,7 +139,8 @@ class Bench:
 
     @asynccontextmanager
     async def daemon(self, name: str, subscribers: int, mode: str = "read", count: int = 0,
-                     client_buffer: int = 1_000_000) -> AsyncIterator[tuple[trio.Process, list[Lines]]]:
+                     client_buffer: int = 1_000_000, venue: str = "binance",
+                     ) -> AsyncIterator[tuple[trio.Process, list[Lines]]]:
         """Start ``name`` with ``subscribers`` subscriber processes; yield once it is subscribed.
 
         feedd's subscriber buffer is raised for the throughput and delay rows (cryptofeed's is
@@ -140,7 +168,7 @@ class Bench:
                 for path in paths:
                     await start_subscriber(path, "listen" if mode == "read" else "stall-listen")
                 script = self.work / "cf.py"
-                script.write_text(CRYPTOFEED)
+                script.write_text(CRYPTOFEED if venue == "binance" else CRYPTOFEED_BYBIT)
                 daemon = await trio.lowlevel.open_process(
                     [self.args.cryptofeed_python, str(script), str(self.server.port), *paths],
                     env=self.env, stderr=subprocess.DEVNULL)
@@ -157,8 +185,8 @@ class Bench:
                     [unix]
                     path = "{sock}"
                     client_buffer = {client_buffer}
-                    [exchanges.binance]
-                    url = "wss://127.0.0.1:{self.server.port}/stream"
+                    [exchanges.{venue}]
+                    url = "wss://127.0.0.1:{self.server.port}{VENUE_PATHS[venue]}"
                     symbols = ["BTCUSDT"]
                     channels = ["trades"]
                     check_symbols = false
@@ -192,11 +220,15 @@ class Bench:
                     proc.kill()
 
     async def measure(self, name: str, count: int, rate: float | None, frames_per_write: int = 1,
-                      subscribers: int = 1) -> dict[str, Any]:
-        async with self.daemon(name, subscribers, count=count) as (daemon, outs):
-            profiler = await self.profile(name, daemon, f"{rate or 'flood'}-{frames_per_write}-{subscribers}")
+                      subscribers: int = 1, venue: str = "binance", trades_per_frame: int = 1,
+                      ) -> dict[str, Any]:
+        """``count`` records: ``count / trades_per_frame`` frames (more than one: Bybit frames)."""
+        self.server.trades_per_frame = trades_per_frame
+        async with self.daemon(name, subscribers, count=count, venue=venue) as (daemon, outs):
+            label = f"{rate or 'flood'}-{frames_per_write}-{subscribers}-{venue}-{trades_per_frame}"
+            profiler = await self.profile(name, daemon, label)
             cpu0 = cpu_seconds(daemon.pid)
-            await self.server.push(count, rate, frames_per_write)
+            await self.server.push(count // trades_per_frame, rate, frames_per_write)
             results = []
             with trio.fail_after(120):
                 for lines in outs:
@@ -209,7 +241,8 @@ class Bench:
         got = results[0]
         row = {
             "daemon": name, "rate": rate or "flood", "frames_per_write": frames_per_write,
-            "subscribers": subscribers, "records": got["n"], "dropped": sum(r["dropped"] for r in results),
+            "subscribers": subscribers, "venue": venue, "trades_per_frame": trades_per_frame,
+            "records": got["n"], "dropped": sum(r["dropped"] for r in results),
             "rec_per_s": round(got["n"] / got["secs"]) if got["secs"] else 0,
             "cpu_us_per_rec": round(cpu / count * 1e6, 1),
             "p50": got["p50"], "p99": got["p99"], "p999": got["p999"], "max": got["max"],
@@ -263,7 +296,7 @@ def table(rows: list[dict[str, Any]], mem: list[dict[str, Any]], daemons: list[s
     for fpw in (1, 50):
         cells = []
         for d in daemons:
-            r = get(daemon=d, rate="flood", frames_per_write=fpw, subscribers=1)
+            r = get(daemon=d, rate="flood", frames_per_write=fpw, subscribers=1, venue="binance")
             cells += [f"{r['rec_per_s']:,}", f"{r['cpu_us_per_rec']}"] if r else ["-", "-"]
         add(f"| {fpw} frame(s) per write | " + " | ".join(cells) + " |")
     add("")
@@ -271,7 +304,7 @@ def table(rows: list[dict[str, Any]], mem: list[dict[str, Any]], daemons: list[s
         "| p99 µs of each attempt |")
     add("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        if r["rate"] != "flood" and not r.get("fanout") and r["frames_per_write"] == 1:
+        if r["rate"] != "flood" and not r.get("fanout") and r["venue"] == "binance":
             each = ", ".join(str(p) for p in r.get("p99_each", [r["p99"]]))
             add(f"| {r['rate'] / 1000:g}k frames/s | {r['daemon']} | {r['p50']} | {r['p99']} | {r['p999']} "
                 f"| {r['max']} | {r['cpu_us_per_rec']} | {each} |")
@@ -285,6 +318,17 @@ def table(rows: list[dict[str, Any]], mem: list[dict[str, Any]], daemons: list[s
             ratio = f"{r['cpu_us_per_rec'] / one['cpu_us_per_rec']:.2f}" if one else "-"
             add(f"| {r['subscribers']} subscriber(s) | {r['daemon']} | {r['cpu_us_per_rec']} | {ratio} "
                 f"| {r['worst_p99']} | {r['dropped']} |")
+    multi = [r for r in rows if r["venue"] != "binance"]
+    if multi:
+        add("")
+        add("| flood of multi-record frames, 1 frame per TLS record | daemon | records/s | frames/s "
+            "| CPU µs/record | records/s of each attempt |")
+        add("|---|---|---|---|---|---|")
+        for r in multi:
+            each = ", ".join(f"{x:,}" for x in r.get("rate_each", [r["rec_per_s"]]))
+            add(f"| {r['venue']} publicTrade, {r['trades_per_frame']} trades a frame | {r['daemon']} "
+                f"| {r['rec_per_s']:,} | {r['rec_per_s'] // r['trades_per_frame']:,} | {r['cpu_us_per_rec']} "
+                f"| {each} |")
     add("")
     add("| RSS after the records | daemon | subscriber | RSS MiB |")
     add("|---|---|---|---|")
@@ -308,18 +352,24 @@ async def main(args: argparse.Namespace) -> None:
         await nursery.start(server.serve)
         bench = Bench(args, work, server)
 
-        async def repeated(count: int, rate: float | None, fpw: int = 1) -> None:
+        async def repeated(count: int, rate: float | None, fpw: int = 1, venue: str = "binance",
+                           trades_per_frame: int = 1, among: list[str] = daemons) -> None:
             """Each daemon ``--repeat`` times, taking turns (so a burst of load elsewhere on the
             machine hits one attempt, not one daemon); each figure is the median of its attempts."""
-            attempts: dict[str, list[dict[str, Any]]] = {d: [] for d in daemons}
+            attempts: dict[str, list[dict[str, Any]]] = {d: [] for d in among}
             for _ in range(args.repeat):
-                for d in daemons:
-                    attempts[d].append(await bench.measure(d, count, rate, fpw))
-            for d in daemons:
+                for d in among:
+                    attempts[d].append(await bench.measure(d, count, rate, fpw, venue=venue,
+                                                           trades_per_frame=trades_per_frame))
+            for d in among:
                 rows.append(median_row(attempts[d]))
 
         for fpw in (1, 50) if args.flood else ():
             await repeated(args.flood, None, fpw)
+        for k in [int(k) for k in args.multi.split(",") if k] if args.flood else ():
+            # the older feedd may predate Bybit: only the daemons that speak it
+            await repeated(args.flood - args.flood % k, None, venue="bybit-linear", trades_per_frame=k,
+                           among=[d for d in daemons if d != "feedd-before"])
         for rate in [float(r) for r in args.rates.split(",") if r]:
             await repeated(int(rate * args.secs), rate)
         for k in [int(k) for k in args.fanout.split(",") if k]:
@@ -345,6 +395,7 @@ def median_row(attempts: list[dict[str, Any]]) -> dict[str, Any]:
     row["attempts"] = len(attempts)
     row["p99_each"] = [a["p99"] for a in attempts]
     row["cpu_each"] = [a["cpu_us_per_rec"] for a in attempts]
+    row["rate_each"] = [a["rec_per_s"] for a in attempts]
     return row
 
 
@@ -368,6 +419,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--before", help="another feedd executable (an older version) to run as "
                         "'feedd-before' beside the others, for a before/after table from one run")
     parser.add_argument("--flood", type=int, default=200_000, help="records per flood run (0: skip)")
+    parser.add_argument("--multi", default="10", help="trades per Bybit publicTrade frame, for the "
+                        "multi-record flood rows (comma-separated; empty: skip them)")
     parser.add_argument("--rates", default="1000,5000,20000", help="paced rates, frames/s")
     parser.add_argument("--secs", type=float, default=4.0, help="seconds per paced run")
     parser.add_argument("--repeat", type=int, default=3,

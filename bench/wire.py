@@ -1,4 +1,5 @@
-"""The benchmark's exchange: Binance combined streams over TLS, each trade stamped with its send time.
+"""The benchmark's exchange: Binance combined streams (or Bybit v5 ``publicTrade``) over TLS, each
+trade stamped with its send time.
 
 Why not feedd's simulator: its CPU shares the machine's two cores with the daemon being measured,
 so the server must cost little per frame, and every trade must carry the moment it was sent
@@ -11,6 +12,11 @@ When several records are due at once (a flood, or a paced burst) their bytes go 
 one write, which a busy client could not tell from one write per record: it reads whatever the
 socket holds either way. TLS is ``ssl.SSLObject`` over memory BIOs; the WebSocket side is the
 few lines a server needs (RFC 6455: unmasked frames out, masked frames in).
+
+A connection to ``/v5/public/linear`` speaks Bybit v5 instead (``{"op": "subscribe"}`` acked
+with its ``req_id``, ``{"op": "ping"}`` answered with the linear pong) and gets
+``publicTrade.BTCUSDT`` frames of :attr:`Server.trades_per_frame` trades each: the
+multi-record frames Bybit and Coinbase send, one record of the daemon per element.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ TRADES = {
         '"p":"61012.34000000","q":"0.00123000","f":100,"l":105,"T":%d,"m":true,"M":true}}'
     ),
 }
+#: a Bybit v5 publicTrade element; its id ``i`` is the send time, as for Binance
+BYBIT_TRADE = (
+    '{"T":%d,"s":"BTCUSDT","S":"Buy","v":"0.001","p":"61012.34","L":"PlusTick","i":"%d","BT":false}'
+)
+BYBIT_PONG = b'{"success":true,"ret_msg":"pong","conn_id":"bench","req_id":"","op":"ping"}'
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: frames built and written per step of a flood (per socket write when one frame per record)
 FLOOD_STEP = 64
@@ -55,6 +66,16 @@ def trade_frame(template: str) -> bytes:
     return header(len(body)) + body
 
 
+def bybit_frame(trades: int) -> bytes:
+    """One ``publicTrade`` message with ``trades`` elements, all stamped with the send time."""
+    us = time.time_ns() // 1000
+    element = BYBIT_TRADE % (us // 1000, us)
+    elements = ",".join([element] * trades)
+    ms = us // 1000
+    body = f'{{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":{ms},"data":[{elements}]}}'.encode()
+    return header(len(body)) + body
+
+
 class Client:
     """One accepted connection: TLS over memory BIOs, with writes in the order TLS made them."""
 
@@ -66,6 +87,8 @@ class Client:
         self.plain = b""
         self.closed = trio.Event()
         self.template = TRADES["trade"]
+        #: Bybit v5 (the path said so): publicTrade frames of several trades each
+        self.bybit = False
 
     async def flush(self) -> None:
         async with self.lock:
@@ -121,6 +144,8 @@ class Server:
         self.clients: list[Client] = []
         self.ready = trio.Event()
         self.port = 0
+        #: trades in one Bybit publicTrade frame
+        self.trades_per_frame = 1
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -140,6 +165,7 @@ class Server:
             lines = head.decode("latin-1").split("\r\n")
             fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
             path = lines[0].split(" ")[1]
+            client.bybit = path.startswith("/v5/public/")
             key = fields["sec-websocket-key"].encode()
             accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
             await client.write([
@@ -183,6 +209,16 @@ class Server:
                     return
                 if opcode == 0x9:
                     await client.write([header(len(payload), 0xA) + payload])
+                elif opcode == 0x1 and client.bybit:
+                    request = json.loads(payload)
+                    if request.get("op") == "ping":
+                        await client.write([header(len(BYBIT_PONG)) + BYBIT_PONG])
+                        continue
+                    reply = json.dumps({"success": True, "ret_msg": "", "conn_id": "bench",
+                                        "req_id": request.get("req_id", ""), "op": request.get("op")})
+                    await client.write([header(len(reply)) + reply.encode()])
+                    if request.get("op") == "subscribe":
+                        self._add(client, " ".join(request.get("args", ())))
                 elif opcode == 0x1:
                     request = json.loads(payload)
                     result = [] if request.get("method") == "LIST_SUBSCRIPTIONS" else None
@@ -196,9 +232,20 @@ class Server:
 
     async def push(self, count: int, rate: float | None, frames_per_write: int = 1,
                    progress: Callable[[int], None] | None = None) -> None:
-        """Send ``count`` trades to the newest client: as fast as it reads (``rate`` None), or at
+        """Send ``count`` frames to the newest client: as fast as it reads (``rate`` None), or at
         ``rate`` frames/s in bursts every millisecond (the finest step trio's timers take)."""
         client = self.clients[-1]
+        if client.bybit:
+            trades = self.trades_per_frame
+
+            def make() -> bytes:
+                return bybit_frame(trades)
+        else:
+            template = client.template
+
+            def make() -> bytes:
+                return trade_frame(template)
+
         if rate is None:
             step = frames_per_write * max(1, FLOOD_STEP // frames_per_write)
         else:
@@ -207,7 +254,7 @@ class Server:
         sent = 0
         while sent < count:
             n = min(step, count - sent)
-            frames = [trade_frame(client.template) for _ in range(n)]
+            frames = [make() for _ in range(n)]
             if frames_per_write == 1:
                 if rate is None:
                     await client.write(frames)
