@@ -648,3 +648,33 @@ async def test_a_retry_requests_again_only_the_topics_still_wanted(
     assert sent[2]["params"] == ["a@trade", "b@trade"]
     assert status.subscription_errors == {"bad@trade": "invalid topic"}
     assert len(network.attempts) == 1
+
+
+class LossCountingSession(PingSession):
+    """Counts the runner telling it that its connection is gone (quotes it cached are stale)."""
+
+    lost = 0
+
+    def connection_lost(self) -> None:
+        LossCountingSession.lost += 1
+
+
+async def test_the_session_hears_that_its_connection_was_lost(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(LossCountingSession, "lost", 0)
+    monkeypatch.setattr(
+        PingVenue, "new_session", lambda self: LossCountingSession(self.binance.new_session())
+    )
+    network = FakeNetwork(lambda n: True)
+    runner, _ = ping_runner(network)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        assert network.transport is not None
+        assert LossCountingSession.lost == 0
+        await network.transport.incoming_send.send(TransportError("closed by peer: code 1006"))
+        await network.connected.wait()  # the next connection
+        assert LossCountingSession.lost == 1
+        nursery.cancel_scope.cancel()
+    assert LossCountingSession.lost == 2  # the second one ended with the cancellation

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -23,6 +24,7 @@ from feedd.config import Config, load_config
 from feedd.daemon import Daemon
 from feedd.model import MarketData
 from feedd.sim import BinanceSimulator
+from feedd.transport import TRANSPORTS, OpenTransport
 
 SPOT_STREAMS = {"btcusdt@trade", "btcusdt@ticker", "ethusdt@trade", "ethusdt@ticker"}
 TIMEOUT = 15
@@ -401,7 +403,17 @@ async def test_a_disabled_feed_starts_sinks_but_no_venue(workdir: Path) -> None:
 
 
 @pytest.mark.parametrize("transport", ["native", "trio-websocket"])
-async def test_each_transport_streams_answers_pings_and_reconnects(workdir: Path, transport: str) -> None:
+async def test_each_transport_streams_answers_pings_and_reconnects(
+    workdir: Path, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[str] = []
+    for name, open_ in list(TRANSPORTS.items()):
+
+        def counting(*args: Any, _name: str = name, _open: OpenTransport = open_, **kwargs: Any) -> Any:
+            opened.append(_name)
+            return _open(*args, **kwargs)
+
+        monkeypatch.setitem(TRANSPORTS, name, counting)
     async with simulators(ping_interval=0.05, pong_timeout=1.0) as (spot, _):
         config = write_config(workdir, spot, transport=f'"{transport}"')
         async with running(config) as daemon:
@@ -417,6 +429,7 @@ async def test_each_transport_streams_answers_pings_and_reconnects(workdir: Path
     assert spot.pong_timeouts == 0
     assert spot.connections_accepted == 2
     assert daemon.statuses["binance"].reconnects == 1
+    assert opened == [transport, transport]  # the one [feed] transport names, both times
 
 
 async def test_a_failing_venue_never_disturbs_another(workdir: Path) -> None:

@@ -54,3 +54,19 @@ async def test_a_topic_shared_by_two_subscriptions_stays_until_the_last_one_goes
         supervisor.unsubscribe("BTCUSDT", ["trades"])
         assert supervisor._runners[""] == []  # the last topic gone: the connection is closed
         nursery.cancel_scope.cancel()
+
+
+def test_the_configured_quote_max_age_reaches_the_venue_and_a_reload_changes_it() -> None:
+    send, _ = trio.open_memory_channel[list[object]](1)
+    venue = BinanceSpot()
+    supervisor = VenueSupervisor(
+        venue,
+        ExchangeConfig(check_symbols=False, quote_max_age=1.5),
+        RunnerSettings(),
+        cache_dir="/nonexistent",
+        records=send,  # type: ignore[arg-type]
+        open_transport=never_connects,
+    )
+    assert venue.quote_max_age == 1.5
+    supervisor.reconfigure(ExchangeConfig(check_symbols=False, quote_max_age=3.0))
+    assert venue.quote_max_age == 3.0

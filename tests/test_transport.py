@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -429,3 +430,71 @@ async def test_native_wss_records_that_came_with_the_handshake_are_not_held_back
                 trio.StapledStream(to_server, from_server), "wss://127.0.0.1/stream", context
             )
             assert await transport.receive_batch() == ["right behind the handshake"]
+
+
+@each_transport
+async def test_a_connection_reset_by_the_peer_says_so(open_: OpenTransport) -> None:
+    """A reset arrives as an exception without text of its own (trio's BrokenResourceError);
+    the error must still say what happened, not end in "connection lost: "."""
+    accepted = trio.Event()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(4096)
+        key = request.split(b"Sec-WebSocket-Key: ", 1)[1].split(b"\r\n", 1)[0]
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + wsframe.accept_key(key) + b"\r\n\r\n"
+        )
+        await accepted.wait()
+        # linger 0: close() sends RST instead of FIN
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with open_(f"ws://127.0.0.1:{port}/stream", connect_timeout=5) as transport:
+            accepted.set()
+            with trio.fail_after(5), pytest.raises(TransportError) as caught:
+                while True:
+                    await transport.receive_batch()
+        nursery.cancel_scope.cancel()
+    text = str(caught.value)
+    assert not text.rstrip().endswith(":"), text
+    # feedd's own transport names the errno; trio-websocket calls it an abnormal closure
+    assert any(what in text for what in ("ECONNRESET", "reset", "code 1006")), text
+
+
+class _BrokenWire:
+    """A wire whose every call fails the way trio's streams may: an exception with no text."""
+
+    async def receive(self) -> bytes:
+        raise trio.BrokenResourceError
+
+    async def send(self, data: bytes) -> None:
+        raise trio.ClosedResourceError
+
+    async def goodbye(self, data: bytes) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("call", ["receive", "send"])
+async def test_native_errors_without_text_still_say_what_happened(call: str) -> None:
+    transport = transport_module.NativeTransport(
+        _BrokenWire(),  # type: ignore[arg-type]
+        wsframe.ClientProtocol(max_message=transport_module.MAX_MESSAGE),
+    )
+    with pytest.raises(TransportError) as caught:
+        if call == "receive":
+            await transport.receive_batch()
+        else:
+            await transport.send("x")
+    assert str(caught.value) == {
+        "receive": "connection lost: BrokenResourceError",
+        "send": "connection lost: ClosedResourceError",
+    }[call]
