@@ -15,6 +15,7 @@ import trio
 from feedd.codec import decode_record, encode_line
 from feedd.errors import describe
 from feedd.model import MarketData
+from feedd.sinks.unix import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,7 @@ T = TypeVar("T")
 
 _READ_SIZE = 65536
 
-#: what ``--kind`` accepts → the record kind; the config calls the channel "trades"
-_KINDS = {"trade": "trade", "trades": "trade", "ticker": "ticker"}
-KIND_NAMES = tuple(_KINDS)
+KIND_NAMES = tuple(KINDS)
 
 
 class TailError(Exception):
@@ -64,7 +63,7 @@ def format_gap(dropped: int) -> str:
 
 
 def _filter_line(exchanges: Iterable[str], symbols: Iterable[str], kinds: Iterable[str]) -> bytes | None:
-    record_kinds = [_KINDS.get(kind, kind) for kind in kinds]
+    record_kinds = [KINDS.get(kind, kind) for kind in kinds]
     wanted = {
         key: list(dict.fromkeys(values))
         for key, values in (("exchange", exchanges), ("symbol", symbols), ("kind", record_kinds))

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 #: sun_path is 108 bytes on Linux, including the terminating NUL
 MAX_PATH_BYTES = 107
 MAX_FILTER_LINE = 4096
-KINDS = frozenset({"trade", "ticker"})
+#: what a filter's ``kind`` accepts → the record kind (the config calls the channel "trades")
+KINDS = {"trade": "trade", "trades": "trade", "ticker": "ticker"}
 _FILTER_KEYS = ("exchange", "symbol", "kind")
 #: accept() failures that mean "out of descriptors or memory for now": pause, then retry
 _EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -97,13 +98,13 @@ def parse_filter(line: bytes) -> ClientFilter:
 
     exchanges, symbols, kinds = values("exchange"), values("symbol"), values("kind")
     if kinds is not None:
-        bad = sorted(set(kinds) - KINDS)
+        bad = sorted(set(kinds) - KINDS.keys())
         if bad:
-            raise FilterError(f"filter 'kind' has unknown value(s) {bad}; allowed: trade, ticker")
+            raise FilterError(f"filter 'kind' has unknown value(s) {bad}; allowed: trade (or trades), ticker")
     return ClientFilter(
         exchanges=None if exchanges is None else frozenset(e.lower() for e in exchanges),
         symbols=None if symbols is None else frozenset(s.upper() for s in symbols),
-        kinds=None if kinds is None else frozenset(kinds),
+        kinds=None if kinds is None else frozenset(KINDS[k] for k in kinds),
     )
 
 

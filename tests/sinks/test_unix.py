@@ -358,6 +358,11 @@ async def test_subscribers_beyond_max_clients_get_one_error_line_and_are_closed(
         assert await second.records(2) == [rec(2), rec(3)]
 
 
+def test_parse_filter_takes_trades_as_the_config_spells_the_channel() -> None:
+    assert parse_filter(b'{"kind": ["trades"]}') == parse_filter(b'{"kind": ["trade"]}')
+    assert parse_filter(b'{"kind": ["trades", "ticker"]}').kinds == {"trade", "ticker"}
+
+
 def test_parse_filter_normalizes_case() -> None:
     assert parse_filter(b'{"exchange": ["Bybit"], "symbol": ["btc-usd"]}') == ClientFilter(
         exchanges=frozenset({"bybit"}), symbols=frozenset({"BTC-USD"})
