@@ -407,9 +407,14 @@ class _BybitVenue(QuotedVenue):
     venue_id: str
     default_url: str
     default_rest_url = "https://api.bybit.com"
-    #: a connection's args must stay under 21,000 characters ([connect]); 400 topics of up to
-    #: 40 characters (``orderbook.1.`` and a 28-character symbol) take 17,200 with their JSON quoting
+    #: no topic count is documented for spot, linear or inverse (options: 2000 args); 400 bounds
+    #: what one connection carries and subscribes again after a reconnect
     max_streams_per_connection = 400
+    #: [connect] "Public channel - Args limits": "for one public connection, you cannot have
+    #: length of "args" array over 21,000 characters". Counted as the array's JSON text, the
+    #: strictest reading (it also counts quotes and commas); 400 topics of 64-character symbols
+    #: would take over 29,000, so long symbols take more connections
+    max_chars_per_connection: int | None = 21_000
     #: no limit is documented for public sends [unverified]; paced like Binance USD-M
     max_messages_per_second = 10.0
     #: Bybit recommends a ping every 20 s ([connect]); it owes a pong for each

@@ -135,7 +135,9 @@ def test_each_venue_states_its_protocol_facts(
     assert made.ping_mode == "always"
     assert made.pong_timeout == 10.0
     assert made.uppercase_symbols is True
-    assert made.max_streams_per_connection * (40 + 3) < 21_000  # the per-connection args budget
+    assert made.max_streams_per_connection == 400
+    # [connect] "you cannot have length of 'args' array over 21,000 characters", whatever the symbols
+    assert made.max_chars_per_connection == 21_000
 
 
 def test_registry_discovers_the_three_bybit_venues() -> None:
