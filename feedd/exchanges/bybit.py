@@ -428,6 +428,9 @@ class _BybitVenue(QuotedVenue):
     max_args_per_request: int
     _merge_tickers = True
     _inverse = False
+    #: instruments-info pages by ``limit`` and ``cursor``, except for spot ([instruments-info]:
+    #: "Spot does not support pagination, so limit, cursor are invalid.")
+    _paginated = True
 
     def topics(self, subscription: Subscription) -> list[Topic]:
         symbol = subscription.symbol
@@ -450,15 +453,22 @@ class _BybitVenue(QuotedVenue):
         )
 
     def instruments_path(self, cursor: str | None = None) -> str:
-        """``/v5/market/instruments-info`` of the venue's category, 1000 a page, from ``cursor``.
+        """``/v5/market/instruments-info`` of the venue's category, 1000 a page, from ``cursor``;
+        spot's is one page, asked for without ``limit`` or ``cursor``.
 
         The cursor goes back percent-encoded once more, as an HTTP client encodes any value.
         """
-        path = f"/v5/market/instruments-info?category={self.category}&limit=1000"
+        path = f"/v5/market/instruments-info?category={self.category}"
+        if not self._paginated:
+            if cursor is not None:
+                raise ValueError(f"{self.category} instruments-info is one page: no cursor to follow")
+            return path
+        path += "&limit=1000"
         return path if cursor is None else f"{path}&cursor={quote(cursor, safe='')}"
 
     def parse_instruments(self, body: Any) -> InstrumentPage:
-        """The ``Trading`` symbols of one page, and ``nextPageCursor`` (empty or absent: the last)."""
+        """The ``Trading`` symbols of one page, and ``nextPageCursor`` (empty or absent: the last;
+        spot's one page is always the last)."""
         if not isinstance(body, dict):
             raise ValueError(f"instruments-info is not a JSON object: {excerpt(repr(body), 100)}")
         code = body.get("retCode")
@@ -478,7 +488,7 @@ class _BybitVenue(QuotedVenue):
         cursor = result.get("nextPageCursor")
         if cursor is not None and not isinstance(cursor, str):
             raise ValueError(f"instruments-info 'nextPageCursor' is not a string: {cursor!r:.50}")
-        return InstrumentPage(frozenset(tradable), cursor or None)
+        return InstrumentPage(frozenset(tradable), (cursor or None) if self._paginated else None)
 
 
 class BybitSpot(_BybitVenue):
@@ -489,6 +499,7 @@ class BybitSpot(_BybitVenue):
     category = "spot"
     max_args_per_request = 10
     _merge_tickers = False
+    _paginated = False
 
     def topics(self, subscription: Subscription) -> list[Topic]:
         if subscription.channel == "ticker":

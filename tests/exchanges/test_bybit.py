@@ -36,6 +36,7 @@ from feedd.model import MarketData
 from feedd.sim import BybitSimulator
 from feedd.sim.bybit import BybitConnection, BybitProtocol
 from feedd.sim.core import Accept
+from feedd.sim.rest import HttpRequest, HttpResponse
 from feedd.validate import Validator
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bybit"
@@ -890,12 +891,23 @@ def test_parse_instruments_keeps_trading_symbols_and_follows_the_cursor() -> Non
     assert venue.parse_instruments(instruments_body(entries)).cursor is None  # spot: no cursor
 
 
-def test_instruments_path_names_the_category_and_sends_the_cursor_encoded() -> None:
-    assert BybitSpot().instruments_path() == "/v5/market/instruments-info?category=spot&limit=1000"
+def test_derivative_instruments_path_pages_by_limit_and_sends_the_cursor_encoded() -> None:
     assert BybitInverse().instruments_path() == "/v5/market/instruments-info?category=inverse&limit=1000"
     assert BybitLinear().instruments_path("first%3DA%26last%3DB") == (
         "/v5/market/instruments-info?category=linear&limit=1000&cursor=first%253DA%2526last%253DB"
     )
+
+
+def test_spot_instruments_path_sends_neither_limit_nor_cursor() -> None:
+    # [instruments-info] "Spot does not support pagination, so limit, cursor are invalid."
+    assert BybitSpot().instruments_path() == "/v5/market/instruments-info?category=spot"
+    with pytest.raises(ValueError, match="one page"):
+        BybitSpot().instruments_path("first%3DA%26last%3DB")
+
+
+def test_spot_instruments_are_one_page_whatever_cursor_the_body_holds() -> None:
+    body = instruments_body([{"symbol": "BTCUSDT", "status": "Trading"}], "first%3DBTCUSDT%26last%3DBTCUSDT")
+    assert BybitSpot().parse_instruments(body) == InstrumentPage(frozenset({"BTCUSDT"}))
 
 
 @pytest.mark.parametrize(
@@ -915,6 +927,18 @@ def test_parse_instruments_rejects_a_malformed_body(body: Any) -> None:
         BybitLinear().parse_instruments(body)
 
 
+class QueryLog(BybitSimulator):
+    """The simulator, keeping the query of every REST request it answers."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.queries: list[dict[str, list[str]]] = []
+
+    def _answer_rest(self, request: HttpRequest) -> HttpResponse:
+        self.queries.append(request.query)
+        return super()._answer_rest(request)
+
+
 @pytest.mark.parametrize(
     ("venue", "category"), [(BybitSpot, "spot"), (BybitLinear, "linear"), (BybitInverse, "inverse")]
 )
@@ -922,7 +946,7 @@ async def test_instrument_list_is_walked_page_by_page_and_cached(
     tmp_path: Path, venue: type[_BybitVenue], category: str
 ) -> None:
     symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT", "XRPUSDT")
-    sim = BybitSimulator(symbols=symbols, inverse_symbols=("BTCUSD", "ETHUSD", "XRPUSD"))
+    sim = QueryLog(symbols=symbols, inverse_symbols=("BTCUSD", "ETHUSD", "XRPUSD"))
     expected = frozenset(sim.symbols[category])
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.serve)
@@ -937,4 +961,9 @@ async def test_instrument_list_is_walked_page_by_page_and_cached(
         nursery.cancel_scope.cancel()
     assert (fetched.symbols, fetched.source) == (expected, "rest")
     assert (cached.symbols, cached.source) == (expected, "cache")
-    assert sim.rest_requests >= (2 if category == "spot" else len(expected) + 1)
+    if category == "spot":  # one page, asked for without limit or cursor
+        assert sim.queries == [{"category": ["spot"]}]
+    else:
+        assert len(sim.queries) == len(expected)
+        assert sim.queries[0] == {"category": [category], "limit": ["1"]}
+        assert all(set(query) == {"category", "limit", "cursor"} for query in sim.queries[1:])
