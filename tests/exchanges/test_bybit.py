@@ -4,6 +4,7 @@ simulator's protocol object, and a list of bad inputs."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,8 @@ from feedd.validate import Validator
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bybit"
 RECORDED_LINEAR = FIXTURES / "recorded_linear_2026-08-09.ndjson"
 RECORDED_SPOT = FIXTURES / "recorded_spot_2026-08-09.ndjson"
+#: the project's full recordings, in ../shared beside the clone (CI checks it out there)
+FULL_RECORDINGS = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "recorded" / "bybit"
 
 RECEIVED = datetime(2023, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -689,6 +692,71 @@ def test_every_recorded_frame_decodes_with_a_record_per_trade_and_ticker(
         assert sum(counts[t] for t in counts if t.startswith("publicTrade.")) == 20
         assert sum(counts[t] for t in counts if t.startswith("tickers.")) == 81
         assert replies == 7
+
+
+def full_recording(name: str) -> Path:
+    """A full recording of ../shared; missing, it fails the test under CI and skips it elsewhere."""
+    path = FULL_RECORDINGS / name
+    if not path.is_file():
+        reason = f"{path} is missing: the full recordings come with ../shared beside the clone"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+#: what the recorder subscribed and feedd never does: the only topics allowed a DecodeError
+NOT_SUBSCRIBED = ("orderbook.200", "kline.1")
+
+
+@pytest.mark.parametrize(
+    ("name", "venue", "trades", "tickers", "acks"),
+    [
+        ("cryptofeed_bybit_v5_linear_2026-08-09.ndjson", BybitLinear, 327, 758, 17),
+        ("cryptofeed_bybit_v5_spot_2026-08-09.ndjson", BybitSpot, 20, 81, 7),
+    ],
+)
+def test_every_frame_of_the_full_recordings_decodes_with_a_record_per_trade_and_ticker(
+    name: str, venue: type[_BybitVenue], trades: int, tickers: int, acks: int
+) -> None:
+    lines = full_recording(name).read_text().splitlines()
+    # what the recording holds, counted from the raw JSON alone
+    expected: Counter[str] = Counter()
+    unhandled: Counter[str] = Counter()
+    replies = 0
+    for line in lines:
+        message = json.loads(line)
+        topic = message.get("topic")
+        if topic is None:
+            replies += 1
+        elif topic.startswith("publicTrade."):
+            expected[topic] += len(message["data"])
+        elif topic.startswith("tickers."):
+            expected[topic] += 1
+        else:
+            unhandled[topic] += 1
+    # what the adapter makes of it, frame by frame and in order (ticker deltas need their snapshot)
+    s = session(venue())
+    records: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    ignored = 0
+    for line in lines:
+        for event in s.decode(line, RECEIVED):
+            if isinstance(event, MarketData):
+                records[f"{'publicTrade' if event.kind == 'trade' else 'tickers'}.{event.symbol}"] += 1
+            elif isinstance(event, DecodeError):
+                assert event.reason.startswith("unhandled topic "), event
+                errors[json.loads(line)["topic"]] += 1
+            else:
+                assert event == Ignored(), event  # a subscribe ack without our req_id
+                ignored += 1
+    assert records == expected
+    assert errors == unhandled
+    assert {topic.rpartition(".")[0] for topic in errors} == set(NOT_SUBSCRIBED)
+    assert ignored == replies == acks
+    # the whole recording, as its README counts it, not a trimmed copy
+    assert sum(n for topic, n in records.items() if topic.startswith("publicTrade.")) == trades
+    assert sum(n for topic, n in records.items() if topic.startswith("tickers.")) == tickers
 
 
 @pytest.mark.parametrize(("path", "venue"), [(RECORDED_LINEAR, BybitLinear), (RECORDED_SPOT, BybitSpot)])
