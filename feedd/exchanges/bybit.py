@@ -95,6 +95,10 @@ def _best(levels: Any) -> float | None:
     return float(price)
 
 
+def _not_a_book(topic: str) -> bool:
+    return not topic.startswith("orderbook.1.")
+
+
 def _milliseconds(value: Any, key: str) -> datetime:
     if type(value) is not int:
         raise TypeError(f"{key!r} is not integer milliseconds: {value!r:.50}")
@@ -144,13 +148,20 @@ class BybitSession:
     # ---- outgoing ------------------------------------------------------------------------
 
     def subscribe(self, topics: Sequence[str]) -> list[Frame]:
-        """Subscribe requests of at most ``max_args`` topics (spot allows 10).
+        """Subscribe requests of at most ``max_args`` topics (spot allows 10), ``orderbook.1``
+        topics first: Bybit sends a book's snapshot on subscription, so asked for before the
+        tickers it quotes it usually arrives first, and a spot ticker after a (re)connect or a
+        new subscription has its bid/ask at once. Only the order of one batch of requests
+        changes; nothing waits.
 
         A topic subscribed anew starts from its snapshot: its merged ticker and its quote are
         forgotten, so nothing from before (e.g. a previous subscription) leaks into a record.
         """
         self._forget(topics)
-        self._quoted.update(self._book_symbols(topics))
+        books = self._book_symbols(topics)
+        self._quoted.update(books)
+        if books:
+            topics = sorted(topics, key=_not_a_book)  # stable: the given order otherwise
         return self._requests("subscribe", topics)
 
     def unsubscribe(self, topics: Sequence[str]) -> list[Frame]:

@@ -183,7 +183,7 @@ def test_subscribe_request_has_the_documented_shape_with_a_string_req_id() -> No
     documented = sample("subscribe_request.json")
     [sent] = requests(session(BybitSpot()).subscribe(documented["args"]))
     assert sent["op"] == documented["op"] == "subscribe"
-    assert sent["args"] == documented["args"]
+    assert sorted(sent["args"]) == sorted(documented["args"])  # books first (see below)
     assert sent["req_id"] == "1"
     assert set(sent) == set(documented)
 
@@ -215,6 +215,18 @@ def test_req_ids_count_up_across_subscribe_and_unsubscribe_and_afresh_per_sessio
     frames = [*s.subscribe(["tickers.A"]), *s.unsubscribe(["tickers.A"]), *s.subscribe(["tickers.B"])]
     assert [r["req_id"] for r in requests(frames)] == ["1", "2", "3"]
     assert requests(session(venue).subscribe(["tickers.A"]))[0]["req_id"] == "1"
+
+
+def test_level_one_books_are_requested_before_the_tickers_they_quote() -> None:
+    # a spot ticker's bid/ask come from orderbook.1, whose snapshot Bybit sends on subscription:
+    # asked for first, it usually arrives before the first ticker
+    topics = ["tickers.A", "publicTrade.A", "orderbook.1.A", "tickers.B", "orderbook.1.B"]
+    [sent] = requests(session(BybitSpot()).subscribe(topics))
+    assert sent["args"] == ["orderbook.1.A", "orderbook.1.B", "tickers.A", "publicTrade.A", "tickers.B"]
+    many = [f"{kind}.S{i}" for i in range(8) for kind in ("tickers", "orderbook.1")]
+    first, second = requests(session(BybitSpot()).subscribe(many))
+    assert first["args"] == [f"orderbook.1.S{i}" for i in range(8)] + ["tickers.S0", "tickers.S1"]
+    assert second["args"] == [f"tickers.S{i}" for i in range(2, 8)]
 
 
 def test_subscribe_of_nothing_sends_nothing() -> None:
