@@ -21,7 +21,7 @@ import trio
 
 from feedd.config import ExchangeConfig
 from feedd.connection import ConnectionRunner, Reply, RunnerSettings
-from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue
+from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue, topic_chars
 from feedd.instruments import Instruments, load_instruments
 from feedd.model import Batch
 from feedd.status import VenueStatus
@@ -89,6 +89,8 @@ class VenueSupervisor:
         self._runners: dict[str, list[ConnectionRunner]] = {}
         self._scopes: dict[ConnectionRunner, trio.CancelScope] = {}
         self._owner: dict[Topic, ConnectionRunner] = {}
+        #: each connection's topics as the venue's character budget counts them (compact JSON)
+        self._chars: dict[ConnectionRunner, int] = {}
         #: subscriptions using each wire topic: channels of one exchange may share a topic, and
         #: the topic leaves the wire only when the last of them is unsubscribed
         self._refs: Counter[Topic] = Counter()
@@ -328,16 +330,28 @@ class VenueSupervisor:
         return removed
 
     def _place(self, topic: Topic) -> None:
+        """Carry ``topic`` on the first connection of its route with room for it, by the venue's
+        topic count and, if it states one, its character budget; else on a new connection."""
         self._refs[topic] += 1
         if topic in self._owner:
             return
         shards = self._runners.setdefault(topic.route, [])
         limit = self.venue.max_streams_per_connection
-        runner = next((r for r in shards if len(r.topics) < limit), None)
+        budget = self.venue.max_chars_per_connection
+        cost = topic_chars(topic.name)
+        chars = self._chars
+        runner = next(
+            (
+                r for r in shards
+                if len(r.topics) < limit and (budget is None or chars[r] + cost <= budget)
+            ),
+            None,
+        )
         if runner is None:
             runner = self._start_runner(topic.route)
             shards.append(runner)
         runner.add_topics([topic.name])
+        chars[runner] += cost
         self._owner[topic] = runner
 
     def _displace(self, topic: Topic) -> Reply | None:
@@ -353,8 +367,10 @@ class VenueSupervisor:
         if runner is None:
             return None
         runner.remove_topics([topic.name])
+        self._chars[runner] -= topic_chars(topic.name)
         if not runner.topics:
             self._runners[topic.route].remove(runner)
+            del self._chars[runner]
             self._scopes.pop(runner).cancel()
             self.status.connections.pop(runner.name, None)
             return None
@@ -378,6 +394,7 @@ class VenueSupervisor:
         )
         scope = trio.CancelScope()
         self._scopes[runner] = scope
+        self._chars[runner] = 1  # the opening bracket; each topic adds its closing separator
         self._nursery.start_soon(self._supervise, runner, scope, name=name)
         return runner
 

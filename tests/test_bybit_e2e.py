@@ -205,3 +205,19 @@ async def test_ticker_state_starts_over_with_each_connection(workdir: Path) -> N
     assert status.decode_errors == 0
     assert status.reconnects == 1
     assert all(r.bid is not None and r.ask is not None and r.change_24h is not None for r in records)
+
+
+async def test_a_spot_ticker_subscribed_live_carries_bid_and_ask_from_its_first_record(workdir: Path) -> None:
+    """The session asks for orderbook.1 before tickers, so the book's snapshot comes first."""
+    bybit = BybitSimulator(speed=20.0)
+    async with serving(bybit), running(write_config(
+        workdir, bybit, venues=("bybit",), symbols=("BTCUSDT",), extra=('channels = ["trades"]',)
+    )) as daemon:
+        supervisor = daemon.venues["bybit"]
+        with trio.fail_after(TIMEOUT):
+            client = await Subscriber.connect(daemon.config.unix.path)
+            await client.record()  # a BTCUSDT trade: the subscriber is in place
+            await supervisor.subscribe_confirmed("ETHUSDT", ["ticker"], trio.current_time() + TIMEOUT)
+            first = (await client.until(lambda r: r.kind == "ticker"))[-1]
+    assert (first.exchange, first.symbol) == ("bybit", "ETHUSDT")
+    assert first.bid is not None and first.ask is not None and first.bid < first.ask

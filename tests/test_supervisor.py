@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
 
-from feedd.config import ExchangeConfig
+from feedd.config import MAX_SYMBOL_LENGTH, ExchangeConfig
 from feedd.connection import RunnerSettings
-from feedd.exchanges.base import Subscription, Topic
+from feedd.exchanges.base import CHANNELS, Subscription, Topic, Venue, topic_list_chars
 from feedd.exchanges.binance import BinanceSpot
+from feedd.exchanges.bybit import BybitLinear, BybitSession
+from feedd.sim.bybit import BybitProtocol
+from feedd.sim.core import Accept
 from feedd.supervisor import VenueSupervisor
 from feedd.transport import Transport
 
@@ -23,6 +27,13 @@ class SharedTopicVenue(BinanceSpot):
         if subscription.channel == "trades":
             return [Topic("", f"{symbol}@trade")]
         return [Topic("", f"{symbol}@trade"), Topic("", f"{symbol}@ticker")]
+
+
+class BudgetVenue(BinanceSpot):
+    """A venue that bounds a connection by the characters of its topic list, not by their count."""
+
+    max_streams_per_connection = 1000
+    max_chars_per_connection = 60
 
 
 @asynccontextmanager
@@ -56,17 +67,77 @@ async def test_a_topic_shared_by_two_subscriptions_stays_until_the_last_one_goes
         nursery.cancel_scope.cancel()
 
 
-def test_the_configured_quote_max_age_reaches_the_venue_and_a_reload_changes_it() -> None:
+def offline_supervisor(venue: Venue, config: ExchangeConfig | None = None) -> VenueSupervisor:
     send, _ = trio.open_memory_channel[list[object]](1)
-    venue = BinanceSpot()
-    supervisor = VenueSupervisor(
+    return VenueSupervisor(
         venue,
-        ExchangeConfig(check_symbols=False, quote_max_age=1.5),
+        config or ExchangeConfig(check_symbols=False),
         RunnerSettings(),
         cache_dir="/nonexistent",
         records=send,  # type: ignore[arg-type]
         open_transport=never_connects,
     )
+
+
+def test_topic_list_chars_is_the_length_of_the_compact_json_array() -> None:
+    for names in (["a"], ["btcusdt@trade", "btcusdt@ticker"], ['q"uote', "back\\slash", "ünï"]):
+        assert topic_list_chars(names) == len(json.dumps(names, separators=(",", ":"), ensure_ascii=False))
+    assert topic_list_chars([]) == 2
+
+
+async def test_a_connection_takes_topics_until_its_character_budget_is_spent() -> None:
+    supervisor = offline_supervisor(BudgetVenue())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        for symbol in ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT", "EEEUSDT"):
+            supervisor.subscribe(symbol, ["trades"])  # "aaausdt@trade": 15 characters quoted
+        # ["aaausdt@trade","bbbusdt@trade","cccusdt@trade"] is 49; a fourth would make it 65
+        shards = supervisor._runners[""]
+        assert [sorted(r.topics) for r in shards] == [
+            ["aaausdt@trade", "bbbusdt@trade", "cccusdt@trade"],
+            ["dddusdt@trade", "eeeusdt@trade"],
+        ]
+        # what an unsubscribe frees is taken again
+        supervisor.unsubscribe("BBBUSDT", ["trades"])
+        supervisor.subscribe("FFFUSDT", ["trades"])
+        assert sorted(shards[0].topics) == ["aaausdt@trade", "cccusdt@trade", "fffusdt@trade"]
+        assert all(topic_list_chars(r.topics) <= 60 for r in shards)
+        nursery.cancel_scope.cancel()
+
+
+async def test_bybit_topics_of_the_longest_symbols_are_sharded_within_the_args_budget() -> None:
+    """400 topics of 64-character symbols take over 29,000 characters of args: more than Bybit
+    allows on one connection, though fewer topics than the topic count cap."""
+    venue = BybitLinear()
+    symbols = [f"{i:03d}".ljust(MAX_SYMBOL_LENGTH, "X") for i in range(200)]
+    supervisor = offline_supervisor(venue)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        for symbol in symbols:
+            supervisor.subscribe(symbol, CHANNELS)
+        shards = supervisor.runners()
+        nursery.cancel_scope.cancel()
+    wanted = {t.name for s in symbols for c in CHANNELS for t in venue.topics(Subscription(s, c))}
+    assert set().union(*(r.topics for r in shards)) == wanted
+    assert sum(len(r.topics) for r in shards) == len(wanted) == 400
+    assert all(topic_list_chars(r.topics) <= 21_000 for r in shards)
+    assert len(shards) == 2
+    # and the simulator, which counts a connection's args, accepts every shard whole
+    protocol = BybitProtocol(symbols={"linear": symbols})
+    for runner in shards:
+        opened = protocol.open("/v5/public/linear", "")
+        assert isinstance(opened, Accept)
+        session = venue.new_session()
+        assert isinstance(session, BybitSession)
+        for request in session.subscribe(sorted(runner.topics)):
+            [answer] = protocol.receive(opened.connection, str(request)).frames
+            assert json.loads(answer)["success"] is True, answer
+        assert set(opened.connection.topics) == runner.topics
+
+
+def test_the_configured_quote_max_age_reaches_the_venue_and_a_reload_changes_it() -> None:
+    venue = BinanceSpot()
+    supervisor = offline_supervisor(venue, ExchangeConfig(check_symbols=False, quote_max_age=1.5))
     assert venue.quote_max_age == 1.5
     supervisor.reconfigure(ExchangeConfig(check_symbols=False, quote_max_age=3.0))
     assert venue.quote_max_age == 3.0

@@ -13,6 +13,7 @@ attempt (request ids, pending acks, ticker state), made fresh for every attempt.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -147,6 +148,18 @@ class InstrumentPage:
     cursor: str | None = None
 
 
+def topic_chars(name: str) -> int:
+    """What one topic adds to the compact JSON text of a topic list: its quoted name (escapes
+    included) and one separator, a comma or the closing bracket."""
+    return len(json.dumps(name, ensure_ascii=False)) + 1
+
+
+def topic_list_chars(names: Iterable[str]) -> int:
+    """The length in characters of ``names`` as a compact JSON array (``["a","b"]`` is 9): what
+    :attr:`Venue.max_chars_per_connection` bounds."""
+    return max(2, 1 + sum(map(topic_chars, names)))
+
+
 def excerpt(frame: Frame, limit: int = 200) -> str:
     """A bounded, printable slice of a frame for error messages and logs."""
     text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
@@ -189,6 +202,10 @@ class Venue(Protocol):
     default_rest_url: str
     #: streams one connection may carry
     max_streams_per_connection: int
+    #: the most characters one connection's topics may take, counted as their list in compact
+    #: JSON (:func:`topic_list_chars`), for a venue that bounds a connection's subscriptions by
+    #: length (None: no such limit, the count alone applies)
+    max_chars_per_connection: int | None
     #: messages per second the venue allows a client to send on one connection
     max_messages_per_second: float
     #: seconds between :meth:`Session.ping` calls, as :attr:`ping_mode` says (None: never)

@@ -259,6 +259,7 @@ class _BinanceVenue(QuotedVenue):
     default_url: str
     default_rest_url: str
     max_streams_per_connection: int
+    max_chars_per_connection: int | None = None
     max_messages_per_second: float
     #: idle seconds before a liveness probe (see BinanceSession.ping); well inside stale_after
     ping_interval: float | None = 10.0

@@ -95,6 +95,10 @@ def _best(levels: Any) -> float | None:
     return float(price)
 
 
+def _not_a_book(topic: str) -> bool:
+    return not topic.startswith("orderbook.1.")
+
+
 def _milliseconds(value: Any, key: str) -> datetime:
     if type(value) is not int:
         raise TypeError(f"{key!r} is not integer milliseconds: {value!r:.50}")
@@ -144,13 +148,20 @@ class BybitSession:
     # ---- outgoing ------------------------------------------------------------------------
 
     def subscribe(self, topics: Sequence[str]) -> list[Frame]:
-        """Subscribe requests of at most ``max_args`` topics (spot allows 10).
+        """Subscribe requests of at most ``max_args`` topics (spot allows 10), ``orderbook.1``
+        topics first: Bybit sends a book's snapshot on subscription, so asked for before the
+        tickers it quotes it usually arrives first, and a spot ticker after a (re)connect or a
+        new subscription has its bid/ask at once. Only the order of one batch of requests
+        changes; nothing waits.
 
         A topic subscribed anew starts from its snapshot: its merged ticker and its quote are
         forgotten, so nothing from before (e.g. a previous subscription) leaks into a record.
         """
         self._forget(topics)
-        self._quoted.update(self._book_symbols(topics))
+        books = self._book_symbols(topics)
+        self._quoted.update(books)
+        if books:
+            topics = sorted(topics, key=_not_a_book)  # stable: the given order otherwise
         return self._requests("subscribe", topics)
 
     def unsubscribe(self, topics: Sequence[str]) -> list[Frame]:
@@ -407,9 +418,14 @@ class _BybitVenue(QuotedVenue):
     venue_id: str
     default_url: str
     default_rest_url = "https://api.bybit.com"
-    #: a connection's args must stay under 21,000 characters ([connect]); 400 topics of up to
-    #: 40 characters (``orderbook.1.`` and a 28-character symbol) take 17,200 with their JSON quoting
+    #: no topic count is documented for spot, linear or inverse (options: 2000 args); 400 bounds
+    #: what one connection carries and subscribes again after a reconnect
     max_streams_per_connection = 400
+    #: [connect] "Public channel - Args limits": "for one public connection, you cannot have
+    #: length of "args" array over 21,000 characters". Counted as the array's JSON text, the
+    #: strictest reading (it also counts quotes and commas); 400 topics of 64-character symbols
+    #: would take over 29,000, so long symbols take more connections
+    max_chars_per_connection: int | None = 21_000
     #: no limit is documented for public sends [unverified]; paced like Binance USD-M
     max_messages_per_second = 10.0
     #: Bybit recommends a ping every 20 s ([connect]); it owes a pong for each
@@ -423,6 +439,9 @@ class _BybitVenue(QuotedVenue):
     max_args_per_request: int
     _merge_tickers = True
     _inverse = False
+    #: instruments-info pages by ``limit`` and ``cursor``, except for spot ([instruments-info]:
+    #: "Spot does not support pagination, so limit, cursor are invalid.")
+    _paginated = True
 
     def topics(self, subscription: Subscription) -> list[Topic]:
         symbol = subscription.symbol
@@ -445,15 +464,22 @@ class _BybitVenue(QuotedVenue):
         )
 
     def instruments_path(self, cursor: str | None = None) -> str:
-        """``/v5/market/instruments-info`` of the venue's category, 1000 a page, from ``cursor``.
+        """``/v5/market/instruments-info`` of the venue's category, 1000 a page, from ``cursor``;
+        spot's is one page, asked for without ``limit`` or ``cursor``.
 
         The cursor goes back percent-encoded once more, as an HTTP client encodes any value.
         """
-        path = f"/v5/market/instruments-info?category={self.category}&limit=1000"
+        path = f"/v5/market/instruments-info?category={self.category}"
+        if not self._paginated:
+            if cursor is not None:
+                raise ValueError(f"{self.category} instruments-info is one page: no cursor to follow")
+            return path
+        path += "&limit=1000"
         return path if cursor is None else f"{path}&cursor={quote(cursor, safe='')}"
 
     def parse_instruments(self, body: Any) -> InstrumentPage:
-        """The ``Trading`` symbols of one page, and ``nextPageCursor`` (empty or absent: the last)."""
+        """The ``Trading`` symbols of one page, and ``nextPageCursor`` (empty or absent: the last;
+        spot's one page is always the last)."""
         if not isinstance(body, dict):
             raise ValueError(f"instruments-info is not a JSON object: {excerpt(repr(body), 100)}")
         code = body.get("retCode")
@@ -473,7 +499,7 @@ class _BybitVenue(QuotedVenue):
         cursor = result.get("nextPageCursor")
         if cursor is not None and not isinstance(cursor, str):
             raise ValueError(f"instruments-info 'nextPageCursor' is not a string: {cursor!r:.50}")
-        return InstrumentPage(frozenset(tradable), cursor or None)
+        return InstrumentPage(frozenset(tradable), (cursor or None) if self._paginated else None)
 
 
 class BybitSpot(_BybitVenue):
@@ -484,6 +510,7 @@ class BybitSpot(_BybitVenue):
     category = "spot"
     max_args_per_request = 10
     _merge_tickers = False
+    _paginated = False
 
     def topics(self, subscription: Subscription) -> list[Topic]:
         if subscription.channel == "ticker":

@@ -412,6 +412,7 @@ class Coinbase:
     #: no per-connection limit is documented; this keeps shards (and so connections and their
     #: subscribe messages, both limited per IP) few while bounding one connection's load
     max_streams_per_connection = 200
+    max_chars_per_connection: int | None = None
     #: "unauthenticated messages are rate-limited at 8 per second per IP address"
     max_messages_per_second = 8.0
     #: no client ping exists; the heartbeats channel (one message a second) keeps the stale

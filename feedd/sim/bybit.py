@@ -47,8 +47,10 @@ MAX_SPOT_ARGS: Final = 10
 MAX_ARGS_CHARS: Final = 21_000
 #: [ob]: depths per market; only level 1 carries data here, deeper books are acked and silent
 ORDERBOOK_DEPTHS: Final = frozenset(("1", "50", "200", "1000"))
-#: [ob]: "Linear & inverse level 1 data: if 3 seconds have elapsed without a change in the
-#: orderbook, a snapshot message will be pushed again."
+#: [ob] (the current orderbook page): "Linear, inverse, spot level 1 data: if 3 seconds have
+#: elapsed without a change in the orderbook, a snapshot message will be pushed again, and the
+#: field u will be the same as that in the previous message." (Older copies said "Linear &
+#: inverse", leaving spot out.)
 BOOK_RESEND_AFTER: Final = 3.0
 #: the topics whose data the simulator produces
 STREAMED: Final = ("publicTrade", "tickers", "orderbook.1")
@@ -297,8 +299,7 @@ class BybitSimulator(SimServer[BybitConnection]):
                 nursery.start_soon(
                     partial(play, tape, emit, demand=market.demand, speed=self.speed, start=start)
                 )
-            if market.category != "spot":
-                nursery.start_soon(self._resend_book, market)
+            nursery.start_soon(self._resend_book, market)
 
     def _on_start(self, conn: BybitConnection, channel: str) -> None:
         market, topic = self._by_channel[channel]
@@ -343,7 +344,7 @@ class BybitSimulator(SimServer[BybitConnection]):
             self.publish(channel, market.book_frame(now))
 
     async def _resend_book(self, market: BybitMarket) -> None:
-        """Linear and inverse re-send an unchanged level-1 book every 3 s, same ``u``."""
+        """An unchanged level-1 book is sent again every 3 s, same ``u`` (every category)."""
         while True:
             if not market.demand.wanted.is_set():
                 await market.demand.wanted.wait()

@@ -134,7 +134,7 @@ class BybitMarket(Market):
         self.bid_size = self.ask_size = 0.0
         self.book_update = 1
         self.book_sequence = self.sequence
-        #: trio time of the last orderbook.1 push (linear/inverse re-send after 3 s unchanged)
+        #: trio time of the last orderbook.1 push (re-sent after 3 s unchanged)
         self.book_sent_at = 0.0
         self.mark = self.index_price = self.prev_hour = self.level
         self.open_interest = 4e9 / self.level

@@ -97,6 +97,7 @@ def test_spot_venue_states_its_protocol_facts() -> None:
     assert venue.default_rest_url == "https://api.binance.com"
     assert venue.instruments_path() == "/api/v3/exchangeInfo"
     assert venue.max_streams_per_connection == 1024
+    assert venue.max_chars_per_connection is None  # no character budget is documented
     assert venue.max_messages_per_second == 5
     assert venue.ping_interval == 10.0
     assert venue.uppercase_symbols is True
@@ -109,6 +110,7 @@ def test_usdm_venue_states_its_protocol_facts() -> None:
     assert venue.default_rest_url == "https://fapi.binance.com"
     assert venue.instruments_path() == "/fapi/v1/exchangeInfo"
     assert venue.max_streams_per_connection == 200
+    assert venue.max_chars_per_connection is None
     assert venue.max_messages_per_second == 10
     assert venue.ping_interval == 10.0
     assert venue.uppercase_symbols is True

@@ -4,6 +4,7 @@ simulator's protocol object, and a list of bad inputs."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,11 +37,14 @@ from feedd.model import MarketData
 from feedd.sim import BybitSimulator
 from feedd.sim.bybit import BybitConnection, BybitProtocol
 from feedd.sim.core import Accept
+from feedd.sim.rest import HttpRequest, HttpResponse
 from feedd.validate import Validator
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bybit"
 RECORDED_LINEAR = FIXTURES / "recorded_linear_2026-08-09.ndjson"
 RECORDED_SPOT = FIXTURES / "recorded_spot_2026-08-09.ndjson"
+#: the project's full recordings, in ../shared beside the clone (CI checks it out there)
+FULL_RECORDINGS = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "recorded" / "bybit"
 
 RECEIVED = datetime(2023, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -135,7 +139,9 @@ def test_each_venue_states_its_protocol_facts(
     assert made.ping_mode == "always"
     assert made.pong_timeout == 10.0
     assert made.uppercase_symbols is True
-    assert made.max_streams_per_connection * (40 + 3) < 21_000  # the per-connection args budget
+    assert made.max_streams_per_connection == 400
+    # [connect] "you cannot have length of 'args' array over 21,000 characters", whatever the symbols
+    assert made.max_chars_per_connection == 21_000
 
 
 def test_registry_discovers_the_three_bybit_venues() -> None:
@@ -177,7 +183,7 @@ def test_subscribe_request_has_the_documented_shape_with_a_string_req_id() -> No
     documented = sample("subscribe_request.json")
     [sent] = requests(session(BybitSpot()).subscribe(documented["args"]))
     assert sent["op"] == documented["op"] == "subscribe"
-    assert sent["args"] == documented["args"]
+    assert sorted(sent["args"]) == sorted(documented["args"])  # books first (see below)
     assert sent["req_id"] == "1"
     assert set(sent) == set(documented)
 
@@ -209,6 +215,18 @@ def test_req_ids_count_up_across_subscribe_and_unsubscribe_and_afresh_per_sessio
     frames = [*s.subscribe(["tickers.A"]), *s.unsubscribe(["tickers.A"]), *s.subscribe(["tickers.B"])]
     assert [r["req_id"] for r in requests(frames)] == ["1", "2", "3"]
     assert requests(session(venue).subscribe(["tickers.A"]))[0]["req_id"] == "1"
+
+
+def test_level_one_books_are_requested_before_the_tickers_they_quote() -> None:
+    # a spot ticker's bid/ask come from orderbook.1, whose snapshot Bybit sends on subscription:
+    # asked for first, it usually arrives before the first ticker
+    topics = ["tickers.A", "publicTrade.A", "orderbook.1.A", "tickers.B", "orderbook.1.B"]
+    [sent] = requests(session(BybitSpot()).subscribe(topics))
+    assert sent["args"] == ["orderbook.1.A", "orderbook.1.B", "tickers.A", "publicTrade.A", "tickers.B"]
+    many = [f"{kind}.S{i}" for i in range(8) for kind in ("tickers", "orderbook.1")]
+    first, second = requests(session(BybitSpot()).subscribe(many))
+    assert first["args"] == [f"orderbook.1.S{i}" for i in range(8)] + ["tickers.S0", "tickers.S1"]
+    assert second["args"] == [f"tickers.S{i}" for i in range(2, 8)]
 
 
 def test_subscribe_of_nothing_sends_nothing() -> None:
@@ -688,6 +706,71 @@ def test_every_recorded_frame_decodes_with_a_record_per_trade_and_ticker(
         assert replies == 7
 
 
+def full_recording(name: str) -> Path:
+    """A full recording of ../shared; missing, it fails the test under CI and skips it elsewhere."""
+    path = FULL_RECORDINGS / name
+    if not path.is_file():
+        reason = f"{path} is missing: the full recordings come with ../shared beside the clone"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+#: what the recorder subscribed and feedd never does: the only topics allowed a DecodeError
+NOT_SUBSCRIBED = ("orderbook.200", "kline.1")
+
+
+@pytest.mark.parametrize(
+    ("name", "venue", "trades", "tickers", "acks"),
+    [
+        ("cryptofeed_bybit_v5_linear_2026-08-09.ndjson", BybitLinear, 327, 758, 17),
+        ("cryptofeed_bybit_v5_spot_2026-08-09.ndjson", BybitSpot, 20, 81, 7),
+    ],
+)
+def test_every_frame_of_the_full_recordings_decodes_with_a_record_per_trade_and_ticker(
+    name: str, venue: type[_BybitVenue], trades: int, tickers: int, acks: int
+) -> None:
+    lines = full_recording(name).read_text().splitlines()
+    # what the recording holds, counted from the raw JSON alone
+    expected: Counter[str] = Counter()
+    unhandled: Counter[str] = Counter()
+    replies = 0
+    for line in lines:
+        message = json.loads(line)
+        topic = message.get("topic")
+        if topic is None:
+            replies += 1
+        elif topic.startswith("publicTrade."):
+            expected[topic] += len(message["data"])
+        elif topic.startswith("tickers."):
+            expected[topic] += 1
+        else:
+            unhandled[topic] += 1
+    # what the adapter makes of it, frame by frame and in order (ticker deltas need their snapshot)
+    s = session(venue())
+    records: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    ignored = 0
+    for line in lines:
+        for event in s.decode(line, RECEIVED):
+            if isinstance(event, MarketData):
+                records[f"{'publicTrade' if event.kind == 'trade' else 'tickers'}.{event.symbol}"] += 1
+            elif isinstance(event, DecodeError):
+                assert event.reason.startswith("unhandled topic "), event
+                errors[json.loads(line)["topic"]] += 1
+            else:
+                assert event == Ignored(), event  # a subscribe ack without our req_id
+                ignored += 1
+    assert records == expected
+    assert errors == unhandled
+    assert {topic.rpartition(".")[0] for topic in errors} == set(NOT_SUBSCRIBED)
+    assert ignored == replies == acks
+    # the whole recording, as its README counts it, not a trimmed copy
+    assert sum(n for topic, n in records.items() if topic.startswith("publicTrade.")) == trades
+    assert sum(n for topic, n in records.items() if topic.startswith("tickers.")) == tickers
+
+
 @pytest.mark.parametrize(("path", "venue"), [(RECORDED_LINEAR, BybitLinear), (RECORDED_SPOT, BybitSpot)])
 def test_every_recorded_trade_keeps_its_fields_and_passes_validation(
     path: Path, venue: type[_BybitVenue]
@@ -888,12 +971,23 @@ def test_parse_instruments_keeps_trading_symbols_and_follows_the_cursor() -> Non
     assert venue.parse_instruments(instruments_body(entries)).cursor is None  # spot: no cursor
 
 
-def test_instruments_path_names_the_category_and_sends_the_cursor_encoded() -> None:
-    assert BybitSpot().instruments_path() == "/v5/market/instruments-info?category=spot&limit=1000"
+def test_derivative_instruments_path_pages_by_limit_and_sends_the_cursor_encoded() -> None:
     assert BybitInverse().instruments_path() == "/v5/market/instruments-info?category=inverse&limit=1000"
     assert BybitLinear().instruments_path("first%3DA%26last%3DB") == (
         "/v5/market/instruments-info?category=linear&limit=1000&cursor=first%253DA%2526last%253DB"
     )
+
+
+def test_spot_instruments_path_sends_neither_limit_nor_cursor() -> None:
+    # [instruments-info] "Spot does not support pagination, so limit, cursor are invalid."
+    assert BybitSpot().instruments_path() == "/v5/market/instruments-info?category=spot"
+    with pytest.raises(ValueError, match="one page"):
+        BybitSpot().instruments_path("first%3DA%26last%3DB")
+
+
+def test_spot_instruments_are_one_page_whatever_cursor_the_body_holds() -> None:
+    body = instruments_body([{"symbol": "BTCUSDT", "status": "Trading"}], "first%3DBTCUSDT%26last%3DBTCUSDT")
+    assert BybitSpot().parse_instruments(body) == InstrumentPage(frozenset({"BTCUSDT"}))
 
 
 @pytest.mark.parametrize(
@@ -913,6 +1007,18 @@ def test_parse_instruments_rejects_a_malformed_body(body: Any) -> None:
         BybitLinear().parse_instruments(body)
 
 
+class QueryLog(BybitSimulator):
+    """The simulator, keeping the query of every REST request it answers."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.queries: list[dict[str, list[str]]] = []
+
+    def _answer_rest(self, request: HttpRequest) -> HttpResponse:
+        self.queries.append(request.query)
+        return super()._answer_rest(request)
+
+
 @pytest.mark.parametrize(
     ("venue", "category"), [(BybitSpot, "spot"), (BybitLinear, "linear"), (BybitInverse, "inverse")]
 )
@@ -920,7 +1026,7 @@ async def test_instrument_list_is_walked_page_by_page_and_cached(
     tmp_path: Path, venue: type[_BybitVenue], category: str
 ) -> None:
     symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT", "XRPUSDT")
-    sim = BybitSimulator(symbols=symbols, inverse_symbols=("BTCUSD", "ETHUSD", "XRPUSD"))
+    sim = QueryLog(symbols=symbols, inverse_symbols=("BTCUSD", "ETHUSD", "XRPUSD"))
     expected = frozenset(sim.symbols[category])
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.serve)
@@ -935,4 +1041,9 @@ async def test_instrument_list_is_walked_page_by_page_and_cached(
         nursery.cancel_scope.cancel()
     assert (fetched.symbols, fetched.source) == (expected, "rest")
     assert (cached.symbols, cached.source) == (expected, "cache")
-    assert sim.rest_requests >= (2 if category == "spot" else len(expected) + 1)
+    if category == "spot":  # one page, asked for without limit or cursor
+        assert sim.queries == [{"category": ["spot"]}]
+    else:
+        assert len(sim.queries) == len(expected)
+        assert sim.queries[0] == {"category": [category], "limit": ["1"]}
+        assert all(set(query) == {"category", "limit", "cursor"} for query in sim.queries[1:])

@@ -136,6 +136,7 @@ def test_venue_states_its_protocol_facts() -> None:
     assert venue.pong_timeout is None
     assert venue.uppercase_symbols is True
     assert venue.max_streams_per_connection >= 2
+    assert venue.max_chars_per_connection is None  # no character budget is documented
 
 
 def test_registry_discovers_coinbase() -> None:
