@@ -429,6 +429,9 @@ class UnixPublisher:
         self._flushing.cancel()
         for sub in self.subscribers:
             sub.finish()
+        if waiting := sum(sub.backlog is not None for sub in self.subscribers):
+            logger.info("stopping: waiting for %d subscriber(s) to take the records buffered for them",
+                        waiting)
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept forever. Running out of descriptors pauses accepting (logged once per episode)
