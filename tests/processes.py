@@ -111,8 +111,10 @@ async def feedd_run(config: Path, env: Mapping[str, str] | None = None) -> Async
 
 
 @asynccontextmanager
-async def simulator() -> AsyncIterator[BinanceSimulator]:
-    sim = BinanceSimulator(speed=20.0)
+async def simulator(*, flood: bool = False) -> AsyncIterator[BinanceSimulator]:
+    """A Binance simulator: paced (twenty times the recorded rate), or with ``flood`` its trade
+    streams as fast as feedd reads them."""
+    sim = BinanceSimulator(flood=True) if flood else BinanceSimulator(speed=20.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.serve)
         yield sim
