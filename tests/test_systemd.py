@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -39,6 +40,14 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (the kernel's pick, released for the daemon to take)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def consecutive(records: list[MarketData], symbol: str) -> list[int]:
     """The trade ids of ``symbol``, asserted without a hole: the simulator numbers each trade."""
     ids = [int(r.trade_id or 0) for r in records if r.symbol == symbol and r.kind == "trade"]
@@ -55,9 +64,23 @@ async def until(client: Subscriber, predicate: object, seen: list[MarketData]) -
 async def test_systemd_hears_ready_status_watchdog_reloading_and_stopping_in_order(workdir: Path) -> None:
     systemd = FakeSystemd(f"\0feedd-test-{uuid.uuid4().hex}")  # the abstract namespace, as systemd uses
     env = {"NOTIFY_SOCKET": systemd.env_value, "WATCHDOG_USEC": "200000", "INVOCATION_ID": uuid.uuid4().hex}
+    http_address = f"127.0.0.1:{free_port()}"  # known before the daemon says it
+    at_ready: dict[str, int] = {}
+
+    async def when_ready(message: dict[str, str]) -> None:
+        """The first READY=1 promises consumers can connect: try both doors as it arrives."""
+        if "READY" not in message or at_ready:
+            return
+        stream = await trio.open_unix_socket(str(workdir / "feedd.sock"))
+        at_ready["socket"] = 1
+        async with httpx.AsyncClient(base_url=f"http://{http_address}") as http:
+            at_ready["http"] = (await http.get("/api/v1/websocket/status")).status_code
+        await stream.aclose()
+
     async with simulator() as sim, trio.open_nursery() as nursery:
-        nursery.start_soon(systemd.collect)
+        nursery.start_soon(systemd.collect, when_ready)
         config = write_config(workdir, {"binance": (sim.ws_url, sim.rest_url)})
+        config.write_text(config.read_text().replace('listen = "127.0.0.1:0"', f'listen = "{http_address}"'))
         async with feedd_run(config, env) as run:
             with trio.fail_after(TIMEOUT):
                 ready = await systemd.wait_for(lambda m: "READY" in m)
@@ -74,8 +97,11 @@ async def test_systemd_hears_ready_status_watchdog_reloading_and_stopping_in_ord
     assert code == 0, run.text
     names = [key for message in systemd.messages for key in NOTIFY_KEYS if key in message]
     assert names[0] == "READY"
+    assert at_ready == {"socket": 1, "http": 200}
     assert names[-1] == "STOPPING"
-    assert "WATCHDOG" in names[: names.index("RELOADING")]
+    before_reload = names[1: names.index("RELOADING")]
+    assert "WATCHDOG" in before_reload
+    assert set(before_reload) == {"WATCHDOG"}  # READY=1 once, not again until a reload
     after_reload = [n for n in names[names.index("RELOADING") + 1:] if n != "WATCHDOG"]
     assert after_reload == ["READY", "STOPPING"]
     reload_message = next(m for m in systemd.messages if "RELOADING" in m)
