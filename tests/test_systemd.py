@@ -147,6 +147,40 @@ async def test_sighup_after_a_config_edit_adds_and_removes_streams_while_an_unto
     assert "reconnecting" not in run.text
 
 
+async def test_sighup_applies_the_environments_override_again_over_the_edited_file(workdir: Path) -> None:
+    """``ENABLE_WEBSOCKET_FEED=1`` overrides the file's ``enabled = false``: after an edit and a
+    SIGHUP the edit applies and the override still does (a reload that read the file alone
+    would stop the venue)."""
+    seen: list[MarketData] = []
+    async with simulator() as sim:
+        venues = {"binance": (sim.ws_url, sim.rest_url)}
+
+        def write(symbols: tuple[str, ...]) -> Path:
+            config = write_config(workdir, venues, symbols, 'channels = ["trades"]')
+            config.write_text(config.read_text().replace("[feed]\n", "[feed]\nenabled = false\n", 1))
+            return config
+
+        config = write(("BTCUSDT",))
+        async with feedd_run(config, {"ENABLE_WEBSOCKET_FEED": "1"}) as run:
+            with trio.fail_after(TIMEOUT):
+                await run.wait_for_log("feedd running: 1 venue(s)")
+                client = await Subscriber.connect(workdir / "feedd.sock")
+                await until(client, lambda r: r.symbol == "BTCUSDT", seen)
+                write(("BTCUSDT", "ETHUSDT"))
+                run.process.send_signal(signal.SIGHUP)
+                await run.wait_for_log("reloaded ")
+                assert "reload: binance: stopped" not in run.text, run.text
+                await until(client, lambda r: r.symbol == "ETHUSDT", seen)
+                for _ in range(5):  # and BTCUSDT goes on
+                    await until(client, lambda r: r.symbol == "BTCUSDT", seen)
+            code = await run.stop()
+    assert code == 0, run.text
+    assert "reload: binance: ETHUSDT trades: subscribed" in run.text
+    assert "the feed is disabled" not in run.text
+    consecutive(seen, "BTCUSDT")
+    assert sim.connections_accepted == 1
+
+
 async def test_sighup_with_an_invalid_config_keeps_the_old_one_running_and_reports_it(workdir: Path) -> None:
     systemd = FakeSystemd(str(workdir / "notify"))
     async with simulator() as sim, trio.open_nursery() as nursery:
