@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 #: how long a live subscribe or unsubscribe waits for the venue's answer, by default
 ACK_TIMEOUT = 10.0
 #: how long a graceful stop may take before what is left is cancelled (``feedd run`` promises
-#: an exit within 5 s of SIGTERM; the rest is the interpreter's own exit)
-STOP_GRACE = 4.0
+#: an exit within 5 s of SIGTERM: the rest is cancelling, the interpreter's own exit, and room
+#: for a loaded machine)
+STOP_GRACE = 3.0
 
 
 class InvalidRequest(SubscriptionRefused):

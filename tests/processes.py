@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -111,8 +111,10 @@ async def feedd_run(config: Path, env: Mapping[str, str] | None = None) -> Async
 
 
 @asynccontextmanager
-async def simulator() -> AsyncIterator[BinanceSimulator]:
-    sim = BinanceSimulator(speed=20.0)
+async def simulator(*, flood: bool = False) -> AsyncIterator[BinanceSimulator]:
+    """A Binance simulator: paced (twenty times the recorded rate), or with ``flood`` its trade
+    streams as fast as feedd reads them."""
+    sim = BinanceSimulator(flood=True) if flood else BinanceSimulator(speed=20.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.serve)
         yield sim
@@ -180,10 +182,14 @@ class FakeSystemd:
             except BlockingIOError:
                 return found
 
-    async def collect(self) -> None:
-        """Receive into :attr:`messages` for ever (a background task)."""
+    async def collect(self, on_message: Callable[[dict[str, str]], Awaitable[None]] | None = None) -> None:
+        """Receive into :attr:`messages` for ever (a background task). ``on_message`` sees each
+        message as it arrives, before it is recorded: a check of what holds at that moment."""
         while True:
-            self.messages.append(await self.message())
+            message = await self.message()
+            if on_message is not None:
+                await on_message(message)
+            self.messages.append(message)
             self._changed.set()
             self._changed = trio.Event()
 

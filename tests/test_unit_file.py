@@ -91,6 +91,7 @@ def test_the_unit_has_what_the_service_relies_on() -> None:
     assert unit["Restart"] == ["on-failure"]
     assert int(unit["WatchdogSec"][0]) >= 10
     assert int(unit["TimeoutStopSec"][0]) > 5  # feedd's own bound is 5 s
+    assert unit["SuccessExitStatus"] == ["143"]  # a second SIGTERM's exit: a stop, not a failure
     for directory in ("RuntimeDirectory", "StateDirectory", "CacheDirectory"):
         assert unit[directory] == ["feedd"]
     assert unit["User"] == ["feedd"]

@@ -393,6 +393,11 @@ class BinanceSimulator(SimServer[BinanceConnection]):
         self._agg_scale = float(self._trades.payloads[0]["p"]) / float(self._agg_trades.payloads[0]["p"])
         self._markets = {s.lower(): _Market(s, i, futures, self._trades) for i, s in enumerate(self.symbols)}
 
+    def last_trade_id(self, symbol: str) -> int:
+        """The id of ``symbol``'s latest @trade trade, paced or flooded (one id per trade, no
+        holes): what a client that has everything last received."""
+        return self._markets[symbol.lower()].next_trade_id - 1
+
     # ---- faults --------------------------------------------------------------------------
 
     def send_server_shutdown(self, close_after: float = 1.0) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Final, Generic, Protocol, TypeVar
@@ -254,6 +254,9 @@ class SimServer(Generic[C]):
         #: application-level pings received (venues where the client pings)
         self.pings_received = 0
         self.rate_limit_closes = 0
+        #: the codes of the close frames clients ended their connections with (1000: a polite
+        #: close; 1006: the connection ended without one)
+        self.client_close_codes: Counter[int] = Counter()
         self.pong_timeouts = 0
         self.idle_closes = 0
         #: connections cut for holding no subscription ``subscribe_timeout`` after opening
@@ -567,7 +570,10 @@ class SimServer(Generic[C]):
         while True:
             try:
                 message = await ws.get_message()
-            except ConnectionClosed:
+            except ConnectionClosed as closed:
+                if closed.reason is not None:
+                    self.client_close_codes[closed.reason.code] += 1
+                    self._notify()
                 return
             self.requests_received += 1
             if limit is not None and conn._over_rate(trio.current_time(), limit):

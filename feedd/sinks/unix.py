@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import math
 import os
@@ -398,20 +399,27 @@ class UnixPublisher:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on :attr:`path` until cancelled; the socket file is removed on the way out.
 
-        Refuses to start (:class:`PublisherError`) when another process answers on the path or
-        the path is something other than a socket; a stale socket file is replaced.
+        Refuses to start (:class:`PublisherError`) when another publisher holds the path's lock
+        (:func:`_lock`), another process answers on the path, or the path is something other
+        than a socket; a stale socket file is replaced.
         """
-        listener, inode = await self._listen()
+        if len(os.fsencode(self.path)) > MAX_PATH_BYTES:
+            raise PublisherError(f"socket path {self.path!r} is longer than {MAX_PATH_BYTES} bytes")
+        lock = _lock(self.path)
         try:
-            # the listener closes first; the nursery then waits for the subscribers to finish
-            async with trio.open_nursery() as nursery, listener:
-                nursery.start_soon(self._flusher)
-                logger.info("publishing records on %s", self.path)
-                task_status.started()
-                with self._accepting:
-                    await self._accept_loop(listener, nursery)
+            listener, inode = await self._listen()
+            try:
+                # the listener closes first; the nursery then waits for the subscribers to finish
+                async with trio.open_nursery() as nursery, listener:
+                    nursery.start_soon(self._flusher)
+                    logger.info("publishing records on %s", self.path)
+                    task_status.started()
+                    with self._accepting:
+                        await self._accept_loop(listener, nursery)
+            finally:
+                _remove_if_ours(self.path, inode)
         finally:
-            _remove_if_ours(self.path, inode)
+            os.close(lock)  # only now: the socket file is gone, the next owner may take the path
 
     def finish(self) -> None:
         """Stop accepting, and let every subscriber write what it holds and close; then
@@ -422,6 +430,9 @@ class UnixPublisher:
         self._flushing.cancel()
         for sub in self.subscribers:
             sub.finish()
+        if waiting := sum(sub.backlog is not None for sub in self.subscribers):
+            logger.info("stopping: waiting for %d subscriber(s) to take the records buffered for them",
+                        waiting)
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept forever. Running out of descriptors pauses accepting (logged once per episode)
@@ -469,13 +480,10 @@ class UnixPublisher:
 
     async def _listen(self) -> tuple[trio.SocketListener, int]:
         path = self.path
-        if len(os.fsencode(path)) > MAX_PATH_BYTES:
-            raise PublisherError(f"socket path {path!r} is longer than {MAX_PATH_BYTES} bytes")
         await _claim(path)
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         bound = False
         try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             await sock.bind(path)
             bound = True
             os.chmod(path, 0o660)
@@ -548,8 +556,38 @@ class UnixPublisher:
             return
 
 
+def _lock(path: str) -> int:
+    """Take ``PATH.lock`` (an exclusive ``flock``) for as long as we own ``path``: the descriptor.
+
+    Checking whether a socket file is stale and then replacing it is two steps: two daemons
+    starting together over a stale file could both find nobody answering, and the second would
+    unlink the socket the first had just bound. Only the holder of this lock checks, removes or
+    binds the path, so that cannot happen; a second daemon finds the lock taken and refuses.
+    The kernel drops the lock when its holder dies however it dies (a killed daemon leaves no
+    stale lock, only a stale socket for the next holder to replace), and the lock file itself
+    is never removed: a daemon that unlinked it could let a third lock a new file while the
+    second still holds the old one.
+    """
+    lock_path = path + ".lock"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise PublisherError(f"cannot lock {lock_path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PublisherError(f"{path} is in use: another feedd owns it") from None
+    except OSError as exc:
+        os.close(fd)
+        raise PublisherError(f"cannot lock {lock_path}: {exc}") from exc
+    return fd
+
+
 async def _claim(path: str) -> None:
-    """Make ``path`` free for our socket: remove a stale socket, refuse a live or foreign one."""
+    """Make ``path`` free for our socket: remove a stale socket, refuse a live or foreign one
+    (a process that is not a feedd, or one that predates the lock). Called holding :func:`_lock`."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:

@@ -607,6 +607,19 @@ async def test_flood_delivers_well_formed_trades_unpaced(
     assert sim.flood_frames_sent >= len(trades)
 
 
+
+async def test_last_trade_id_is_the_last_trade_a_silenced_flood_delivers(nursery: trio.Nursery) -> None:
+    sim = await start(nursery, flood=True)
+    async with open_websocket_url(sim.ws_url) as ws:
+        await subscribe(ws, "btcusdt@trade")
+        ids = [(await receive(ws))["data"]["t"]]
+        sim.set_silent(True)  # the round being written still goes out whole
+        last = sim.last_trade_id("BTCUSDT")
+        with trio.fail_after(10):
+            while ids[-1] < last:
+                ids.append((await receive(ws))["data"]["t"])
+    assert ids == list(range(ids[0], last + 1))
+
 async def test_malformed_stream_names_are_refused_with_the_request_id(nursery: trio.Nursery) -> None:
     sim = await start(nursery)
     async with open_websocket_url(sim.ws_url) as ws:

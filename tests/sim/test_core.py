@@ -135,3 +135,12 @@ async def test_flood_writes_frames_per_write_frames_at_a_time(nursery: trio.Nurs
 def test_frames_per_write_must_be_positive() -> None:
     with pytest.raises(ValueError, match="frames_per_write"):
         ToySimulator(frames_per_write=0)
+
+
+async def test_the_close_code_a_client_ends_with_is_counted(nursery: trio.Nursery) -> None:
+    sim = await start(nursery)
+    async with open_websocket_url(sim.ws_url) as ws:
+        await ws.send_message("sub a")
+        assert await ws.get_message() == "ok a"
+    await sim.wait_until(lambda: sum(sim.client_close_codes.values()) == 1)
+    assert sim.client_close_codes == {1000: 1}

@@ -461,6 +461,42 @@ async def test_a_stale_socket_file_is_replaced(sock_path: str) -> None:
         assert await client.records(1) == [rec(1)]
 
 
+
+async def test_of_two_publishers_starting_together_over_a_stale_socket_one_listens_and_one_refuses(
+    sock_path: str,
+) -> None:
+    """Both would find the stale file refusing connections; without the lock the second would
+    then unlink the first's fresh socket and bind its own, and both would think they listen."""
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(sock_path)
+    leftover.close()
+    hubs = [Hub(), Hub()]
+    listening: list[int] = []
+    refused: list[str] = []
+
+    async def claim(nursery: trio.Nursery, which: int) -> None:
+        try:
+            await nursery.start(UnixPublisher(hubs[which], sock_path, filter_wait=0).serve)
+        except PublisherError as exc:
+            refused.append(str(exc))
+        else:
+            listening.append(which)
+
+    async with trio.open_nursery() as nursery:
+        for hub in hubs:
+            await nursery.start(hub.run)
+        async with trio.open_nursery() as claims:
+            claims.start_soon(claim, nursery, 0)
+            claims.start_soon(claim, nursery, 1)
+        assert refused == [f"{sock_path} is in use: another feedd owns it"]
+        (owner,) = listening
+        client = await Client.connect(sock_path)  # the socket on the path is the owner's
+        with hubs[owner].sender() as send:
+            await send.send([rec(1)])
+        assert await client.records(1) == [rec(1)]
+        nursery.cancel_scope.cancel()
+    assert not await trio.Path(sock_path).exists()
+
 async def test_a_live_socket_owned_by_another_publisher_refuses_to_start(
     sock_path: str,
 ) -> None:
