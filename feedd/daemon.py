@@ -72,6 +72,16 @@ RELOAD_SIGNAL = signal.SIGHUP
 IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
+class _Started:
+    """A ``task_status`` that only says so: :attr:`event` is set once the daemon has started."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+    def started(self, value: object = None) -> None:
+        self.event.set()
+
+
 async def run_until_signalled(
     config: Config, path: str | None = None, *, notifier: Notifier | None = None
 ) -> int:
@@ -90,12 +100,16 @@ async def run_until_signalled(
     reloads_send, reloads = trio.open_memory_channel[None](1)  # a full channel: one is queued
     helpers = trio.CancelScope()  # the systemd tasks and the reloader: cancelled on stop
 
-    async def run_daemon(task_status: trio.TaskStatus[WebSocketService] = trio.TASK_STATUS_IGNORED) -> None:
-        await daemon.run(task_status=task_status)
+    running = _Started()
+
+    async def run_daemon() -> None:
+        # Not nursery.start(): a stop signal in the middle of start-up ends the daemon before it
+        # says it started, which is no error (start() then never gets further).
+        await daemon.run(task_status=running)
         nursery.cancel_scope.cancel()  # stopped: stop listening for signals too
 
     async def start() -> None:
-        await nursery.start(run_daemon)
+        await running.event.wait()
         with helpers:
             await notifier.ready(daemon.summary())
             started.set()
@@ -111,6 +125,7 @@ async def run_until_signalled(
     try:
         with trio.open_signal_receiver(*STOP_SIGNALS, RELOAD_SIGNAL, *IGNORED_SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_daemon)
                 nursery.start_soon(start)
                 stopping = False
                 async for signum in signals:

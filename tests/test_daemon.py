@@ -7,7 +7,9 @@ a simulator state change), bounded by ``fail_after`` so a regression fails inste
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,8 +23,9 @@ import trio
 
 from feedd.codec import decode_record
 from feedd.config import Config, load_config
-from feedd.daemon import Daemon
+from feedd.daemon import Daemon, run_until_signalled
 from feedd.model import MarketData
+from feedd.service import WebSocketService
 from feedd.sim import BinanceSimulator
 from feedd.transport import TRANSPORTS, OpenTransport
 
@@ -478,3 +481,32 @@ async def test_topics_are_sharded_by_the_venue_stream_limit_and_route(workdir: P
     assert all(len(c.streams) <= 200 for c in connections)
     assert futures.rate_limit_closes == 0
     assert len(daemon.statuses["binance-usdm"].connections) == 3
+
+
+async def test_a_stop_signal_in_the_middle_of_start_up_exits_0_and_removes_the_socket(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon ends before it says it started: a stop, not a crash (it was a RuntimeError
+    from nursery.start, a traceback and exit 1)."""
+    starting = trio.Event()
+
+    async def stuck_venue_start(self: WebSocketService, venue_id: str) -> None:
+        starting.set()  # the socket listens; the venues have not started
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(WebSocketService, "_start_venue", stuck_venue_start)
+    async with simulators() as (spot, _):
+        config = write_config(workdir, spot)
+        code: list[int] = []
+
+        async def run() -> None:
+            code.append(await run_until_signalled(config))
+
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                await starting.wait()
+                assert await trio.Path(config.unix.path).is_socket()
+                os.kill(os.getpid(), signal.SIGTERM)
+    assert code == [0]
+    assert not await trio.Path(config.unix.path).exists()

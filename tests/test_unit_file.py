@@ -91,6 +91,9 @@ def test_the_unit_has_what_the_service_relies_on() -> None:
     assert unit["Restart"] == ["on-failure"]
     assert int(unit["WatchdogSec"][0]) >= 10
     assert int(unit["TimeoutStopSec"][0]) > 5  # feedd's own bound is 5 s
+    # room for [unix] max_clients subscribers beside the connections (a consumer that leaks them
+    # meets the cap, not EMFILE)
+    assert int(unit["LimitNOFILE"][0]) >= 4096
     assert unit["SuccessExitStatus"] == ["143"]  # a second SIGTERM's exit: a stop, not a failure
     for directory in ("RuntimeDirectory", "StateDirectory", "CacheDirectory"):
         assert unit[directory] == ["feedd"]
