@@ -45,7 +45,7 @@ def record_dict(record: MarketData) -> dict[str, Any]:
     return _fields(record, record.timestamp, record.received_at)
 
 
-def _rfc3339(value: datetime) -> str:
+def rfc3339(value: datetime) -> str:
     """What orjson writes for ``value`` under ``OPT_UTC_Z``, but with the fraction kept."""
     text = value.isoformat(timespec="microseconds")
     return text[:-6] + "Z" if text.endswith("+00:00") else text
@@ -57,7 +57,7 @@ def encode_record(record: MarketData) -> bytes:
     received_at = record.received_at
     if timestamp.microsecond and received_at.microsecond:
         return orjson.dumps(_fields(record, timestamp, received_at), option=_OPTS)
-    return orjson.dumps(_fields(record, _rfc3339(timestamp), _rfc3339(received_at)), option=_OPTS)
+    return orjson.dumps(_fields(record, rfc3339(timestamp), rfc3339(received_at)), option=_OPTS)
 
 
 def encode_line(obj: Any) -> bytes:

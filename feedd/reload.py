@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import attrs
 
+from feedd.codec import rfc3339
 from feedd.config import Config, ExchangeConfig
 from feedd.exchanges.base import CHANNELS, Channel, Subscription
 
@@ -197,7 +198,7 @@ class ReloadOutcome:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "at": self.at.isoformat().replace("+00:00", "Z"),
+            "at": rfc3339(self.at),
             "source": self.source,
             "ok": self.ok,
             "error": self.error,
