@@ -16,14 +16,16 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
+from urllib.parse import urlsplit
 
 import trio
 
 from feedd.config import ExchangeConfig
-from feedd.connection import ConnectionRunner, Reply, RunnerSettings
+from feedd.connection import ConnectionRunner, Reply, RunnerSettings, send_limiter
 from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue
 from feedd.instruments import Instruments, load_instruments
 from feedd.model import Batch
+from feedd.ratelimit import SlidingWindowLimiter
 from feedd.status import VenueStatus
 from feedd.transport import OpenTransport, open_transport
 from feedd.validate import Validator
@@ -94,6 +96,8 @@ class VenueSupervisor:
         self._refs: Counter[Topic] = Counter()
         self._nursery: trio.Nursery | None = None
         self._shard_count: dict[str, int] = {}
+        #: per host, the send budget its connections share (venues that limit per address)
+        self._limiters: dict[str, SlidingWindowLimiter] = {}
         #: what to subscribe at start: symbol -> channels (the config file's, unless told)
         self.initial: dict[str, tuple[Channel, ...]] = (
             {s: tuple(config.channels) for s in config.symbols}
@@ -365,9 +369,10 @@ class VenueSupervisor:
             raise RuntimeError("the venue supervisor is not running")
         index = self._shard_count[route] = self._shard_count.get(route, 0) + 1
         name = f"{self.venue_id}/{route or 'stream'}#{index}"
+        url = self.venue.url(route, self.base_url)
         runner = ConnectionRunner(
             venue=self.venue,
-            url=self.venue.url(route, self.base_url),
+            url=url,
             name=name,
             topics=(),
             settings=self.settings,
@@ -375,11 +380,23 @@ class VenueSupervisor:
             records=self._records,
             validator=self._validator,
             open_transport=self._open,
+            send_limiter=self._shared_limiter(url),
         )
         scope = trio.CancelScope()
         self._scopes[runner] = scope
         self._nursery.start_soon(self._supervise, runner, scope, name=name)
         return runner
+
+    def _shared_limiter(self, url: str) -> SlidingWindowLimiter | None:
+        """The send budget a connection to ``url`` shares with the venue's others to its host, when
+        the venue counts messages per address; None when it counts per connection."""
+        if self.venue.message_limit_scope != "address":
+            return None
+        host = urlsplit(url).hostname or url
+        limiter = self._limiters.get(host)
+        if limiter is None:
+            limiter = self._limiters[host] = send_limiter(self.venue, shared=True)
+        return limiter
 
     @staticmethod
     async def _supervise(runner: ConnectionRunner, scope: trio.CancelScope) -> None:

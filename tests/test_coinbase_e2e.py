@@ -10,6 +10,7 @@ import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 
 from feedd.config import Config
+from feedd.exchanges.coinbase import Coinbase
 from feedd.model import MarketData
 from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
 
@@ -89,3 +90,25 @@ async def test_a_sequence_gap_is_counted_in_the_status(workdir: Path) -> None:
                 await client.record()
     assert status.sequence_gaps == 1
     assert status.messages_missed == 5
+
+
+async def test_coinbase_connections_share_the_per_ip_message_limit_so_none_is_closed_for_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one connection per product: four connections subscribe at once, three messages each, 12
+    # in all against Coinbase's 8 per second per IP address
+    monkeypatch.setattr(Coinbase, "max_streams_per_connection", 2)
+    products = ("BTC-USD", "ETH-USD", "SOL-USD", "LTC-USD")
+    coinbase = CoinbaseSimulator(products=products[:2], quiet_products=products[2:])
+    async with serving(coinbase):
+        section = venue_section("coinbase", coinbase.ws_url, coinbase.rest_url, products)
+        async with running(load_text(workdir, FAST_FEED + section)):
+
+            def settled() -> bool:
+                held = sum(len(c.topics) for c in coinbase.connections)
+                return coinbase.rate_limit_closes > 0 or held == 3 * len(products)
+
+            with trio.fail_after(TIMEOUT):
+                await coinbase.wait_until(settled)
+    assert coinbase.rate_limit_closes == 0
+    assert coinbase.connections_accepted == len(products)  # and no reconnect

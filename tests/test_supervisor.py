@@ -9,8 +9,9 @@ import trio
 
 from feedd.config import ExchangeConfig
 from feedd.connection import RunnerSettings
-from feedd.exchanges.base import Subscription, Topic
+from feedd.exchanges.base import Subscription, Topic, Venue
 from feedd.exchanges.binance import BinanceSpot
+from feedd.exchanges.coinbase import Coinbase
 from feedd.supervisor import VenueSupervisor
 from feedd.transport import Transport
 
@@ -54,3 +55,34 @@ async def test_a_topic_shared_by_two_subscriptions_stays_until_the_last_one_goes
         supervisor.unsubscribe("BTCUSDT", ["trades"])
         assert supervisor._runners[""] == []  # the last topic gone: the connection is closed
         nursery.cancel_scope.cancel()
+
+
+def supervisor_of(venue: Venue) -> VenueSupervisor:
+    send, _ = trio.open_memory_channel[list[object]](1)
+    return VenueSupervisor(
+        venue,
+        ExchangeConfig(check_symbols=False),
+        RunnerSettings(),
+        cache_dir="/nonexistent",
+        records=send,  # type: ignore[arg-type]
+        open_transport=never_connects,
+    )
+
+
+async def test_connections_share_one_send_limiter_only_where_the_venue_limits_per_address() -> None:
+    coinbase, binance = Coinbase(), BinanceSpot()
+    coinbase.max_streams_per_connection = binance.max_streams_per_connection = 2
+    per_address, per_connection = supervisor_of(coinbase), supervisor_of(binance)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(per_address.run)
+        await nursery.start(per_connection.run)
+        for symbol in ("BTC-USD", "ETH-USD", "SOL-USD"):
+            per_address.subscribe(symbol, ["trades", "ticker"])
+        for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+            per_connection.subscribe(symbol, ["trades", "ticker"])
+        nursery.cancel_scope.cancel()
+    shared = [runner.send_limiter for runner in per_address.runners()]
+    assert len(shared) == 3 and shared[0] is not None
+    assert all(limiter is shared[0] for limiter in shared)  # 8 per second per IP, for all of them
+    assert shared[0].limit == 7  # one kept free for control frames, as on every venue
+    assert [runner.send_limiter for runner in per_connection.runners()] == [None] * 3  # their own

@@ -28,6 +28,9 @@ Op = Literal["subscribe", "unsubscribe"]
 #: when the runner sends :meth:`Session.ping`: only after ``ping_interval`` without a frame
 #: (a probe of an idle feed), or every ``ping_interval`` whatever arrives (a venue's heartbeat rule)
 PingMode = Literal["idle", "always"]
+#: what :attr:`Venue.max_messages_per_second` counts: the sends of one connection, or of every
+#: connection from one address (an IP; feedd shares one limiter per host)
+MessageLimitScope = Literal["connection", "address"]
 
 
 @attrs.frozen(slots=True)
@@ -189,8 +192,13 @@ class Venue(Protocol):
     default_rest_url: str
     #: streams one connection may carry
     max_streams_per_connection: int
-    #: messages per second the venue allows a client to send on one connection
+    #: messages per second the venue allows a client to send, counted as :attr:`message_limit_scope`
+    #: says
     max_messages_per_second: float
+    #: ``"connection"`` (Binance: 5 per second per connection, pongs included): each connection
+    #: paces itself; ``"address"`` (Coinbase: 8 per second per IP): the venue's connections to
+    #: one host share one budget
+    message_limit_scope: MessageLimitScope
     #: seconds between :meth:`Session.ping` calls, as :attr:`ping_mode` says (None: never)
     ping_interval: float | None
     ping_mode: PingMode

@@ -24,6 +24,7 @@ from feedd.exchanges.base import (
     Event,
     Ignored,
     InstrumentPage,
+    MessageLimitScope,
     Op,
     PingMode,
     Reconnect,
@@ -260,6 +261,8 @@ class _BinanceVenue(QuotedVenue):
     default_rest_url: str
     max_streams_per_connection: int
     max_messages_per_second: float
+    #: "incoming messages per second" are counted per connection, pongs included (§2.5)
+    message_limit_scope: MessageLimitScope = "connection"
     #: idle seconds before a liveness probe (see BinanceSession.ping); well inside stale_after
     ping_interval: float | None = 10.0
     ping_mode: PingMode = "idle"

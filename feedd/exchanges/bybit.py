@@ -38,6 +38,7 @@ from feedd.exchanges.base import (
     Event,
     Ignored,
     InstrumentPage,
+    MessageLimitScope,
     Op,
     PingMode,
     Pong,
@@ -412,6 +413,7 @@ class _BybitVenue(QuotedVenue):
     max_streams_per_connection = 400
     #: no limit is documented for public sends [unverified]; paced like Binance USD-M
     max_messages_per_second = 10.0
+    message_limit_scope: MessageLimitScope = "connection"
     #: Bybit recommends a ping every 20 s ([connect]); it owes a pong for each
     ping_interval: float | None = 20.0
     ping_mode: PingMode = "always"

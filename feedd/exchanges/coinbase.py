@@ -37,6 +37,7 @@ from feedd.exchanges.base import (
     Heartbeat,
     Ignored,
     InstrumentPage,
+    MessageLimitScope,
     Op,
     PingMode,
     SequenceGap,
@@ -412,8 +413,10 @@ class Coinbase:
     #: no per-connection limit is documented; this keeps shards (and so connections and their
     #: subscribe messages, both limited per IP) few while bounding one connection's load
     max_streams_per_connection = 200
-    #: "unauthenticated messages are rate-limited at 8 per second per IP address"
+    #: "unauthenticated messages are rate-limited at 8 per second per IP address" (rate-limits
+    #: page): one budget for all connections to the host, not 8 each
     max_messages_per_second = 8.0
+    message_limit_scope: MessageLimitScope = "address"
     #: no client ping exists; the heartbeats channel (one message a second) keeps the stale
     #: watchdog fed and the connection open
     ping_interval: float | None = None

@@ -132,6 +132,7 @@ def test_venue_states_its_protocol_facts() -> None:
     assert venue.default_rest_url == "https://api.coinbase.com"
     assert venue.instruments_path() == "/api/v3/brokerage/market/products"
     assert venue.max_messages_per_second == 8  # unauthenticated messages, per the rate-limit page
+    assert venue.message_limit_scope == "address"  # "per IP address": shared by every connection
     assert venue.ping_interval is None  # no client ping: heartbeats are the liveness signal
     assert venue.pong_timeout is None
     assert venue.uppercase_symbols is True
