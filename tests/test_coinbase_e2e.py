@@ -112,3 +112,33 @@ async def test_coinbase_connections_share_the_per_ip_message_limit_so_none_is_cl
                 await coinbase.wait_until(settled)
     assert coinbase.rate_limit_closes == 0
     assert coinbase.connections_accepted == len(products)  # and no reconnect
+
+
+async def test_a_product_coinbase_refuses_is_reported_while_the_rest_of_its_requests_streams(
+    workdir: Path,
+) -> None:
+    # each channel's subscribe holds BTC-USD and BAD-USD; Coinbase fails both with an error alone
+    coinbase = CoinbaseSimulator(speed=20.0)
+    async with serving(coinbase):
+        section = venue_section("coinbase", coinbase.ws_url, coinbase.rest_url, ("BTC-USD", "BAD-USD"),
+                                "check_symbols = false")
+        async with running(load_text(workdir, FAST_FEED + section)) as daemon:
+            supervisor = daemon.venues["coinbase"]
+            with trio.fail_after(TIMEOUT):
+                await supervisor.ready.wait()
+                for runner in supervisor.runners():
+                    for reply in list(runner.replies.values()):
+                        await reply.done.wait()  # every request is acknowledged or refused
+                client = await Subscriber.connect(daemon.config.unix.path, b'{"kind": ["trade"]}\n')
+                await client.until(lambda r: r.symbol == "BTC-USD")
+            states = {(s.symbol, s.channel): supervisor.state_of(s) for s in supervisor.subscriptions()}
+            errors = dict(daemon.statuses["coinbase"].subscription_errors)
+            [held] = [set(c.topics) for c in coinbase.connections]
+    assert states == {
+        ("BAD-USD", "trades"): "refused", ("BAD-USD", "ticker"): "refused",
+        ("BTC-USD", "trades"): "active", ("BTC-USD", "ticker"): "active",
+    }
+    refusal = "Failed to subscribe: BAD-USD is not a valid product"
+    assert errors == {"market_trades:BAD-USD": refusal, "ticker:BAD-USD": refusal}  # no heartbeats
+    assert held == {"market_trades:BTC-USD", "ticker:BTC-USD", "heartbeats"}
+    assert coinbase.connections_accepted == 1  # a refusal never costs a reconnect

@@ -24,6 +24,7 @@ from feedd.exchanges.base import (
     Heartbeat,
     Ignored,
     InstrumentPage,
+    Retry,
     SequenceGap,
     SubscribeAck,
     SubscribeError,
@@ -299,9 +300,85 @@ def test_a_reply_nobody_waits_for_is_ignored() -> None:
                                  RECEIVED)) == Ignored()
 
 
-def test_error_message_is_an_unattributed_subscription_error_with_its_text() -> None:
+BAD_PRODUCT = "Failed to subscribe: BAD-USD is not a valid product"  # the simulator's wording
+
+
+def error_frame(text: str) -> str:
+    return json.dumps({"type": "error", "message": text})
+
+
+def test_an_error_settles_the_request_it_answers_and_the_rest_of_it_is_retried() -> None:
+    # Coinbase refuses a request with a bad product by an error alone, no subscriptions list
     s = session()
-    s.subscribe(["market_trades:XRP-USD"])
+    sent = requests(s.subscribe(
+        ["market_trades:BTC-USD", "market_trades:BAD-USD", "ticker:BTC-USD", "ticker:BAD-USD"]
+    ))
+    assert [r["channel"] for r in sent] == ["market_trades", "ticker", "heartbeats"]
+    assert s.decode(error_frame(BAD_PRODUCT), RECEIVED) == [
+        SubscribeError(1, ("market_trades:BAD-USD",), BAD_PRODUCT),
+        Retry("subscribe", ("market_trades:BTC-USD",), BAD_PRODUCT),
+    ]
+    assert s.decode(error_frame(BAD_PRODUCT), RECEIVED) == [
+        SubscribeError(2, ("ticker:BAD-USD",), BAD_PRODUCT),
+        Retry("subscribe", ("ticker:BTC-USD",), BAD_PRODUCT),
+    ]
+    # the heartbeats reply answers the heartbeats request, not one of the refused ones
+    assert s.decode(subscriptions_frame({"heartbeats": ["heartbeats"]}), RECEIVED) == [Ignored()]
+    # the runner requests the retried topics again; each is acknowledged by its own reply
+    assert requests(s.subscribe(["market_trades:BTC-USD", "ticker:BTC-USD"])) == [
+        {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "market_trades"},
+        {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "ticker"},
+    ]
+    listed: dict[str, list[str]] = {"heartbeats": ["heartbeats"], "market_trades": ["BTC-USD"]}
+    assert s.decode(subscriptions_frame(listed), RECEIVED) == [
+        SubscribeAck(4, ("market_trades:BTC-USD",), "subscribe")
+    ]
+    listed["ticker"] = ["BTC-USD"]
+    assert s.decode(subscriptions_frame(listed), RECEIVED) == [
+        SubscribeAck(5, ("ticker:BTC-USD",), "subscribe")
+    ]
+    assert s.decode(subscriptions_frame(listed), RECEIVED) == [Ignored()]  # nothing left pending
+
+
+def test_an_error_naming_several_products_refuses_each_of_them() -> None:
+    s = session()
+    s.subscribe(["ticker:A-USD", "ticker:BTC-USD", "ticker:B-USD", "ticker:BTC-USDT"])
+    text = "Failed to subscribe: A-USD, B-USD is not a valid product"
+    assert s.decode(error_frame(text), RECEIVED) == [
+        SubscribeError(1, ("ticker:A-USD", "ticker:B-USD"), text),
+        Retry("subscribe", ("ticker:BTC-USD", "ticker:BTC-USDT"), text),  # whole ids, not prefixes
+    ]
+
+
+def test_an_error_naming_none_of_its_products_refuses_the_whole_request() -> None:
+    # asking again would earn the same error
+    s = session()
+    s.subscribe(["market_trades:BTC-USD", "market_trades:ETH-USD"])
+    frame = '{"type":"error","message":"Failed to subscribe","reason":"internal error"}'
+    assert s.decode(frame, RECEIVED) == [SubscribeError(
+        1, ("market_trades:BTC-USD", "market_trades:ETH-USD"), "Failed to subscribe: internal error"
+    )]
+    assert s.decode('{"type":"error"}', RECEIVED) == [
+        SubscribeError(2, ("heartbeats",), "error without a message")
+    ]
+
+
+def test_an_error_answering_an_unsubscribe_refuses_the_named_product_and_retries_the_rest() -> None:
+    s = session()
+    s.subscribe(["ticker:BTC-USD", "ticker:ETH-USD"])
+    s.decode(subscriptions_frame({"ticker": ["BTC-USD", "ETH-USD"]}), RECEIVED)
+    s.decode(subscriptions_frame({"ticker": ["BTC-USD", "ETH-USD"], "heartbeats": ["heartbeats"]}),
+             RECEIVED)
+    s.unsubscribe(["ticker:BTC-USD", "ticker:ETH-USD"])
+    text = "Failed to unsubscribe: ETH-USD is busy"
+    assert s.decode(error_frame(text), RECEIVED) == [
+        SubscribeError(3, ("ticker:ETH-USD",), text),
+        Retry("unsubscribe", ("ticker:BTC-USD",), text),
+    ]
+
+
+def test_an_error_with_no_request_pending_is_unattributed_with_its_text() -> None:
+    s = session()
     frame = '{"type":"error","message":"Failed to subscribe","reason":"XRP-USD is not a valid product"}'
     assert only(s.decode(frame, RECEIVED)) == SubscribeError(
         None, (), "Failed to subscribe: XRP-USD is not a valid product"
@@ -315,20 +392,18 @@ def test_error_message_is_an_unattributed_subscription_error_with_its_text() -> 
     huge = json.dumps({"type": "error", "message": "m" * 10_000})
     error = only(s.decode(huge, RECEIVED))
     assert isinstance(error, SubscribeError) and len(error.reason) <= 203
-    # the reply that follows still names the refused topic
-    events = s.decode(subscriptions_frame({}, 1), RECEIVED)
-    assert events == [SubscribeError(1, ("market_trades:XRP-USD",), "not in the subscriptions reply")]
 
 
-def test_a_later_request_is_acked_even_if_an_earlier_one_got_only_an_error() -> None:
+def test_a_later_request_already_in_a_reply_is_acked_at_once() -> None:
     s = session()
     s.subscribe(["market_trades:BTC-USD"])
     s.subscribe(["ticker:BTC-USD"])  # requests: market_trades, heartbeats, ticker
-    s.decode('{"type":"error","message":"failure"}', RECEIVED)  # no reply for market_trades
-    events = s.decode(subscriptions_frame({"ticker": ["BTC-USD"], "heartbeats": ["heartbeats"]}),
+    events = s.decode(subscriptions_frame({"market_trades": ["BTC-USD"], "ticker": ["BTC-USD"]}),
                       RECEIVED)
-    assert SubscribeAck(3, ("ticker:BTC-USD",), "subscribe") in events
-    assert SubscribeError(1, ("market_trades:BTC-USD",), "not in the subscriptions reply") in events
+    assert events == [
+        SubscribeAck(1, ("market_trades:BTC-USD",), "subscribe"),
+        SubscribeAck(3, ("ticker:BTC-USD",), "subscribe"),
+    ]
 
 
 # ---- market data from the documented samples --------------------------------------------------
