@@ -63,6 +63,9 @@ CONTROL_HEADROOM = 1
 #: as they arrive, over separate TCP streams, so one sent earlier may arrive after one sent later;
 #: a window exactly the venue's would let such a spread put one message too many into its second
 ARRIVAL_SPREAD = 0.5
+#: the status' ``subscription_errors`` key of the last error tied to no request (cleared when the
+#: venue next acknowledges one)
+UNATTRIBUTED = "<unattributed>"
 
 
 def send_limiter(venue: Venue, *, shared: bool = False) -> SlidingWindowLimiter:
@@ -411,12 +414,17 @@ class _Attempt:
                 log.warning("%s: undecodable frame #%d: %s [%s]",
                             name, status.decode_errors, event.reason, event.frame)
         elif isinstance(event, SubscribeError):
-            status.last_error = f"{name}: subscription refused: {event.reason}"
-            for topic in event.topics or ("<unattributed>",):
-                status.subscription_errors[topic] = event.reason
-            log.warning("%s: subscription refused (%s): %s",
-                        name, ", ".join(event.topics) or "request unknown", event.reason)
-            runner.record_reply(event.topics, "error", event.reason)
+            if event.topics:
+                status.last_error = f"{name}: subscription refused: {event.reason}"
+                for topic in event.topics:
+                    status.subscription_errors[topic] = event.reason
+                log.warning("%s: subscription refused (%s): %s", name, ", ".join(event.topics), event.reason)
+                runner.record_reply(event.topics, "error", event.reason)
+            else:
+                # the adapter could not tie it to a request: it may not be about subscribing at all
+                status.last_error = f"{name}: venue error, tied to no request: {event.reason}"
+                status.subscription_errors[UNATTRIBUTED] = event.reason
+                log.warning("%s: venue error, tied to no request: %s", name, event.reason)
         elif isinstance(event, Retry):
             # only what is still wanted: the user may have changed a topic since the request
             wanted = event.op == "subscribe"
@@ -426,6 +434,8 @@ class _Attempt:
                          name, event.op, len(again), event.reason)
                 self.queue_changes(event.op, again)
         elif isinstance(event, SubscribeAck):
+            # the venue answers requests again: an error tied to none before it is past
+            status.subscription_errors.pop(UNATTRIBUTED, None)
             if event.op == "subscribe":
                 for topic in event.topics:
                     status.subscription_errors.pop(topic, None)

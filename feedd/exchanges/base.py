@@ -73,8 +73,9 @@ class SubscribeError:
     ``topics`` names exactly the refused topics when the reply says which (by request id or by
     naming them); the runner records each as a subscription error while the rest of the batch
     streams on. A reply that names neither (Binance's id-less ``code``/``msg`` errors) must
-    still be reported, with ``topics=()``: the runner logs it and shows it as unattributed
-    rather than guessing which request it belongs to.
+    still be reported, with ``topics=()``: the runner logs it as a venue error tied to no
+    request, rather than guessing which request it belongs to, and shows it in the status until
+    the venue next acknowledges a request.
     """
 
     request_id: str | int | None
