@@ -41,6 +41,10 @@ class UnknownSymbol(SubscriptionRefused):
     pass
 
 
+class UnsupportedSymbol(SubscriptionRefused):
+    """A symbol the venue's streams do not carry as itself (see :meth:`Venue.symbol_problem`)."""
+
+
 class NotSubscribed(SubscriptionRefused):
     pass
 
@@ -175,8 +179,12 @@ class VenueSupervisor:
         return symbol.upper() if self.venue.uppercase_symbols else symbol
 
     def check(self, symbol: str) -> str:
-        """The symbol as the venue spells it; UnknownSymbol when its instrument list lacks it."""
+        """The symbol as the venue spells it; UnsupportedSymbol when the venue's streams would not
+        carry it as itself, UnknownSymbol when its instrument list lacks it."""
         symbol = self.normalize(symbol)
+        problem = self.venue.symbol_problem(symbol)
+        if problem is not None:
+            raise UnsupportedSymbol(f"{self.venue_id}: {problem}")
         known = self.instruments.symbols
         if known is not None and symbol not in known:
             raise UnknownSymbol(f"{self.venue_id}: unknown symbol {symbol!r}: not listed by {self.rest_url}")
@@ -185,12 +193,12 @@ class VenueSupervisor:
     def subscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
         """Subscribe live; returns the subscriptions that were new.
 
-        Raises UnknownSymbol, and reports it in the venue's status (a configured symbol that
-        does not exist is the operator's to fix).
+        Raises UnknownSymbol or UnsupportedSymbol, and reports it in the venue's status (a
+        configured symbol that cannot stream is the operator's to fix).
         """
         try:
             symbol = self.check(symbol)
-        except UnknownSymbol as exc:
+        except (UnknownSymbol, UnsupportedSymbol) as exc:
             reason = str(exc).removeprefix(f"{self.venue_id}: ")
             self.status.subscription_errors[self.normalize(symbol)] = reason
             self.status.last_error = str(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
 from feedd.config import ExchangeConfig
@@ -12,7 +13,7 @@ from feedd.connection import RunnerSettings
 from feedd.exchanges.base import Subscription, Topic, Venue
 from feedd.exchanges.binance import BinanceSpot
 from feedd.exchanges.coinbase import Coinbase
-from feedd.supervisor import VenueSupervisor
+from feedd.supervisor import UnsupportedSymbol, VenueSupervisor
 from feedd.transport import Transport
 
 
@@ -86,3 +87,17 @@ async def test_connections_share_one_send_limiter_only_where_the_venue_limits_pe
     assert all(limiter is shared[0] for limiter in shared)  # 8 per second per IP, for all of them
     assert shared[0].limit == 7  # one kept free for control frames, as on every venue
     assert [runner.send_limiter for runner in per_connection.runners()] == [None] * 3  # their own
+
+
+async def test_a_usdc_product_is_refused_even_unchecked_and_reported_in_the_status() -> None:
+    supervisor = supervisor_of(Coinbase())  # check_symbols off: no instrument list to ask
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        with pytest.raises(UnsupportedSymbol, match=r"^coinbase: BTC-USDC .*subscribe BTC-USD instead"):
+            supervisor.subscribe("btc-usdc", ["trades", "ticker"])
+        with pytest.raises(UnsupportedSymbol, match="subscribe ETH-USD instead"):  # a live API call
+            await supervisor.subscribe_confirmed("ETH-USDC", ["trades"], trio.current_time() + 1)
+        assert supervisor.subscribe("USDT-USDC", ["trades"])  # documented to stream as itself
+        nursery.cancel_scope.cancel()
+    assert [s.symbol for s in supervisor.subscriptions()] == ["USDT-USDC"]
+    assert "subscribe BTC-USD instead" in supervisor.status.subscription_errors["BTC-USDC"]

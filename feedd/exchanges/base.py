@@ -216,6 +216,12 @@ class Venue(Protocol):
         """The wire streams that carry one subscription (may span routes)."""
         ...
 
+    def symbol_problem(self, symbol: str) -> str | None:
+        """Why the venue's streams cannot carry ``symbol`` as itself (one line, saying what to do
+        instead), whatever its instrument list says; None when they can. Checked at config load
+        and on every subscribe, with or without ``check_symbols``."""
+        ...
+
     def url(self, route: str, base_url: str) -> str:
         """The WebSocket URL of ``route``, given the configured (or default) endpoint."""
         ...

@@ -275,6 +275,9 @@ class _BinanceVenue(QuotedVenue):
     def new_session(self) -> Session:
         return BinanceSession(self.venue_id, self.quotes)
 
+    def symbol_problem(self, symbol: str) -> str | None:
+        return None  # every listed symbol streams as itself
+
     def instruments_path(self, cursor: str | None = None) -> str:
         return self._instruments_path  # exchangeInfo is one page
 

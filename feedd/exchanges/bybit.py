@@ -437,6 +437,9 @@ class _BybitVenue(QuotedVenue):
     def url(self, route: str, base_url: str) -> str:
         return single_route(self.venue_id, route, base_url)
 
+    def symbol_problem(self, symbol: str) -> str | None:
+        return None  # every listed symbol streams as itself
+
     def new_session(self) -> Session:
         return BybitSession(
             self.venue_id,

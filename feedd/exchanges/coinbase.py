@@ -470,6 +470,24 @@ class Coinbase:
     def url(self, route: str, base_url: str) -> str:
         return single_route(self.venue_id, route, base_url)
 
+    def symbol_problem(self, symbol: str) -> str | None:
+        """A ``-USDC`` product is refused, naming the ``-USD`` product to subscribe instead.
+
+        Advanced Trade WebSocket docs, "Channels" (websocket-channels): "Subscribing to "-USDC"
+        based products are only available on the user channel. Other channels will return the
+        same data as the corresponding "-USD" based products. USDT-USDC and EURC-USDC are
+        available on all channels." (websocket-endpoints says the same of the public host). The
+        product list still lists them (with ``alias`` naming the -USD product), so the instrument
+        check lets them through; their data would come labelled as the -USD product, which is
+        another subscription's (or, unsubscribed, dropped as an unknown symbol).
+        """
+        base, sep, quote_currency = symbol.rpartition("-")
+        if not sep or not base or quote_currency != "USDC" or symbol in _USDC_STREAMED:
+            return None
+        usd = f"{base}-USD"
+        return (f"{symbol} does not stream as itself: Coinbase's market-data channels send the data "
+                f"of {usd} for it (Advanced Trade WebSocket channels docs); subscribe {usd} instead")
+
     def new_session(self) -> Session:
         return CoinbaseSession(self.venue_id, self.trade_ids)
 
@@ -524,5 +542,7 @@ class Coinbase:
 
 #: marks a page cursor that is Coinbase's own ``next_cursor`` (not an offset of ours)
 _CURSOR = "cursor:"
+#: the -USDC products the market-data channels carry as themselves (websocket-channels)
+_USDC_STREAMED = frozenset({"USDT-USDC", "EURC-USDC"})
 
 VENUES: dict[str, Callable[[], Venue]] = {"coinbase": Coinbase}

@@ -155,6 +155,23 @@ def test_topics_name_channel_and_product_on_the_only_route() -> None:
         venue.topics(Subscription("BTC-USD", "book"))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("symbol", "usd"), [("BTC-USDC", "BTC-USD"), ("ETH-USDC", "ETH-USD")])
+def test_a_usdc_product_is_refused_pointing_to_the_usd_one_whose_data_coinbase_sends(
+    symbol: str, usd: str
+) -> None:
+    # websocket-channels: -USDC products are only available on the user channel; other channels
+    # return the same data as the -USD product (labelled as it, so feedd would drop it)
+    problem = Coinbase().symbol_problem(symbol)
+    assert problem is not None and "\n" not in problem
+    assert f"subscribe {usd} instead" in problem
+    assert "WebSocket channels" in problem  # where the rule is documented
+
+
+@pytest.mark.parametrize("symbol", ["BTC-USD", "USDT-USDC", "EURC-USDC", "USDC-USD", "USDC-EUR", "BTC-USDCX"])
+def test_usd_products_and_the_documented_usdc_exceptions_stream_as_themselves(symbol: str) -> None:
+    assert Coinbase().symbol_problem(symbol) is None
+
+
 def test_url_is_the_configured_base() -> None:
     venue = Coinbase()
     assert venue.url("", venue.default_url) == venue.default_url
