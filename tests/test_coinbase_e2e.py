@@ -69,11 +69,21 @@ async def test_no_coinbase_trade_is_published_twice_across_a_reconnect(workdir: 
         with trio.fail_after(TIMEOUT):
             client = await Subscriber.connect(daemon.config.unix.path, b'{"kind": ["trade"]}\n')
             before = await client.until(lambda r: r.symbol == "BTC-USD")
+            # the new connection's first updates repeat the last trades the old one was sent
+            coinbase.overlap_trades(10)
             coinbase.drop_connections()
-            await coinbase.wait_until(lambda: coinbase.connections_accepted >= 2)
-            # the new connection's snapshot repeats past trades: none of them comes out again
-            after = await client.until(lambda r: r.symbol == "ETH-USD" and r.trade_id is not None, limit=100)
-            after += [await client.record() for _ in range(20)]
+            await coinbase.wait_until(lambda: {p for p, _ in coinbase.trades_repeated} == set(PRODUCTS))
+            last_repeated = {p: max(int(i) for q, i in coinbase.trades_repeated if q == p) for p in PRODUCTS}
+            past: set[str] = set()
+
+            def beyond_the_repeats(record: MarketData) -> bool:
+                # a trade newer than the repeated ones: each product's repeats are behind it
+                if int(record.trade_id or 0) > last_repeated[record.symbol]:
+                    past.add(record.symbol)
+                return past == set(PRODUCTS)
+
+            after = await client.until(beyond_the_repeats)
+    assert {(r.symbol, r.trade_id) for r in before} & set(coinbase.trades_repeated)  # work to do
     no_duplicate_trades(before + after)
     assert daemon.statuses["coinbase"].reconnects >= 1
 
