@@ -289,7 +289,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         if venue.uppercase_symbols:
             symbols = tuple(s.upper() for s in symbols)
         for i, symbol in enumerate(symbols):
-            if (problem := symbol_problem(symbol)) is not None:
+            if (problem := symbol_problem(symbol) or venue.symbol_problem(symbol)) is not None:
                 raise ConfigError(f"{source}: {key}.symbols[{i}]: {problem}")
         _check_endpoints(venue, exchange, f"{source}: {key}")
         exchanges[venue_id] = attrs.evolve(exchange, symbols=tuple(dict.fromkeys(symbols)))

@@ -10,8 +10,9 @@ tasks:
   saves a task hop per batch; and no frame is ever dropped between socket and hub (control
   frames included). The only wait is the hub's bounded ingress, which fills only when the hub
   itself is CPU-bound; sinks never block the hub, so a slow consumer never reaches this far.
-- sender: the only writer; paces every outgoing frame to the venue's message limit, and turns
-  the subscription changes queued meanwhile into as few requests as the venue allows.
+- sender: the only writer; paces every outgoing frame to the venue's message limit (its own
+  limiter, or one its owner shares between connections when the venue counts per address), and
+  turns the subscription changes queued meanwhile into as few requests as the venue allows.
 - watchdog: ends the attempt when no frame has arrived for ``stale_after`` seconds.
 - pinger (if the venue has a ping): sends it when the feed is idle, or on a fixed schedule, and
   ends the attempt when a pong the venue owes does not come within ``pong_timeout``.
@@ -58,6 +59,20 @@ log = logging.getLogger(__name__)
 OUTGOING_BUFFER = 1024
 #: sends per window left free for the transport's own control frames (pongs count at Binance)
 CONTROL_HEADROOM = 1
+#: seconds added to the window of a limit shared by connections: the venue counts their messages
+#: as they arrive, over separate TCP streams, so one sent earlier may arrive after one sent later;
+#: a window exactly the venue's would let such a spread put one message too many into its second
+ARRIVAL_SPREAD = 0.5
+#: the status' ``subscription_errors`` key of the last error tied to no request (cleared when the
+#: venue next acknowledges one)
+UNATTRIBUTED = "<unattributed>"
+
+
+def send_limiter(venue: Venue, *, shared: bool = False) -> SlidingWindowLimiter:
+    """A limiter within the venue's message limit, control frames aside: for one connection's
+    sends, or (``shared``) for those of every connection from one address."""
+    limit = max(1, math.floor(venue.max_messages_per_second) - CONTROL_HEADROOM)
+    return SlidingWindowLimiter(limit, window=1.0 + (ARRIVAL_SPREAD if shared else 0.0))
 
 
 @attrs.frozen
@@ -122,6 +137,7 @@ class ConnectionRunner:
         validator: Validator,
         open_transport: OpenTransport = open_transport,
         backoff: Backoff | None = None,
+        send_limiter: SlidingWindowLimiter | None = None,
     ) -> None:
         self.venue = venue
         self.url = url
@@ -136,7 +152,9 @@ class ConnectionRunner:
         self._open = open_transport
         self._backoff = backoff or Backoff(settings.reconnect_interval, settings.max_backoff)
         self._attempt: _Attempt | None = None
-        self.send_limit = max(1, math.floor(venue.max_messages_per_second) - CONTROL_HEADROOM)
+        #: a limiter shared with the venue's other connections (a per-address limit); None: each
+        #: attempt paces itself with one of its own (a per-connection limit)
+        self.send_limiter = send_limiter
         #: the venue's latest answer per topic, or the one still awaited: a subscribe reply for
         #: every carried topic, an unsubscribe reply while its request is outstanding
         self.replies: dict[str, Reply] = {name: Reply("subscribe") for name in self.topics}
@@ -396,12 +414,17 @@ class _Attempt:
                 log.warning("%s: undecodable frame #%d: %s [%s]",
                             name, status.decode_errors, event.reason, event.frame)
         elif isinstance(event, SubscribeError):
-            status.last_error = f"{name}: subscription refused: {event.reason}"
-            for topic in event.topics or ("<unattributed>",):
-                status.subscription_errors[topic] = event.reason
-            log.warning("%s: subscription refused (%s): %s",
-                        name, ", ".join(event.topics) or "request unknown", event.reason)
-            runner.record_reply(event.topics, "error", event.reason)
+            if event.topics:
+                status.last_error = f"{name}: subscription refused: {event.reason}"
+                for topic in event.topics:
+                    status.subscription_errors[topic] = event.reason
+                log.warning("%s: subscription refused (%s): %s", name, ", ".join(event.topics), event.reason)
+                runner.record_reply(event.topics, "error", event.reason)
+            else:
+                # the adapter could not tie it to a request: it may not be about subscribing at all
+                status.last_error = f"{name}: venue error, tied to no request: {event.reason}"
+                status.subscription_errors[UNATTRIBUTED] = event.reason
+                log.warning("%s: venue error, tied to no request: %s", name, event.reason)
         elif isinstance(event, Retry):
             # only what is still wanted: the user may have changed a topic since the request
             wanted = event.op == "subscribe"
@@ -411,6 +434,8 @@ class _Attempt:
                          name, event.op, len(again), event.reason)
                 self.queue_changes(event.op, again)
         elif isinstance(event, SubscribeAck):
+            # the venue answers requests again: an error tied to none before it is past
+            status.subscription_errors.pop(UNATTRIBUTED, None)
             if event.op == "subscribe":
                 for topic in event.topics:
                     status.subscription_errors.pop(topic, None)
@@ -426,7 +451,7 @@ class _Attempt:
         # Heartbeat and Ignored only prove liveness, which the reader already noted.
 
     async def _sender(self) -> None:
-        limiter = SlidingWindowLimiter(self.runner.send_limit)
+        limiter = self.runner.send_limiter or send_limiter(self.runner.venue)
         send = self.transport.send
         try:
             async for item in self._to_send:

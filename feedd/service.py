@@ -532,7 +532,8 @@ class WebSocketService:
         acknowledged it, at most ``ack_timeout`` seconds (default: the service's).
 
         Idempotent. Raises UnknownVenue, VenueDisabled, InvalidRequest, UnknownSymbol,
-        VenueRefused (rolled back) or NoAnswer (kept, and retried on every reconnect).
+        UnsupportedSymbol, VenueRefused (rolled back) or NoAnswer (kept, and retried on every
+        reconnect).
         """
         supervisor = self._supervisor(exchange)
         wanted = self._channels(supervisor, channels)

@@ -16,14 +16,16 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
+from urllib.parse import urlsplit
 
 import trio
 
 from feedd.config import ExchangeConfig
-from feedd.connection import ConnectionRunner, Reply, RunnerSettings
+from feedd.connection import ConnectionRunner, Reply, RunnerSettings, send_limiter
 from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue, topic_chars
 from feedd.instruments import Instruments, load_instruments
 from feedd.model import Batch
+from feedd.ratelimit import SlidingWindowLimiter
 from feedd.status import VenueStatus
 from feedd.transport import OpenTransport, open_transport
 from feedd.validate import Validator
@@ -37,6 +39,10 @@ class SubscriptionRefused(Exception):
 
 class UnknownSymbol(SubscriptionRefused):
     pass
+
+
+class UnsupportedSymbol(SubscriptionRefused):
+    """A symbol the venue's streams do not carry as itself (see :meth:`Venue.symbol_problem`)."""
 
 
 class NotSubscribed(SubscriptionRefused):
@@ -96,6 +102,8 @@ class VenueSupervisor:
         self._refs: Counter[Topic] = Counter()
         self._nursery: trio.Nursery | None = None
         self._shard_count: dict[str, int] = {}
+        #: per host, the send budget its connections share (venues that limit per address)
+        self._limiters: dict[str, SlidingWindowLimiter] = {}
         #: what to subscribe at start: symbol -> channels (the config file's, unless told)
         self.initial: dict[str, tuple[Channel, ...]] = (
             {s: tuple(config.channels) for s in config.symbols}
@@ -173,8 +181,12 @@ class VenueSupervisor:
         return symbol.upper() if self.venue.uppercase_symbols else symbol
 
     def check(self, symbol: str) -> str:
-        """The symbol as the venue spells it; UnknownSymbol when its instrument list lacks it."""
+        """The symbol as the venue spells it; UnsupportedSymbol when the venue's streams would not
+        carry it as itself, UnknownSymbol when its instrument list lacks it."""
         symbol = self.normalize(symbol)
+        problem = self.venue.symbol_problem(symbol)
+        if problem is not None:
+            raise UnsupportedSymbol(f"{self.venue_id}: {problem}")
         known = self.instruments.symbols
         if known is not None and symbol not in known:
             raise UnknownSymbol(f"{self.venue_id}: unknown symbol {symbol!r}: not listed by {self.rest_url}")
@@ -183,12 +195,12 @@ class VenueSupervisor:
     def subscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
         """Subscribe live; returns the subscriptions that were new.
 
-        Raises UnknownSymbol, and reports it in the venue's status (a configured symbol that
-        does not exist is the operator's to fix).
+        Raises UnknownSymbol or UnsupportedSymbol, and reports it in the venue's status (a
+        configured symbol that cannot stream is the operator's to fix).
         """
         try:
             symbol = self.check(symbol)
-        except UnknownSymbol as exc:
+        except (UnknownSymbol, UnsupportedSymbol) as exc:
             reason = str(exc).removeprefix(f"{self.venue_id}: ")
             self.status.subscription_errors[self.normalize(symbol)] = reason
             self.status.last_error = str(exc)
@@ -381,9 +393,10 @@ class VenueSupervisor:
             raise RuntimeError("the venue supervisor is not running")
         index = self._shard_count[route] = self._shard_count.get(route, 0) + 1
         name = f"{self.venue_id}/{route or 'stream'}#{index}"
+        url = self.venue.url(route, self.base_url)
         runner = ConnectionRunner(
             venue=self.venue,
-            url=self.venue.url(route, self.base_url),
+            url=url,
             name=name,
             topics=(),
             settings=self.settings,
@@ -391,12 +404,24 @@ class VenueSupervisor:
             records=self._records,
             validator=self._validator,
             open_transport=self._open,
+            send_limiter=self._shared_limiter(url),
         )
         scope = trio.CancelScope()
         self._scopes[runner] = scope
         self._chars[runner] = 1  # the opening bracket; each topic adds its closing separator
         self._nursery.start_soon(self._supervise, runner, scope, name=name)
         return runner
+
+    def _shared_limiter(self, url: str) -> SlidingWindowLimiter | None:
+        """The send budget a connection to ``url`` shares with the venue's others to its host, when
+        the venue counts messages per address; None when it counts per connection."""
+        if self.venue.message_limit_scope != "address":
+            return None
+        host = urlsplit(url).hostname or url
+        limiter = self._limiters.get(host)
+        if limiter is None:
+            limiter = self._limiters[host] = send_limiter(self.venue, shared=True)
+        return limiter
 
     @staticmethod
     async def _supervise(runner: ConnectionRunner, scope: trio.CancelScope) -> None:

@@ -72,3 +72,26 @@ async def test_limiter_paces_a_burst_to_the_limit(autojump_clock: trio.testing.M
         sent.append(trio.current_time())
     for i in range(len(sent) - 4):
         assert sent[i + 4] - sent[i] >= 1.0 - 1e-9
+
+
+async def test_a_shared_limiter_paces_every_sender_together_taking_turns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # a per-address limit (Coinbase: 8 per second per IP) spans the connections sharing it
+    limiter = SlidingWindowLimiter(4, window=1.0)
+    sent: list[tuple[float, str]] = []
+
+    async def sender(name: str) -> None:
+        for _ in range(8):
+            await limiter.acquire()
+            sent.append((trio.current_time(), name))
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c"):
+            nursery.start_soon(sender, name)
+    times = [t for t, _ in sent]
+    assert len(times) == 24
+    for i in range(len(times) - 4):
+        assert times[i + 4] - times[i] >= 1.0 - 1e-9
+    # each sender got its turn in every second: none waited for another to finish
+    assert {name for _, name in sent[4:8]} == {"a", "b", "c"}

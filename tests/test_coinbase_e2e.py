@@ -10,6 +10,7 @@ import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 
 from feedd.config import Config
+from feedd.exchanges.coinbase import Coinbase
 from feedd.model import MarketData
 from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
 
@@ -68,11 +69,21 @@ async def test_no_coinbase_trade_is_published_twice_across_a_reconnect(workdir: 
         with trio.fail_after(TIMEOUT):
             client = await Subscriber.connect(daemon.config.unix.path, b'{"kind": ["trade"]}\n')
             before = await client.until(lambda r: r.symbol == "BTC-USD")
+            # the new connection's first updates repeat the last trades the old one was sent
+            coinbase.overlap_trades(10)
             coinbase.drop_connections()
-            await coinbase.wait_until(lambda: coinbase.connections_accepted >= 2)
-            # the new connection's snapshot repeats past trades: none of them comes out again
-            after = await client.until(lambda r: r.symbol == "ETH-USD" and r.trade_id is not None, limit=100)
-            after += [await client.record() for _ in range(20)]
+            await coinbase.wait_until(lambda: {p for p, _ in coinbase.trades_repeated} == set(PRODUCTS))
+            last_repeated = {p: max(int(i) for q, i in coinbase.trades_repeated if q == p) for p in PRODUCTS}
+            past: set[str] = set()
+
+            def beyond_the_repeats(record: MarketData) -> bool:
+                # a trade newer than the repeated ones: each product's repeats are behind it
+                if int(record.trade_id or 0) > last_repeated[record.symbol]:
+                    past.add(record.symbol)
+                return past == set(PRODUCTS)
+
+            after = await client.until(beyond_the_repeats)
+    assert {(r.symbol, r.trade_id) for r in before} & set(coinbase.trades_repeated)  # work to do
     no_duplicate_trades(before + after)
     assert daemon.statuses["coinbase"].reconnects >= 1
 
@@ -89,3 +100,55 @@ async def test_a_sequence_gap_is_counted_in_the_status(workdir: Path) -> None:
                 await client.record()
     assert status.sequence_gaps == 1
     assert status.messages_missed == 5
+
+
+async def test_coinbase_connections_share_the_per_ip_message_limit_so_none_is_closed_for_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one connection per product: four connections subscribe at once, three messages each, 12
+    # in all against Coinbase's 8 per second per IP address
+    monkeypatch.setattr(Coinbase, "max_streams_per_connection", 2)
+    products = ("BTC-USD", "ETH-USD", "SOL-USD", "LTC-USD")
+    coinbase = CoinbaseSimulator(products=products[:2], quiet_products=products[2:])
+    async with serving(coinbase):
+        section = venue_section("coinbase", coinbase.ws_url, coinbase.rest_url, products)
+        async with running(load_text(workdir, FAST_FEED + section)):
+
+            def settled() -> bool:
+                held = sum(len(c.topics) for c in coinbase.connections)
+                return coinbase.rate_limit_closes > 0 or held == 3 * len(products)
+
+            with trio.fail_after(TIMEOUT):
+                await coinbase.wait_until(settled)
+    assert coinbase.rate_limit_closes == 0
+    assert coinbase.connections_accepted == len(products)  # and no reconnect
+
+
+async def test_a_product_coinbase_refuses_is_reported_while_the_rest_of_its_requests_streams(
+    workdir: Path,
+) -> None:
+    # each channel's subscribe holds BTC-USD and BAD-USD; Coinbase fails both with an error alone
+    coinbase = CoinbaseSimulator(speed=20.0)
+    async with serving(coinbase):
+        section = venue_section("coinbase", coinbase.ws_url, coinbase.rest_url, ("BTC-USD", "BAD-USD"),
+                                "check_symbols = false")
+        async with running(load_text(workdir, FAST_FEED + section)) as daemon:
+            supervisor = daemon.venues["coinbase"]
+            with trio.fail_after(TIMEOUT):
+                await supervisor.ready.wait()
+                for runner in supervisor.runners():
+                    for reply in list(runner.replies.values()):
+                        await reply.done.wait()  # every request is acknowledged or refused
+                client = await Subscriber.connect(daemon.config.unix.path, b'{"kind": ["trade"]}\n')
+                await client.until(lambda r: r.symbol == "BTC-USD")
+            states = {(s.symbol, s.channel): supervisor.state_of(s) for s in supervisor.subscriptions()}
+            errors = dict(daemon.statuses["coinbase"].subscription_errors)
+            [held] = [set(c.topics) for c in coinbase.connections]
+    assert states == {
+        ("BAD-USD", "trades"): "refused", ("BAD-USD", "ticker"): "refused",
+        ("BTC-USD", "trades"): "active", ("BTC-USD", "ticker"): "active",
+    }
+    refusal = "Failed to subscribe: BAD-USD is not a valid product"
+    assert errors == {"market_trades:BAD-USD": refusal, "ticker:BAD-USD": refusal}  # no heartbeats
+    assert held == {"market_trades:BTC-USD", "ticker:BTC-USD", "heartbeats"}
+    assert coinbase.connections_accepted == 1  # a refusal never costs a reconnect

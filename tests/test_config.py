@@ -186,6 +186,9 @@ class TradesOnly:
     def instruments_path(self) -> str:
         return "/instruments"
 
+    def symbol_problem(self, symbol: str) -> str | None:
+        return None
+
     def parse_instruments(self, body: Any) -> frozenset[str]:
         return frozenset()
 
@@ -209,6 +212,13 @@ def test_unsupported_channel_is_refused_by_name(tmp_path: Path) -> None:
     assert message == (
         f"{tmp_path / 'config.toml'}: exchanges.trades-only.channels: trades-only does not support 'ticker'"
     )
+
+
+def test_a_symbol_the_venue_would_stream_under_another_name_is_refused_at_load(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "[exchanges.coinbase]\nsymbols = ['BTC-USD', 'eth-usdc']\n")
+    assert message.startswith(f"{tmp_path / 'config.toml'}: exchanges.coinbase.symbols[1]: ETH-USDC ")
+    assert "subscribe ETH-USD instead" in message
+    assert "\n" not in message
 
 
 def test_empty_symbol_list_loads_with_a_warning(tmp_path: Path) -> None:

@@ -335,6 +335,31 @@ async def test_an_adapter_bug_is_a_connection_failure_not_a_crash(
     assert status.reconnects >= 1
 
 
+async def test_an_error_tied_to_no_request_is_shown_as_a_venue_error_until_the_next_ack(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, status, _ = make_runner(network, RunnerSettings())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.connected.wait()
+        transport = network.transport
+        assert transport is not None
+        # Binance's id-less error: about some request, or none; no topic can be named
+        await transport.incoming_send.send('{"code": 3, "msg": "Invalid JSON"}')
+        await trio.testing.wait_all_tasks_blocked()
+        assert status.subscription_errors == {"<unattributed>": "code 3: Invalid JSON"}
+        shown = status.last_error
+        # the venue acknowledges the next request: the error is past
+        await transport.incoming_send.send('{"result": null, "id": 1}')
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert status.subscription_errors == {}
+    assert shown == "binance/stream#1: venue error, tied to no request: code 3: Invalid JSON"
+    logged = [r.getMessage() for r in caplog.records if "Invalid JSON" in r.getMessage()]
+    assert logged == ["binance/stream#1: venue error, tied to no request: code 3: Invalid JSON"]
+
+
 async def test_an_idle_feed_is_probed_and_a_reply_keeps_it_open(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
 from feedd.config import MAX_SYMBOL_LENGTH, ExchangeConfig
@@ -13,9 +14,10 @@ from feedd.connection import RunnerSettings
 from feedd.exchanges.base import CHANNELS, Subscription, Topic, Venue, topic_list_chars
 from feedd.exchanges.binance import BinanceSpot
 from feedd.exchanges.bybit import BybitLinear, BybitSession
+from feedd.exchanges.coinbase import Coinbase
 from feedd.sim.bybit import BybitProtocol
 from feedd.sim.core import Accept
-from feedd.supervisor import VenueSupervisor
+from feedd.supervisor import UnsupportedSymbol, VenueSupervisor
 from feedd.transport import Transport
 
 
@@ -141,3 +143,36 @@ def test_the_configured_quote_max_age_reaches_the_venue_and_a_reload_changes_it(
     assert venue.quote_max_age == 1.5
     supervisor.reconfigure(ExchangeConfig(check_symbols=False, quote_max_age=3.0))
     assert venue.quote_max_age == 3.0
+
+
+async def test_connections_share_one_send_limiter_only_where_the_venue_limits_per_address() -> None:
+    coinbase, binance = Coinbase(), BinanceSpot()
+    coinbase.max_streams_per_connection = binance.max_streams_per_connection = 2
+    per_address, per_connection = offline_supervisor(coinbase), offline_supervisor(binance)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(per_address.run)
+        await nursery.start(per_connection.run)
+        for symbol in ("BTC-USD", "ETH-USD", "SOL-USD"):
+            per_address.subscribe(symbol, ["trades", "ticker"])
+        for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+            per_connection.subscribe(symbol, ["trades", "ticker"])
+        nursery.cancel_scope.cancel()
+    shared = [runner.send_limiter for runner in per_address.runners()]
+    assert len(shared) == 3 and shared[0] is not None
+    assert all(limiter is shared[0] for limiter in shared)  # 8 per second per IP, for all of them
+    assert shared[0].limit == 7  # one kept free for control frames, as on every venue
+    assert [runner.send_limiter for runner in per_connection.runners()] == [None] * 3  # their own
+
+
+async def test_a_usdc_product_is_refused_even_unchecked_and_reported_in_the_status() -> None:
+    supervisor = offline_supervisor(Coinbase())  # check_symbols off: no instrument list to ask
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        with pytest.raises(UnsupportedSymbol, match=r"^coinbase: BTC-USDC .*subscribe BTC-USD instead"):
+            supervisor.subscribe("btc-usdc", ["trades", "ticker"])
+        with pytest.raises(UnsupportedSymbol, match="subscribe ETH-USD instead"):  # a live API call
+            await supervisor.subscribe_confirmed("ETH-USDC", ["trades"], trio.current_time() + 1)
+        assert supervisor.subscribe("USDT-USDC", ["trades"])  # documented to stream as itself
+        nursery.cancel_scope.cancel()
+    assert [s.symbol for s in supervisor.subscriptions()] == ["USDT-USDC"]
+    assert "subscribe BTC-USD instead" in supervisor.status.subscription_errors["BTC-USDC"]

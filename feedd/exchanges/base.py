@@ -29,6 +29,9 @@ Op = Literal["subscribe", "unsubscribe"]
 #: when the runner sends :meth:`Session.ping`: only after ``ping_interval`` without a frame
 #: (a probe of an idle feed), or every ``ping_interval`` whatever arrives (a venue's heartbeat rule)
 PingMode = Literal["idle", "always"]
+#: what :attr:`Venue.max_messages_per_second` counts: the sends of one connection, or of every
+#: connection from one address (an IP; feedd shares one limiter per host)
+MessageLimitScope = Literal["connection", "address"]
 
 
 @attrs.frozen(slots=True)
@@ -71,8 +74,9 @@ class SubscribeError:
     ``topics`` names exactly the refused topics when the reply says which (by request id or by
     naming them); the runner records each as a subscription error while the rest of the batch
     streams on. A reply that names neither (Binance's id-less ``code``/``msg`` errors) must
-    still be reported, with ``topics=()``: the runner logs it and shows it as unattributed
-    rather than guessing which request it belongs to.
+    still be reported, with ``topics=()``: the runner logs it as a venue error tied to no
+    request, rather than guessing which request it belongs to, and shows it in the status until
+    the venue next acknowledges a request.
     """
 
     request_id: str | int | None
@@ -206,8 +210,13 @@ class Venue(Protocol):
     #: JSON (:func:`topic_list_chars`), for a venue that bounds a connection's subscriptions by
     #: length (None: no such limit, the count alone applies)
     max_chars_per_connection: int | None
-    #: messages per second the venue allows a client to send on one connection
+    #: messages per second the venue allows a client to send, counted as :attr:`message_limit_scope`
+    #: says
     max_messages_per_second: float
+    #: ``"connection"`` (Binance: 5 per second per connection, pongs included): each connection
+    #: paces itself; ``"address"`` (Coinbase: 8 per second per IP): the venue's connections to
+    #: one host share one budget
+    message_limit_scope: MessageLimitScope
     #: seconds between :meth:`Session.ping` calls, as :attr:`ping_mode` says (None: never)
     ping_interval: float | None
     ping_mode: PingMode
@@ -222,6 +231,12 @@ class Venue(Protocol):
 
     def topics(self, subscription: Subscription) -> list[Topic]:
         """The wire streams that carry one subscription (may span routes)."""
+        ...
+
+    def symbol_problem(self, symbol: str) -> str | None:
+        """Why the venue's streams cannot carry ``symbol`` as itself (one line, saying what to do
+        instead), whatever its instrument list says; None when they can. Checked at config load
+        and on every subscribe, with or without ``check_symbols``."""
         ...
 
     def url(self, route: str, base_url: str) -> str:

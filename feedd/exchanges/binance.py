@@ -24,6 +24,7 @@ from feedd.exchanges.base import (
     Event,
     Ignored,
     InstrumentPage,
+    MessageLimitScope,
     Op,
     PingMode,
     Reconnect,
@@ -261,6 +262,8 @@ class _BinanceVenue(QuotedVenue):
     max_streams_per_connection: int
     max_chars_per_connection: int | None = None
     max_messages_per_second: float
+    #: "incoming messages per second" are counted per connection, pongs included (§2.5)
+    message_limit_scope: MessageLimitScope = "connection"
     #: idle seconds before a liveness probe (see BinanceSession.ping); well inside stale_after
     ping_interval: float | None = 10.0
     ping_mode: PingMode = "idle"
@@ -272,6 +275,9 @@ class _BinanceVenue(QuotedVenue):
 
     def new_session(self) -> Session:
         return BinanceSession(self.venue_id, self.quotes)
+
+    def symbol_problem(self, symbol: str) -> str | None:
+        return None  # every listed symbol streams as itself
 
     def instruments_path(self, cursor: str | None = None) -> str:
         return self._instruments_path  # exchangeInfo is one page

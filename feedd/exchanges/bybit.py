@@ -38,6 +38,7 @@ from feedd.exchanges.base import (
     Event,
     Ignored,
     InstrumentPage,
+    MessageLimitScope,
     Op,
     PingMode,
     Pong,
@@ -428,6 +429,7 @@ class _BybitVenue(QuotedVenue):
     max_chars_per_connection: int | None = 21_000
     #: no limit is documented for public sends [unverified]; paced like Binance USD-M
     max_messages_per_second = 10.0
+    message_limit_scope: MessageLimitScope = "connection"
     #: Bybit recommends a ping every 20 s ([connect]); it owes a pong for each
     ping_interval: float | None = 20.0
     ping_mode: PingMode = "always"
@@ -453,6 +455,9 @@ class _BybitVenue(QuotedVenue):
 
     def url(self, route: str, base_url: str) -> str:
         return single_route(self.venue_id, route, base_url)
+
+    def symbol_problem(self, symbol: str) -> str | None:
+        return None  # every listed symbol streams as itself
 
     def new_session(self) -> Session:
         return BybitSession(

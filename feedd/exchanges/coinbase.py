@@ -13,7 +13,8 @@ Protocol (protocols §3a; Coinbase's Advanced Trade WebSocket docs):
   from 0 (the recording shows one counter across all channels), so a jump is a lost message.
 - Each subscribe or unsubscribe is answered by a ``subscriptions`` message listing everything the
   connection holds, ``{"market_trades": ["BTC-USD"], "heartbeats": ["heartbeats"], ...}``, not
-  what the request asked; failures come as ``{"type": "error", "message": ...}``.
+  what the request asked; a refused request is answered by ``{"type": "error", "message": ...}``
+  instead (one bad product fails the request, and nothing of it is subscribed).
 - ``market_trades``: the first event after subscribing is a ``snapshot`` of past trades, then
   ``update`` events batch the last 250 ms of trades. A trade's ``side`` is the maker's side (§4).
 
@@ -22,6 +23,7 @@ Topics are ``<channel>:<product>``, e.g. ``market_trades:BTC-USD``.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -37,8 +39,10 @@ from feedd.exchanges.base import (
     Heartbeat,
     Ignored,
     InstrumentPage,
+    MessageLimitScope,
     Op,
     PingMode,
+    Retry,
     SequenceGap,
     Session,
     SubscribeAck,
@@ -61,6 +65,8 @@ _HEARTBEAT = Heartbeat()
 _TAKER_SIDE: dict[Any, Side] = {"BUY": "sell", "SELL": "buy", "buy": "sell", "sell": "buy"}
 
 _Handler = Callable[[dict[str, Any], datetime, list[Event]], None]
+#: the words of an error's text that may be product ids (``BTC-USD``), whole, not prefixes
+_PRODUCT_WORDS = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
 
 
 class RecentTradeIds:
@@ -153,11 +159,13 @@ def _optional_number(value: Any) -> float | None:
 class CoinbaseSession:
     """Protocol state of one Advanced Trade connection: pending requests and the message sequence.
 
-    Coinbase answers every request with the connection's whole subscription list, in the order
-    the requests were sent, so the oldest pending request is settled by each ``subscriptions``
-    reply: its topics in the list are acknowledged and the missing ones are errors naming them.
-    Topics of later requests already in the list are acknowledged at once, so a refused request
-    answered by an ``error`` alone (no list) delays no one else's ack.
+    Coinbase answers every request, in the order the requests were sent, with the connection's
+    whole subscription list or, when it refuses the request, with an ``error`` alone. Either
+    reply settles the oldest pending request. A list acknowledges its topics in the list and
+    refuses the missing ones by name; topics of later requests already in it are acknowledged at
+    once. An error refuses the products its text names and asks for the request's other topics
+    again (:class:`Retry`), since one bad product fails the whole request; so every request is
+    eventually acknowledged or refused.
     """
 
     def __init__(self, venue_id: str, trade_ids: RecentTradeIds) -> None:
@@ -228,8 +236,8 @@ class CoinbaseSession:
         if sequence is not None:
             self._check_sequence(sequence, events)
         if msg.get("type") == "error":
-            events.append(self._error(msg))
-            return events
+            self._error(msg, events)
+            return events or [_IGNORED]
         channel = msg.get("channel")
         if type(channel) is not str:
             events.append(self._error_in_frame("neither a channel message nor an error"))
@@ -384,14 +392,34 @@ class CoinbaseSession:
                       else "still in the subscriptions reply after unsubscribe")
             events.append(SubscribeError(request.request_id, refused, reason))
 
-    @staticmethod
-    def _error(msg: dict[str, Any]) -> Event:
-        """An ``error`` names no request: unattributed, so the runner logs it and shows it.
+    def _error(self, msg: dict[str, Any], events: list[Event]) -> None:
+        """Settle the oldest pending request, which the error answers (replies come in order).
 
-        The ``subscriptions`` reply that follows a refused request names the missing topics.
+        The products its text names are refused; the request's other topics are requested again,
+        without them. An error that names none of them refuses them all (asking again would earn
+        the same error). With no request pending, it is unattributed: logged and shown.
         """
         parts = [str(part) for part in (msg.get("message"), msg.get("reason")) if part not in (None, "")]
-        return SubscribeError(None, (), excerpt(": ".join(parts)) or "error without a message")
+        full = ": ".join(parts)
+        reason = excerpt(full) or "error without a message"
+        if not self._requests:
+            events.append(SubscribeError(None, (), reason))
+            return
+        request = self._requests.popleft()
+        if request.channel == HEARTBEATS:
+            if request.op == "subscribe":
+                events.append(SubscribeError(request.request_id, (HEARTBEATS,), reason))
+            return
+        named = set(_PRODUCT_WORDS.findall(full))
+        refused = tuple(topic for topic in request.pending if split_topic(topic)[1] in named)
+        if not refused:
+            # nothing pending (all listed early) is still an error to show, if not a topic's
+            events.append(SubscribeError(request.request_id, tuple(request.pending), reason))
+            return
+        events.append(SubscribeError(request.request_id, refused, reason))
+        again = tuple(topic for topic in request.pending if topic not in refused)
+        if again:
+            events.append(Retry(request.op, again, reason))
 
 
 def _trade_id(trade: dict[str, Any]) -> str:
@@ -413,8 +441,10 @@ class Coinbase:
     #: subscribe messages, both limited per IP) few while bounding one connection's load
     max_streams_per_connection = 200
     max_chars_per_connection: int | None = None
-    #: "unauthenticated messages are rate-limited at 8 per second per IP address"
+    #: "unauthenticated messages are rate-limited at 8 per second per IP address" (rate-limits
+    #: page): one budget for all connections to the host, not 8 each
     max_messages_per_second = 8.0
+    message_limit_scope: MessageLimitScope = "address"
     #: no client ping exists; the heartbeats channel (one message a second) keeps the stale
     #: watchdog fed and the connection open
     ping_interval: float | None = None
@@ -440,6 +470,24 @@ class Coinbase:
 
     def url(self, route: str, base_url: str) -> str:
         return single_route(self.venue_id, route, base_url)
+
+    def symbol_problem(self, symbol: str) -> str | None:
+        """A ``-USDC`` product is refused, naming the ``-USD`` product to subscribe instead.
+
+        Advanced Trade WebSocket docs, "Channels" (websocket-channels): "Subscribing to "-USDC"
+        based products are only available on the user channel. Other channels will return the
+        same data as the corresponding "-USD" based products. USDT-USDC and EURC-USDC are
+        available on all channels." (websocket-endpoints says the same of the public host). The
+        product list still lists them (with ``alias`` naming the -USD product), so the instrument
+        check lets them through; their data would come labelled as the -USD product, which is
+        another subscription's (or, unsubscribed, dropped as an unknown symbol).
+        """
+        base, sep, quote_currency = symbol.rpartition("-")
+        if not sep or not base or quote_currency != "USDC" or symbol in _USDC_STREAMED:
+            return None
+        usd = f"{base}-USD"
+        return (f"{symbol} does not stream as itself: Coinbase's market-data channels send the data "
+                f"of {usd} for it (Advanced Trade WebSocket channels docs); subscribe {usd} instead")
 
     def new_session(self) -> Session:
         return CoinbaseSession(self.venue_id, self.trade_ids)
@@ -495,5 +543,7 @@ class Coinbase:
 
 #: marks a page cursor that is Coinbase's own ``next_cursor`` (not an offset of ours)
 _CURSOR = "cursor:"
+#: the -USDC products the market-data channels carry as themselves (websocket-channels)
+_USDC_STREAMED = frozenset({"USDT-USDC", "EURC-USDC"})
 
 VENUES: dict[str, Callable[[], Venue]] = {"coinbase": Coinbase}

@@ -272,6 +272,10 @@ class CoinbaseSimulator(SimServer[CoinbaseConnection]):
         )
         super().__init__(protocol, ssl_context=ssl_context)
         self._protocol = protocol
+        #: trades a new market_trades snapshot leaves out and its first update repeats (a fault)
+        self._overlap = 0
+        #: ``(product, trade_id)`` of every trade the overlap fault sent again
+        self.trades_repeated: list[tuple[str, str]] = []
 
     @property
     def errors_sent(self) -> int:
@@ -297,12 +301,25 @@ class CoinbaseSimulator(SimServer[CoinbaseConnection]):
         for target in [conn] if conn is not None else self.connections:
             target.next_sequence += count
 
+    def overlap_trades(self, count: int) -> None:
+        """From now on, make a new ``market_trades`` subscription's snapshot lag ``count`` trades
+        behind and its first update repeat those trades, before any new one (0: off).
+
+        A connection that replaces a dropped one thus gets, as updates, the last trades its
+        predecessor was already sent, as the updates after a resubscription may repeat trades
+        (what a client's trade-id dedupe is for). The stream stays whole: snapshot, repeated
+        trades and new ones follow on without a gap. :attr:`trades_repeated` lists them.
+        """
+        if count < 0:
+            raise ValueError(f"count must not be negative, got {count}")
+        self._overlap = count
+
     # ---- market data ---------------------------------------------------------------------
 
     def _snapshot(self, channel: str, product: str) -> str | None:
         market = self._markets[product]
         if channel == "market_trades":
-            return market.trade_events("snapshot", market.snapshot_trades())
+            return market.trade_events("snapshot", market.snapshot_trades()[self._overlap:])
         if channel == "ticker":
             return market.ticker_events("snapshot", market.published)
         return None
@@ -323,8 +340,18 @@ class CoinbaseSimulator(SimServer[CoinbaseConnection]):
         nursery.start_soon(self._beat)
 
     def _on_start(self, conn: CoinbaseConnection, channel: str) -> None:
-        if channel != HEARTBEATS:
-            self._markets[channel.partition(":")[2]].demand.add(1)
+        if channel == HEARTBEATS:
+            return
+        name, _, product = channel.partition(":")
+        market = self._markets[product]
+        if name == "market_trades" and self._overlap:
+            # right behind the snapshot and listing just queued: the trades the snapshot left out
+            repeated = market.snapshot_trades()[: self._overlap]
+            text = message(name, rfc3339(time.time_ns()), market.trade_events("update", repeated),
+                           client_id=self.client_id)
+            self.deliver(conn, conn.frame(name, text))
+            self.trades_repeated += [(t["product_id"], t["trade_id"]) for t in repeated]
+        market.demand.add(1)
 
     def _on_stop(self, conn: CoinbaseConnection, channel: str) -> None:
         if channel != HEARTBEATS:

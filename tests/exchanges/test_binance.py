@@ -99,6 +99,7 @@ def test_spot_venue_states_its_protocol_facts() -> None:
     assert venue.max_streams_per_connection == 1024
     assert venue.max_chars_per_connection is None  # no character budget is documented
     assert venue.max_messages_per_second == 5
+    assert venue.message_limit_scope == "connection"  # pongs included (§2.5)
     assert venue.ping_interval == 10.0
     assert venue.uppercase_symbols is True
 

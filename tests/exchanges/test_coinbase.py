@@ -24,6 +24,7 @@ from feedd.exchanges.base import (
     Heartbeat,
     Ignored,
     InstrumentPage,
+    Retry,
     SequenceGap,
     SubscribeAck,
     SubscribeError,
@@ -132,6 +133,7 @@ def test_venue_states_its_protocol_facts() -> None:
     assert venue.default_rest_url == "https://api.coinbase.com"
     assert venue.instruments_path() == "/api/v3/brokerage/market/products"
     assert venue.max_messages_per_second == 8  # unauthenticated messages, per the rate-limit page
+    assert venue.message_limit_scope == "address"  # "per IP address": shared by every connection
     assert venue.ping_interval is None  # no client ping: heartbeats are the liveness signal
     assert venue.pong_timeout is None
     assert venue.uppercase_symbols is True
@@ -152,6 +154,23 @@ def test_topics_name_channel_and_product_on_the_only_route() -> None:
     assert venue.topics(Subscription("BTC-USD", "ticker")) == [Topic("", "ticker:BTC-USD")]
     with pytest.raises(ValueError, match="channel"):
         venue.topics(Subscription("BTC-USD", "book"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("symbol", "usd"), [("BTC-USDC", "BTC-USD"), ("ETH-USDC", "ETH-USD")])
+def test_a_usdc_product_is_refused_pointing_to_the_usd_one_whose_data_coinbase_sends(
+    symbol: str, usd: str
+) -> None:
+    # websocket-channels: -USDC products are only available on the user channel; other channels
+    # return the same data as the -USD product (labelled as it, so feedd would drop it)
+    problem = Coinbase().symbol_problem(symbol)
+    assert problem is not None and "\n" not in problem
+    assert f"subscribe {usd} instead" in problem
+    assert "WebSocket channels" in problem  # where the rule is documented
+
+
+@pytest.mark.parametrize("symbol", ["BTC-USD", "USDT-USDC", "EURC-USDC", "USDC-USD", "USDC-EUR", "BTC-USDCX"])
+def test_usd_products_and_the_documented_usdc_exceptions_stream_as_themselves(symbol: str) -> None:
+    assert Coinbase().symbol_problem(symbol) is None
 
 
 def test_url_is_the_configured_base() -> None:
@@ -299,9 +318,85 @@ def test_a_reply_nobody_waits_for_is_ignored() -> None:
                                  RECEIVED)) == Ignored()
 
 
-def test_error_message_is_an_unattributed_subscription_error_with_its_text() -> None:
+BAD_PRODUCT = "Failed to subscribe: BAD-USD is not a valid product"  # the simulator's wording
+
+
+def error_frame(text: str) -> str:
+    return json.dumps({"type": "error", "message": text})
+
+
+def test_an_error_settles_the_request_it_answers_and_the_rest_of_it_is_retried() -> None:
+    # Coinbase refuses a request with a bad product by an error alone, no subscriptions list
     s = session()
-    s.subscribe(["market_trades:XRP-USD"])
+    sent = requests(s.subscribe(
+        ["market_trades:BTC-USD", "market_trades:BAD-USD", "ticker:BTC-USD", "ticker:BAD-USD"]
+    ))
+    assert [r["channel"] for r in sent] == ["market_trades", "ticker", "heartbeats"]
+    assert s.decode(error_frame(BAD_PRODUCT), RECEIVED) == [
+        SubscribeError(1, ("market_trades:BAD-USD",), BAD_PRODUCT),
+        Retry("subscribe", ("market_trades:BTC-USD",), BAD_PRODUCT),
+    ]
+    assert s.decode(error_frame(BAD_PRODUCT), RECEIVED) == [
+        SubscribeError(2, ("ticker:BAD-USD",), BAD_PRODUCT),
+        Retry("subscribe", ("ticker:BTC-USD",), BAD_PRODUCT),
+    ]
+    # the heartbeats reply answers the heartbeats request, not one of the refused ones
+    assert s.decode(subscriptions_frame({"heartbeats": ["heartbeats"]}), RECEIVED) == [Ignored()]
+    # the runner requests the retried topics again; each is acknowledged by its own reply
+    assert requests(s.subscribe(["market_trades:BTC-USD", "ticker:BTC-USD"])) == [
+        {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "market_trades"},
+        {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "ticker"},
+    ]
+    listed: dict[str, list[str]] = {"heartbeats": ["heartbeats"], "market_trades": ["BTC-USD"]}
+    assert s.decode(subscriptions_frame(listed), RECEIVED) == [
+        SubscribeAck(4, ("market_trades:BTC-USD",), "subscribe")
+    ]
+    listed["ticker"] = ["BTC-USD"]
+    assert s.decode(subscriptions_frame(listed), RECEIVED) == [
+        SubscribeAck(5, ("ticker:BTC-USD",), "subscribe")
+    ]
+    assert s.decode(subscriptions_frame(listed), RECEIVED) == [Ignored()]  # nothing left pending
+
+
+def test_an_error_naming_several_products_refuses_each_of_them() -> None:
+    s = session()
+    s.subscribe(["ticker:A-USD", "ticker:BTC-USD", "ticker:B-USD", "ticker:BTC-USDT"])
+    text = "Failed to subscribe: A-USD, B-USD is not a valid product"
+    assert s.decode(error_frame(text), RECEIVED) == [
+        SubscribeError(1, ("ticker:A-USD", "ticker:B-USD"), text),
+        Retry("subscribe", ("ticker:BTC-USD", "ticker:BTC-USDT"), text),  # whole ids, not prefixes
+    ]
+
+
+def test_an_error_naming_none_of_its_products_refuses_the_whole_request() -> None:
+    # asking again would earn the same error
+    s = session()
+    s.subscribe(["market_trades:BTC-USD", "market_trades:ETH-USD"])
+    frame = '{"type":"error","message":"Failed to subscribe","reason":"internal error"}'
+    assert s.decode(frame, RECEIVED) == [SubscribeError(
+        1, ("market_trades:BTC-USD", "market_trades:ETH-USD"), "Failed to subscribe: internal error"
+    )]
+    assert s.decode('{"type":"error"}', RECEIVED) == [
+        SubscribeError(2, ("heartbeats",), "error without a message")
+    ]
+
+
+def test_an_error_answering_an_unsubscribe_refuses_the_named_product_and_retries_the_rest() -> None:
+    s = session()
+    s.subscribe(["ticker:BTC-USD", "ticker:ETH-USD"])
+    s.decode(subscriptions_frame({"ticker": ["BTC-USD", "ETH-USD"]}), RECEIVED)
+    s.decode(subscriptions_frame({"ticker": ["BTC-USD", "ETH-USD"], "heartbeats": ["heartbeats"]}),
+             RECEIVED)
+    s.unsubscribe(["ticker:BTC-USD", "ticker:ETH-USD"])
+    text = "Failed to unsubscribe: ETH-USD is busy"
+    assert s.decode(error_frame(text), RECEIVED) == [
+        SubscribeError(3, ("ticker:ETH-USD",), text),
+        Retry("unsubscribe", ("ticker:BTC-USD",), text),
+    ]
+
+
+def test_an_error_with_no_request_pending_is_unattributed_with_its_text() -> None:
+    s = session()
     frame = '{"type":"error","message":"Failed to subscribe","reason":"XRP-USD is not a valid product"}'
     assert only(s.decode(frame, RECEIVED)) == SubscribeError(
         None, (), "Failed to subscribe: XRP-USD is not a valid product"
@@ -315,20 +410,18 @@ def test_error_message_is_an_unattributed_subscription_error_with_its_text() -> 
     huge = json.dumps({"type": "error", "message": "m" * 10_000})
     error = only(s.decode(huge, RECEIVED))
     assert isinstance(error, SubscribeError) and len(error.reason) <= 203
-    # the reply that follows still names the refused topic
-    events = s.decode(subscriptions_frame({}, 1), RECEIVED)
-    assert events == [SubscribeError(1, ("market_trades:XRP-USD",), "not in the subscriptions reply")]
 
 
-def test_a_later_request_is_acked_even_if_an_earlier_one_got_only_an_error() -> None:
+def test_a_later_request_already_in_a_reply_is_acked_at_once() -> None:
     s = session()
     s.subscribe(["market_trades:BTC-USD"])
     s.subscribe(["ticker:BTC-USD"])  # requests: market_trades, heartbeats, ticker
-    s.decode('{"type":"error","message":"failure"}', RECEIVED)  # no reply for market_trades
-    events = s.decode(subscriptions_frame({"ticker": ["BTC-USD"], "heartbeats": ["heartbeats"]}),
+    events = s.decode(subscriptions_frame({"market_trades": ["BTC-USD"], "ticker": ["BTC-USD"]}),
                       RECEIVED)
-    assert SubscribeAck(3, ("ticker:BTC-USD",), "subscribe") in events
-    assert SubscribeError(1, ("market_trades:BTC-USD",), "not in the subscriptions reply") in events
+    assert events == [
+        SubscribeAck(1, ("market_trades:BTC-USD",), "subscribe"),
+        SubscribeAck(3, ("ticker:BTC-USD",), "subscribe"),
+    ]
 
 
 # ---- market data from the documented samples --------------------------------------------------

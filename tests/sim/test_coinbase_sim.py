@@ -436,6 +436,34 @@ async def test_skip_sequence_makes_the_next_message_jump_by_the_gap(
         sim.skip_sequence(0)
 
 
+async def test_overlap_fault_makes_a_new_subscription_repeat_trades_already_sent_then_go_on(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    sim = await start(nursery)
+
+    def ids(messages: list[dict[str, Any]]) -> list[int]:
+        return [int(t["trade_id"]) for m in messages for e in m["events"] for t in e["trades"]]
+
+    async with open_websocket_url(sim.ws_url) as first:
+        sent = (await subscribe(first, "market_trades", "BTC-USD"))[:1]
+        sent += await messages_of(first, "market_trades", 5)
+        sim.overlap_trades(3)
+        async with open_websocket_url(sim.ws_url) as second:
+            snapshot = (await subscribe(second, "market_trades", "BTC-USD"))[0]
+            repeat, new = await messages_of(second, "market_trades", 2)
+        repeated = ids([repeat])
+        while not set(repeated) <= set(ids(sent)):  # the first connection was sent them all
+            sent += await messages_of(first, "market_trades", 1)
+    assert snapshot["events"][0]["type"] == "snapshot" and len(snapshot["events"][0]["trades"]) == 97
+    assert repeat["events"][0]["type"] == "update"
+    newest = max(ids([snapshot]))
+    assert sorted(repeated) == [newest + 1, newest + 2, newest + 3]  # the snapshot left them out
+    assert min(ids([new])) == newest + 4  # then new trades, without a gap
+    assert sim.trades_repeated == [("BTC-USD", str(i)) for i in repeated]
+    with pytest.raises(ValueError, match="count"):
+        sim.overlap_trades(-1)
+
+
 # ---- replayed trades and tickers ------------------------------------------------------------------
 
 
