@@ -29,6 +29,7 @@ import trio
 
 from feedd.config import Config, ExchangeConfig, read_token_file, symbol_problem
 from feedd.connection import RunnerSettings
+from feedd.errors import quoted
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import CHANNELS, Channel, Subscription
 from feedd.hub import Callback, CallbackSink, Hub, SubscriberInfo
@@ -487,11 +488,11 @@ class WebSocketService:
             return supervisor
         if exchange in self.statuses:
             why = "the feed is disabled" if not self.config.feed.enabled else "enabled = false"
-            raise VenueDisabled(f"venue {exchange!r} is not running ({why})")
+            raise VenueDisabled(f"venue {quoted(exchange)} is not running ({why})")
         configured = ", ".join(self.statuses) or "none"
         if exchange not in venue_ids():
-            raise UnknownVenue(f"unknown venue {exchange!r} (configured: {configured})")
-        raise UnknownVenue(f"venue {exchange!r} is not configured (configured: {configured})")
+            raise UnknownVenue(f"unknown venue {quoted(exchange)} (configured: {configured})")
+        raise UnknownVenue(f"venue {quoted(exchange)} is not configured (configured: {configured})")
 
     def _channels(self, supervisor: VenueSupervisor, channels: Sequence[str] | None) -> list[Channel]:
         if channels is None:
@@ -501,7 +502,7 @@ class WebSocketService:
         wanted: list[Channel] = []
         for channel in channels:
             if channel not in CHANNELS:
-                raise InvalidRequest(f"unknown channel {channel!r} (known: {', '.join(CHANNELS)})")
+                raise InvalidRequest(f"unknown channel {quoted(channel)} (known: {', '.join(CHANNELS)})")
             wanted.append(channel)
         for channel in wanted:
             try:

@@ -21,6 +21,7 @@ import trio
 
 from feedd.config import ExchangeConfig
 from feedd.connection import ConnectionRunner, Reply, RunnerSettings
+from feedd.errors import quoted
 from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue
 from feedd.instruments import Instruments, load_instruments
 from feedd.model import Batch
@@ -175,7 +176,9 @@ class VenueSupervisor:
         symbol = self.normalize(symbol)
         known = self.instruments.symbols
         if known is not None and symbol not in known:
-            raise UnknownSymbol(f"{self.venue_id}: unknown symbol {symbol!r}: not listed by {self.rest_url}")
+            raise UnknownSymbol(
+                f"{self.venue_id}: unknown symbol {quoted(symbol)}: not listed by {self.rest_url}"
+            )
         return symbol
 
     def subscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:

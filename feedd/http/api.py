@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from feedd.errors import clipped
 from feedd.http.app import App, HttpError, Request, Response, json_response
 from feedd.service import InvalidRequest, UnknownVenue, VenueDisabled
 from feedd.supervisor import NoAnswer, NotSubscribed, SubscriptionRefused, UnknownSymbol, VenueRefused
@@ -57,7 +58,7 @@ def subscription_request(body: bytes) -> tuple[str, str, list[str] | None]:
                              f"channels, got {_type_name(value)}")
     unknown = sorted(set(value) - set(FIELDS))
     if unknown:
-        raise HttpError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; "
+        raise HttpError(400, f"unknown field(s) {clipped(', '.join(map(repr, unknown)))}; "
                              f"allowed: {', '.join(FIELDS)}")
     for name in ("exchange", "symbol"):
         if name not in value:
@@ -76,7 +77,7 @@ def query_request(query: dict[str, list[str]]) -> tuple[str, str, list[str] | No
     """The same from ``?exchange=&symbol=[&channels=trades,ticker]``."""
     unknown = sorted(set(query) - set(FIELDS))
     if unknown:
-        raise HttpError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+        raise HttpError(400, f"unknown query parameter(s) {clipped(', '.join(map(repr, unknown)))}; "
                              f"allowed: {', '.join(FIELDS)}")
     found: dict[str, str] = {}
     for name, values in query.items():

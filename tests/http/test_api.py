@@ -340,3 +340,31 @@ rest_url = "{futures.rest_url}"
     assert [c.streams for c in market if c is not full] == [frozenset({"newusdt@aggTrade"})]
     assert futures.connections_accepted == 3  # market, public, and the new market shard
     assert status.reconnects == 0
+
+
+LONG = "X" * 5000
+
+LONG_INPUT = [
+    # (method, path, body, status)
+    ("POST", "/subscribe", b'{"exchange": "binance", "symbol": "' + LONG.encode() + b'"}', 400),
+    ("POST", "/subscribe", b'{"exchange": "' + LONG.encode() + b'", "symbol": "BTCUSDT"}', 404),
+    ("POST", "/subscribe", b'{"exchange": "binance", "symbol": "ETHUSDT", "channels": ["'
+     + LONG.encode() + b'"]}', 400),
+    ("POST", "/subscribe", b'{"exchange": "binance", "symbol": "ETHUSDT", "' + LONG.encode() + b'": 1}', 400),
+    ("DELETE", "/unsubscribe?exchange=binance&symbol=BTCUSDT&" + LONG + "=1", b"", 400),
+    ("GET", "/" + LONG, b"", 404),
+]
+
+
+async def test_errors_quote_at_most_sixty_characters_of_what_the_client_sent(workdir: Path) -> None:
+    async with simulator() as spot, running(write_config(workdir, spot)) as (daemon, http):
+        with trio.fail_after(TIMEOUT):
+            await daemon.initialize()
+            answers = [
+                (case, await http.request(case[0], API + case[1], content=case[2])) for case in LONG_INPUT
+            ]
+    for (method, path, _, expected), answer in answers:
+        assert answer.status_code == expected, (method, path[:80], answer.text[:200])
+        error = answer.json()["error"]
+        assert "XXX" in error, error  # the input is quoted...
+        assert error.count("X") <= 60, (method, path[:80], len(error))  # ...but not at full length
