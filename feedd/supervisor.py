@@ -48,6 +48,11 @@ class VenueRefused(SubscriptionRefused):
     """The venue answered a subscribe request with an error; the subscription was rolled back."""
 
 
+class Superseded(SubscriptionRefused):
+    """The symbol was unsubscribed while its subscribe awaited the venue's answer: a conflict
+    between two requests, not a refusal by the venue."""
+
+
 class NoAnswer(SubscriptionRefused):
     """No answer within the deadline: the instrument list is still loading, or the venue has not
     acknowledged (``pending`` names the wire topics still awaited)."""
@@ -294,8 +299,9 @@ class VenueSupervisor:
         Idempotent: subscriptions that exist already are awaited the same way. A refusal rolls
         the refused subscriptions back and raises VenueRefused with the venue's reason; no answer
         by ``deadline`` (trio clock) raises NoAnswer, and the subscription stays, retried on
-        every reconnect. Waits for the instrument list first, then raises UnknownSymbol for a
-        symbol it lacks (without marking the venue's status: the caller is told).
+        every reconnect; an unsubscribe of the symbol meanwhile raises Superseded. Waits for the
+        instrument list first, then raises UnknownSymbol for a symbol it lacks (without marking
+        the venue's status: the caller is told).
         """
         await self._await_ready(deadline)
         symbol = self.check(symbol)
@@ -314,6 +320,12 @@ class VenueSupervisor:
                 self.status.subscription_errors.pop(name, None)
             reasons = "; ".join(f"{name}: {error}" for name, error in sorted(refused.items()))
             raise VenueRefused(f"{self.venue_id} refused {symbol}: {reasons}")
+        if any(r.withdrawn for r in replies.values()):
+            # nothing to roll back: the unsubscribe removed it (or a later subscribe owns it now)
+            raise Superseded(
+                f"{self.venue_id}: {symbol} was unsubscribed while the subscribe was pending; "
+                "nothing was refused"
+            )
         return added
 
     async def unsubscribe_confirmed(

@@ -3,8 +3,9 @@
 Status codes: 400 a malformed request (not JSON, a wrong type, a missing or unknown field, a bad
 symbol or channel), 401 a missing or wrong token, 404 an unknown endpoint, venue or symbol, or an
 unsubscribe of something not subscribed, 405 a wrong method, 409 a venue that is configured but
-not running, 413 a body over the limit, 502 the exchange refused the subscription, 504 the
-exchange did not answer in time (or the venue's instrument list is still loading).
+not running, or a subscribe overtaken by an unsubscribe of the same symbol, 413 a body over the
+limit, 502 the exchange refused the subscription, 504 the exchange did not answer in time (or
+the venue's instrument list is still loading).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import orjson
 from feedd.errors import clipped
 from feedd.http.app import App, HttpError, Request, Response, json_response
 from feedd.service import InvalidRequest, UnknownVenue, VenueDisabled
-from feedd.supervisor import NoAnswer, NotSubscribed, SubscriptionRefused, UnknownSymbol, VenueRefused
+from feedd.supervisor import (
+    NoAnswer,
+    NotSubscribed,
+    SubscriptionRefused,
+    Superseded,
+    UnknownSymbol,
+    VenueRefused,
+)
 
 if TYPE_CHECKING:
     from feedd.service import WebSocketService
@@ -31,6 +39,7 @@ _STATUS: tuple[tuple[type[SubscriptionRefused], int], ...] = (
     (UnknownSymbol, 404),
     (NotSubscribed, 404),
     (VenueDisabled, 409),
+    (Superseded, 409),
     (VenueRefused, 502),
     (NoAnswer, 504),
     (SubscriptionRefused, 400),

@@ -368,3 +368,33 @@ async def test_errors_quote_at_most_sixty_characters_of_what_the_client_sent(wor
         error = answer.json()["error"]
         assert "XXX" in error, error  # the input is quoted...
         assert error.count("X") <= 60, (method, path[:80], len(error))  # ...but not at full length
+
+
+async def test_a_subscribe_overtaken_by_an_unsubscribe_of_the_same_symbol_is_a_409_not_a_refusal(
+    workdir: Path,
+) -> None:
+    async with simulator() as spot, running(write_config(workdir, spot)) as (daemon, http):
+        with trio.fail_after(TIMEOUT):
+            await spot.wait_subscribed({"btcusdt@trade"})
+            await daemon.initialize()
+            spot.set_silent(True)  # the subscribe reaches the exchange, its acknowledgement does not
+            answers = []
+
+            async def subscribe() -> None:
+                answers.append(await http.post(f"{API}/subscribe", content=subscribe_body("ETHUSDT")))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscribe)
+                await spot.wait_subscribed({"ethusdt@trade", "ethusdt@ticker"})
+                spot.set_silent(False)
+                removed = await http.delete(f"{API}/unsubscribe?exchange=binance&symbol=ETHUSDT")
+            status = (await http.get(f"{API}/status")).json()["exchanges"]["binance"]
+    assert removed.status_code == 200, removed.text
+    [answer] = answers
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == (
+        "binance: ETHUSDT was unsubscribed while the subscribe was pending; nothing was refused"
+    )
+    assert status["subscriptions"] == [{"symbol": "BTCUSDT", "channels": ["trades", "ticker"],
+                                        "state": "active"}]
+    assert status["subscription_errors"] == {} and status["last_error"] is None
