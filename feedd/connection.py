@@ -225,6 +225,7 @@ class ConnectionRunner:
             if self._backoff.failures == 0:
                 failed_logged = False  # the attempt was stable: a new run of failures starts
             conn.reconnects += 1
+            self.status.reconnects += 1
             conn.last_error = outcome.reason
             self.status.last_error = f"{self.name}: {outcome.reason}"
             if outcome.planned and outcome.stable:

@@ -217,7 +217,7 @@ class WebSocketService:
             restored = self.state.load()
             for venue_id, exchange in config.exchanges.items():
                 enabled = config.feed.enabled and exchange.enabled
-                self.statuses[venue_id] = VenueStatus(venue_id, enabled=enabled)
+                self._new_status(venue_id, enabled=enabled)
                 if enabled:
                     self._add_venue(venue_id, exchange)
             for venue_id in sorted(set(restored) - set(self.venues)):
@@ -268,8 +268,7 @@ class WebSocketService:
     def _add_venue(self, venue_id: str, exchange: ExchangeConfig) -> None:
         """Create a venue's supervisor (configured + runtime subscriptions) and its status."""
         config = self.config
-        status = VenueStatus(venue_id, enabled=True)
-        self.statuses[venue_id] = status
+        status = self._new_status(venue_id, enabled=True)
         changes = self.state.venues.get(venue_id)
         configured = {s: tuple(exchange.channels) for s in exchange.symbols}
         records = self.hub.sender()
@@ -285,6 +284,15 @@ class WebSocketService:
         )
         self.venues[venue_id] = supervisor
         self._runs[venue_id] = _VenueRun(supervisor, records)
+
+    def _new_status(self, venue_id: str, *, enabled: bool) -> VenueStatus:
+        """A venue's status for a new run of it, its counters carried over from the last run."""
+        status = VenueStatus(venue_id, enabled=enabled)
+        previous = self.statuses.get(venue_id)
+        if previous is not None:
+            status.carry_totals(previous)
+        self.statuses[venue_id] = status
+        return status
 
     async def _start_venue(self, venue_id: str) -> None:
         assert self._nursery is not None
@@ -369,7 +377,7 @@ class WebSocketService:
                 applied.append(f"{step.venue}: {_DONE[step.action]} ({step.why})")
         for venue_id in config.exchanges:
             if venue_id not in self.venues:
-                self.statuses[venue_id] = VenueStatus(venue_id, enabled=False)
+                self._new_status(venue_id, enabled=False)
         for venue_id in [v for v in self.statuses if v not in config.exchanges]:
             del self.statuses[venue_id]
         async with trio.open_nursery() as nursery:

@@ -47,9 +47,15 @@ class ConnectionStatus:
 
 @attrs.define
 class VenueStatus:
+    """A venue's state, and its counters: running totals kept here, not sums over the current
+    connections, so they never go backwards when a connection is closed (its last symbol
+    unsubscribed) and its :class:`ConnectionStatus` dropped."""
+
     venue: str
     enabled: bool = True
     connections: dict[str, ConnectionStatus] = attrs.field(factory=dict)
+    #: connection attempts that ended, over every connection the venue ever had
+    reconnects: int = 0
     #: records delivered to the hub
     messages: int = 0
     #: frames read off the sockets
@@ -65,6 +71,17 @@ class VenueStatus:
     subscription_errors: dict[str, str] = attrs.field(factory=dict)
     last_error: str | None = None
 
+    def carry_totals(self, previous: VenueStatus) -> None:
+        """Continue ``previous``'s counters: a venue restarted (or disabled and enabled again)
+        by a reload keeps counting from where it was."""
+        self.reconnects = previous.reconnects
+        self.messages = previous.messages
+        self.frames = previous.frames
+        self.rejected = Counter(previous.rejected)
+        self.decode_errors = previous.decode_errors
+        self.sequence_gaps = previous.sequence_gaps
+        self.messages_missed = previous.messages_missed
+
     @property
     def state(self) -> VenueState:
         if not self.enabled:
@@ -76,10 +93,6 @@ class VenueStatus:
             if state in states:
                 return state
         return "connected"
-
-    @property
-    def reconnects(self) -> int:
-        return sum(c.reconnects for c in self.connections.values())
 
     @property
     def consecutive_failures(self) -> int:

@@ -139,3 +139,34 @@ def test_the_delay_histogram_takes_one_observation_per_batch_from_its_newest_rec
     assert value(found, "feedd_exchange_receive_delay_seconds_count", **venue) == 2
     assert value(found, "feedd_exchange_receive_delay_seconds_sum", **venue) == pytest.approx(0.03)
     assert value(found, "feedd_exchange_receive_delay_seconds_bucket", venue="binance", le="0.001") == 1
+
+
+COUNTERS = ("messages", "records", "reconnects")
+
+
+async def test_counters_never_go_backwards_when_a_connection_is_closed_by_an_unsubscribe(
+    workdir: Path,
+) -> None:
+    async with simulator() as spot, running(write_config(workdir, spot)) as (daemon, http):
+        with trio.fail_after(TIMEOUT):
+            client = await Subscriber.connect(daemon.config.unix.path)
+            await client.record()
+            spot.drop_connections()  # one reconnect, counted on the connection that will go
+            await spot.wait_until(lambda: spot.connections_accepted >= 2)
+            await spot.wait_subscribed({"btcusdt@trade", "btcusdt@ticker"})
+            before = (await http.get(f"{API}/status")).json()["exchanges"]["binance"]
+            scraped_before = samples((await http.get("/metrics")).text)
+            # the last symbol of the shard: its connection is closed and its status dropped
+            answer = await http.delete(f"{API}/unsubscribe?exchange=binance&symbol=BTCUSDT")
+            after = (await http.get(f"{API}/status")).json()["exchanges"]["binance"]
+            scraped_after = samples((await http.get("/metrics")).text)
+    assert answer.status_code == 200, answer.text
+    assert before["reconnects"] == 1 and before["connections"] and not after["connections"]
+    for key in COUNTERS:
+        assert after[key] >= before[key], (key, before[key], after[key])
+    for reason, count in before["rejected"].items():
+        assert after["rejected"][reason] >= count, reason
+    venue = {"venue": "binance"}
+    for name in ("feedd_reconnects_total", "feedd_messages_total", "feedd_records_total"):
+        assert value(scraped_after, name, **venue) >= value(scraped_before, name, **venue), name
+    assert value(scraped_after, "feedd_reconnects_total", **venue) == 1
