@@ -657,9 +657,12 @@ class WebSocketService:
     def summary(self) -> str:
         """The state in one line (systemd's ``STATUS=``), with what the last reload left to do."""
         state, _ = self.health()
-        connected = sum(1 for v in self.venues if self.statuses[v].state == "connected")
+        states = [self.statuses[v].state for v in self.venues]
         subscriptions = sum(len(s.subscriptions()) for s in self.venues.values())
-        line = f"{state}: {connected}/{len(self.venues)} venue(s) connected, {subscriptions} subscription(s)"
+        line = f"{state}: {states.count('connected')}/{len(self.venues)} venue(s) connected"
+        if "idle" in states:
+            line += f", {states.count('idle')} idle (nothing subscribed)"
+        line += f", {subscriptions} subscription(s)"
         if self.publisher is not None:
             line += f", {len(self.publisher.subscribers)} socket subscriber(s)"
         reload = self.last_reload

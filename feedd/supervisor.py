@@ -168,6 +168,7 @@ class VenueSupervisor:
                     self.subscribe(symbol, channels)
                 except SubscriptionRefused as exc:
                     log.error("%s", exc)
+            self.status.started = True  # no connection from now on: nothing subscribed, idle
             self.ready.set()
             await trio.sleep_forever()
 
