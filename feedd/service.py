@@ -463,7 +463,12 @@ class WebSocketService:
         Each callback has its own task and a buffer of ``buffer`` records: a slow one loses its
         oldest records (counted in ``dropped``) and never stalls the feed or the others; an
         exception is logged (rate-limited) and counted in ``errors``, and the next record comes
-        as usual. Returns the sink, for :meth:`remove_data_callback` and its counters.
+        as usual. An ``async def`` callback runs on the event loop and must not block; a plain
+        function runs in a worker thread of its own (one per batch of pending records), since
+        only a thread keeps a blocking function off the loop, so it must be thread-safe with
+        respect to its own state. At stop or removal a call in progress is abandoned, not
+        awaited (see :class:`~feedd.hub.CallbackSink`). Returns the sink, for
+        :meth:`remove_data_callback` and its counters.
         """
         sink = CallbackSink(callback, buffer, name=f"callback#{len(self.callbacks) + 1}:"
                             f"{getattr(callback, '__qualname__', type(callback).__name__)}")
@@ -474,9 +479,12 @@ class WebSocketService:
         return sink
 
     def remove_data_callback(self, sink: CallbackSink) -> None:
+        """Stop calling the callback: no record is passed to it after this returns (a plain
+        callback's call in progress, in its thread, is not waited for)."""
         scope = self.callbacks.pop(sink, None)
         if scope is not None:
             self.hub.detach(sink)
+            sink.close()
             scope.cancel()
 
     def _start_callback(self, sink: CallbackSink, scope: trio.CancelScope) -> None:
