@@ -398,3 +398,36 @@ async def test_a_subscribe_overtaken_by_an_unsubscribe_of_the_same_symbol_is_a_4
     assert status["subscriptions"] == [{"symbol": "BTCUSDT", "channels": ["trades", "ticker"],
                                         "state": "active"}]
     assert status["subscription_errors"] == {} and status["last_error"] is None
+
+
+MALFORMED_HTTP = [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"POST /api/v1/websocket/subscribe HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n", 431),
+]
+
+
+async def raw_exchange(address: str, request: bytes) -> bytes:
+    host, port = address.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(request)
+        answer = b""
+        while data := await stream.receive_some(65536):  # the server closes after answering
+            answer += data
+    return answer
+
+
+async def test_http_that_never_reaches_the_app_gets_hypercorns_bare_4xx_and_the_api_goes_on(
+    workdir: Path,
+) -> None:
+    async with simulator() as spot, running(write_config(workdir, spot)) as (daemon, http):
+        with trio.fail_after(TIMEOUT):
+            address = daemon.http_address or ""
+            answers = [await raw_exchange(address, request) for request, _ in MALFORMED_HTTP]
+            after = await http.get(f"{API}/subscriptions")
+    for (_, expected), answer in zip(MALFORMED_HTTP, answers, strict=True):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {expected} ".encode()), head
+        assert b"content-length: 0" in head.lower() and body == b""  # no JSON error body
+    assert after.status_code == 200
