@@ -19,7 +19,7 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-from feedd.errors import describe
+from feedd.errors import describe, quoted
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import CHANNELS, Channel, Subscription, Venue
 
@@ -65,9 +65,9 @@ MAX_SYMBOL_LENGTH = 64
 def symbol_problem(symbol: str) -> str | None:
     """Why ``symbol`` cannot be one (empty, too long, a space, control or stream-name character)."""
     if not symbol or len(symbol) > MAX_SYMBOL_LENGTH:
-        return f"not a symbol (1 to {MAX_SYMBOL_LENGTH} characters): {symbol!r}"
+        return f"not a symbol (1 to {MAX_SYMBOL_LENGTH} characters): {quoted(symbol)}"
     if any(c.isspace() or not c.isprintable() or c in "/@" for c in symbol):
-        return f"not a symbol: {symbol!r}"
+        return f"not a symbol: {quoted(symbol)}"
     return None
 
 

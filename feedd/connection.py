@@ -95,15 +95,21 @@ class Reply:
 
     ``done`` is set by the matching :class:`SubscribeAck` or :class:`SubscribeError`; ``error``
     then holds the venue's reason, or None when it agreed. A subscribe reply stays pending across
-    reconnects (the topic is resubscribed on every connect) until the venue answers.
+    reconnects (the topic is resubscribed on every connect) until the venue answers, or until
+    the topic is unsubscribed first: then it is ``withdrawn``, which is no answer of the venue's.
     """
 
     op: Op
     done: trio.Event = attrs.field(factory=trio.Event)
     error: str | None = None
+    withdrawn: bool = False
 
     def resolve(self, error: str | None) -> None:
         self.error = error
+        self.done.set()
+
+    def withdraw(self) -> None:
+        self.withdrawn = True
         self.done.set()
 
 
@@ -187,7 +193,10 @@ class ConnectionRunner:
         anything about the topic any more."""
         old = self.replies.pop(name, None)
         if old is not None and not old.done.is_set():
-            old.resolve(None if old.op == "unsubscribe" else "unsubscribed before the venue answered")
+            if old.op == "unsubscribe":
+                old.resolve(None)
+            else:
+                old.withdraw()
         if reply is not None:
             self.replies[name] = reply
 
@@ -234,6 +243,7 @@ class ConnectionRunner:
             if self._backoff.failures == 0:
                 failed_logged = False  # the attempt was stable: a new run of failures starts
             conn.reconnects += 1
+            self.status.reconnects += 1
             conn.last_error = outcome.reason
             self.status.last_error = f"{self.name}: {outcome.reason}"
             if outcome.planned and outcome.stable:

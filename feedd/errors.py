@@ -1,4 +1,5 @@
-"""Exception texts for logs and status fields: never empty, always naming what happened.
+"""Exception texts for logs and status fields: never empty, always naming what happened, and
+never as long as the input they quote.
 
 ``str(exc)`` alone is often empty (``trio.BrokenResourceError()``, ``TimeoutError()``,
 ``ConnectionResetError()`` raised bare), which gives log lines such as ``connection lost: ``.
@@ -10,8 +11,24 @@ import errno
 import os
 import ssl
 
+from feedd.exchanges.base import excerpt
+
+#: how much of a client's input an error text quotes
+QUOTE_LIMIT = 60
+
 #: how many causes of an exception without text are followed
 _MAX_DEPTH = 3
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` cut to ``limit`` characters (``...`` marks the cut): an error that names
+    what a client sent must not grow with it (a 5,000-character symbol is not echoed whole)."""
+    return excerpt(repr(value), limit)
+
+
+def clipped(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` as it is, cut to ``limit`` characters like :func:`quoted`."""
+    return excerpt(text, limit)
 
 
 def describe(exc: BaseException) -> str:

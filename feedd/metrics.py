@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 #: seconds; exchange → receive delays span sub-millisecond (colocated) to seconds (a stalled venue)
 DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-STATES: tuple[VenueState, ...] = ("connecting", "connected", "backoff", "failed", "disabled")
+STATES: tuple[VenueState, ...] = ("connecting", "connected", "backoff", "failed", "idle", "disabled")
 
 
 class DelaySink:

@@ -29,6 +29,7 @@ import trio
 
 from feedd.config import Config, ExchangeConfig, read_token_file, symbol_problem
 from feedd.connection import RunnerSettings
+from feedd.errors import quoted
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import CHANNELS, Channel, Subscription
 from feedd.hub import Callback, CallbackSink, Hub, SubscriberInfo
@@ -217,7 +218,7 @@ class WebSocketService:
             restored = self.state.load()
             for venue_id, exchange in config.exchanges.items():
                 enabled = config.feed.enabled and exchange.enabled
-                self.statuses[venue_id] = VenueStatus(venue_id, enabled=enabled)
+                self._new_status(venue_id, enabled=enabled)
                 if enabled:
                     self._add_venue(venue_id, exchange)
             for venue_id in sorted(set(restored) - set(self.venues)):
@@ -268,8 +269,7 @@ class WebSocketService:
     def _add_venue(self, venue_id: str, exchange: ExchangeConfig) -> None:
         """Create a venue's supervisor (configured + runtime subscriptions) and its status."""
         config = self.config
-        status = VenueStatus(venue_id, enabled=True)
-        self.statuses[venue_id] = status
+        status = self._new_status(venue_id, enabled=True)
         changes = self.state.venues.get(venue_id)
         configured = {s: tuple(exchange.channels) for s in exchange.symbols}
         records = self.hub.sender()
@@ -285,6 +285,15 @@ class WebSocketService:
         )
         self.venues[venue_id] = supervisor
         self._runs[venue_id] = _VenueRun(supervisor, records)
+
+    def _new_status(self, venue_id: str, *, enabled: bool) -> VenueStatus:
+        """A venue's status for a new run of it, its counters carried over from the last run."""
+        status = VenueStatus(venue_id, enabled=enabled)
+        previous = self.statuses.get(venue_id)
+        if previous is not None:
+            status.carry_totals(previous)
+        self.statuses[venue_id] = status
+        return status
 
     async def _start_venue(self, venue_id: str) -> None:
         assert self._nursery is not None
@@ -369,7 +378,7 @@ class WebSocketService:
                 applied.append(f"{step.venue}: {_DONE[step.action]} ({step.why})")
         for venue_id in config.exchanges:
             if venue_id not in self.venues:
-                self.statuses[venue_id] = VenueStatus(venue_id, enabled=False)
+                self._new_status(venue_id, enabled=False)
         for venue_id in [v for v in self.statuses if v not in config.exchanges]:
             del self.statuses[venue_id]
         async with trio.open_nursery() as nursery:
@@ -455,7 +464,12 @@ class WebSocketService:
         Each callback has its own task and a buffer of ``buffer`` records: a slow one loses its
         oldest records (counted in ``dropped``) and never stalls the feed or the others; an
         exception is logged (rate-limited) and counted in ``errors``, and the next record comes
-        as usual. Returns the sink, for :meth:`remove_data_callback` and its counters.
+        as usual. An ``async def`` callback runs on the event loop and must not block; a plain
+        function runs in a worker thread of its own (one per batch of pending records), since
+        only a thread keeps a blocking function off the loop, so it must be thread-safe with
+        respect to its own state. At stop or removal a call in progress is abandoned, not
+        awaited (see :class:`~feedd.hub.CallbackSink`). Returns the sink, for
+        :meth:`remove_data_callback` and its counters.
         """
         sink = CallbackSink(callback, buffer, name=f"callback#{len(self.callbacks) + 1}:"
                             f"{getattr(callback, '__qualname__', type(callback).__name__)}")
@@ -466,9 +480,12 @@ class WebSocketService:
         return sink
 
     def remove_data_callback(self, sink: CallbackSink) -> None:
+        """Stop calling the callback: no record is passed to it after this returns (a plain
+        callback's call in progress, in its thread, is not waited for)."""
         scope = self.callbacks.pop(sink, None)
         if scope is not None:
             self.hub.detach(sink)
+            sink.close()
             scope.cancel()
 
     def _start_callback(self, sink: CallbackSink, scope: trio.CancelScope) -> None:
@@ -488,11 +505,11 @@ class WebSocketService:
             return supervisor
         if exchange in self.statuses:
             why = "the feed is disabled" if not self.config.feed.enabled else "enabled = false"
-            raise VenueDisabled(f"venue {exchange!r} is not running ({why})")
+            raise VenueDisabled(f"venue {quoted(exchange)} is not running ({why})")
         configured = ", ".join(self.statuses) or "none"
         if exchange not in venue_ids():
-            raise UnknownVenue(f"unknown venue {exchange!r} (configured: {configured})")
-        raise UnknownVenue(f"venue {exchange!r} is not configured (configured: {configured})")
+            raise UnknownVenue(f"unknown venue {quoted(exchange)} (configured: {configured})")
+        raise UnknownVenue(f"venue {quoted(exchange)} is not configured (configured: {configured})")
 
     def _channels(self, supervisor: VenueSupervisor, channels: Sequence[str] | None) -> list[Channel]:
         if channels is None:
@@ -502,7 +519,7 @@ class WebSocketService:
         wanted: list[Channel] = []
         for channel in channels:
             if channel not in CHANNELS:
-                raise InvalidRequest(f"unknown channel {channel!r} (known: {', '.join(CHANNELS)})")
+                raise InvalidRequest(f"unknown channel {quoted(channel)} (known: {', '.join(CHANNELS)})")
             wanted.append(channel)
         for channel in wanted:
             try:
@@ -650,9 +667,12 @@ class WebSocketService:
     def summary(self) -> str:
         """The state in one line (systemd's ``STATUS=``), with what the last reload left to do."""
         state, _ = self.health()
-        connected = sum(1 for v in self.venues if self.statuses[v].state == "connected")
+        states = [self.statuses[v].state for v in self.venues]
         subscriptions = sum(len(s.subscriptions()) for s in self.venues.values())
-        line = f"{state}: {connected}/{len(self.venues)} venue(s) connected, {subscriptions} subscription(s)"
+        line = f"{state}: {states.count('connected')}/{len(self.venues)} venue(s) connected"
+        if "idle" in states:
+            line += f", {states.count('idle')} idle (nothing subscribed)"
+        line += f", {subscriptions} subscription(s)"
         if self.publisher is not None:
             line += f", {len(self.publisher.subscribers)} socket subscriber(s)"
         reload = self.last_reload

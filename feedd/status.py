@@ -12,7 +12,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
-VenueState = Literal["connecting", "connected", "backoff", "failed", "disabled"]
+VenueState = Literal["connecting", "connected", "backoff", "failed", "idle", "disabled"]
 
 
 @attrs.define
@@ -47,9 +47,18 @@ class ConnectionStatus:
 
 @attrs.define
 class VenueStatus:
+    """A venue's state, and its counters: running totals kept here, not sums over the current
+    connections, so they never go backwards when a connection is closed (its last symbol
+    unsubscribed) and its :class:`ConnectionStatus` dropped."""
+
     venue: str
     enabled: bool = True
     connections: dict[str, ConnectionStatus] = attrs.field(factory=dict)
+    #: the venue has its instrument list and has placed its initial subscriptions: from then on,
+    #: no connection means nothing is subscribed (``idle``), not that it is still starting
+    started: bool = False
+    #: connection attempts that ended, over every connection the venue ever had
+    reconnects: int = 0
     #: records delivered to the hub
     messages: int = 0
     #: frames read off the sockets
@@ -65,21 +74,29 @@ class VenueStatus:
     subscription_errors: dict[str, str] = attrs.field(factory=dict)
     last_error: str | None = None
 
+    def carry_totals(self, previous: VenueStatus) -> None:
+        """Continue ``previous``'s counters: a venue restarted (or disabled and enabled again)
+        by a reload keeps counting from where it was."""
+        self.reconnects = previous.reconnects
+        self.messages = previous.messages
+        self.frames = previous.frames
+        self.rejected = Counter(previous.rejected)
+        self.decode_errors = previous.decode_errors
+        self.sequence_gaps = previous.sequence_gaps
+        self.messages_missed = previous.messages_missed
+
     @property
     def state(self) -> VenueState:
+        """``idle``: enabled, started, and nothing subscribed, so no connection is needed."""
         if not self.enabled:
             return "disabled"
         states = {c.state for c in self.connections.values()}
         if not states:
-            return "connecting"
+            return "idle" if self.started else "connecting"
         for state in ("failed", "backoff", "connecting"):
             if state in states:
                 return state
         return "connected"
-
-    @property
-    def reconnects(self) -> int:
-        return sum(c.reconnects for c in self.connections.values())
 
     @property
     def consecutive_failures(self) -> int:
@@ -92,12 +109,12 @@ class VenueStatus:
     def problems(self, max_age: float) -> list[str]:
         """Why this venue is not connected and fresh (no frame for ``max_age`` s); empty if it is.
 
-        A disabled venue has none: it is not expected to stream.
+        A disabled venue has none, nor an idle one: neither is expected to stream.
         """
         if not self.enabled:
             return []
         if not self.connections:
-            return [f"{self.venue}: no connection (starting, or nothing subscribed)"]
+            return [] if self.started else [f"{self.venue}: starting (loading its instrument list)"]
         now = trio.current_time()
         found = []
         for conn in self.connections.values():

@@ -22,6 +22,7 @@ import trio
 
 from feedd.config import ExchangeConfig
 from feedd.connection import ConnectionRunner, Reply, RunnerSettings, send_limiter
+from feedd.errors import quoted
 from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue, topic_chars
 from feedd.instruments import Instruments, load_instruments
 from feedd.model import Batch
@@ -51,6 +52,11 @@ class NotSubscribed(SubscriptionRefused):
 
 class VenueRefused(SubscriptionRefused):
     """The venue answered a subscribe request with an error; the subscription was rolled back."""
+
+
+class Superseded(SubscriptionRefused):
+    """The symbol was unsubscribed while its subscribe awaited the venue's answer: a conflict
+    between two requests, not a refusal by the venue."""
 
 
 class NoAnswer(SubscriptionRefused):
@@ -172,6 +178,7 @@ class VenueSupervisor:
                     self.subscribe(symbol, channels)
                 except SubscriptionRefused as exc:
                     log.error("%s", exc)
+            self.status.started = True  # no connection from now on: nothing subscribed, idle
             self.ready.set()
             await trio.sleep_forever()
 
@@ -189,7 +196,9 @@ class VenueSupervisor:
             raise UnsupportedSymbol(f"{self.venue_id}: {problem}")
         known = self.instruments.symbols
         if known is not None and symbol not in known:
-            raise UnknownSymbol(f"{self.venue_id}: unknown symbol {symbol!r}: not listed by {self.rest_url}")
+            raise UnknownSymbol(
+                f"{self.venue_id}: unknown symbol {quoted(symbol)}: not listed by {self.rest_url}"
+            )
         return symbol
 
     def subscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
@@ -305,8 +314,9 @@ class VenueSupervisor:
         Idempotent: subscriptions that exist already are awaited the same way. A refusal rolls
         the refused subscriptions back and raises VenueRefused with the venue's reason; no answer
         by ``deadline`` (trio clock) raises NoAnswer, and the subscription stays, retried on
-        every reconnect. Waits for the instrument list first, then raises UnknownSymbol for a
-        symbol it lacks (without marking the venue's status: the caller is told).
+        every reconnect; an unsubscribe of the symbol meanwhile raises Superseded. Waits for the
+        instrument list first, then raises UnknownSymbol for a symbol it lacks (without marking
+        the venue's status: the caller is told).
         """
         await self._await_ready(deadline)
         symbol = self.check(symbol)
@@ -325,6 +335,12 @@ class VenueSupervisor:
                 self.status.subscription_errors.pop(name, None)
             reasons = "; ".join(f"{name}: {error}" for name, error in sorted(refused.items()))
             raise VenueRefused(f"{self.venue_id} refused {symbol}: {reasons}")
+        if any(r.withdrawn for r in replies.values()):
+            # nothing to roll back: the unsubscribe removed it (or a later subscribe owns it now)
+            raise Superseded(
+                f"{self.venue_id}: {symbol} was unsubscribed while the subscribe was pending; "
+                "nothing was refused"
+            )
         return added
 
     async def unsubscribe_confirmed(

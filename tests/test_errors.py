@@ -9,7 +9,7 @@ import ssl
 import pytest
 import trio
 
-from feedd.errors import describe
+from feedd.errors import describe, quoted
 
 
 def test_exception_with_text_gives_type_and_text() -> None:
@@ -59,3 +59,9 @@ def test_exception_without_text_tells_its_cause() -> None:
     except trio.BrokenResourceError as exc:
         text = describe(exc)
     assert text == "BrokenResourceError (from ConnectionResetError: Connection reset by peer (ECONNRESET))"
+
+
+def test_quoted_input_is_cut_to_sixty_characters_and_marked() -> None:
+    assert quoted("BTCUSDT") == "'BTCUSDT'"
+    long = quoted("x" * 5000)
+    assert long == "'" + "x" * 59 + "..."

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +16,7 @@ from feedd.hub import CallbackSink, Hub
 from feedd.model import MarketData
 
 T0 = datetime(2024, 8, 8, 6, 53, 2, 668000, tzinfo=UTC)
+TIMEOUT = 10
 
 
 def rec(i: int) -> MarketData:
@@ -192,18 +194,33 @@ async def test_a_raising_sink_is_detached_and_the_others_still_served(
     assert "detaching" in caplog.text
 
 
+def collecting(seen: list[MarketData], until: Callable[[MarketData], bool], done: trio.Event
+               ) -> Callable[[MarketData], None]:
+    """A plain callback appending to ``seen``: it runs in a worker thread, so it reaches the
+    trio event through ``trio.from_thread``."""
+
+    def callback(record: MarketData) -> None:
+        seen.append(record)
+        if until(record):
+            trio.from_thread.run_sync(done.set)
+
+    return callback
+
+
 async def test_callback_sink_delivers_in_order_to_sync_and_async_callbacks(
     nursery: trio.Nursery,
 ) -> None:
     seen_sync: list[MarketData] = []
     seen_async: list[MarketData] = []
+    sync_done = trio.Event()
 
     async def async_cb(record: MarketData) -> None:
         await trio.lowlevel.checkpoint()
         seen_async.append(record)
 
     hub = Hub()
-    sinks = [CallbackSink(seen_sync.append, buffer=100), CallbackSink(async_cb, buffer=100)]
+    sinks = [CallbackSink(collecting(seen_sync, lambda r: r.trade_id == "2", sync_done), buffer=100),
+             CallbackSink(async_cb, buffer=100)]
     for sink in sinks:
         hub.attach(sink)
         await nursery.start(sink.run)
@@ -211,23 +228,83 @@ async def test_callback_sink_delivers_in_order_to_sync_and_async_callbacks(
     send = hub.sender()
     await send.send([rec(0), rec(1)])
     await send.send([rec(2)])
+    with trio.fail_after(TIMEOUT):
+        await sync_done.wait()
     await wait_all_tasks_blocked()
 
     expected = [rec(0), rec(1), rec(2)]
     assert seen_sync == expected
     assert seen_async == expected
-    assert [s.delivered for s in sinks] == [3, 3]
+    assert sinks[1].delivered == 3  # the sync one counts a record once its call has returned
+
+
+async def test_a_blocking_sync_callback_stalls_neither_the_hub_nor_the_other_callbacks(
+    nursery: trio.Nursery,
+) -> None:
+    total = 200
+    records = [rec(i) for i in range(total)]
+    inside, caught_up = trio.Event(), trio.Event()
+    release = threading.Event()  # set by the test at the end: until then the call blocks
+
+    def blocking(record: MarketData) -> None:
+        if record.trade_id == "0":
+            trio.from_thread.run_sync(inside.set)  # only possible from a thread, off the loop
+            release.wait()
+        elif record.trade_id == str(total - 1):
+            trio.from_thread.run_sync(caught_up.set)
+
+    seen_async: list[MarketData] = []
+    async_done = trio.Event()
+
+    async def quick(record: MarketData) -> None:
+        seen_async.append(record)
+        if len(seen_async) == total:
+            async_done.set()
+
+    seen_sync: list[MarketData] = []
+    sync_done = trio.Event()
+    hub = Hub()
+    stuck = CallbackSink(blocking, buffer=3)
+    sinks = [stuck, CallbackSink(quick, buffer=total),
+             CallbackSink(collecting(seen_sync, lambda r: len(seen_sync) == total, sync_done), buffer=total)]
+    for sink in sinks:
+        hub.attach(sink)
+        await nursery.start(sink.run)
+    await nursery.start(hub.run)
+    send = hub.sender()
+    try:
+        with trio.fail_after(TIMEOUT):
+            await send.send(records[:1])
+            await inside.wait()  # the blocking callback is in its call, in its thread
+            for record in records[1:]:
+                await send.send([record])
+            await async_done.wait()
+            await sync_done.wait()
+            # everything went through while the blocking call still blocks
+            blocked_throughout = not release.is_set() and stuck.delivered == 0
+            hub_records = hub.records
+    finally:
+        release.set()
+    with trio.fail_after(TIMEOUT):
+        await caught_up.wait()  # released, it gets what its buffer kept: the newest records
+    assert blocked_throughout and hub_records == total
+    assert seen_async == records
+    assert seen_sync == records  # every record, in order
+    assert stuck.dropped == total - 1 - 3
+    assert stuck.delivered >= 1
 
 
 async def test_callback_sink_drops_oldest_when_full(nursery: trio.Nursery) -> None:
     seen: list[MarketData] = []
-    sink = CallbackSink(seen.append, buffer=4)
+    done = trio.Event()
+    sink = CallbackSink(collecting(seen, lambda r: r.trade_id == "9", done), buffer=4)
     sink.offer([rec(i) for i in range(3)], ())
     sink.offer([rec(i) for i in range(3, 10)], ())
     assert sink.dropped == 6
 
     await nursery.start(sink.run)
-    await wait_all_tasks_blocked()
+    with trio.fail_after(TIMEOUT):
+        await done.wait()
     assert seen == [rec(i) for i in range(6, 10)]
 
 
@@ -235,21 +312,25 @@ async def test_callback_sink_survives_a_raising_callback(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[MarketData] = []
+    done = trio.Event()
 
     def callback(record: MarketData) -> None:
         if record.trade_id in ("1", "2"):
             raise ValueError(f"cannot take {record.trade_id}")
         seen.append(record)
+        if record.trade_id == "4":
+            trio.from_thread.run_sync(done.set)
 
     sink = CallbackSink(callback, buffer=10)
     await nursery.start(sink.run)
     with caplog.at_level(logging.ERROR, logger="feedd.hub"):
-        sink.offer([rec(0), rec(1), rec(2), rec(3)], ())
-        await wait_all_tasks_blocked()
+        sink.offer([rec(0), rec(1), rec(2), rec(3), rec(4)], ())
+        with trio.fail_after(TIMEOUT):
+            await done.wait()
 
-    assert seen == [rec(0), rec(3)]
+    assert seen == [rec(0), rec(3), rec(4)]
     assert sink.errors == 2
-    assert sink.delivered == 2
+    assert sink.delivered >= 2  # 0 and 3; 4 once its call has returned
     # The first failure is logged with its traceback; the second, right after, is rate-limited.
     failures = [r for r in caplog.records if "data callback" in r.getMessage()]
     assert len(failures) == 1

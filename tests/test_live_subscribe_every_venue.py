@@ -33,7 +33,7 @@ async def test_a_live_subscribe_is_acknowledged_and_streams(
     records: list[MarketData] = []
     arrived = trio.Event()
 
-    def on_data(record: MarketData) -> None:
+    async def on_data(record: MarketData) -> None:
         if record.symbol == added:
             records.append(record)
             arrived.set()

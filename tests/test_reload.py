@@ -134,6 +134,26 @@ async def test_reload_with_a_new_url_moves_only_that_venue(workdir: Path) -> Non
     assert futures.connections_accepted == futures_accepted
 
 
+async def test_a_venue_restarted_by_a_reload_keeps_counting_from_where_it_was(workdir: Path) -> None:
+    first, second = BinanceSimulator(speed=20.0), BinanceSimulator(speed=20.0)
+    async with serving(first, second), running(spot_config(workdir, first, "BTCUSDT")) as daemon:
+        with trio.fail_after(TIMEOUT):
+            await first.wait_subscribed("btcusdt@trade")
+            first.drop_connections()
+            await first.wait_until(lambda: first.connections_accepted >= 2)
+            client = await Subscriber.connect(daemon.config.unix.path)
+            await client.record()
+            old = daemon.statuses["binance"]
+            before = (old.reconnects, old.frames, old.messages)
+            outcome = await daemon.reload(spot_config(workdir, second, "BTCUSDT"))
+            await second.wait_subscribed("btcusdt@trade")
+            new = daemon.statuses["binance"]
+            after = (new.reconnects, new.frames, new.messages)
+    assert outcome.applied[0].startswith("binance: restarted (url: ")
+    assert new is not old and before[0] >= 1
+    assert all(a >= b for a, b in zip(after, before, strict=True)), (before, after)
+
+
 async def test_config_symbols_never_reach_the_state_file_and_api_changes_survive_reloads(
     workdir: Path,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -88,8 +89,10 @@ async def test_the_readme_example_streams_the_symbol_it_subscribed(
 async def test_a_callback_that_raises_or_blocks_does_not_disturb_the_others(workdir: Path) -> None:
     trades: list[MarketData] = []
     enough, more, never = trio.Event(), trio.Event(), trio.Event()
+    inside = trio.Event()
+    release = threading.Event()  # a plain callback blocked in its call until the very end
 
-    def collect(record: MarketData) -> None:
+    async def collect(record: MarketData) -> None:
         if record.kind == "trade":
             trades.append(record)
             if len(trades) >= 40:
@@ -97,34 +100,54 @@ async def test_a_callback_that_raises_or_blocks_does_not_disturb_the_others(work
             if len(trades) >= 60:
                 more.set()
 
+    failures: list[MarketData] = []
+    exploded = trio.Event()
+
     def explode(record: MarketData) -> None:
+        failures.append(record)
+        if len(failures) == 41:  # the 40 before it are counted: the calls come one after another
+            trio.from_thread.run_sync(exploded.set)
         raise ValueError("a bug in someone's callback")
 
     async def stuck(record: MarketData) -> None:
         await never.wait()
 
-    async with simulator() as spot:
-        config = load_config(config_file(workdir, spot), environ={})
-        async with WebSocketService(config) as ws:
-            raising = ws.add_data_callback(explode)
-            blocked = ws.add_data_callback(stuck, buffer=3)
-            good = ws.add_data_callback(collect)
-            with trio.fail_after(TIMEOUT):
-                await enough.wait()
-            status = ws.get_connection_status()
-            ws.remove_data_callback(raising)
-            errors = raising.errors
-            with trio.fail_after(TIMEOUT):
-                await more.wait()  # records keep coming; none goes to the removed callback
+    def blocking(record: MarketData) -> None:
+        trio.from_thread.run_sync(inside.set)
+        release.wait()
+
+    try:
+        async with simulator() as spot:
+            config = load_config(config_file(workdir, spot), environ={})
+            async with WebSocketService(config) as ws:
+                raising = ws.add_data_callback(explode)
+                blocked = ws.add_data_callback(stuck, buffer=3)
+                sleeper = ws.add_data_callback(blocking, buffer=3)
+                good = ws.add_data_callback(collect)
+                with trio.fail_after(TIMEOUT):
+                    await inside.wait()
+                    await enough.wait()
+                    await exploded.wait()
+                status = ws.get_connection_status()
+                ws.remove_data_callback(raising)
+                calls = len(failures)
+                with trio.fail_after(TIMEOUT):
+                    await more.wait()  # records keep coming; none goes to the removed callback
+            # the service stopped with the plain callback still in its call: it was abandoned
+            abandoned = not release.is_set() and sleeper.delivered == 0
+    finally:
+        release.set()
     ids = [int(t.trade_id or 0) for t in trades]
     assert ids == list(range(ids[0], ids[0] + len(ids)))  # in order, none lost
     assert raising.errors >= 40 and raising.delivered == 0
     assert blocked.dropped > 0 and blocked.pending == 3
+    assert sleeper.dropped > 0 and sleeper.pending == 3 and abandoned
     assert good.dropped == 0 and good.errors == 0
     names = {s["name"]: s for s in status["subscribers"]}
     assert 0 < names[blocked.name]["dropped"] <= blocked.dropped
     assert names[raising.name]["errors"] >= 40
-    assert raising.errors == errors and raising not in ws.hub.sinks
+    # no record is passed to a removed callback: at most the call in progress ends
+    assert len(failures) <= calls + 1 and raising not in ws.hub.sinks
 
 
 async def test_the_python_calls_answer_like_the_http_api(workdir: Path) -> None:

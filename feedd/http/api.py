@@ -3,8 +3,9 @@
 Status codes: 400 a malformed request (not JSON, a wrong type, a missing or unknown field, a bad
 symbol or channel), 401 a missing or wrong token, 404 an unknown endpoint, venue or symbol, or an
 unsubscribe of something not subscribed, 405 a wrong method, 409 a venue that is configured but
-not running, 413 a body over the limit, 502 the exchange refused the subscription, 504 the
-exchange did not answer in time (or the venue's instrument list is still loading).
+not running, or a subscribe overtaken by an unsubscribe of the same symbol, 413 a body over the
+limit, 502 the exchange refused the subscription, 504 the exchange did not answer in time (or
+the venue's instrument list is still loading).
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from feedd.errors import clipped
 from feedd.http.app import App, HttpError, Request, Response, json_response
 from feedd.service import InvalidRequest, UnknownVenue, VenueDisabled
-from feedd.supervisor import NoAnswer, NotSubscribed, SubscriptionRefused, UnknownSymbol, VenueRefused
+from feedd.supervisor import (
+    NoAnswer,
+    NotSubscribed,
+    SubscriptionRefused,
+    Superseded,
+    UnknownSymbol,
+    VenueRefused,
+)
 
 if TYPE_CHECKING:
     from feedd.service import WebSocketService
@@ -30,6 +39,7 @@ _STATUS: tuple[tuple[type[SubscriptionRefused], int], ...] = (
     (UnknownSymbol, 404),
     (NotSubscribed, 404),
     (VenueDisabled, 409),
+    (Superseded, 409),
     (VenueRefused, 502),
     (NoAnswer, 504),
     (SubscriptionRefused, 400),
@@ -57,7 +67,7 @@ def subscription_request(body: bytes) -> tuple[str, str, list[str] | None]:
                              f"channels, got {_type_name(value)}")
     unknown = sorted(set(value) - set(FIELDS))
     if unknown:
-        raise HttpError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; "
+        raise HttpError(400, f"unknown field(s) {clipped(', '.join(map(repr, unknown)))}; "
                              f"allowed: {', '.join(FIELDS)}")
     for name in ("exchange", "symbol"):
         if name not in value:
@@ -76,7 +86,7 @@ def query_request(query: dict[str, list[str]]) -> tuple[str, str, list[str] | No
     """The same from ``?exchange=&symbol=[&channels=trades,ticker]``."""
     unknown = sorted(set(query) - set(FIELDS))
     if unknown:
-        raise HttpError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+        raise HttpError(400, f"unknown query parameter(s) {clipped(', '.join(map(repr, unknown)))}; "
                              f"allowed: {', '.join(FIELDS)}")
     found: dict[str, str] = {}
     for name, values in query.items():

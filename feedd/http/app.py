@@ -17,6 +17,8 @@ from urllib.parse import parse_qs
 import attrs
 import orjson
 
+from feedd.errors import clipped
+
 log = logging.getLogger(__name__)
 
 #: request bodies are a few dozen bytes; anything past this is refused unread (413)
@@ -103,7 +105,8 @@ class App:
             response = exc.response()
         except Exception as exc:  # a handler's bug: answered and logged, never fatal
             log.exception("HTTP %s %s failed", method, scope.get("path"))
-            response = json_response(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+            text = clipped(f"{type(exc).__name__}: {exc}", 200)
+            response = json_response(500, {"error": f"internal error: {text}"})
         headers = [
             (b"content-type", response.content_type.encode()),
             (b"content-length", str(len(response.body)).encode()),
@@ -117,12 +120,14 @@ class App:
         path = scope["path"]
         methods = self._routes.get(path)
         if methods is None:
-            raise HttpError(404, f"no such endpoint: {path}")
+            raise HttpError(404, f"no such endpoint: {clipped(path)}")
         route = methods.get("GET" if method == "HEAD" and "GET" in methods else method)
         if route is None:
             allowed = sorted({*methods, *(["HEAD"] if "GET" in methods else [])})
-            raise HttpError(405, f"{method} is not allowed on {path} (allowed: {', '.join(allowed)})",
-                            (("allow", ", ".join(allowed)),))
+            raise HttpError(
+                405, f"{clipped(method)} is not allowed on {path} (allowed: {', '.join(allowed)})",
+                (("allow", ", ".join(allowed)),),
+            )
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
         }

@@ -340,3 +340,94 @@ rest_url = "{futures.rest_url}"
     assert [c.streams for c in market if c is not full] == [frozenset({"newusdt@aggTrade"})]
     assert futures.connections_accepted == 3  # market, public, and the new market shard
     assert status.reconnects == 0
+
+
+LONG = "X" * 5000
+
+LONG_INPUT = [
+    # (method, path, body, status)
+    ("POST", "/subscribe", b'{"exchange": "binance", "symbol": "' + LONG.encode() + b'"}', 400),
+    ("POST", "/subscribe", b'{"exchange": "' + LONG.encode() + b'", "symbol": "BTCUSDT"}', 404),
+    ("POST", "/subscribe", b'{"exchange": "binance", "symbol": "ETHUSDT", "channels": ["'
+     + LONG.encode() + b'"]}', 400),
+    ("POST", "/subscribe", b'{"exchange": "binance", "symbol": "ETHUSDT", "' + LONG.encode() + b'": 1}', 400),
+    ("DELETE", "/unsubscribe?exchange=binance&symbol=BTCUSDT&" + LONG + "=1", b"", 400),
+    ("GET", "/" + LONG, b"", 404),
+]
+
+
+async def test_errors_quote_at_most_sixty_characters_of_what_the_client_sent(workdir: Path) -> None:
+    async with simulator() as spot, running(write_config(workdir, spot)) as (daemon, http):
+        with trio.fail_after(TIMEOUT):
+            await daemon.initialize()
+            answers = [
+                (case, await http.request(case[0], API + case[1], content=case[2])) for case in LONG_INPUT
+            ]
+    for (method, path, _, expected), answer in answers:
+        assert answer.status_code == expected, (method, path[:80], answer.text[:200])
+        error = answer.json()["error"]
+        assert "XXX" in error, error  # the input is quoted...
+        assert error.count("X") <= 60, (method, path[:80], len(error))  # ...but not at full length
+
+
+async def test_a_subscribe_overtaken_by_an_unsubscribe_of_the_same_symbol_is_a_409_not_a_refusal(
+    workdir: Path,
+) -> None:
+    async with simulator() as spot, running(write_config(workdir, spot)) as (daemon, http):
+        with trio.fail_after(TIMEOUT):
+            await spot.wait_subscribed({"btcusdt@trade"})
+            await daemon.initialize()
+            spot.set_silent(True)  # the subscribe reaches the exchange, its acknowledgement does not
+            answers = []
+
+            async def subscribe() -> None:
+                answers.append(await http.post(f"{API}/subscribe", content=subscribe_body("ETHUSDT")))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscribe)
+                await spot.wait_subscribed({"ethusdt@trade", "ethusdt@ticker"})
+                spot.set_silent(False)
+                removed = await http.delete(f"{API}/unsubscribe?exchange=binance&symbol=ETHUSDT")
+            status = (await http.get(f"{API}/status")).json()["exchanges"]["binance"]
+    assert removed.status_code == 200, removed.text
+    [answer] = answers
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == (
+        "binance: ETHUSDT was unsubscribed while the subscribe was pending; nothing was refused"
+    )
+    assert status["subscriptions"] == [{"symbol": "BTCUSDT", "channels": ["trades", "ticker"],
+                                        "state": "active"}]
+    assert status["subscription_errors"] == {} and status["last_error"] is None
+
+
+MALFORMED_HTTP = [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"POST /api/v1/websocket/subscribe HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n", 431),
+]
+
+
+async def raw_exchange(address: str, request: bytes) -> bytes:
+    host, port = address.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(request)
+        answer = b""
+        while data := await stream.receive_some(65536):  # the server closes after answering
+            answer += data
+    return answer
+
+
+async def test_http_that_never_reaches_the_app_gets_hypercorns_bare_4xx_and_the_api_goes_on(
+    workdir: Path,
+) -> None:
+    async with simulator() as spot, running(write_config(workdir, spot)) as (daemon, http):
+        with trio.fail_after(TIMEOUT):
+            address = daemon.http_address or ""
+            answers = [await raw_exchange(address, request) for request, _ in MALFORMED_HTTP]
+            after = await http.get(f"{API}/subscriptions")
+    for (_, expected), answer in zip(MALFORMED_HTTP, answers, strict=True):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {expected} ".encode()), head
+        assert b"content-length: 0" in head.lower() and body == b""  # no JSON error body
+    assert after.status_code == 200

@@ -9,11 +9,21 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-from harness import API, TIMEOUT, Subscriber, running, simulator, temporary_workdir, write_config
+from harness import (
+    API,
+    TIMEOUT,
+    Subscriber,
+    running,
+    simulator,
+    subscribe_body,
+    temporary_workdir,
+    write_config,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from feedd.config import Config
+from feedd.http.client import format_status
 from feedd.model import MarketData
 from feedd.service import WebSocketService
 from feedd.status import VenueStatus
@@ -139,3 +149,66 @@ def test_the_delay_histogram_takes_one_observation_per_batch_from_its_newest_rec
     assert value(found, "feedd_exchange_receive_delay_seconds_count", **venue) == 2
     assert value(found, "feedd_exchange_receive_delay_seconds_sum", **venue) == pytest.approx(0.03)
     assert value(found, "feedd_exchange_receive_delay_seconds_bucket", venue="binance", le="0.001") == 1
+
+
+COUNTERS = ("messages", "records", "reconnects")
+
+
+async def test_counters_never_go_backwards_when_a_connection_is_closed_by_an_unsubscribe(
+    workdir: Path,
+) -> None:
+    async with simulator() as spot, running(write_config(workdir, spot)) as (daemon, http):
+        with trio.fail_after(TIMEOUT):
+            client = await Subscriber.connect(daemon.config.unix.path)
+            await client.record()
+            spot.drop_connections()  # one reconnect, counted on the connection that will go
+            await spot.wait_until(lambda: spot.connections_accepted >= 2)
+            await spot.wait_subscribed({"btcusdt@trade", "btcusdt@ticker"})
+            before = (await http.get(f"{API}/status")).json()["exchanges"]["binance"]
+            scraped_before = samples((await http.get("/metrics")).text)
+            # the last symbol of the shard: its connection is closed and its status dropped
+            answer = await http.delete(f"{API}/unsubscribe?exchange=binance&symbol=BTCUSDT")
+            after = (await http.get(f"{API}/status")).json()["exchanges"]["binance"]
+            scraped_after = samples((await http.get("/metrics")).text)
+    assert answer.status_code == 200, answer.text
+    assert before["reconnects"] == 1 and before["connections"] and not after["connections"]
+    for key in COUNTERS:
+        assert after[key] >= before[key], (key, before[key], after[key])
+    for reason, count in before["rejected"].items():
+        assert after["rejected"][reason] >= count, reason
+    venue = {"venue": "binance"}
+    for name in ("feedd_reconnects_total", "feedd_messages_total", "feedd_records_total"):
+        assert value(scraped_after, name, **venue) >= value(scraped_before, name, **venue), name
+    assert value(scraped_after, "feedd_reconnects_total", **venue) == 1
+
+
+async def test_a_venue_with_nothing_subscribed_is_idle_and_healthy_until_subscribed_again(
+    workdir: Path,
+) -> None:
+    async with simulator() as spot, running(write_config(workdir, spot)) as (daemon, http):
+        with trio.fail_after(TIMEOUT):
+            await daemon.initialize()
+            await spot.wait_subscribed({"btcusdt@trade", "btcusdt@ticker"})
+            answer = await http.delete(f"{API}/unsubscribe?exchange=binance&symbol=BTCUSDT")
+            status = (await http.get(f"{API}/status")).json()
+            summary = daemon.summary()
+            health = await http.get("/healthz")
+            scraped = samples((await http.get("/metrics")).text)
+            again = await http.post(f"{API}/subscribe", content=subscribe_body("BTCUSDT"))
+            client = await Subscriber.connect(daemon.config.unix.path)
+            await client.record()  # streaming again: connected and fresh
+            resumed = (await http.get(f"{API}/status")).json()
+    assert answer.status_code == 200, answer.text
+    binance = status["exchanges"]["binance"]
+    assert binance["state"] == "idle"
+    assert binance["connections"] == [] and binance["subscriptions"] == []
+    assert status["state"] == "ok" and status["reasons"] == []
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert value(scraped, "feedd_venue_state", venue="binance", state="idle") == 1
+    assert value(scraped, "feedd_venue_state", venue="binance", state="connecting") == 0
+    [row] = [line for line in format_status(status, "http://x").splitlines() if line.startswith("binance")]
+    assert row.split()[1] == "idle"
+    assert summary == ("ok: 0/1 venue(s) connected, 1 idle (nothing subscribed), 0 subscription(s), "
+                       "0 socket subscriber(s)")
+    assert again.status_code == 200, again.text
+    assert resumed["exchanges"]["binance"]["state"] == "connected"
