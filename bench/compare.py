@@ -41,6 +41,7 @@ import trio
 import trustme
 
 sys.path.insert(0, str(Path(__file__).parent))
+from stack import cpu_seconds, rss_mib
 from wire import Server
 
 HERE = Path(__file__).parent
@@ -91,19 +92,6 @@ CRYPTOFEED_BYBIT = textwrap.dedent('''
 ''')
 #: the [exchanges.*] table feedd gets per venue the benchmark serves
 VENUE_PATHS = {"binance": "/stream", "bybit-linear": "/v5/public/linear"}
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def free_port() -> int:
