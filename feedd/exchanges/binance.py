@@ -37,7 +37,7 @@ from feedd.exchanges.base import (
     excerpt,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
-from feedd.model import TICKER, TRADE, Frame, MarketData
+from feedd.model import TICKER, Frame, MarketData, trade_record
 
 _Handler = Callable[[dict[str, Any], datetime], Event]
 
@@ -207,16 +207,15 @@ class BinanceSession:
             side = "buy"
         else:
             raise TypeError(f"'m' is not a boolean: {maker_buyer!r}")
-        return MarketData(
+        return trade_record(
             self._venue_id,
             symbol,
-            TRADE,
             float(data["p"]),
             float(data["q"]),
             _fromtimestamp(data["T"] / 1000, UTC),
             received_at,
-            side=side,
-            trade_id=trade_id,
+            side,
+            trade_id,
         )
 
     def _ticker(self, data: dict[str, Any], received_at: datetime) -> Event:

@@ -52,7 +52,7 @@ from feedd.exchanges.base import (
     excerpt,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
-from feedd.model import TICKER, TRADE, Frame, MarketData
+from feedd.model import TICKER, Frame, MarketData, trade_record
 
 _Handler = Callable[[dict[str, Any], str, datetime, Frame], list[Event]]
 
@@ -294,6 +294,9 @@ class BybitSession:
         inverse = self._inverse
         events: list[Event] = []
         append = events.append
+        # the trades of one message mostly share their millisecond: its datetime is made once
+        last_ms: int | None = None
+        when = received_at
         for trade in data:
             try:
                 side = _SIDES.get(trade["S"])
@@ -304,16 +307,12 @@ class BybitSession:
                 ms = trade["T"]
                 if type(ms) is not int:
                     raise TypeError(f"'T' is not integer milliseconds: {ms!r:.50}")
-                append(MarketData(
-                    venue,
-                    text(trade, "s"),
-                    TRADE,
-                    price,
-                    size / price if inverse else size,
-                    _fromtimestamp(ms / 1000, UTC),
-                    received_at,
-                    side=side,
-                    trade_id=text(trade, "i"),
+                if ms != last_ms:
+                    when = _fromtimestamp(ms / 1000, UTC)
+                    last_ms = ms
+                append(trade_record(
+                    venue, text(trade, "s"), price, size / price if inverse else size, when, received_at,
+                    side, text(trade, "i"),
                 ))
             except KeyError as exc:
                 append(DecodeError(f"bad trade in {msg['topic']!r}: missing field {exc}", excerpt(frame)))

@@ -53,7 +53,7 @@ from feedd.exchanges.base import (
     excerpt,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, load_object, parse_rfc3339, single_route, text
-from feedd.model import TICKER, TRADE, Frame, MarketData, Side
+from feedd.model import TICKER, Frame, MarketData, Side, trade_record
 
 MARKET_TRADES = "market_trades"
 TICKER_CHANNEL = "ticker"
@@ -300,16 +300,15 @@ class CoinbaseSession:
                     side = _TAKER_SIDE.get(trade["side"])
                     if side is None:
                         raise ValueError(f"'side' is not BUY or SELL: {trade['side']!r:.50}")
-                    record = MarketData(
+                    record = trade_record(
                         venue_id,
                         product,
-                        TRADE,
                         float(trade["price"]),
                         float(trade["size"]),
                         parse_rfc3339(trade["time"]),
                         received_at,
-                        side=side,
-                        trade_id=trade_id,
+                        side,
+                        trade_id,
                     )
                 except PAYLOAD_ERRORS as exc:
                     events.append(self._error_in_frame(f"bad trade: {_problem(exc)}"))
