@@ -249,6 +249,22 @@ def tls_pair(monkeypatch: pytest.MonkeyPatch) -> tuple[trustme.CA, ssl.SSLContex
 RawScript = Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]
 
 
+async def accept_upgrade(stream: trio.abc.Stream) -> None:
+    """Read a client's WebSocket upgrade request from ``stream`` and accept it, by hand."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += await stream.receive_some(4096)
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    await stream.send_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + wsframe.accept_key(key) + b"\r\n\r\n"
+    )
+
+
 @asynccontextmanager
 async def raw_wss_server(server_context: ssl.SSLContext, script: RawScript) -> AsyncIterator[str]:
     """A TLS server that accepts the WebSocket upgrade by hand, then runs ``script`` on the stream,
@@ -256,18 +272,7 @@ async def raw_wss_server(server_context: ssl.SSLContext, script: RawScript) -> A
 
     async def on_connection(tcp: trio.SocketStream) -> None:
         stream = trio.SSLStream(tcp, server_context, server_side=True)
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += await stream.receive_some(4096)
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        await stream.send_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + wsframe.accept_key(key) + b"\r\n\r\n"
-        )
+        await accept_upgrade(stream)
         await script(stream)
 
     async with trio.open_nursery() as nursery:
@@ -303,14 +308,7 @@ async def test_native_wss_hands_over_every_record_of_one_read_in_one_batch(
     sent = [f'{{"n":{i}}}' for i in range(100)]
 
     async def serve() -> None:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += await server.receive_some(4096)
-        key = request.split(b"Sec-WebSocket-Key: ", 1)[1].split(b"\r\n", 1)[0]
-        await server.send_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + wsframe.accept_key(key) + b"\r\n\r\n"
-        )
+        await accept_upgrade(server)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve)
@@ -425,14 +423,7 @@ async def test_a_connection_reset_by_the_peer_says_so(open_: OpenTransport) -> N
     accepted = trio.Event()
 
     async def handle(stream: trio.SocketStream) -> None:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += await stream.receive_some(4096)
-        key = request.split(b"Sec-WebSocket-Key: ", 1)[1].split(b"\r\n", 1)[0]
-        await stream.send_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + wsframe.accept_key(key) + b"\r\n\r\n"
-        )
+        await accept_upgrade(stream)
         await accepted.wait()
         # linger 0: close() sends RST instead of FIN
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
