@@ -212,14 +212,23 @@ async def test_aclose_sends_a_normal_close_frame(open_: OpenTransport) -> None:
     assert closed_with == [1000]
 
 
-@each_transport
-async def test_wss_connects_through_tls(open_: OpenTransport, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def tls_pair(monkeypatch: pytest.MonkeyPatch) -> tuple[trustme.CA, ssl.SSLContext]:
+    """A throwaway CA the client trusts, and a server context with a certificate for 127.0.0.1."""
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     monkeypatch.setattr(transport_module, "_default_ssl_context", lambda: client_context)
+    return ca, server_context
+
+
+@each_transport
+async def test_wss_connects_through_tls(
+    open_: OpenTransport, tls_pair: tuple[trustme.CA, ssl.SSLContext]
+) -> None:
+    server_context = tls_pair[1]
 
     async def handler(ws: WebSocketConnection) -> None:
         await ws.send_message(await ws.get_message())
@@ -232,18 +241,6 @@ async def test_wss_connects_through_tls(open_: OpenTransport, monkeypatch: pytes
 
 
 # ---- the native transport over TLS: feedd.tls under a real socket ------------------------------
-
-
-@pytest.fixture
-def tls_pair(monkeypatch: pytest.MonkeyPatch) -> tuple[trustme.CA, ssl.SSLContext]:
-    """A throwaway CA the client trusts, and a server context with a certificate for 127.0.0.1."""
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    monkeypatch.setattr(transport_module, "_default_ssl_context", lambda: client_context)
-    return ca, server_context
 
 
 RawScript = Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]
