@@ -11,12 +11,13 @@ here; every other record takes orjson's path unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from feedd.model import MarketData
+from feedd.model import Disconnected, FeedEvent, MarketData
 
 _OPTS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 
@@ -91,3 +92,24 @@ def decode_record(line: bytes | str) -> MarketData:
         side=obj.get("side"),
         trade_id=obj.get("trade_id"),
     )
+
+
+def event_dict(event: FeedEvent, symbols: Sequence[str] | None = None) -> dict[str, Any]:
+    """A feed event as its JSON line's mapping; ``symbols`` replaces the event's own (a
+    subscriber's filter narrows them to the ones it asked for)."""
+    fields: dict[str, Any] = {
+        "type": event.type,
+        "exchange": event.exchange,
+        "symbols": list(event.symbols if symbols is None else symbols),
+        "at": rfc3339(event.at),
+    }
+    if isinstance(event, Disconnected):
+        fields["reason"] = event.reason
+    else:
+        fields["gap_seconds"] = round(event.gap_seconds, 6)
+    return fields
+
+
+def encode_event(event: FeedEvent, symbols: Sequence[str] | None = None) -> bytes:
+    """One feed event as one newline-terminated JSON line."""
+    return orjson.dumps(event_dict(event, symbols), option=_OPTS)

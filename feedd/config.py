@@ -142,6 +142,10 @@ class ExchangeConfig:
     #: a best bid/ask older than this many seconds is not attached to a ticker (venues whose
     #: tickers take bid/ask from a separate quote stream: binance-usdm, bybit spot)
     quote_max_age: float = attrs.field(default=5.0, validator=_positive)
+    #: replace each connection make-before-break after this many seconds; absent: the venue's
+    #: own lifetime (Binance: 23 h 30 min, before its 24 h cut), 0: never (only on a venue's
+    #: shutdown notice)
+    rotate_after: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))
 
     @channels.validator
     def _some_channels(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:

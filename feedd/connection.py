@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from itertools import groupby
 from operator import itemgetter
@@ -37,6 +37,7 @@ import trio
 from feedd.backoff import Backoff
 from feedd.exchanges.base import (
     DecodeError,
+    Heartbeat,
     Op,
     Pong,
     Reconnect,
@@ -47,7 +48,8 @@ from feedd.exchanges.base import (
     SubscribeError,
     Venue,
 )
-from feedd.model import Batch, Frame, MarketData
+from feedd.model import Batch, Disconnected, Frame, Ingress, MarketData, Reconnected
+from feedd.overlap import Overlap
 from feedd.ratelimit import SlidingWindowLimiter
 from feedd.status import ConnectionStatus, VenueStatus
 from feedd.transport import OpenTransport, Transport, TransportError, open_transport
@@ -63,6 +65,13 @@ CONTROL_HEADROOM = 1
 #: as they arrive, over separate TCP streams, so one sent earlier may arrive after one sent later;
 #: a window exactly the venue's would let such a spread put one message too many into its second
 ARRIVAL_SPREAD = 0.5
+#: seconds a rotation's de-duplication outlasts the old connection (the new one repeats what the
+#: old one delivered last)
+OVERLAP_GRACE = 5.0
+#: seconds the old connection has, once the replacement delivers, to catch up with it
+CATCH_UP = 5.0
+#: the most a quiet feed's stale_after is stretched (see _Attempt._watchdog)
+QUIET_MAX_FACTOR = 8
 #: the status' ``subscription_errors`` key of the last error tied to no request (cleared when the
 #: venue next acknowledges one)
 UNATTRIBUTED = "<unattributed>"
@@ -139,11 +148,14 @@ class ConnectionRunner:
         topics: Iterable[str],
         settings: RunnerSettings,
         status: VenueStatus,
-        records: trio.MemorySendChannel[Batch],
+        records: trio.MemorySendChannel[Ingress],
         validator: Validator,
         open_transport: OpenTransport = open_transport,
         backoff: Backoff | None = None,
         send_limiter: SlidingWindowLimiter | None = None,
+        rotate_after: float | None = None,
+        rotate_offset: float = 0.0,
+        symbols: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self.venue = venue
         self.url = url
@@ -157,13 +169,44 @@ class ConnectionRunner:
         self.validator = validator
         self._open = open_transport
         self._backoff = backoff or Backoff(settings.reconnect_interval, settings.max_backoff)
-        self._attempt: _Attempt | None = None
         #: a limiter shared with the venue's other connections (a per-address limit); None: each
         #: attempt paces itself with one of its own (a per-connection limit)
         self.send_limiter = send_limiter
         #: the venue's latest answer per topic, or the one still awaited: a subscribe reply for
         #: every carried topic, an unsubscribe reply while its request is outstanding
         self.replies: dict[str, Reply] = {name: Reply("subscribe") for name in self.topics}
+        #: seconds after which a connection is replaced, make-before-break (None: only when the
+        #: venue announces a shutdown); shards of a venue add different offsets (staggered)
+        self.rotate_after = rotate_after
+        self.rotate_offset = rotate_offset
+        #: the symbols this connection carries, for disconnect and reconnect events (the owner
+        #: knows which subscription a topic serves; by default the topic names stand in)
+        self._symbols = symbols or (lambda: sorted(self.topics))
+        #: the live attempts: the current one, and its replacement while a rotation overlaps them
+        self._attempts: list[_Attempt] = []
+        self._attempt: _Attempt | None = None
+        #: where the attempts of one connected lifetime run (a rotation starts its successor here)
+        self._lifetime: trio.Nursery | None = None
+        self._ended = trio.Event()
+        self._final: _Outcome | None = None
+        #: while two connections overlap (and shortly after): one gap-free stream of both
+        self.overlap: Overlap | None = None
+        #: the connection being replaced, and the event its reader sets once it has caught up
+        #: with its replacement
+        self.overlap_old: _Attempt | None = None
+        self.caught_up = trio.Event()
+        #: data flowed since the last disconnect event (or since start); when the connection is
+        #: lost with this set, subscribers hear of it
+        self.delivering = False
+        #: (trio time, wall time) of the disconnect event not yet followed by a reconnect one
+        self.down_since: tuple[float, datetime] | None = None
+        #: stale_after is multiplied by this for a feed found quiet on a live socket (see _Attempt)
+        self.quiet_factor = 1
+        #: when the last rotation started (they are never closer than reconnect_interval: a venue
+        #: in maintenance may announce a shutdown on every connection), and rotations that
+        #: failed in a row (each waits twice as long before the next try)
+        self.last_rotation = -math.inf
+        self.rotation_failures = 0
 
     # ---- live subscription changes ----------------------------------------------------
 
@@ -174,8 +217,9 @@ class ConnectionRunner:
         self.conn.topics = len(self.topics)
         for name in new:
             self._replace_reply(name, Reply("subscribe"))
-        if new and self._attempt is not None:
-            self._attempt.queue_changes("subscribe", new)
+        if new:
+            for attempt in self._attempts:
+                attempt.queue_changes("subscribe", new)
 
     def remove_topics(self, names: Iterable[str]) -> None:
         """Stop carrying topics; when connected, each has an unsubscribe :class:`Reply` pending."""
@@ -184,9 +228,10 @@ class ConnectionRunner:
         self.conn.topics = len(self.topics)
         for name in gone:
             # when not connected, the next connect simply leaves it out: nothing to await
-            self._replace_reply(name, None if self._attempt is None else Reply("unsubscribe"))
-        if gone and self._attempt is not None:
-            self._attempt.queue_changes("unsubscribe", gone)
+            self._replace_reply(name, Reply("unsubscribe") if self._attempts else None)
+        if gone:
+            for attempt in self._attempts:
+                attempt.queue_changes("unsubscribe", gone)
 
     def _replace_reply(self, name: str, reply: Reply | None) -> None:
         """A new request for ``name`` settles the one still awaited: its answer would not say
@@ -240,6 +285,7 @@ class ConnectionRunner:
             except Exception as exc:  # an adapter bug must not take the venue, or the daemon, down
                 log.exception("%s: internal error; treating it as a connection failure", self.name)
                 outcome = _Outcome(f"internal error: {exc!r}")
+            await self._announce_down(outcome.reason)
             if self._backoff.failures == 0:
                 failed_logged = False  # the attempt was stable: a new run of failures starts
             conn.reconnects += 1
@@ -277,18 +323,170 @@ class ConnectionRunner:
             await trio.sleep(delay)
 
     async def _connect_once(self) -> _Outcome:
+        """One connected lifetime: an attempt, and the replacements rotations hand it over to,
+        until the current one ends without a successor; how that one ended."""
+        self._ended = trio.Event()
+        self._final = None
+        try:
+            async with trio.open_nursery() as lifetime:
+                self._lifetime = lifetime
+                try:
+                    await lifetime.start(self._run_attempt)
+                except TransportError as exc:
+                    return _Outcome(str(exc))
+                await self._ended.wait()
+                lifetime.cancel_scope.cancel()  # a replacement still connecting goes with it
+        finally:
+            self._lifetime = None
+        assert self._final is not None
+        return self._final
+
+    async def _run_attempt(self, *, task_status: trio.TaskStatus[_Attempt]) -> None:
+        """Connect (a failure before ``started`` goes to the caller), run the attempt, report."""
+        attempt: _Attempt | None = None
         try:
             async with self._open(self.url, connect_timeout=self.settings.connect_timeout) as transport:
                 attempt = _Attempt(self, transport, self.venue.new_session())
-                self._attempt = attempt
+                self._attempts.append(attempt)
+                if self._attempt is None:
+                    self._attempt = attempt
+                task_status.started(attempt)
+                outcome = _Outcome("connection ended")
                 try:
-                    return await attempt.run()
+                    outcome = await attempt.run()
                 finally:
-                    self._attempt = None
-                    self._connection_gone()
+                    self._attempts.remove(attempt)
                     attempt.session.connection_lost()
-        except TransportError as exc:
-            return _Outcome(str(exc))
+                    if not self._attempts:
+                        self._connection_gone()
+                    self._attempt_ended(attempt, outcome)
+        except TransportError:
+            if attempt is None:
+                raise
+            # closing it failed: how it ended is already reported
+
+    def _attempt_ended(self, attempt: _Attempt, outcome: _Outcome) -> None:
+        if attempt.replaced:
+            return  # rotated away: its successor carries on
+        if attempt is not self._attempt:
+            # a replacement that ended before it took over: the current connection carries on
+            log.warning("%s: rotation failed: its replacement ended (%s); the current connection "
+                        "carries on", self.name, outcome.reason)
+            return
+        if self._attempts:
+            # the venue cut the old connection while its replacement was already subscribed
+            self._hand_over(self._attempts[0])
+            self._rotated(f"{outcome.reason}; the replacement took over")
+            return
+        self._attempt = None
+        self._final = outcome
+        self._ended.set()
+
+    # ---- make-before-break rotation -----------------------------------------------------
+
+    async def rotate(self, old: _Attempt, reason: str) -> bool:
+        """Replace ``old``: connect and subscribe a successor, wait for its first data (or, for
+        a quiet feed, its acknowledgements) and for ``old`` to catch up with it, hand over, then
+        close ``old``. False if the successor failed; ``old`` carries on, having lost nothing.
+
+        See :mod:`feedd.overlap` for how the records of both become one stream.
+        """
+        lifetime = self._lifetime
+        if lifetime is None:
+            return False
+        log.info("%s: rotating (%s): connecting its replacement", self.name, reason)
+        self.last_rotation = trio.current_time()
+        self.conn.rotating = True
+        overlap = self.overlap = Overlap()
+        self.overlap_old = old
+        self.caught_up = trio.Event()
+        try:
+            try:
+                new: _Attempt = await lifetime.start(self._run_attempt)
+            except TransportError as exc:
+                log.warning("%s: rotation failed: cannot connect its replacement (%s); the current "
+                            "connection carries on", self.name, exc)
+                return False
+            wait = self.settings.stale_after
+            with trio.move_on_after(wait):
+                await new.ready.wait()
+            if not new.ready.is_set() and new.acked >= self.topics and new.end_reason is None:
+                # a quiet feed: every stream acknowledged is as good as data, and waiting for
+                # an illiquid symbol's next trade could take longer than the old one has left
+                reason += "; quiet feed, replacement acknowledged"
+                new.ready.set()
+            if new.end_reason is not None or not new.ready.is_set():
+                new.end("replacement delivered nothing")
+                log.warning("%s: rotation failed: its replacement delivered nothing within %g s; "
+                            "the current connection carries on", self.name, wait)
+                return False
+            with trio.move_on_after(CATCH_UP):
+                await self.caught_up.wait()
+            if not overlap.caught_up and overlap.held:
+                log.warning("%s: rotation: the old connection did not catch up with its replacement "
+                            "within %g s; handing over anyway (records between may be missing)",
+                            self.name, CATCH_UP)
+            self._hand_over(new)
+            old.replaced = True
+            old.end(f"rotated ({reason})", planned=True)
+            self._rotated(reason)
+            self.rotation_failures = 0
+            return True
+        finally:
+            self.conn.rotating = False
+            if not old.replaced and self._attempt is old and self.overlap is overlap:
+                self.overlap = None  # failed: the old one delivered everything, nothing is held
+
+    def _hand_over(self, new: _Attempt) -> None:
+        """``new`` is the connection from now on: deliver what it held beyond what went out."""
+        self._attempt = new
+        overlap = self.overlap
+        if overlap is None:
+            return
+        held = overlap.switch()
+        if held:
+            try:
+                self.records.send_nowait(held)  # before the replacement's next read, in order
+            except trio.WouldBlock:
+                if self._lifetime is not None:
+                    self._lifetime.start_soon(self.records.send, held)
+
+    def _rotated(self, reason: str) -> None:
+        """De-duplicate a while longer: the replacement repeats what the old one delivered last."""
+        self.conn.rotations += 1
+        self.status.rotations += 1
+        log.info("%s: rotated (%s)", self.name, reason)
+        if self._lifetime is not None and self.overlap is not None:
+            self._lifetime.start_soon(self._end_overlap, self.overlap)
+
+    async def _end_overlap(self, overlap: Overlap) -> None:
+        await trio.sleep(OVERLAP_GRACE)
+        if self.overlap is overlap:
+            self.overlap = None
+            if overlap.dropped:
+                log.debug("%s: rotation overlap: %d copies dropped", self.name, overlap.dropped)
+
+    # ---- disconnect and reconnect events --------------------------------------------------
+
+    async def _announce_down(self, reason: str) -> None:
+        """Tell consumers the symbols of this connection stop, if data was flowing."""
+        if not self.delivering:
+            return
+        self.delivering = False
+        at = datetime.now(UTC)
+        self.down_since = (trio.current_time(), at)
+        event = Disconnected(self.venue.venue_id, tuple(self._symbols()), at, reason)
+        await self.records.send(event)
+
+    def announce_up(self) -> Reconnected | None:
+        """Data flows (again): the reconnect event to put before it, if a disconnect was told."""
+        self.delivering = True
+        self.quiet_factor = 1
+        down, self.down_since = self.down_since, None
+        if down is None:
+            return None
+        return Reconnected(self.venue.venue_id, tuple(self._symbols()), datetime.now(UTC),
+                           trio.current_time() - down[0])
 
     def mark_stable(self) -> None:
         """The current attempt kept delivering for ``stable_after``: failures start over."""
@@ -317,6 +515,22 @@ class _Attempt:
         self.stable = False
         #: set by the reader when a Pong arrives; replaced for every ping that awaits one
         self.pong = trio.Event()
+        #: trio times of the last data frame (records, kept or refused) and of the last proof
+        #: that the feed (not just the socket) is alive: a heartbeat channel, an idle probe's answer
+        self.last_data_at: float | None = None
+        self.last_proof_at: float | None = None
+        #: the last pong the venue owed (its socket answers, whatever the feed does)
+        self.last_pong_at: float | None = None
+        #: topics the venue acknowledged on this connection
+        self.acked: set[str] = set()
+        #: set at the first data frame, or once every topic is acknowledged on a quiet feed:
+        #: a replacement is ready to take over
+        self.ready = trio.Event()
+        #: set to rotate now (the venue announced a shutdown), with why
+        self.rotate_now = trio.Event()
+        self.rotate_reason = ""
+        #: handed over to a successor by a rotation
+        self.replaced = False
 
     def end(self, reason: str, *, planned: bool = False) -> None:
         if self.end_reason is None:
@@ -356,6 +570,7 @@ class _Attempt:
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._sender)
                 nursery.start_soon(self._watchdog)
+                nursery.start_soon(self._rotator)
                 if venue.ping_interval is not None:
                     interval = venue.ping_interval
                     if venue.ping_mode == "idle":
@@ -388,9 +603,11 @@ class _Attempt:
             received_at = now(UTC)
             records: Batch = []
             keep = records.append
+            data = False
             for frame in batch:
                 for event in decode(frame, received_at):
                     if type(event) is MarketData:
+                        data = True
                         reason = check(event)
                         if reason is None:
                             keep(event)
@@ -403,7 +620,20 @@ class _Attempt:
             if not self.stable and conn.last_frame_at >= stable_at:
                 self.stable = True
                 runner.mark_stable()
+            if data:
+                self.last_data_at = conn.last_data_at = conn.last_frame_at
+                if not self.ready.is_set():
+                    self.ready.set()
             if records:
+                overlap = runner.overlap
+                if overlap is not None:
+                    records = overlap.old(records) if self is runner.overlap_old else overlap.new(records)
+                    if overlap.caught_up:
+                        runner.caught_up.set()
+                    if not records:
+                        continue
+                if not runner.delivering and (up := runner.announce_up()) is not None:
+                    await to_hub(up)
                 status.messages += len(records)
                 # no checkpoint of its own: the next read is one, and the hub runs meanwhile;
                 # a full or closed channel takes the awaiting path (which also sees cancellation)
@@ -418,6 +648,9 @@ class _Attempt:
         name = runner.name
         if isinstance(event, Pong):
             self.pong.set()
+            self.last_pong_at = trio.current_time()
+        elif isinstance(event, Heartbeat):
+            self.last_proof_at = trio.current_time()
         elif isinstance(event, DecodeError):
             status.decode_errors += 1
             if _first_of_run(status.decode_errors):
@@ -450,6 +683,10 @@ class _Attempt:
                 for topic in event.topics:
                     status.subscription_errors.pop(topic, None)
             runner.record_reply(event.topics, event.op, None)
+            if event.op == "subscribe":
+                self.acked.update(event.topics)
+            else:
+                self.acked.difference_update(event.topics)
         elif isinstance(event, SequenceGap):
             status.sequence_gaps += 1
             status.messages_missed += event.missed
@@ -457,8 +694,10 @@ class _Attempt:
                 log.warning("%s: sequence gap #%d: %d message(s) missed (%s)",
                             name, status.sequence_gaps, event.missed, event.detail)
         elif isinstance(event, Reconnect):
-            self.end(f"venue asked to reconnect: {event.reason}", planned=True)
-        # Heartbeat and Ignored only prove liveness, which the reader already noted.
+            # make-before-break: the rotator connects a replacement before this one is cut
+            self.rotate_reason = f"venue announced {event.reason}"
+            self.rotate_now.set()
+        # Ignored (and Pong) prove the socket, which the reader already noted, not the feed.
 
     async def _sender(self) -> None:
         limiter = self.runner.send_limiter or send_limiter(self.runner.venue)
@@ -488,14 +727,61 @@ class _Attempt:
         return self.session.subscribe(names) if op == "subscribe" else self.session.unsubscribe(names)
 
     async def _watchdog(self) -> None:
-        conn = self.runner.conn
-        stale_after = self.runner.settings.stale_after
+        """End the attempt when the feed has been silent for ``stale_after``: data frames and
+        proofs of the feed (a heartbeat channel, an idle probe's answer) count, not pongs or acks,
+        which prove only the socket.
+
+        A venue with neither (Bybit: its pongs prove only the socket) cannot tell a quiet feed
+        from a stalled one: when the feed is silent while pongs keep coming and every stream is
+        acknowledged, it may be an illiquid symbol. Such an attempt is reconnected as a planned
+        cut, not a failure, and the next one waits twice as long (up to ``QUIET_MAX_FACTOR``
+        times), so a quiet symbol never makes a reconnect loop while a stall is still noticed.
+        """
+        runner = self.runner
+        conn = runner.conn
+        stale_after = runner.settings.stale_after * runner.quiet_factor
+        start = self.connected_at
         while True:
-            deadline = (conn.last_frame_at or self.connected_at) + stale_after
-            if trio.current_time() >= deadline:
-                self.end(f"stale feed: no frame for {stale_after:g} s")
+            deadline = max(self.last_data_at or start, self.last_proof_at or start) + stale_after
+            now = trio.current_time()
+            if now < deadline:
+                await trio.sleep_until(deadline)  # the deadline moves with every data frame
+                continue
+            pongs = self.last_pong_at is not None and now - self.last_pong_at < stale_after
+            socket_alive = conn.last_frame_at is not None and now - conn.last_frame_at < stale_after
+            if pongs and self.last_data_at is None and self.last_proof_at is None \
+                    and self.acked >= runner.topics:
+                runner.quiet_factor = min(QUIET_MAX_FACTOR, runner.quiet_factor * 2)
+                self.stable = True
+                self.end(f"quiet feed: no data for {stale_after:g} s, the socket alive; checking "
+                         f"again after {runner.settings.stale_after * runner.quiet_factor:g} s",
+                         planned=True)
                 return
-            await trio.sleep_until(deadline)  # the deadline moves with every frame
+            alive = " (the socket alive: heartbeats, no data)" if socket_alive else ""
+            self.end(f"stale feed: no data for {stale_after:g} s{alive}")
+            return
+
+    async def _rotator(self) -> None:
+        """Rotate at ``rotate_after`` (plus this shard's offset) or when the venue announces a
+        shutdown, never sooner than ``reconnect_interval`` after the previous rotation; a failed
+        one is tried again after ``reconnect_interval``, doubling while they keep failing (up
+        to ``max_backoff``)."""
+        runner = self.runner
+        while True:
+            rotate_after = runner.rotate_after
+            due = math.inf
+            if rotate_after is not None:
+                due = self.connected_at + rotate_after + runner.rotate_offset
+            with trio.move_on_at(due):
+                await self.rotate_now.wait()
+            reason = self.rotate_reason or f"scheduled, after {rotate_after:g} s"
+            await trio.sleep_until(runner.last_rotation + runner.settings.reconnect_interval)
+            if await runner.rotate(self, reason):
+                return
+            runner.rotation_failures += 1  # a venue's shutdown notice stands: rotate_now stays set
+            settings = runner.settings
+            await trio.sleep(min(settings.max_backoff,
+                                 settings.reconnect_interval * 2 ** (runner.rotation_failures - 1)))
 
     async def _pinger(self, interval: float) -> None:
         """Send the venue's ping as its ``ping_mode`` says; await the pong it owes, if any."""

@@ -15,13 +15,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 import trio
 
 from feedd.codec import encode_record
-from feedd.model import Batch, MarketData
+from feedd.model import Batch, FeedEvent, Ingress, MarketData
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ class Sink(Protocol):
         """
         ...
 
+    def notice(self, event: FeedEvent) -> None:
+        """Take a feed event (a disconnect or reconnect), in order with the records offered
+        around it; same rules as :meth:`offer`."""
+        ...
+
 
 class Hub:
     """Receives batches from producers and fans them out to the attached sinks.
@@ -52,15 +57,17 @@ class Hub:
     """
 
     def __init__(self, buffer: int = 1024) -> None:
-        self._send, self._receive = trio.open_memory_channel[Batch](buffer)
+        self._send, self._receive = trio.open_memory_channel[Ingress](buffer)
         self._sinks: tuple[Sink, ...] = ()
         self._encode = False
         #: records and batches fanned out, and hub wakeups (each drains everything queued)
         self.records = 0
         self.batches = 0
         self.wakeups = 0
+        #: feed events (disconnects, reconnects) passed on
+        self.events = 0
 
-    def sender(self) -> trio.MemorySendChannel[Batch]:
+    def sender(self) -> trio.MemorySendChannel[Ingress]:
         """A send channel of its own for one producer, which closes it when done."""
         return self._send.clone()
 
@@ -92,35 +99,58 @@ class Hub:
         """Fan out until the channel is closed (:meth:`close` and every sender), or cancelled.
 
         Each wakeup takes every batch already queued (from any connection) and offers them to
-        the sinks as one, so a sink writes once per wakeup however many batches it carried.
+        the sinks as one, so a sink writes once per wakeup however many batches it carried. A
+        feed event among them splits the run: the records before it, the event, the rest, so
+        each consumer sees it exactly where it happened.
         """
         receive = self._receive
         task_status.started()
         async with receive:
             while True:
                 try:
-                    batch = await receive.receive()
+                    item = await receive.receive()
                 except trio.EndOfChannel:
                     return
                 self.wakeups += 1
-                batches = 1
+                batch: Batch | None = None
+                batches = 0
+                merged = False
                 closed = False
-                merged: Batch | None = None
                 while True:
+                    if isinstance(item, list):
+                        if batch is None:
+                            batch = item
+                        else:
+                            if not merged:
+                                batch = list(batch)  # never the producer's own list
+                                merged = True
+                            batch.extend(item)
+                        batches += 1
+                    else:
+                        if batch is not None:
+                            self._dispatch(batch, batches)
+                            batch, batches, merged = None, 0, False
+                        self._announce(item)
                     try:
-                        more = receive.receive_nowait()
+                        item = receive.receive_nowait()
                     except trio.WouldBlock:
                         break
                     except trio.EndOfChannel:
                         closed = True
                         break
-                    if merged is None:
-                        merged = list(batch)  # never the producer's own list
-                    merged.extend(more)
-                    batches += 1
-                self._dispatch(batch if merged is None else merged, batches)
+                if batch is not None:
+                    self._dispatch(batch, batches)
                 if closed:
                     return
+
+    def _announce(self, event: FeedEvent) -> None:
+        self.events += 1
+        for sink in self._sinks:
+            try:
+                sink.notice(event)
+            except Exception:
+                logger.exception("sink %r failed; detaching it", sink)
+                self.detach(sink)
 
     def _dispatch(self, batch: Batch, batches: int = 1) -> None:
         self.batches += batches
@@ -162,6 +192,8 @@ class SubscriberInfo:
 
 
 Callback = Callable[[MarketData], Awaitable[None] | None]
+#: a callback that also (or only) hears feed events: ``MarketData | Disconnected | Reconnected``
+AnyCallback = Callable[[Any], Awaitable[None] | None]
 
 
 _FAILED = "data callback %r raised (%d failures so far, %d not logged)"
@@ -196,13 +228,24 @@ class CallbackSink:
     #: after the first failure, at most one log line per this many seconds
     error_log_interval = 10.0
 
-    def __init__(self, callback: Callback, buffer: int = 10_000, name: str | None = None) -> None:
+    def __init__(
+        self,
+        callback: Callback | AnyCallback,
+        buffer: int = 10_000,
+        name: str | None = None,
+        *,
+        data: bool = True,
+        events: bool = False,
+    ) -> None:
         if buffer < 1:
             raise ValueError(f"buffer must be positive, got {buffer}")
-        self._callback = callback
+        self._callback: AnyCallback = callback
+        #: what the callback is handed: records, feed events (in order with records), or both
+        self._data = data
+        self._events = events
         self.name = name or getattr(callback, "__qualname__", None) or repr(callback)
         self._buffer = buffer
-        self._pending: deque[MarketData] = deque(maxlen=buffer)
+        self._pending: deque[MarketData | FeedEvent] = deque(maxlen=buffer)
         #: the hub's offers (event loop) and a sync callback's takes (its thread) on the buffer
         #: take turns, so the drop count stays exact
         self._lock = threading.Lock()
@@ -224,9 +267,23 @@ class CallbackSink:
         return SubscriberInfo("callback", self.name, self.delivered, self.dropped, self.pending, self.errors)
 
     def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
+        if not self._data:
+            return
         with self._lock:
             overflow = len(self._pending) + len(records) - self._buffer
             self._pending.extend(records)  # the deque's maxlen drops the oldest
+        if overflow > 0:
+            self.dropped += overflow
+        self._wakeup.set()
+
+    def notice(self, event: FeedEvent) -> None:
+        if self._events:
+            self._take_one(event)
+
+    def _take_one(self, item: MarketData | FeedEvent) -> None:
+        with self._lock:
+            overflow = len(self._pending) + 1 - self._buffer
+            self._pending.append(item)
         if overflow > 0:
             self.dropped += overflow
         self._wakeup.set()

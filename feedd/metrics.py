@@ -21,7 +21,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from feedd.model import MarketData
+from feedd.model import FeedEvent, MarketData
 from feedd.status import VenueState
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ class DelaySink:
         delay = (newest.received_at - newest.timestamp).total_seconds()
         child.observe(delay if delay > 0 else 0.0)
 
+    def notice(self, event: FeedEvent) -> None:
+        """Feed events carry no exchange time: nothing to observe."""
+
 
 class _ServiceCollector(Collector):
     """Reads the service's live counters at scrape time."""
@@ -72,6 +75,7 @@ class _ServiceCollector(Collector):
         decode_errors = counter("decode_errors", "messages that could not be decoded")
         gaps = counter("sequence_gaps", "gaps in the venue's message sequence numbers")
         reconnects = counter("reconnects", "connection attempts that ended (each is followed by a reconnect)")
+        rotations = counter("rotations", "connections replaced make-before-break (planned, no gap)")
         failures = gauge("consecutive_failures", "failed connection attempts in a row (worst connection)")
         state = gauge("venue_state", "the venue's state: 1 for the current one", ["venue", "state"])
         connections = gauge("connections", "connections by state", ["venue", "state"])
@@ -85,6 +89,7 @@ class _ServiceCollector(Collector):
             decode_errors.add_metric([name], status.decode_errors)
             gaps.add_metric([name], status.sequence_gaps)
             reconnects.add_metric([name], status.reconnects)
+            rotations.add_metric([name], status.rotations)
             failures.add_metric([name], status.consecutive_failures)
             current = status.state
             by_state = {s: 0 for s in STATES}
@@ -103,7 +108,7 @@ class _ServiceCollector(Collector):
                     counts[supervisor.state_of(sub)] += 1
             for sub_state, count in counts.items():
                 subscriptions.add_metric([name, sub_state], count)
-        yield from (messages, records, rejected, decode_errors, gaps, reconnects, failures, state,
+        yield from (messages, records, rejected, decode_errors, gaps, reconnects, rotations, failures, state,
                     connections, age, subscriptions)
 
         who = ["subscriber", "kind"]
@@ -123,6 +128,8 @@ class _ServiceCollector(Collector):
         hub = service.hub
         yield CounterMetricFamily("feedd_hub_records", "records fanned out by the hub", value=hub.records)
         yield CounterMetricFamily("feedd_hub_batches", "batches fanned out by the hub", value=hub.batches)
+        yield CounterMetricFamily("feedd_feed_events", "disconnect and reconnect events passed to consumers",
+                                  value=hub.events)
         if service.publisher is not None:
             yield GaugeMetricFamily("feedd_unix_subscribers", "Unix-socket subscribers connected",
                                     value=service.publisher.clients)

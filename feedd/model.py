@@ -61,3 +61,33 @@ def trade_record(
 
 #: records one connection read in one wakeup; the unit the hub and the sinks move
 Batch = list[MarketData]
+
+
+@attrs.frozen(slots=True)
+class Disconnected:
+    """A connection carrying ``symbols`` was lost unplanned: their records stop until a
+    :class:`Reconnected` for them says data flows again; a consumer should distrust the interval."""
+
+    exchange: str
+    symbols: tuple[str, ...]
+    at: datetime
+    reason: str
+    type: Literal["disconnect"] = "disconnect"
+
+
+@attrs.frozen(slots=True)
+class Reconnected:
+    """Data flows again for ``symbols`` after a :class:`Disconnected`, ``gap_seconds`` later."""
+
+    exchange: str
+    symbols: tuple[str, ...]
+    at: datetime
+    gap_seconds: float
+    type: Literal["reconnect"] = "reconnect"
+
+
+#: what the feed tells consumers about itself, in order with the records
+FeedEvent = Disconnected | Reconnected
+
+#: what producers put on the hub's ingress: a batch of records, or a feed event between them
+Ingress = Batch | FeedEvent

@@ -32,9 +32,9 @@ from feedd.connection import RunnerSettings
 from feedd.errors import quoted
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import CHANNELS, Channel, Subscription
-from feedd.hub import Callback, CallbackSink, Hub, SubscriberInfo
+from feedd.hub import AnyCallback, Callback, CallbackSink, Hub, SubscriberInfo
 from feedd.metrics import Metrics
-from feedd.model import Batch
+from feedd.model import Ingress
 from feedd.reload import ReloadOutcome, VenuePlan, plan_reload, subscriptions_of
 from feedd.sinks.unix import UnixPublisher
 from feedd.state import StateFile
@@ -85,7 +85,7 @@ class _VenueRun:
     ended; ``records`` is its own sender to the hub, closed when it ends."""
 
     supervisor: VenueSupervisor
-    records: trio.MemorySendChannel[Batch]
+    records: trio.MemorySendChannel[Ingress]
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     done: trio.Event = attrs.field(factory=trio.Event)
 
@@ -458,8 +458,13 @@ class WebSocketService:
 
     # ---- data callbacks -----------------------------------------------------------------
 
-    def add_data_callback(self, callback: Callback, *, buffer: int = 10_000) -> CallbackSink:
-        """Call ``callback(record)`` (sync, or async and awaited) for every record from now on.
+    def add_data_callback(
+        self, callback: Callback | AnyCallback, *, buffer: int = 10_000, events: bool = False
+    ) -> CallbackSink:
+        """Call ``callback(record)`` (sync, or async and awaited) for every record from now on;
+        with ``events=True`` also for every feed event (:class:`~feedd.model.Disconnected`,
+        :class:`~feedd.model.Reconnected`), in order with the records, as the socket's
+        subscribers get them.
 
         Each callback has its own task and a buffer of ``buffer`` records: a slow one loses its
         oldest records (counted in ``dropped``) and never stalls the feed or the others; an
@@ -471,8 +476,22 @@ class WebSocketService:
         awaited (see :class:`~feedd.hub.CallbackSink`). Returns the sink, for
         :meth:`remove_data_callback` and its counters.
         """
-        sink = CallbackSink(callback, buffer, name=f"callback#{len(self.callbacks) + 1}:"
-                            f"{getattr(callback, '__qualname__', type(callback).__name__)}")
+        return self._add_callback(CallbackSink(
+            callback, buffer, name=self._callback_name(callback), events=events
+        ))
+
+    def add_event_callback(self, callback: AnyCallback, *, buffer: int = 1_000) -> CallbackSink:
+        """Call ``callback(event)`` for every feed event only (disconnects and reconnects, see
+        :meth:`add_data_callback`); removed with :meth:`remove_data_callback`."""
+        return self._add_callback(CallbackSink(
+            callback, buffer, name=self._callback_name(callback), data=False, events=True
+        ))
+
+    def _callback_name(self, callback: object) -> str:
+        name = getattr(callback, "__qualname__", type(callback).__name__)
+        return f"callback#{len(self.callbacks) + 1}:{name}"
+
+    def _add_callback(self, sink: CallbackSink) -> CallbackSink:
         scope = trio.CancelScope()
         self.callbacks[sink] = scope
         if self._nursery is not None:

@@ -27,8 +27,13 @@ class ConnectionStatus:
     reconnects: int = 0
     last_error: str | None = None
     last_frame_at: float | None = None  # trio clock
+    #: the last frame that carried records (heartbeats, pongs and acks do not count)
+    last_data_at: float | None = None  # trio clock
     #: the current attempt has kept delivering for ``stable_after`` seconds
     stable: bool = False
+    #: make-before-break replacements done, and whether one is under way
+    rotations: int = 0
+    rotating: bool = False
 
     def snapshot(self, now: float) -> dict[str, Any]:
         last = self.last_frame_at
@@ -38,10 +43,13 @@ class ConnectionStatus:
             "state": self.state,
             "streams": self.topics,
             "reconnects": self.reconnects,
+            "rotations": self.rotations,
             "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error,
             "seconds_since_last_message": None if last is None else _age(now - last),
+            "seconds_since_last_data": None if self.last_data_at is None else _age(now - self.last_data_at),
             "stable": self.stable,
+            "rotating": self.rotating,
         }
 
 
@@ -59,6 +67,8 @@ class VenueStatus:
     started: bool = False
     #: connection attempts that ended, over every connection the venue ever had
     reconnects: int = 0
+    #: connections replaced make-before-break (planned; not in ``reconnects``)
+    rotations: int = 0
     #: records delivered to the hub
     messages: int = 0
     #: frames read off the sockets
@@ -78,6 +88,7 @@ class VenueStatus:
         """Continue ``previous``'s counters: a venue restarted (or disabled and enabled again)
         by a reload keeps counting from where it was."""
         self.reconnects = previous.reconnects
+        self.rotations = previous.rotations
         self.messages = previous.messages
         self.frames = previous.frames
         self.rejected = Counter(previous.rejected)
@@ -145,6 +156,7 @@ class VenueStatus:
             "sequence_gaps": self.sequence_gaps,
             "messages_missed": self.messages_missed,
             "reconnects": self.reconnects,
+            "rotations": self.rotations,
             "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error,
             "subscription_errors": dict(self.subscription_errors),

@@ -25,7 +25,7 @@ from feedd.connection import ConnectionRunner, Reply, RunnerSettings, send_limit
 from feedd.errors import quoted
 from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue, topic_chars
 from feedd.instruments import Instruments, load_instruments
-from feedd.model import Batch
+from feedd.model import Ingress
 from feedd.ratelimit import SlidingWindowLimiter
 from feedd.status import VenueStatus
 from feedd.transport import OpenTransport, open_transport
@@ -79,7 +79,7 @@ class VenueSupervisor:
         settings: RunnerSettings,
         *,
         cache_dir: str,
-        records: trio.MemorySendChannel[Batch],
+        records: trio.MemorySendChannel[Ingress],
         status: VenueStatus | None = None,
         open_transport: OpenTransport = open_transport,
         initial: Mapping[str, Sequence[Channel]] | None = None,
@@ -124,12 +124,22 @@ class VenueSupervisor:
     def venue_id(self) -> str:
         return self.venue.venue_id
 
+    @property
+    def rotate_after(self) -> float | None:
+        """The configured connection lifetime, else the venue's; 0 configured means never."""
+        configured = self.config.rotate_after
+        if configured is None:
+            return self.venue.rotate_after
+        return configured or None
+
     def reconfigure(self, config: ExchangeConfig) -> None:
         """A reloaded section with the same endpoints: its channels become the default for API
         subscribes and the base the state file is relative to, and ``quote_max_age`` applies at
         once. The symbols are the caller's to subscribe and unsubscribe (live, confirmed)."""
         self.config = config
         self.venue.quote_max_age = config.quote_max_age
+        for runner in self.runners():
+            runner.rotate_after = self.rotate_after
 
     def amend_initial(
         self, subscribe: Mapping[str, Sequence[Channel]], unsubscribe: Mapping[str, Sequence[Channel]]
@@ -421,12 +431,33 @@ class VenueSupervisor:
             validator=self._validator,
             open_transport=self._open,
             send_limiter=self._shared_limiter(url),
+            rotate_after=self.rotate_after,
+            rotate_offset=self._rotate_offset(sum(self._shard_count.values())),
+            symbols=lambda: self._symbols_on(runner),
         )
         scope = trio.CancelScope()
         self._scopes[runner] = scope
         self._chars[runner] = 1  # the opening bracket; each topic adds its closing separator
         self._nursery.start_soon(self._supervise, runner, scope, name=name)
         return runner
+
+    def _rotate_offset(self, number: int) -> float:
+        """Shards rotate one after another, not all at once: the ``number``-th connection of the
+        venue rotates a little later than the one before (a minute apart at Binance's 23.5 h,
+        wrapping within 20 minutes, so every one still comes before the venue's 24 h cut)."""
+        lifetime = self.rotate_after
+        if lifetime is None:
+            return 0.0
+        spacing = min(60.0, lifetime / 16)
+        return ((number - 1) * spacing) % min(lifetime / 2, 1200.0)
+
+    def _symbols_on(self, runner: ConnectionRunner) -> list[str]:
+        """The symbols with a stream on ``runner`` (for its disconnect and reconnect events)."""
+        return sorted({
+            sub.symbol
+            for sub, topics in self._subscriptions.items()
+            if any(self._owner.get(topic) is runner for topic in topics)
+        })
 
     def _shared_limiter(self, url: str) -> SlidingWindowLimiter | None:
         """The send budget a connection to ``url`` shares with the venue's others to its host, when

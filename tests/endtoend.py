@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import trio
 
 from feedd.codec import decode_record
@@ -66,6 +67,7 @@ class Subscriber:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.buffer = b""
+        self.notices: list[dict[str, Any]] = []
 
     @classmethod
     async def connect(cls, path: str, filter_line: bytes = b"{}\n") -> Subscriber:
@@ -82,7 +84,13 @@ class Subscriber:
         return line
 
     async def record(self) -> MarketData:
-        return decode_record(await self.line())
+        """The next record; disconnect and reconnect lines before it go to :attr:`notices`."""
+        while True:
+            line = await self.line()
+            if line.startswith((b'{"type":"disconnect"', b'{"type":"reconnect"')):
+                self.notices.append(orjson.loads(line))
+                continue
+            return decode_record(line)
 
     async def until(self, predicate: Callable[[MarketData], bool], limit: int = 20_000) -> list[MarketData]:
         """Records read until one satisfies ``predicate`` (included)."""

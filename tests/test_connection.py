@@ -6,10 +6,12 @@ backoff cost nothing; tests/test_daemon.py drives it against the simulator.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -20,7 +22,7 @@ from feedd.backoff import Backoff
 from feedd.connection import ConnectionRunner, RunnerSettings
 from feedd.exchanges import make_venue
 from feedd.exchanges.base import Pong, Retry, SubscribeError
-from feedd.model import MarketData
+from feedd.model import Disconnected, MarketData, Reconnected
 from feedd.status import VenueStatus
 from feedd.transport import Frame, TransportError
 from feedd.validate import Validator
@@ -40,6 +42,7 @@ class ScriptedTransport:
         self.incoming_send, self.incoming = trio.open_memory_channel[Frame | Exception](100)
         self.sent: list[tuple[float, str]] = []
         self.sent_more = trio.Event()
+        self.closed = False
 
     async def send(self, frame: Frame) -> None:
         self.sent.append((trio.current_time(), str(frame)))
@@ -64,6 +67,7 @@ class FakeNetwork:
         self.attempts: list[float] = []
         self.connected = trio.Event()
         self.transport: ScriptedTransport | None = None
+        self.transports: list[ScriptedTransport] = []
         self.changed = trio.Event()
 
     @asynccontextmanager
@@ -75,9 +79,13 @@ class FakeNetwork:
             raise TransportError("cannot connect: refused")
         transport = ScriptedTransport()
         self.transport = transport
+        self.transports.append(transport)
         self.connected.set()
         self.connected = trio.Event()
-        yield transport
+        try:
+            yield transport
+        finally:
+            transport.closed = True
 
     async def wait_attempts(self, n: int) -> None:
         while len(self.attempts) < n:
@@ -85,12 +93,16 @@ class FakeNetwork:
 
 
 def make_runner(
-    network: FakeNetwork, settings: RunnerSettings, *, topics: tuple[str, ...] = ("btcusdt@trade",)
+    network: FakeNetwork,
+    settings: RunnerSettings,
+    *,
+    topics: tuple[str, ...] = ("btcusdt@trade",),
+    venue: str = "binance",
 ) -> tuple[ConnectionRunner, VenueStatus, trio.MemoryReceiveChannel[list[MarketData]]]:
-    status = VenueStatus("binance")
+    status = VenueStatus(venue)
     send, receive = trio.open_memory_channel[list[MarketData]](100)
     runner = ConnectionRunner(
-        venue=make_venue("binance"),
+        venue=make_venue(venue),
         url="ws://test/stream",
         name="binance/stream#1",
         topics=topics,
@@ -100,6 +112,7 @@ def make_runner(
         validator=Validator({"BTCUSDT"}),
         open_transport=network.open,
         backoff=Backoff(settings.reconnect_interval, settings.max_backoff, rng=random.Random(1)),
+        symbols=lambda: ["BTCUSDT"],
     )
     return runner, status, receive
 
@@ -394,7 +407,7 @@ async def test_a_stalled_feed_is_dropped_after_stale_after_and_reopened(
         nursery.cancel_scope.cancel()
     assert network.attempts[0] == pytest.approx(0.0)
     assert 30.5 <= network.attempts[1] <= 31.0 + 1e-6
-    assert runner.conn.last_error == "stale feed: no frame for 30 s"
+    assert runner.conn.last_error == "stale feed: no data for 30 s"
 
 
 async def test_failed_is_logged_once_per_run_of_failures(
@@ -422,58 +435,258 @@ async def test_failed_is_logged_once_per_run_of_failures(
 SHUTDOWN = orjson.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown"}}).decode()
 
 
-async def test_a_venue_that_shuts_down_every_new_connection_meets_the_backoff_ladder(
+async def received(channel: trio.MemoryReceiveChannel[Any]) -> tuple[list[MarketData], list[object]]:
+    """Everything queued for the hub now: the records, and the feed events between them."""
+    await trio.testing.wait_all_tasks_blocked()
+    records: list[MarketData] = []
+    events: list[object] = []
+    while True:
+        try:
+            item = channel.receive_nowait()
+        except trio.WouldBlock:
+            return records, events
+        if isinstance(item, list):
+            records += item
+        else:
+            events.append(item)
+
+
+def trade_ids(records: list[MarketData]) -> list[str | None]:
+    return [r.trade_id for r in records]
+
+
+async def test_a_shutdown_notice_rotates_make_before_break_without_gap_or_duplicate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A server in maintenance answering each connect with serverShutdown: no reconnect storm."""
-    settings = RunnerSettings(reconnect_interval=1.0, max_backoff=60.0, max_retries=0)
     network = FakeNetwork(lambda n: True)
-    runner, _, _ = make_runner(network, settings)
+    runner, status, records = make_runner(network, RunnerSettings(stable_after=1.0))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
-        for n in range(1, 7):
-            await network.wait_attempts(n)
-            await trio.testing.wait_all_tasks_blocked()
-            assert network.transport is not None
-            await network.transport.incoming_send.send(SHUTDOWN)
-        await network.wait_attempts(7)
+        await network.wait_attempts(1)
+        await trio.testing.wait_all_tasks_blocked()
+        old = network.transports[0]
+        await old.incoming_send.send(trade_frame(1))
+        await old.incoming_send.send(SHUTDOWN)
+        await network.wait_attempts(2)  # the replacement, while the old one still delivers
+        await trio.testing.wait_all_tasks_blocked()
+        new = network.transports[1]
+        assert runner.conn.rotating and not old.closed
+        assert new.sent and "SUBSCRIBE" in new.sent[0][1]
+        await old.incoming_send.send(trade_frame(2))
+        await new.incoming_send.send(trade_frame(2))  # both carry it: it goes out once
+        await new.incoming_send.send(trade_frame(3))
+        await trio.testing.wait_all_tasks_blocked()
+        assert old.closed and not new.closed  # handed over at the replacement's first data
+        await new.incoming_send.send(trade_frame(4))
+        got, events = await received(records)
         nursery.cancel_scope.cancel()
-    gaps = [b - a for a, b in zip(network.attempts, network.attempts[1:], strict=False)]
-    for n, gap in enumerate(gaps):
-        assert 2.0**n / 2 <= gap <= 2.0**n + 1e-6, (n, gap)
-    assert runner.conn.consecutive_failures == 6
-    assert "serverShutdown" in (runner.conn.last_error or "")
+    assert trade_ids(got) == ["1", "2", "3", "4"]
+    assert events == []  # no disconnect: nothing was lost
+    assert (runner.conn.rotations, status.rotations) == (1, 1)
+    assert (status.reconnects, runner.conn.consecutive_failures) == (0, 0)
+    assert len(network.attempts) == 2
 
 
-async def test_planned_reconnects_of_stable_connections_are_never_closer_than_reconnect_interval(
+async def test_connections_rotate_at_rotate_after_plus_their_offset(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    settings = RunnerSettings(reconnect_interval=5.0, max_backoff=60.0, stable_after=1.0)
     network = FakeNetwork(lambda n: True)
-    runner, _, records = make_runner(network, settings)
-    shutdowns: list[float] = []
+    runner, status, records = make_runner(network, RunnerSettings(stale_after=1e6))
+    runner.rotate_after, runner.rotate_offset = 100.0, 7.0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
         for n in range(1, 4):
+            await network.wait_attempts(n + 1)
+            await trio.testing.wait_all_tasks_blocked()
+            await network.transports[n].incoming_send.send(trade_frame(n))  # held: the old one
+            await network.transports[n - 1].incoming_send.send(trade_frame(n))  # catches up
+        got, events = await received(records)
+        closed = [t.closed for t in network.transports]
+        nursery.cancel_scope.cancel()
+    opened = network.attempts
+    assert [b - a for a, b in itertools.pairwise(opened)] == [pytest.approx(107.0)] * 3
+    assert closed == [True, True, True, False]
+    assert trade_ids(got) == ["1", "2", "3"] and events == []
+    assert status.rotations == 3 and status.reconnects == 0
+
+
+async def test_a_failed_replacement_leaves_the_old_connection_streaming_and_is_retried_with_backoff(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = RunnerSettings(reconnect_interval=5.0, max_backoff=60.0, stale_after=1e6)
+    network = FakeNetwork(lambda n: n == 1 or n >= 5)  # replacements 2, 3, 4 are refused
+    runner, status, records = make_runner(network, settings)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.wait_attempts(1)
+        await trio.testing.wait_all_tasks_blocked()
+        old = network.transports[0]
+        await old.incoming_send.send(SHUTDOWN)
+        await network.wait_attempts(5)
+        await trio.testing.wait_all_tasks_blocked()
+        await old.incoming_send.send(trade_frame(1))  # still streaming all along
+        await network.transports[1].incoming_send.send(trade_frame(2))
+        await old.incoming_send.send(trade_frame(2))
+        got, events = await received(records)
+        nursery.cancel_scope.cancel()
+    opened = network.attempts
+    # at once, then after 5, 10, 20 s: failed rotations back off, and never storm
+    assert [b - a for a, b in itertools.pairwise(opened)] == pytest.approx([0, 5, 10, 20])
+    assert trade_ids(got) == ["1", "2"] and events == []
+    assert status.rotations == 1 and status.reconnects == 0
+    assert runner.conn.consecutive_failures == 0
+    assert sum("rotation failed" in r.message for r in caplog.records) == 3
+
+
+async def test_a_venue_announcing_shutdown_on_every_connection_rotates_at_most_every_reconnect_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, status, _ = make_runner(network, RunnerSettings(reconnect_interval=5.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        for n in range(1, 5):
             await network.wait_attempts(n)
             await trio.testing.wait_all_tasks_blocked()
-            transport = network.transport
-            assert transport is not None
-            await transport.incoming_send.send(trade_frame(2 * n))
-            await records.receive()
-            await trio.sleep(1.0)
-            await transport.incoming_send.send(trade_frame(2 * n + 1))  # stable from here on
-            await records.receive()
-            assert runner.conn.stable
-            shutdowns.append(trio.current_time())
+            transport = network.transports[n - 1]
+            await transport.incoming_send.send(trade_frame(n))
             await transport.incoming_send.send(SHUTDOWN)
-        await network.wait_attempts(4)
+        await network.wait_attempts(5)
         nursery.cancel_scope.cancel()
-    assert network.attempts[1] == pytest.approx(shutdowns[0])  # the first one is immediate
-    # the next ones wait until reconnect_interval has passed since the previous planned one
-    assert network.attempts[2] == pytest.approx(network.attempts[1] + 5.0)
-    assert network.attempts[3] == pytest.approx(network.attempts[2] + 5.0)
-    assert runner.conn.consecutive_failures == 0  # planned, healthy: never a failure
+    gaps = [b - a for a, b in itertools.pairwise(network.attempts)]
+    assert gaps == pytest.approx([0, 5, 5, 5])
+    assert status.reconnects == 0 and runner.conn.consecutive_failures == 0
+
+
+async def test_a_lost_connection_announces_disconnect_then_reconnect_with_the_gap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = RunnerSettings(reconnect_interval=4.0, max_backoff=4.0)
+    network = FakeNetwork(lambda n: n != 2)
+    runner, _, records = make_runner(network, settings)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.wait_attempts(1)
+        await trio.testing.wait_all_tasks_blocked()
+        await network.transports[0].incoming_send.send(trade_frame(1))
+        await network.transports[0].incoming_send.send(TransportError("closed by peer: code 1006"))
+        await network.wait_attempts(3)
+        await trio.testing.wait_all_tasks_blocked()
+        before, between = await received(records)
+        await network.transports[1].incoming_send.send(trade_frame(2))
+        after, events = await received(records)
+        nursery.cancel_scope.cancel()
+    assert trade_ids(before) == ["1"] and trade_ids(after) == ["2"]
+    [down] = between
+    assert isinstance(down, Disconnected)
+    assert (down.exchange, down.symbols) == ("binance", ("BTCUSDT",))
+    assert down.reason == "closed by peer: code 1006"
+    [up] = events
+    assert isinstance(up, Reconnected)
+    assert (up.exchange, up.symbols) == ("binance", ("BTCUSDT",))
+    assert 2.0 <= up.gap_seconds <= 8.0  # two backoff waits of 2-4 s each
+    assert up.at > down.at
+
+
+async def test_a_feed_failing_before_any_data_announces_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: False)
+    runner, _, records = make_runner(network, RunnerSettings())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.wait_attempts(4)
+        got, events = await received(records)
+        nursery.cancel_scope.cancel()
+    assert got == [] and events == []
+
+
+async def test_heartbeats_without_data_are_a_stale_feed_and_a_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Pongs and acks prove the socket, not the feed: a venue that answers but sends no data is
+    reconnected after stale_after, as a failure."""
+    network = FakeNetwork(lambda n: True)
+    runner, status, _ = make_runner(network, RunnerSettings(stale_after=30.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.wait_attempts(1)
+        await trio.testing.wait_all_tasks_blocked()
+        transport = network.transports[0]
+        await transport.incoming_send.send(trade_frame(1))
+        for _ in range(10):  # an answer to nothing every 5 s: the socket lives, the feed does not
+            await trio.sleep(5.0)
+            await transport.incoming_send.send('{"result":null,"id":99}')
+        await network.wait_attempts(2)
+        nursery.cancel_scope.cancel()
+    assert network.attempts[1] == pytest.approx(30.0, abs=3.0)
+    assert status.last_error == (
+        "binance/stream#1: stale feed: no data for 30 s (the socket alive: heartbeats, no data)"
+    )
+    assert runner.conn.consecutive_failures == 1
+
+
+async def test_a_quiet_feed_kept_alive_by_the_idle_probe_is_never_reconnected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An illiquid symbol: no trade for ten minutes, but the idle probe's answer (the venue's
+    list of our streams) proves the feed, so the connection stays."""
+    network = FakeNetwork(lambda n: True)
+    runner, status, _ = make_runner(network, RunnerSettings(stale_after=30.0))
+
+    async def answer_probes(transport: ScriptedTransport) -> None:
+        answered = 0
+        while True:
+            await transport.sent_more.wait()
+            for _, frame in transport.sent[answered:]:
+                request = orjson.loads(frame)
+                result = ["btcusdt@trade"] if request["method"] == "LIST_SUBSCRIPTIONS" else None
+                reply = {"result": result, "id": request["id"]}
+                await transport.incoming_send.send(orjson.dumps(reply).decode())
+            answered = len(transport.sent)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.wait_attempts(1)
+        nursery.start_soon(answer_probes, network.transports[0])
+        await trio.sleep(600.0)
+        probes = sum("LIST_SUBSCRIPTIONS" in frame for _, frame in network.transports[0].sent)
+        nursery.cancel_scope.cancel()
+    assert len(network.attempts) == 1 and status.reconnects == 0
+    assert probes >= 40  # one per 15 s idle (min(10 s, stale_after / 2) after the last frame)
+
+
+async def test_a_quiet_feed_without_a_probe_is_rechecked_ever_less_often_without_failures(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No data, every stream acknowledged, the socket alive (its pongs keep coming): maybe an
+    illiquid symbol, maybe a stall. Reconnect to find out, as a planned cut, and wait twice as
+    long each time."""
+    network = FakeNetwork(lambda n: True)
+    settings = RunnerSettings(stale_after=10.0, reconnect_interval=1.0)
+    runner, status, records = make_runner(network, settings, topics=("publicTrade.BTCUSDT",), venue="bybit")
+    pong = '{"success":true,"ret_msg":"pong","conn_id":"c","op":"ping"}'
+    ack = '{"success":true,"ret_msg":"","conn_id":"c","req_id":"1","op":"subscribe"}'
+
+    async def pongs() -> None:  # Bybit's answers to its pings, which prove only the socket
+        while True:
+            await trio.sleep(3.0)
+            await network.transports[-1].incoming_send.send(pong)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        nursery.start_soon(pongs)
+        for n in range(1, 6):
+            await network.wait_attempts(n)
+            await trio.testing.wait_all_tasks_blocked()
+            await network.transports[n - 1].incoming_send.send(ack)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(network.attempts)]
+    assert gaps == pytest.approx([10.0, 20.0, 40.0, 80.0], abs=1.5)
+    assert runner.conn.consecutive_failures == 0
+    assert "quiet feed" in (status.last_error or "")
+    _, events = await received(records)
+    assert events == []  # nothing was flowing: nothing to announce
 
 
 async def test_no_frame_is_dropped_while_the_hub_is_behind_and_control_frames_still_act(

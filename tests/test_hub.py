@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 import threading
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +13,7 @@ from trio.testing import wait_all_tasks_blocked
 import feedd.hub
 from feedd.codec import encode_record
 from feedd.hub import CallbackSink, Hub
-from feedd.model import MarketData
+from feedd.model import Disconnected, FeedEvent, MarketData, Reconnected
 
 T0 = datetime(2024, 8, 8, 6, 53, 2, 668000, tzinfo=UTC)
 TIMEOUT = 10
@@ -37,9 +37,15 @@ class SpySink:
     def __init__(self, wants_encoded: bool = True) -> None:
         self.wants_encoded = wants_encoded
         self.offers: list[tuple[list[MarketData], Sequence[bytes]]] = []
+        #: offers and feed events, in the order they came
+        self.log: list[list[MarketData] | FeedEvent] = []
 
     def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
         self.offers.append((list(records), encoded))
+        self.log.append(list(records))
+
+    def notice(self, event: FeedEvent) -> None:
+        self.log.append(event)
 
     @property
     def records(self) -> list[MarketData]:
@@ -374,3 +380,48 @@ async def test_batches_queued_together_reach_each_sink_as_one_offer(nursery: tri
     assert [records for records, _ in sink.offers] == [[r for batch in batches for r in batch]]
     assert batches[0] == [rec(0), rec(1)]  # the producers' own lists are left alone
     assert (hub.wakeups, hub.batches, hub.records) == (1, 5, 10)
+
+
+DOWN = Disconnected("binance", ("BTCUSDT",), T0, "closed by peer: code 1006")
+UP = Reconnected("binance", ("BTCUSDT",), T0, 1.5)
+
+
+async def test_a_feed_event_splits_queued_batches_and_reaches_every_sink_in_its_place(
+    nursery: trio.Nursery,
+) -> None:
+    hub = Hub()
+    spy = SpySink()
+    hub.attach(spy)
+    send = hub.sender()
+    for item in ([rec(0)], [rec(1)], DOWN, UP, [rec(2)], [rec(3)]):
+        send.send_nowait(item)
+    await nursery.start(hub.run)  # everything queued: one wakeup
+    await wait_all_tasks_blocked()
+    assert spy.log == [[rec(0), rec(1)], DOWN, UP, [rec(2), rec(3)]]
+    assert (hub.wakeups, hub.events, hub.records) == (1, 2, 4)
+
+
+async def test_callbacks_hear_feed_events_in_order_only_when_they_ask(nursery: trio.Nursery) -> None:
+    heard: dict[str, list[object]] = {"records": [], "both": [], "events": []}
+
+    def into(key: str) -> Callable[[object], Awaitable[None]]:
+        async def callback(item: object) -> None:
+            heard[key].append(item)
+        return callback
+
+    hub = Hub()
+    sinks = [CallbackSink(into("records")), CallbackSink(into("both"), events=True),
+             CallbackSink(into("events"), data=False, events=True)]
+    for sink in sinks:
+        hub.attach(sink)
+        await nursery.start(sink.run)
+    await nursery.start(hub.run)
+    send = hub.sender()
+    for item in ([rec(0)], DOWN, UP, [rec(1)]):
+        await send.send(item)
+    await wait_all_tasks_blocked()
+    assert heard == {
+        "records": [rec(0), rec(1)],
+        "both": [rec(0), DOWN, UP, rec(1)],
+        "events": [DOWN, UP],
+    }

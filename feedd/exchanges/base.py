@@ -228,6 +228,9 @@ class Venue(Protocol):
     quote_max_age: float
     #: is the venue's symbol spelling case-insensitive (so feedd upper-cases it)
     uppercase_symbols: bool
+    #: seconds after which a connection is replaced make-before-break, before the venue's own
+    #: documented cut (None: it states no lifetime; only its shutdown notices rotate)
+    rotate_after: float | None
 
     def topics(self, subscription: Subscription) -> list[Topic]:
         """The wire streams that carry one subscription (may span routes)."""

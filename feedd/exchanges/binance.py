@@ -22,6 +22,7 @@ import orjson
 from feedd.exchanges.base import (
     DecodeError,
     Event,
+    Heartbeat,
     Ignored,
     InstrumentPage,
     MessageLimitScope,
@@ -43,6 +44,7 @@ _Handler = Callable[[dict[str, Any], datetime], Event]
 
 _IGNORED = Ignored()
 _SHUTDOWN = Reconnect("serverShutdown")
+_HEARTBEAT = Heartbeat()
 # inlined rather than fields.from_ms: one call less per trade frame (see fields.py on exactness)
 _fromtimestamp = datetime.fromtimestamp
 
@@ -105,7 +107,8 @@ class BinanceSession:
 
         The server's WebSocket pings (§2.4) keep the socket open but are invisible to the stale
         watchdog, and an illiquid symbol's trade stream can be silent for minutes; the reply to
-        this request proves the whole path alive (it decodes to :class:`Ignored`).
+        this request proves the whole path alive (its answer decodes to :class:`Heartbeat`, which
+        the stale watchdog counts as a sign of the feed; pongs and acks only prove the socket).
         """
         request_id = self._next_id
         self._next_id += 1
@@ -137,8 +140,9 @@ class BinanceSession:
         """The events in one received frame; any bad input becomes a :class:`DecodeError`.
 
         Replies: ``result: null`` for a pending id is its :class:`SubscribeAck`; any other
-        ``result`` (a ``LIST_SUBSCRIPTIONS`` answer) and a ``result: null`` for an id this session
-        never sent (nothing to attribute, nothing wrong) are :class:`Ignored`. ``code``/``msg``
+        list ``result`` (a ``LIST_SUBSCRIPTIONS`` answer) is a :class:`Heartbeat`; any other
+        ``result`` and a ``result: null`` for an id this session never sent (nothing to
+        attribute, nothing wrong) are :class:`Ignored`. ``code``/``msg``
         errors often carry no id (§2.2); those give a :class:`SubscribeError` with no topics.
         A raw (unwrapped) ``serverShutdown`` is honoured like the combined one.
         """
@@ -168,7 +172,10 @@ class BinanceSession:
         return [DecodeError("not a combined-stream event, reply or error", excerpt(frame))]
 
     def _reply(self, msg: dict[str, Any]) -> Event:
-        if msg["result"] is not None:
+        result = msg["result"]
+        if type(result) is list:
+            return _HEARTBEAT  # the idle probe's answer: the venue's subscription path is alive
+        if result is not None:
             return _IGNORED
         request_id = msg.get("id")
         pending = self._pending.pop(request_id, None) if type(request_id) is int else None
@@ -270,6 +277,8 @@ class _BinanceVenue(QuotedVenue):
     #: and the stale watchdog ends a feed that stays silent
     pong_timeout: float | None = None
     uppercase_symbols: bool = True
+    #: "a connection lives at most 24 hours" (§2.4, spot and USD-M): replaced half an hour before
+    rotate_after: float | None = 23.5 * 3600
     _instruments_path: str
 
     def new_session(self) -> Session:

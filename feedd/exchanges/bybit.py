@@ -434,6 +434,8 @@ class _BybitVenue(QuotedVenue):
     ping_mode: PingMode = "always"
     pong_timeout: float | None = 10.0
     uppercase_symbols = True
+    #: no connection lifetime is documented
+    rotate_after: float | None = None
     category: str
     #: topics per subscribe request: spot allows 10 ([connect]); derivatives have no documented
     #: limit, and a small batch is little to redo when one bad topic fails it

@@ -450,6 +450,8 @@ class Coinbase:
     ping_mode: PingMode = "idle"
     pong_timeout: float | None = None
     uppercase_symbols = True
+    #: no connection lifetime is documented
+    rotate_after: float | None = None
     #: product list, public, no JWT (List Public Products)
     products_path = "/api/v3/brokerage/market/products"
 

@@ -27,9 +27,9 @@ import attrs
 import orjson
 import trio
 
-from feedd.codec import encode_line
+from feedd.codec import encode_event, encode_line
 from feedd.hub import Hub
-from feedd.model import MarketData
+from feedd.model import FeedEvent, MarketData
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,21 @@ class ClientFilter:
             and (self.symbols is None or record.symbol.upper() in self.symbols)
             and (self.kinds is None or record.kind in self.kinds)
         )
+
+
+def notice_line(event: FeedEvent, flt: ClientFilter | None) -> bytes | None:
+    """``event``'s line for a subscriber with filter ``flt``: only the symbols it asked for
+    (whatever kinds), or None when the event is about none of them."""
+    if flt is None:
+        return encode_event(event)
+    if flt.exchanges is not None and event.exchange not in flt.exchanges:
+        return None
+    symbols = event.symbols
+    if flt.symbols is not None:
+        symbols = tuple(s for s in symbols if s.upper() in flt.symbols)
+        if not symbols:
+            return None
+    return encode_event(event, symbols)
 
 
 def parse_filter(line: bytes) -> ClientFilter:
@@ -137,7 +152,8 @@ class _Subscriber:
         self._capacity = capacity
         #: lines waiting while the socket is full
         self._lines: deque[bytes] = deque(maxlen=capacity)
-        self._held: deque[tuple[MarketData, bytes]] | None = deque(maxlen=capacity)
+        #: records (and feed events) waiting for the first filter, with their lines
+        self._held: deque[tuple[MarketData | FeedEvent, bytes]] | None = deque(maxlen=capacity)
         self._filter: ClientFilter | None = None
         self._dropped = 0
         #: the unwritten rest of a write the socket did not take whole, and its record count
@@ -199,6 +215,21 @@ class _Subscriber:
             self.write(b"".join(lines), len(lines))
         return bool(lines)
 
+    def take_notice(self, event: FeedEvent) -> None:
+        """Deliver a feed event in its place among the records, if it concerns this subscriber."""
+        if self.goodbye is not None:
+            return
+        if self._held is not None:
+            self._held.append((event, b""))  # its line depends on the filter still to come
+            return
+        line = notice_line(event, self._filter)
+        if line is None:
+            return
+        if self.backlog is not None:
+            self._lines.append(line)
+        else:
+            self.write(line, 0)
+
     def write(self, payload: bytes, count: int) -> None:
         """Write ``payload`` (``count`` records) now, as far as the socket takes it, never waiting;
         a gap notice goes first if records were dropped. The rest becomes the backlog."""
@@ -242,9 +273,17 @@ class _Subscriber:
         flt = self._filter = _effective(flt)
         if self.goodbye is not None:
             return
-        lines = [line for r, line in held or () if flt is None or flt.matches(r)]
+        lines: list[bytes] = []
+        count = 0
+        for item, line in held or ():
+            if isinstance(item, MarketData):
+                if flt is None or flt.matches(item):
+                    lines.append(line)
+                    count += 1
+            elif (notice := notice_line(item, flt)) is not None:
+                lines.append(notice)
         if lines or self._dropped:
-            self.write(b"".join(lines), len(lines))
+            self.write(b"".join(lines), count)
 
     def set_filter(self, flt: ClientFilter) -> None:
         """Replace the filter for every later flush; lines already queued stay queued."""
@@ -371,6 +410,13 @@ class UnixPublisher:
             self._flush(now)
         else:
             self._flush_due.set()
+
+    def notice(self, event: FeedEvent) -> None:
+        """A feed event: what is pending goes out first, then the event, in order."""
+        if self._pending:
+            self._flush(trio.current_time())
+        for sub in self.subscribers:
+            sub.take_notice(event)
 
     def _flush(self, now: float) -> None:
         pending, self._pending = self._pending, []

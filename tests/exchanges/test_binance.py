@@ -16,6 +16,7 @@ from feedd.exchanges.base import (
     DecodeError,
     Event,
     Frame,
+    Heartbeat,
     Ignored,
     InstrumentPage,
     Reconnect,
@@ -241,13 +242,13 @@ def test_subscribe_of_nothing_sends_nothing() -> None:
     assert session().unsubscribe([]) == []
 
 
-def test_idle_probe_is_a_list_subscriptions_request_whose_reply_is_ignored() -> None:
+def test_idle_probe_is_a_list_subscriptions_request_whose_reply_proves_the_feed() -> None:
     s = session()
     s.subscribe(["btcusdt@trade"])
     probe = orjson.loads(s.ping())
     assert probe == {"method": "LIST_SUBSCRIPTIONS", "id": 2}
     reply = orjson.dumps({"result": ["btcusdt@trade"], "id": 2}).decode()
-    assert s.decode(reply, RECEIVED) == [Ignored()]
+    assert s.decode(reply, RECEIVED) == [Heartbeat()]
 
 
 def test_each_session_numbers_its_requests_afresh() -> None:
@@ -296,10 +297,10 @@ def test_a_request_is_acked_only_once() -> None:
     assert only(s.decode('{"result":null,"id":1}', RECEIVED)) == Ignored()
 
 
-def test_list_subscriptions_reply_is_ignored() -> None:
+def test_list_subscriptions_reply_is_a_heartbeat_of_the_feed() -> None:
     s = session()
     reply = json.dumps(sample("list_subscriptions_response.json"))
-    assert only(s.decode(reply, RECEIVED)) == Ignored()
+    assert only(s.decode(reply, RECEIVED)) == Heartbeat()
 
 
 def test_documented_error_without_id_is_an_unattributed_subscribe_error() -> None:

@@ -1092,11 +1092,17 @@ async def test_the_runner_counts_recorded_gaps_and_publishes_no_trade_twice_acro
                 await wire.push.send(TransportError("closed by peer: code 1006"))
         nursery.cancel_scope.cancel()
     got: list[MarketData] = []
+    events: list[object] = []
     while True:
         try:
-            got += published.receive_nowait()
+            item = published.receive_nowait()
         except trio.WouldBlock:
             break
+        if isinstance(item, list):
+            got += item
+        else:
+            events.append(item)
+    assert [type(e).__name__ for e in events] == ["Disconnected", "Reconnected"]
     trades = [r for r in got if r.kind == "trade"]
     assert len(trades) == 79  # the second connection's snapshot and updates published none again
     assert sum(r.kind == "ticker" for r in got) == 2 * 160

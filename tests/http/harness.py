@@ -113,6 +113,8 @@ class Subscriber:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.buffer = b""
+        #: disconnect and reconnect lines read between records
+        self.notices: list[dict[str, Any]] = []
 
     @classmethod
     async def connect(cls, path: str, filter_line: bytes = b"{}\n") -> Subscriber:
@@ -123,13 +125,18 @@ class Subscriber:
         return subscriber
 
     async def record(self) -> MarketData:
-        while b"\n" not in self.buffer:
-            data = await self.stream.receive_some(65536)
-            assert data, "the daemon closed the socket"
-            self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        assert not line.startswith(b'{"type"'), f"a notice, not a record: {line!r}"
-        return decode_record(line)
+        """The next record; feed events before it go to :attr:`notices`, anything else fails."""
+        while True:
+            while b"\n" not in self.buffer:
+                data = await self.stream.receive_some(65536)
+                assert data, "the daemon closed the socket"
+                self.buffer += data
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            if line.startswith((b'{"type":"disconnect"', b'{"type":"reconnect"')):
+                self.notices.append(orjson.loads(line))
+                continue
+            assert not line.startswith(b'{"type"'), f"a notice, not a record: {line!r}"
+            return decode_record(line)
 
     async def until(self, predicate: Callable[[MarketData], bool], limit: int = 10_000) -> list[MarketData]:
         """Records read until one satisfies ``predicate`` (included)."""

@@ -19,7 +19,7 @@ from trio.testing import MockClock, wait_all_tasks_blocked
 from feedd.codec import decode_record, encode_line, encode_record
 from feedd.config import ConfigError, parse_config
 from feedd.hub import Hub
-from feedd.model import MarketData
+from feedd.model import Disconnected, Ingress, MarketData, Reconnected
 from feedd.sinks.unix import ClientFilter, PublisherError, UnixPublisher, parse_filter
 
 T0 = datetime(2024, 8, 8, 6, 53, 2, 668000, tzinfo=UTC)
@@ -74,7 +74,7 @@ def sock_path() -> Iterator[str]:
 class Running:
     hub: Hub
     pub: UnixPublisher
-    send: trio.MemorySendChannel[list[MarketData]]
+    send: trio.MemorySendChannel[Ingress]
 
     async def publish(self, records: list[MarketData]) -> None:
         await self.send.send(records)
@@ -665,3 +665,70 @@ async def test_with_many_subscribers_records_arriving_meanwhile_go_out_with_the_
 def test_write_interval_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="write_interval"):
         UnixPublisher(Hub(), "/tmp/x.sock", write_interval=-1.0)
+
+
+# ---- feed events: disconnect and reconnect lines -------------------------------------------
+
+AT = datetime(2026, 12, 3, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+def down(exchange: str = "binance", symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")) -> Disconnected:
+    return Disconnected(exchange, symbols, AT, "closed by peer: code 1006")
+
+
+async def test_feed_events_reach_every_subscriber_in_order_with_the_records(sock_path: str) -> None:
+    records = mixed(6)
+    async with running(sock_path, filter_wait=0) as r:
+        client = await Client.connect(sock_path, b"{}\n")
+        await r.send.send(records[:3])
+        await r.send.send(down())
+        await r.send.send(Reconnected("binance", ("BTCUSDT", "ETHUSDT"), AT, 2.5))
+        await r.publish(records[3:])
+        lines = await client.lines(8)
+    assert [decode_record(line) for line in lines[:3]] == records[:3]
+    assert orjson.loads(lines[3]) == {
+        "type": "disconnect", "exchange": "binance", "symbols": ["BTCUSDT", "ETHUSDT"],
+        "at": "2026-12-03T10:00:00.123456Z", "reason": "closed by peer: code 1006",
+    }
+    assert orjson.loads(lines[4]) == {
+        "type": "reconnect", "exchange": "binance", "symbols": ["BTCUSDT", "ETHUSDT"],
+        "at": "2026-12-03T10:00:00.123456Z", "gap_seconds": 2.5,
+    }
+    assert [decode_record(line) for line in lines[5:]] == records[3:]
+    assert r.hub.events == 2
+
+
+@pytest.mark.parametrize(
+    ("filter_line", "expected"),
+    [
+        (b'{"symbol": ["ethusdt"]}\n', ["ETHUSDT"]),  # only its own symbol
+        (b'{"exchange": ["binance"], "kind": ["ticker"]}\n', ["BTCUSDT", "ETHUSDT"]),  # kinds aside
+        (b'{"symbol": ["SOLUSDT"]}\n', None),  # not about it: not sent
+        (b'{"exchange": ["bybit"]}\n', None),
+    ],
+)
+async def test_a_filtered_subscriber_hears_only_of_its_own_symbols(
+    sock_path: str, filter_line: bytes, expected: list[str] | None
+) -> None:
+    marker = rec(99, "bybit", "SOLUSDT", "ticker")
+    async with running(sock_path, filter_wait=0) as r:
+        client = await Client.connect(sock_path, filter_line)
+        await r.send.send(down())
+        await r.publish([marker])  # what a filter lets through of it comes after the event
+        line = await client.line()
+    if expected is None:
+        assert line is not None and decode_record(line) == marker
+    else:
+        assert line is not None and orjson.loads(line)["symbols"] == expected
+
+
+async def test_a_feed_event_for_a_subscriber_without_a_filter_yet_waits_for_its_filter(
+    sock_path: str,
+) -> None:
+    async with running(sock_path, filter_wait=5) as r:
+        client = await Client.connect(sock_path)  # no filter line yet: held
+        await r.send.send(down())
+        await wait_all_tasks_blocked()
+        await client.stream.send_all(b'{"symbol": ["BTCUSDT"]}\n')
+        [line] = await client.lines(1)
+    assert orjson.loads(line)["symbols"] == ["BTCUSDT"]
