@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from itertools import groupby
 from operator import itemgetter
@@ -47,10 +48,11 @@ from feedd.exchanges.base import (
     SubscribeError,
     Venue,
 )
+from feedd.handshake import Gate, HostGate, host_of
 from feedd.model import Batch, Frame, MarketData
 from feedd.ratelimit import SlidingWindowLimiter
 from feedd.status import ConnectionStatus, VenueStatus
-from feedd.transport import OpenTransport, Transport, TransportError, open_transport
+from feedd.transport import HandshakeRefused, OpenTransport, Transport, TransportError, open_transport
 from feedd.validate import Validator
 
 log = logging.getLogger(__name__)
@@ -115,11 +117,13 @@ class Reply:
 
 @attrs.frozen
 class _Outcome:
-    """How an attempt ended: why, whether the venue asked for it, and whether it had been stable."""
+    """How an attempt ended: why, whether the venue asked for it, and whether it had been stable
+    (``throttled``: the host refused the handshake with a wait, which its gate logged)."""
 
     reason: str
     planned: bool = False
     stable: bool = False
+    throttled: bool = False
 
 
 def _first_of_run(count: int) -> bool:
@@ -144,6 +148,7 @@ class ConnectionRunner:
         open_transport: OpenTransport = open_transport,
         backoff: Backoff | None = None,
         send_limiter: SlidingWindowLimiter | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.venue = venue
         self.url = url
@@ -164,6 +169,9 @@ class ConnectionRunner:
         #: the venue's latest answer per topic, or the one still awaited: a subscribe reply for
         #: every carried topic, an unsubscribe reply while its request is outstanding
         self.replies: dict[str, Reply] = {name: Reply("subscribe") for name in self.topics}
+        #: the host's handshake gate (Retry-After, connect pacing), shared with every connection
+        #: to the host when its owner passes one; else one of its own
+        self.gate = gate or Gate(HostGate(host_of(url)), venue.venue_id, counters=status.handshakes)
 
     # ---- live subscription changes ----------------------------------------------------
 
@@ -259,8 +267,9 @@ class ConnectionRunner:
                     conn.state = "backoff"
                     await trio.sleep(delay)
                 continue
-            # failures, and planned cuts of a connection that never became stable, climb the ladder
-            delay = self._backoff.next_delay()
+            # failures, and planned cuts of a connection that never became stable, climb the ladder;
+            # a host that asked for a wait (Retry-After) gets at least that
+            delay = max(self._backoff.next_delay(), self.gate.wait())
             conn.consecutive_failures = self._backoff.failures
             if settings.max_retries and self._backoff.failures >= settings.max_retries:
                 conn.state = "failed"
@@ -273,12 +282,13 @@ class ConnectionRunner:
                     failed_logged = True
             else:
                 conn.state = "backoff"
-                log.warning("%s: %s; reconnecting in %.1f s", self.name, outcome.reason, delay)
+                if not outcome.throttled:  # else the gate said it, once for every connection
+                    log.warning("%s: %s; reconnecting in %.1f s", self.name, outcome.reason, delay)
             await trio.sleep(delay)
 
     async def _connect_once(self) -> _Outcome:
         try:
-            async with self._open(self.url, connect_timeout=self.settings.connect_timeout) as transport:
+            async with self.opened() as transport:
                 attempt = _Attempt(self, transport, self.venue.new_session())
                 self._attempt = attempt
                 try:
@@ -287,8 +297,21 @@ class ConnectionRunner:
                     self._attempt = None
                     self._connection_gone()
                     attempt.session.connection_lost()
+        except HandshakeRefused as exc:
+            return _Outcome(str(exc), throttled=self.gate.refused(exc))
         except TransportError as exc:
             return _Outcome(str(exc))
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Transport]:
+        """A transport to :attr:`url`, opened through the host's gate: after any wait the host
+        asked for and within the venue's connect limit. Every handshake goes through here (a
+        rotation's second connection too). A refusal raises :class:`HandshakeRefused`; hand it
+        to ``self.gate.refused``."""
+        await self.gate.before_connect()
+        async with self._open(self.url, connect_timeout=self.settings.connect_timeout) as transport:
+            self.gate.accepted()
+            yield transport
 
     def mark_stable(self) -> None:
         """The current attempt kept delivering for ``stable_after``: failures start over."""
