@@ -5,8 +5,9 @@ per 5 minutes per domain; Coinbase: 8 per second), answer a client over the limi
 and ``Retry-After``, and ban one that keeps going (HTTP 418 at Binance). Both answers are about
 the address and the host, not about the connection that heard them: a second connection trying
 a moment later would only be refused too, and lengthen the ban. So the state lives in one
-:class:`HostGate` per host, held by the service (:class:`HandshakeGates`) and shared by every
-connection of every venue to that host, and survives a venue's restart by a reload.
+:class:`HostGate` per host (and port, :func:`host_of`), held by the service
+(:class:`HandshakeGates`) and shared by every connection of every venue to that host; it
+survives a venue's restart by a reload.
 
 A connection runner reaches it through its :class:`Gate`: :meth:`Gate.before_connect` waits out
 a block and a pacing turn, :meth:`Gate.refused` hands over the refusal. A throttle is logged once
@@ -70,8 +71,18 @@ def parse_retry_after(value: str | bytes, now: datetime) -> float | None:
 
 
 def host_of(url: str) -> str:
-    """The host part of ``url`` (lower case), which the gates are keyed by."""
-    return (urlsplit(url).hostname or url).lower()
+    """``host:port`` of ``url`` (the scheme's port when none is given), which gates are keyed by.
+
+    The port is part of the key so that simulators sharing 127.0.0.1 stay apart; an exchange
+    serves one port per host (Bybit's three venues share ``stream.bybit.com:443``, and one gate).
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or url).lower()
+    try:
+        port = parts.port or (443 if parts.scheme in ("wss", "https") else 80)
+    except ValueError:  # a bad port: the transport will say so; any key will do meanwhile
+        port = 0
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Pacer:
@@ -81,22 +92,31 @@ class _Pacer:
     def __init__(self, limit: ConnectLimit) -> None:
         self.limit = limit
         self._window = SlidingWindowLimiter(limit.attempts, limit.window + WINDOW_MARGIN)
+        #: turns are taken in the order asked (trio's Lock is fair), and a wait is seen as such
+        self._turn = trio.Lock()
         self.pacing = False
 
     async def turn(self, host: str, venue: str) -> bool:
-        """Wait for an attempt's turn; True when it had to wait."""
-        delay = self._window.delay(trio.current_time())
-        if delay > 0 and not self.pacing:
-            self.pacing = True
-            log.warning(
-                "%s: %d connection attempts to %s within %g s, the venue's limit: further "
-                "attempts wait their turn (the next in %.1f s)",
-                venue, self.limit.attempts, host, self.limit.window, delay,
-            )
-        await self._window.acquire()
-        if delay <= 0:
-            self.pacing = False
-        return delay > 0
+        """Wait for an attempt's turn (in the order asked) and count it; True when it waited,
+        for the window or behind attempts that did."""
+        asked = trio.current_time()
+        async with self._turn:
+            delay = self._window.delay(trio.current_time())
+            if delay > 0:
+                if not self.pacing:
+                    self.pacing = True
+                    log.warning(
+                        "%s: %d connection attempts to %s within %g s, the venue's limit: further "
+                        "attempts wait their turn (the next in %.1f s)",
+                        venue, self.limit.attempts, host, self.limit.window, delay,
+                    )
+                # the oldest attempt leaves the window then, which frees exactly one turn
+                await trio.sleep(delay)
+            self._window.record(trio.current_time())
+        waited = trio.current_time() > asked
+        if not waited:
+            self.pacing = False  # a turn at once: whatever wait there was is over
+        return waited
 
 
 @attrs.define(eq=False)
