@@ -18,8 +18,10 @@ from email.utils import format_datetime
 import pytest
 import trio
 import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
 
 from feedd.backoff import Backoff
+from feedd.config import Config
 from feedd.connection import ConnectionRunner, RunnerSettings
 from feedd.exchanges import make_venue
 from feedd.exchanges.base import ConnectLimit, Venue
@@ -34,6 +36,7 @@ from feedd.handshake import (
     parse_retry_after,
 )
 from feedd.model import Frame, MarketData
+from feedd.service import WebSocketService
 from feedd.status import VenueStatus
 from feedd.transport import HandshakeRefused, TransportError
 from feedd.validate import Validator
@@ -388,3 +391,26 @@ def test_each_venue_states_its_documented_connect_limit() -> None:
     for venue in ("bybit", "bybit-linear", "bybit-inverse"):
         assert make_venue(venue).connect_limit == ConnectLimit(500, 300.0)
     assert make_venue("coinbase").connect_limit == ConnectLimit(8, 1.0)
+
+
+async def test_metrics_show_attempts_refusals_by_status_and_the_current_throttle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = WebSocketService(Config())  # not running: the collector reads whatever is there
+    status = service.statuses["binance"] = VenueStatus("binance")
+    gate = service.gates.gate(SPOT, "binance", None, status.handshakes)
+    status.hosts[gate.host.host] = gate.host
+    await gate.before_connect()
+    gate.refused(refusal(503))
+    await gate.before_connect()
+    gate.refused(refusal(429, "90"))
+    body, _ = service.metrics.render()
+    found = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    venue = (("venue", "binance"),)
+    assert found[("feedd_connection_attempts_total", venue)] == 2
+    assert found[("feedd_handshake_refused_total", (("status", "503"), *venue))] == 1
+    assert found[("feedd_handshake_refused_total", (("status", "429"), *venue))] == 1
+    assert found[("feedd_handshake_throttled_total", (("status", "429"), *venue))] == 1
+    assert ("feedd_handshake_throttled_total", (("status", "503"), *venue)) not in found
+    assert found[("feedd_handshake_throttle_seconds", venue)] == pytest.approx(90.0)
