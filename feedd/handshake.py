@@ -48,7 +48,7 @@ DEFAULT_BAN = 300.0
 MAX_WAIT = 24 * 3600.0
 #: added to a connect limit's window: attempts reach the venue over separate TCP handshakes, so
 #: one made earlier may be counted later, as the send limiter allows for (connection.ARRIVAL_SPREAD)
-WINDOW_MARGIN = 1.0
+WINDOW_MARGIN = 0.5
 #: the refusals that block the host: 429 Too Many Requests, 418 (Binance: the IP is banned)
 THROTTLING = {429: "too many requests", 418: "IP address banned"}
 
