@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from itertools import groupby
 from operator import itemgetter
@@ -48,11 +49,12 @@ from feedd.exchanges.base import (
     SubscribeError,
     Venue,
 )
+from feedd.handshake import Gate, HostGate, host_of
 from feedd.model import Batch, Disconnected, Frame, Ingress, MarketData, Reconnected
 from feedd.overlap import Overlap
 from feedd.ratelimit import SlidingWindowLimiter
 from feedd.status import ConnectionStatus, VenueStatus
-from feedd.transport import OpenTransport, Transport, TransportError, open_transport
+from feedd.transport import HandshakeRefused, OpenTransport, Transport, TransportError, open_transport
 from feedd.validate import Validator
 
 log = logging.getLogger(__name__)
@@ -124,11 +126,13 @@ class Reply:
 
 @attrs.frozen
 class _Outcome:
-    """How an attempt ended: why, whether the venue asked for it, and whether it had been stable."""
+    """How an attempt ended: why, whether the venue asked for it, and whether it had been stable
+    (``throttled``: the host refused the handshake with a wait, which its gate logged)."""
 
     reason: str
     planned: bool = False
     stable: bool = False
+    throttled: bool = False
 
 
 def _first_of_run(count: int) -> bool:
@@ -156,6 +160,7 @@ class ConnectionRunner:
         rotate_after: float | None = None,
         rotate_offset: float = 0.0,
         symbols: Callable[[], Sequence[str]] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.venue = venue
         self.url = url
@@ -207,6 +212,9 @@ class ConnectionRunner:
         #: failed in a row (each waits twice as long before the next try)
         self.last_rotation = -math.inf
         self.rotation_failures = 0
+        #: the host's handshake gate (Retry-After, connect pacing), shared with every connection
+        #: to the host when its owner passes one; else one of its own
+        self.gate = gate or Gate(HostGate(host_of(url)), venue.venue_id, counters=status.handshakes)
 
     # ---- live subscription changes ----------------------------------------------------
 
@@ -305,8 +313,9 @@ class ConnectionRunner:
                     conn.state = "backoff"
                     await trio.sleep(delay)
                 continue
-            # failures, and planned cuts of a connection that never became stable, climb the ladder
-            delay = self._backoff.next_delay()
+            # failures, and planned cuts of a connection that never became stable, climb the ladder;
+            # a host that asked for a wait (Retry-After) gets at least that
+            delay = max(self._backoff.next_delay(), self.gate.wait())
             conn.consecutive_failures = self._backoff.failures
             if settings.max_retries and self._backoff.failures >= settings.max_retries:
                 conn.state = "failed"
@@ -319,7 +328,8 @@ class ConnectionRunner:
                     failed_logged = True
             else:
                 conn.state = "backoff"
-                log.warning("%s: %s; reconnecting in %.1f s", self.name, outcome.reason, delay)
+                if not outcome.throttled:  # else the gate said it, once for every connection
+                    log.warning("%s: %s; reconnecting in %.1f s", self.name, outcome.reason, delay)
             await trio.sleep(delay)
 
     async def _connect_once(self) -> _Outcome:
@@ -332,6 +342,8 @@ class ConnectionRunner:
                 self._lifetime = lifetime
                 try:
                     await lifetime.start(self._run_attempt)
+                except HandshakeRefused as exc:
+                    return _Outcome(str(exc), throttled=self.gate.refused(exc))
                 except TransportError as exc:
                     return _Outcome(str(exc))
                 await self._ended.wait()
@@ -345,7 +357,7 @@ class ConnectionRunner:
         """Connect (a failure before ``started`` goes to the caller), run the attempt, report."""
         attempt: _Attempt | None = None
         try:
-            async with self._open(self.url, connect_timeout=self.settings.connect_timeout) as transport:
+            async with self.opened() as transport:
                 attempt = _Attempt(self, transport, self.venue.new_session())
                 self._attempts.append(attempt)
                 if self._attempt is None:
@@ -404,6 +416,8 @@ class ConnectionRunner:
             try:
                 new: _Attempt = await lifetime.start(self._run_attempt)
             except TransportError as exc:
+                if isinstance(exc, HandshakeRefused):
+                    self.gate.refused(exc)  # the next try waits what the host asked
                 log.warning("%s: rotation failed: cannot connect its replacement (%s); the current "
                             "connection carries on", self.name, exc)
                 return False
@@ -487,6 +501,17 @@ class ConnectionRunner:
             return None
         return Reconnected(self.venue.venue_id, tuple(self._symbols()), datetime.now(UTC),
                            trio.current_time() - down[0])
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Transport]:
+        """A transport to :attr:`url`, opened through the host's gate: after any wait the host
+        asked for and within the venue's connect limit. Every handshake goes through here (a
+        rotation's second connection too). A refusal raises :class:`HandshakeRefused`; hand it
+        to ``self.gate.refused``."""
+        await self.gate.before_connect()
+        async with self._open(self.url, connect_timeout=self.settings.connect_timeout) as transport:
+            self.gate.accepted()
+            yield transport
 
     def mark_stable(self) -> None:
         """The current attempt kept delivering for ``stable_after``: failures start over."""
@@ -780,8 +805,9 @@ class _Attempt:
                 return
             runner.rotation_failures += 1  # a venue's shutdown notice stands: rotate_now stays set
             settings = runner.settings
-            await trio.sleep(min(settings.max_backoff,
-                                 settings.reconnect_interval * 2 ** (runner.rotation_failures - 1)))
+            backoff = settings.reconnect_interval * 2 ** (runner.rotation_failures - 1)
+            backoff = min(settings.max_backoff, backoff)
+            await trio.sleep(max(backoff, runner.gate.wait()))  # and whatever its host asked
 
     async def _pinger(self, interval: float) -> None:
         """Send the venue's ping as its ``ping_mode`` says; await the pong it owes, if any."""

@@ -21,6 +21,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from feedd.handshake import THROTTLING
 from feedd.model import FeedEvent, MarketData
 from feedd.status import VenueState
 
@@ -81,6 +82,14 @@ class _ServiceCollector(Collector):
         connections = gauge("connections", "connections by state", ["venue", "state"])
         age = gauge("seconds_since_last_message", "seconds since the venue's last message (absent: none yet)")
         subscriptions = gauge("subscriptions", "subscriptions (symbol and channel)", ["venue", "state"])
+        attempts = counter("connection_attempts", "WebSocket handshakes started")
+        paced = counter("paced_connection_attempts", "handshakes that waited for the venue's connect limit")
+        refused = counter("handshake_refused", "handshakes answered with an HTTP status, not 101",
+                          ["venue", "status"])
+        throttled = counter("handshake_throttled", "handshakes refused with 429 or 418 (a wait for the host)",
+                            ["venue", "status"])
+        throttle_wait = gauge("handshake_throttle_seconds",
+                              "seconds until the venue's host takes handshakes again (0: it does)")
         for name, status in service.statuses.items():
             messages.add_metric([name], status.frames)
             records.add_metric([name], status.messages)
@@ -108,8 +117,16 @@ class _ServiceCollector(Collector):
                     counts[supervisor.state_of(sub)] += 1
             for sub_state, count in counts.items():
                 subscriptions.add_metric([name, sub_state], count)
+            handshakes = status.handshakes
+            attempts.add_metric([name], handshakes.attempts)
+            paced.add_metric([name], handshakes.paced)
+            for code, count in sorted(handshakes.refused.items()):
+                refused.add_metric([name, str(code)], count)
+                if code in THROTTLING:
+                    throttled.add_metric([name, str(code)], count)
+            throttle_wait.add_metric([name], max((g.wait() for g in status.hosts.values()), default=0.0))
         yield from (messages, records, rejected, decode_errors, gaps, reconnects, rotations, failures, state,
-                    connections, age, subscriptions)
+                    connections, age, subscriptions, attempts, paced, refused, throttled, throttle_wait)
 
         who = ["subscriber", "kind"]
         delivered = counter("subscriber_delivered_records", "records handed to a subscriber", who)

@@ -32,6 +32,7 @@ from feedd.connection import RunnerSettings
 from feedd.errors import quoted
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import CHANNELS, Channel, Subscription
+from feedd.handshake import HandshakeGates
 from feedd.hub import AnyCallback, Callback, CallbackSink, Hub, SubscriberInfo
 from feedd.metrics import Metrics
 from feedd.model import Ingress
@@ -134,6 +135,8 @@ class WebSocketService:
         self.venues: dict[str, VenueSupervisor] = {}
         self.statuses: dict[str, VenueStatus] = {}
         self._runs: dict[str, _VenueRun] = {}
+        #: every host's handshake gate (Retry-After, connect pacing), shared by all venues
+        self.gates = HandshakeGates()
         #: what the last :meth:`reload` did (None before the first)
         self.last_reload: ReloadOutcome | None = None
         self._reload_lock = trio.Lock()
@@ -282,6 +285,7 @@ class WebSocketService:
             status=status,
             open_transport=self._open,
             initial=configured if changes is None else changes.merge(configured),
+            gates=self.gates,
         )
         self.venues[venue_id] = supervisor
         self._runs[venue_id] = _VenueRun(supervisor, records)

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, Literal
 
 import attrs
 import trio
+
+from feedd.codec import rfc3339
+from feedd.handshake import GateCounters, HostGate
 
 VenueState = Literal["connecting", "connected", "backoff", "failed", "idle", "disabled"]
 
@@ -83,6 +87,10 @@ class VenueStatus:
     #: subscriptions the venue refused or we refused (unknown symbol), by topic or symbol
     subscription_errors: dict[str, str] = attrs.field(factory=dict)
     last_error: str | None = None
+    #: handshakes: attempts, paced attempts, refusals by HTTP status
+    handshakes: GateCounters = attrs.field(factory=GateCounters)
+    #: the hosts the venue's connections go to, whose gates say whether they are throttled
+    hosts: dict[str, HostGate] = attrs.field(factory=dict)
 
     def carry_totals(self, previous: VenueStatus) -> None:
         """Continue ``previous``'s counters: a venue restarted (or disabled and enabled again)
@@ -95,6 +103,7 @@ class VenueStatus:
         self.decode_errors = previous.decode_errors
         self.sequence_gaps = previous.sequence_gaps
         self.messages_missed = previous.messages_missed
+        self.handshakes = attrs.evolve(previous.handshakes, refused=Counter(previous.handshakes.refused))
 
     @property
     def state(self) -> VenueState:
@@ -112,6 +121,13 @@ class VenueStatus:
     @property
     def consecutive_failures(self) -> int:
         return max((c.consecutive_failures for c in self.connections.values()), default=0)
+
+    def throttle(self) -> tuple[datetime, str] | None:
+        """Until when (wall clock) and why a host of the venue refuses handshakes; None if none
+        does (the latest end when several do)."""
+        blocked = [(until, f"{gate.host}: {gate.reason}") for gate in self.hosts.values()
+                   if (until := gate.throttled_until()) is not None]
+        return max(blocked, default=None)
 
     def seconds_since_last_message(self) -> float | None:
         times = [c.last_frame_at for c in self.connections.values() if c.last_frame_at is not None]
@@ -145,6 +161,8 @@ class VenueStatus:
         validation); ``rejected`` counts refused records by reason.
         """
         now = trio.current_time()
+        throttle = self.throttle()
+        handshakes = self.handshakes
         return {
             "state": self.state,
             "connections": [conn.snapshot(now) for conn in self.connections.values()],
@@ -161,6 +179,11 @@ class VenueStatus:
             "last_error": self.last_error,
             "subscription_errors": dict(self.subscription_errors),
             "seconds_since_last_message": _age(self.seconds_since_last_message()),
+            "throttled_until": None if throttle is None else rfc3339(throttle[0]),
+            "throttle_reason": None if throttle is None else throttle[1],
+            "connection_attempts": handshakes.attempts,
+            "paced_attempts": handshakes.paced,
+            "handshakes_refused": {str(code): n for code, n in sorted(handshakes.refused.items())},
         }
 
 

@@ -24,6 +24,7 @@ from feedd.config import ExchangeConfig
 from feedd.connection import ConnectionRunner, Reply, RunnerSettings, send_limiter
 from feedd.errors import quoted
 from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue, topic_chars
+from feedd.handshake import Gate, HandshakeGates
 from feedd.instruments import Instruments, load_instruments
 from feedd.model import Ingress
 from feedd.ratelimit import SlidingWindowLimiter
@@ -83,6 +84,7 @@ class VenueSupervisor:
         status: VenueStatus | None = None,
         open_transport: OpenTransport = open_transport,
         initial: Mapping[str, Sequence[Channel]] | None = None,
+        gates: HandshakeGates | None = None,
     ) -> None:
         self.venue = venue
         venue.quote_max_age = config.quote_max_age
@@ -110,6 +112,9 @@ class VenueSupervisor:
         self._shard_count: dict[str, int] = {}
         #: per host, the send budget its connections share (venues that limit per address)
         self._limiters: dict[str, SlidingWindowLimiter] = {}
+        #: per host, what it said about handshakes (Retry-After) and the connect pacing: shared
+        #: with every venue of the service, since a venue throttles an address, not a connection
+        self._gates = gates or HandshakeGates()
         #: what to subscribe at start: symbol -> channels (the config file's, unless told)
         self.initial: dict[str, tuple[Channel, ...]] = (
             {s: tuple(config.channels) for s in config.symbols}
@@ -434,6 +439,7 @@ class VenueSupervisor:
             rotate_after=self.rotate_after,
             rotate_offset=self._rotate_offset(sum(self._shard_count.values())),
             symbols=lambda: self._symbols_on(runner),
+            gate=self._gate(url),
         )
         scope = trio.CancelScope()
         self._scopes[runner] = scope
@@ -469,6 +475,12 @@ class VenueSupervisor:
         if limiter is None:
             limiter = self._limiters[host] = send_limiter(self.venue, shared=True)
         return limiter
+
+    def _gate(self, url: str) -> Gate:
+        """The handshake gate of a connection to ``url``, whose host the status then shows."""
+        gate = self._gates.gate(url, self.venue_id, self.venue.connect_limit, self.status.handshakes)
+        self.status.hosts[gate.host.host] = gate.host
+        return gate
 
     @staticmethod
     async def _supervise(runner: ConnectionRunner, scope: trio.CancelScope) -> None:

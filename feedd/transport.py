@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import math
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
 from functools import cache
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -31,6 +32,7 @@ from trio_websocket import (
 
 from feedd import wsframe
 from feedd.errors import describe
+from feedd.handshake import parse_retry_after
 from feedd.model import Frame
 from feedd.tls import TLSClient, TLSError
 
@@ -46,6 +48,32 @@ MAX_MESSAGE = 16 * 1024 * 1024
 
 class TransportError(Exception):
     """The connection could not be opened, or it ended; ``str()`` says why, for status."""
+
+
+class HandshakeRefused(TransportError):
+    """The server answered the WebSocket upgrade with HTTP ``status`` instead of 101.
+
+    ``retry_after`` is the wait its ``Retry-After`` header asks for, in seconds from when the
+    answer arrived (an HTTP-date is turned into seconds then, by the wall clock), or None when
+    there was no such header or it made no sense; ``retry_after_text`` is the header as sent.
+    """
+
+    def __init__(self, url: str, status: int, retry_after_text: str | None) -> None:
+        self.status = status
+        self.retry_after_text = retry_after_text
+        self.retry_after = (
+            None if retry_after_text is None else parse_retry_after(retry_after_text, datetime.now(UTC))
+        )
+        text = f"handshake rejected: HTTP {status}"
+        if retry_after_text is not None:
+            text += f" (Retry-After {retry_after_text!r:.60})"
+        super().__init__(text)
+        self.url = url
+
+    @classmethod
+    def from_headers(cls, url: str, status: int, headers: Iterable[tuple[bytes, bytes]]) -> HandshakeRefused:
+        value = next((v for k, v in headers if k.lower() == b"retry-after"), None)
+        return cls(url, status, None if value is None else value.decode("latin-1").strip())
 
 
 class Transport(Protocol):
@@ -282,7 +310,7 @@ async def native_over(
         while (rest := handshake.receive_data(await wire.receive())) is None:
             pass
     except wsframe.HandshakeRejected as exc:
-        raise TransportError(f"handshake rejected: HTTP {exc.status_code}") from None
+        raise HandshakeRefused.from_headers(url, exc.status_code, exc.headers) from None
     protocol = wsframe.ClientProtocol(max_message=MAX_MESSAGE)
     protocol.receive_data(rest)  # frames sent right behind the 101 response
     return NativeTransport(wire, protocol)
@@ -337,7 +365,7 @@ async def open_trio_websocket(url: str, *, connect_timeout: float) -> AsyncItera
                 yield TrioWebsocketTransport(ws)
                 phase = "closing"
     except ConnectionRejected as exc:
-        raise TransportError(f"handshake rejected: HTTP {exc.status_code}") from None
+        raise HandshakeRefused.from_headers(url, exc.status_code, exc.headers or ()) from None
     except ConnectionTimeout:
         raise TransportError(timed_out) from None
     except DisconnectionTimeout:

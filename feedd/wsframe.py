@@ -64,11 +64,17 @@ class HandshakeError(Exception):
 
 
 class HandshakeRejected(HandshakeError):
-    """The server answered the upgrade with an HTTP status other than 101 (e.g. 503 when busy)."""
+    """The server answered the upgrade with an HTTP status other than 101 (e.g. 503 when busy,
+    429 with ``Retry-After`` when throttling); ``headers`` are the answer's, names lower-cased."""
 
-    def __init__(self, status_code: int) -> None:
+    def __init__(self, status_code: int, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         super().__init__(f"HTTP {status_code}")
         self.status_code = status_code
+        self.headers = tuple(headers)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower case), or None."""
+        return next((value for key, value in self.headers if key == name), None)
 
 
 class ProtocolError(Exception):
@@ -153,7 +159,7 @@ class ClientHandshake:
                     trailing, _closed = http.trailing_data
                     return bytes(trailing)
                 if isinstance(event, h11.Response):
-                    raise HandshakeRejected(event.status_code)
+                    raise HandshakeRejected(event.status_code, event.headers)
                 if isinstance(event, h11.ConnectionClosed):
                     raise HandshakeError("connection closed during the WebSocket handshake")
                 # another 1xx (100 Continue): keep reading for the final answer

@@ -35,6 +35,15 @@ MessageLimitScope = Literal["connection", "address"]
 
 
 @attrs.frozen(slots=True)
+class ConnectLimit:
+    """At most ``attempts`` connection attempts (handshakes, refused ones included) in any
+    ``window`` seconds, counted by the venue per client address and host."""
+
+    attempts: int = attrs.field(validator=attrs.validators.ge(1))
+    window: float = attrs.field(validator=attrs.validators.gt(0.0))
+
+
+@attrs.frozen(slots=True)
 class Subscription:
     """What a user asked for: one symbol's one channel on one venue."""
 
@@ -217,6 +226,10 @@ class Venue(Protocol):
     #: paces itself; ``"address"`` (Coinbase: 8 per second per IP): the venue's connections to
     #: one host share one budget
     message_limit_scope: MessageLimitScope
+    #: the venue's documented limit on connection attempts from one address to one host; every
+    #: venue on that host with the same limit shares one budget (:mod:`feedd.handshake`). None:
+    #: none documented, attempts are not paced (a refusal's Retry-After still holds)
+    connect_limit: ConnectLimit | None
     #: seconds between :meth:`Session.ping` calls, as :attr:`ping_mode` says (None: never)
     ping_interval: float | None
     ping_mode: PingMode

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from feedd.exchanges.base import (
+    ConnectLimit,
     DecodeError,
     Event,
     Heartbeat,
@@ -270,6 +271,9 @@ class _BinanceVenue(QuotedVenue):
     max_messages_per_second: float
     #: "incoming messages per second" are counted per connection, pongs included (§2.5)
     message_limit_scope: MessageLimitScope = "connection"
+    #: "300 connection attempts per 5 minutes per IP" (spot, protocols §2.5); the USD-M page
+    #: states no figure [unverified], so it gets spot's
+    connect_limit: ConnectLimit | None = ConnectLimit(300, 300.0)
     #: idle seconds before a liveness probe (see BinanceSession.ping); well inside stale_after
     ping_interval: float | None = 10.0
     ping_mode: PingMode = "idle"

@@ -34,6 +34,7 @@ from urllib.parse import quote
 import orjson
 
 from feedd.exchanges.base import (
+    ConnectLimit,
     DecodeError,
     Event,
     Ignored,
@@ -429,6 +430,9 @@ class _BybitVenue(QuotedVenue):
     #: no limit is documented for public sends [unverified]; paced like Binance USD-M
     max_messages_per_second = 10.0
     message_limit_scope: MessageLimitScope = "connection"
+    #: [rl], [connect]: "no more than 500 connections within 5 minutes", counted per WebSocket
+    #: domain: spot, linear and inverse share stream.bybit.com and so one budget
+    connect_limit: ConnectLimit | None = ConnectLimit(500, 300.0)
     #: Bybit recommends a ping every 20 s ([connect]); it owes a pong for each
     ping_interval: float | None = 20.0
     ping_mode: PingMode = "always"

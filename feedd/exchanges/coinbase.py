@@ -34,6 +34,7 @@ import attrs
 import orjson
 
 from feedd.exchanges.base import (
+    ConnectLimit,
     DecodeError,
     Event,
     Heartbeat,
@@ -444,6 +445,10 @@ class Coinbase:
     #: page): one budget for all connections to the host, not 8 each
     max_messages_per_second = 8.0
     message_limit_scope: MessageLimitScope = "address"
+    #: "WebSocket connections are rate-limited at 8 per second per IP address" (the Advanced
+    #: Trade rate-limits page, docs.cdp.coinbase.com); older copies of the page say 750: the
+    #: stricter current figure is kept
+    connect_limit: ConnectLimit | None = ConnectLimit(8, 1.0)
     #: no client ping exists; the heartbeats channel (one message a second) keeps the stale
     #: watchdog fed and the connection open
     ping_interval: float | None = None

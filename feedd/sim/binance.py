@@ -23,7 +23,7 @@ import attrs
 import orjson
 import trio
 
-from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimServer
+from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimServer, status_phrase
 from feedd.sim.market import Market, price_factor, quote_asset
 from feedd.sim.replay import Recording, load_recording, play
 from feedd.sim.rest import HttpRequest, HttpResponse
@@ -414,8 +414,10 @@ class BinanceSimulator(SimServer[BinanceConnection]):
         await trio.sleep(delay)
         conn.close(1001, "Server shutdown")
 
-    def _refusal(self) -> Reject:
-        return Reject(503, {"code": -1, "msg": "Service unavailable"})
+    def _refusal(self, status: int) -> Reject:
+        # -1003 is Binance's "too many requests" code; a ban (418) names the same breach
+        code = -1003 if status in (418, 429) else -1
+        return Reject(status, {"code": code, "msg": status_phrase(status)})
 
     # ---- market data ---------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import orjson
 import trio
 
 from feedd.sim.bybit_market import BybitMarket
-from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimServer
+from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimServer, status_phrase
 from feedd.sim.market import quote_asset
 from feedd.sim.replay import Recording, play
 from feedd.sim.rest import HttpRequest, HttpResponse
@@ -277,8 +277,10 @@ class BybitSimulator(SimServer[BybitConnection]):
         """Stop (or resume) answering pings, while everything else goes on (data, acks)."""
         self._protocol.silent_pongs = silent
 
-    def _refusal(self) -> Reject:
-        return Reject(503, {"retCode": 10016, "retMsg": "Service unavailable"})
+    def _refusal(self, status: int) -> Reject:
+        # 10006: Bybit's "too many visits"; 10016: its service error
+        code = 10006 if status in (418, 429) else 10016
+        return Reject(status, {"retCode": code, "retMsg": status_phrase(status)})
 
     # ---- market data ---------------------------------------------------------------------
 

@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from email.utils import format_datetime
 from functools import partial
+from http import HTTPStatus
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import attrs
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from feedd.sim.rest import HttpRequest, HttpResponse, JsonHttpServer
 
@@ -67,10 +71,11 @@ class Liveness:
 
 @attrs.frozen(slots=True)
 class Reject:
-    """Refuse a handshake with an HTTP status and a JSON body."""
+    """Refuse a handshake with an HTTP status, a JSON body and any extra headers."""
 
     status: int
     body: Any
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @attrs.frozen(slots=True)
@@ -196,6 +201,45 @@ class SimProtocol(Protocol[C]):
         ...
 
 
+#: what a connection gets instead of TLS while :meth:`SimServer.fail_tls` is in force
+_PLAIN_ANSWER: Final = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+    b"The plain HTTP request was sent to HTTPS port\r\n"
+)
+
+
+class _TLSListener(trio.abc.Listener[trio.SSLStream[trio.SocketStream]]):
+    """TLS over a TCP listener (as ``trio.SSLListener``, which cannot be extended), except for
+    the connections ``fail`` picks: those get plain text and are closed, and accepting goes on."""
+
+    def __init__(
+        self, transport: trio.SocketListener, context: ssl.SSLContext, fail: Callable[[], bool]
+    ) -> None:
+        self.transport = transport
+        self._context = context
+        self._fail = fail
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def accept(self) -> trio.SSLStream[trio.SocketStream]:
+        while True:
+            tcp = await self.transport.accept()
+            if not self._fail():
+                return trio.SSLStream(tcp, self._context, server_side=True, https_compatible=True)
+            with trio.move_on_after(_CLOSE_TIMEOUT), contextlib.suppress(trio.BrokenResourceError):
+                await tcp.send_all(_PLAIN_ANSWER)
+            await trio.aclose_forcefully(tcp)
+
+
+def status_phrase(status: int) -> str:
+    """The reason phrase of an HTTP status (``I'm a Teapot`` for 418, as Binance's ban)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
 def frame_header(length: int) -> bytes:
     """RFC 6455 header of one final, unmasked (server-to-client) text frame."""
     if length < 126:
@@ -236,6 +280,9 @@ class SimServer(Generic[C]):
         self._unsilenced = trio.Event()
         self._unsilenced.set()
         self._refuse = 0
+        self._refuse_status = 503
+        self._retry_after: float | datetime | None = None
+        self._tls_failures = 0
         self._rest_failing = False
         self._nursery: trio.Nursery | None = None
         self._host = ""
@@ -249,6 +296,12 @@ class SimServer(Generic[C]):
         self.connection_attempts = 0
         self.connections_accepted = 0
         self.connections_refused = 0
+        #: the status codes of refused handshakes
+        self.refusals: Counter[int] = Counter()
+        #: TLS handshakes failed on purpose (:meth:`fail_tls`); they never reach the counters above
+        self.tls_failures = 0
+        #: trio time of each of the latest handshakes (refused ones included), oldest first
+        self.handshake_times: deque[float] = deque(maxlen=4096)
         #: text messages received from clients (valid or not)
         self.requests_received = 0
         #: application-level pings received (venues where the client pings)
@@ -342,11 +395,44 @@ class SimServer(Generic[C]):
         else:
             self._unsilenced.set()
 
-    def refuse_connections(self, count: int) -> None:
-        """Reject the next ``count`` handshakes with HTTP 503; -1 refuses until reset with 0."""
+    def refuse_connections(
+        self, count: int, *, status: int = 503, retry_after: float | datetime | None = None
+    ) -> None:
+        """Reject the next ``count`` handshakes with HTTP ``status``; -1 refuses until reset with 0.
+
+        ``retry_after`` adds a ``Retry-After`` header: seconds (rounded up, as delta-seconds must
+        be whole) or an aware datetime (sent as an HTTP-date). 429 is a venue's "too many
+        connection attempts", 418 Binance's IP ban, 5xx an outage.
+        """
         if count < -1:
             raise ValueError("count must be -1 (until reset), 0 (accept again) or positive")
+        if not 400 <= status <= 599:
+            raise ValueError(f"a refusal is a 4xx or 5xx status, not {status}")
         self._refuse = count
+        self._refuse_status = status
+        self._retry_after = retry_after
+
+    def fail_tls(self, count: int) -> None:
+        """Answer the next ``count`` connections in plain text instead of TLS (-1: until reset
+        with 0), as a port that does not speak TLS would (a proxy or load balancer set up
+        wrong): the client's TLS handshake fails before any HTTP. Only for a simulator serving
+        ``wss``; such a connection never reaches the handshake counters but :attr:`tls_failures`."""
+        if self._ssl_context is None:
+            raise RuntimeError("fail_tls needs a simulator serving wss (an ssl_context)")
+        if count < -1:
+            raise ValueError("count must be -1 (until reset), 0 (succeed again) or positive")
+        self._tls_failures = count
+
+    def _take_tls_failure(self) -> bool:
+        """Whether the connection just accepted is to get plain text instead of TLS."""
+        if not self._tls_failures:
+            return False
+        if self._tls_failures > 0:
+            self._tls_failures -= 1
+        self.tls_failures += 1
+        self.handshake_times.append(trio.current_time())
+        self._notify()
+        return True
 
     def send_malformed(self) -> None:
         """Send one truncated JSON text frame on every live connection."""
@@ -405,9 +491,10 @@ class SimServer(Generic[C]):
         """``per_channel`` fresh encoded payloads of each of ``channels``, in sending order."""
         raise NotImplementedError
 
-    def _refusal(self) -> Reject:
-        """The answer to a handshake while :meth:`refuse_connections` is in force."""
-        return Reject(503, {"error": "Service unavailable"})
+    def _refusal(self, status: int) -> Reject:
+        """The venue's answer with ``status`` to a handshake while :meth:`refuse_connections`
+        is in force (its body; the ``Retry-After`` is added by the caller)."""
+        return Reject(status, {"error": status_phrase(status)})
 
     def _answer_rest(self, request: HttpRequest) -> HttpResponse:
         return HttpResponse(404, {"error": f"Not found: {request.method} {request.path}"})
@@ -427,19 +514,16 @@ class SimServer(Generic[C]):
         """Serve the WebSocket endpoint on ``host:port`` and REST on a port of its own, until
         cancelled."""
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                partial(
-                    serve_websocket,
-                    self._handle,
-                    host,
-                    port,
-                    self._ssl_context,
-                    disconnect_timeout=_CLOSE_TIMEOUT,
-                )
-            )
+            tcp = await trio.open_tcp_listeners(port, host=host)
+            listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = tcp
+            if self._ssl_context is not None:
+                listeners = [_TLSListener(each, self._ssl_context, self._take_tls_failure) for each in tcp]
+            # WebSocketServer serves any listener; its annotation names only trio's two
+            server = WebSocketServer(self._handle, listeners, disconnect_timeout=_CLOSE_TIMEOUT)  # type: ignore[arg-type]
+            await nursery.start(server.run)
             self._rest_port = await nursery.start(partial(self._rest.serve, host=host, port=0))
             self._host = host
-            self._ws_port = server.port
+            self._ws_port = tcp[0].socket.getsockname()[1]
             self._nursery = nursery
             self._run_feeds(nursery)
             log.info("%s on %s (REST %s)", type(self).__name__, self.ws_url, self.rest_url)
@@ -454,6 +538,7 @@ class SimServer(Generic[C]):
 
     async def _handle(self, request: WebSocketRequest) -> None:
         self.connection_attempts += 1
+        self.handshake_times.append(trio.current_time())
         self._notify()
         path, _, query = request.path.partition("?")
         opened = self.protocol.open(path, query)
@@ -464,8 +549,9 @@ class SimServer(Generic[C]):
             if self._refuse > 0:
                 self._refuse -= 1
             self.connections_refused += 1
+            self.refusals[self._refuse_status] += 1
             self._notify()
-            await self._reject(request, self._refusal())
+            await self._reject(request, self._with_retry_after(self._refusal(self._refuse_status)))
             return
         if isinstance(opened, Reject):
             await self._reject(request, opened)
@@ -491,11 +577,21 @@ class SimServer(Generic[C]):
             self._forget(conn)
             await self._finish(conn, ws)
 
+    def _with_retry_after(self, reject: Reject) -> Reject:
+        retry_after = self._retry_after
+        if retry_after is None:
+            return reject
+        value = (
+            format_datetime(retry_after, usegmt=True) if isinstance(retry_after, datetime)
+            else str(math.ceil(retry_after))
+        )
+        return attrs.evolve(reject, headers=(*reject.headers, (b"retry-after", value.encode("ascii"))))
+
     async def _reject(self, request: WebSocketRequest, reject: Reject) -> None:
         try:
             await request.reject(
                 reject.status,
-                extra_headers=[(b"content-type", b"application/json")],
+                extra_headers=[(b"content-type", b"application/json"), *reject.headers],
                 body=orjson.dumps(reject.body),
             )
         except ConnectionClosed:

@@ -650,3 +650,14 @@ async def test_module_entry_point_prints_urls_and_stops_on_sigint(nursery: trio.
     process.send_signal(signal.SIGINT)
     with trio.fail_after(10):
         assert await process.wait() == 0
+
+
+async def test_a_throttled_handshake_gets_binances_too_many_requests_body(nursery: trio.Nursery) -> None:
+    sim = await start(nursery)
+    sim.refuse_connections(1, status=429, retry_after=60)
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with open_websocket_url(sim.ws_url):
+            pass
+    assert rejected.value.status_code == 429
+    assert dict(rejected.value.headers)[b"retry-after"] == b"60"
+    assert orjson.loads(rejected.value.body or b"") == {"code": -1003, "msg": "Too Many Requests"}

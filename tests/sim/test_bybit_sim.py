@@ -708,3 +708,13 @@ async def test_module_entry_point_serves_bybit_and_stops_on_sigint(nursery: trio
     process.send_signal(signal.SIGINT)
     with trio.fail_after(10):
         assert await process.wait() == 0
+
+
+async def test_a_banned_handshake_gets_bybits_too_many_visits_body(nursery: trio.Nursery) -> None:
+    sim = await start(nursery, category="linear")
+    sim.refuse_connections(1, status=418)
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with open_websocket_url(sim.ws_url):
+            pass
+    assert rejected.value.status_code == 418
+    assert orjson.loads(rejected.value.body or b"") == {"retCode": 10006, "retMsg": "I'm a Teapot"}

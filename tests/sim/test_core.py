@@ -7,13 +7,19 @@ application-level ping answered ``pong``.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
+import orjson
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+import trustme
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
+from feedd import transport as transport_module
 from feedd.sim.core import FLOOD_ROUND, Accept, Liveness, Reject, Reply, SimConnection, SimServer
+from feedd.transport import TRANSPORTS, HandshakeRefused, TransportError, open_native
 
 
 class ToyProtocol:
@@ -144,3 +150,92 @@ async def test_the_close_code_a_client_ends_with_is_counted(nursery: trio.Nurser
         assert await ws.get_message() == "ok a"
     await sim.wait_until(lambda: sum(sim.client_close_codes.values()) == 1)
     assert sim.client_close_codes == {1000: 1}
+
+
+# ---- handshake faults ---------------------------------------------------------------------------
+
+
+async def rejection(url: str) -> ConnectionRejected:
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with open_websocket_url(url):
+            pass
+    return rejected.value
+
+
+async def test_a_refusal_carries_its_status_and_retry_after_in_seconds(nursery: trio.Nursery) -> None:
+    sim = await start(nursery)
+    sim.refuse_connections(2, status=429, retry_after=29.2)
+    for _ in range(2):
+        refused = await rejection(sim.ws_url)
+        assert refused.status_code == 429
+        assert (b"retry-after", b"30") in refused.headers  # delta-seconds are whole: rounded up
+        assert orjson.loads(refused.body or b"") == {"error": "Too Many Requests"}
+    async with open_websocket_url(sim.ws_url):
+        pass
+    assert sim.refusals == {429: 2} and sim.connections_accepted == 1
+    assert len(sim.handshake_times) == sim.connection_attempts == 3
+
+
+async def test_a_refusal_may_name_an_http_date_and_a_ban_is_a_418(nursery: trio.Nursery) -> None:
+    sim = await start(nursery)
+    until = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    sim.refuse_connections(1, status=418, retry_after=until)
+    refused = await rejection(sim.ws_url)
+    assert refused.status_code == 418
+    assert dict(refused.headers)[b"retry-after"] == b"Thu, 03 Dec 2026 12:00:00 GMT"
+    sim.refuse_connections(1, status=502)
+    refused = await rejection(sim.ws_url)
+    assert refused.status_code == 502 and b"retry-after" not in dict(refused.headers)
+    assert sim.refusals == {418: 1, 502: 1}
+
+
+def test_a_refusal_is_a_4xx_or_5xx() -> None:
+    with pytest.raises(ValueError, match="not 302"):
+        ToySimulator().refuse_connections(1, status=302)
+
+
+async def test_feedd_reads_the_refusal_as_a_handshake_refused_with_its_wait(nursery: trio.Nursery) -> None:
+    sim = await start(nursery)
+    for open_ in TRANSPORTS.values():
+        sim.refuse_connections(1, status=429, retry_after=45)
+        with pytest.raises(HandshakeRefused) as refused:
+            async with open_(sim.ws_url, connect_timeout=5):
+                pass
+        assert (refused.value.status, refused.value.retry_after) == (429, 45.0)
+
+
+@pytest.fixture
+def tls(monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A server context whose certificate feedd's transports trust (through a throwaway CA)."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    monkeypatch.setattr(transport_module, "_default_ssl_context", lambda: client_context)
+    return server_context
+
+
+async def test_tls_fails_for_the_next_connections_then_works(
+    nursery: trio.Nursery, tls: ssl.SSLContext
+) -> None:
+    sim = await start(nursery, ssl_context=tls)
+    sim.fail_tls(2)
+    for _ in range(2):
+        with pytest.raises(TransportError, match="WRONG_VERSION_NUMBER"):
+            async with open_native(sim.ws_url, connect_timeout=5):
+                pass
+    async with open_native(sim.ws_url, connect_timeout=5) as transport:
+        await transport.send("sub a")
+        received: list[object] = []
+        while len(received) < 2:
+            received += await transport.receive_batch()
+    assert received == ["ok a", "snapshot a"]
+    assert sim.tls_failures == 2 and sim.connections_accepted == 1
+    assert len(sim.handshake_times) == 3
+
+
+async def test_tls_faults_need_a_simulator_serving_wss(nursery: trio.Nursery) -> None:
+    sim = await start(nursery)
+    with pytest.raises(RuntimeError, match="wss"):
+        sim.fail_tls(1)
