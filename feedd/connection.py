@@ -72,6 +72,8 @@ ARRIVAL_SPREAD = 0.5
 OVERLAP_GRACE = 5.0
 #: seconds the old connection has, once the replacement delivers, to catch up with it
 CATCH_UP = 5.0
+#: seconds between checks whether a replacement, due to rotate itself, has taken over yet
+ROTATION_RECHECK = 0.5
 #: the most a quiet feed's stale_after is stretched (see _Attempt._watchdog)
 QUIET_MAX_FACTOR = 8
 #: the status' ``subscription_errors`` key of the last error tied to no request (cleared when the
@@ -801,6 +803,10 @@ class _Attempt:
                 await self.rotate_now.wait()
             reason = self.rotate_reason or f"scheduled, after {rotate_after:g} s"
             await trio.sleep_until(runner.last_rotation + runner.settings.reconnect_interval)
+            if self is not runner._attempt or runner.conn.rotating:
+                # still taking over from its predecessor: its own turn comes after that
+                await trio.sleep(ROTATION_RECHECK)
+                continue
             if await runner.rotate(self, reason):
                 return
             runner.rotation_failures += 1  # a venue's shutdown notice stands: rotate_now stays set
