@@ -127,6 +127,8 @@ def test_example_config_is_valid() -> None:
         ("[http]\nlisten = '[::1:8080'\n", "http.listen: expected HOST:PORT"),
         ("[http]\nlisten = '127.0.0.1:99999'\n", "http.listen: expected HOST:PORT"),
         (f"[unix]\npath = '/tmp/{'s' * 110}.sock'\n", "unix.path: longer than"),
+        ("[exchanges.binance]\nrotate_after = -5\n", "exchanges.binance.rotate_after: must be 0 or more"),
+        ("[exchanges.bybit]\nrotate_after = 'daily'\n", "exchanges.bybit.rotate_after"),
     ],
 )
 def test_bad_file_names_the_file_and_the_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -16,6 +16,7 @@ import trio
 
 from feedd import MarketData, WebSocketService
 from feedd.config import Config, load_config
+from feedd.model import Disconnected, Reconnected
 from feedd.service import UnknownVenue
 from feedd.sim import BinanceSimulator
 from feedd.supervisor import NotSubscribed, UnknownSymbol
@@ -188,3 +189,38 @@ async def test_an_exception_in_the_body_comes_out_as_raised_and_stops_the_servic
 async def test_initialize_outside_async_with_says_how_to_start() -> None:
     with pytest.raises(RuntimeError, match="async with WebSocketService"):
         await WebSocketService(Config()).initialize()
+
+
+async def test_callbacks_hear_of_a_lost_connection_and_of_data_flowing_again(workdir: Path) -> None:
+    events: list[object] = []
+    both: list[object] = []
+    back = trio.Event()
+    flowing = trio.Event()
+
+    async def on_event(event: object) -> None:
+        events.append(event)
+        if isinstance(event, Reconnected):
+            back.set()
+
+    async def on_any(item: object) -> None:
+        both.append(item)
+        if isinstance(item, MarketData):
+            flowing.set()
+
+    async with simulator() as spot:
+        config = load_config(config_file(workdir, spot), environ={})
+        async with WebSocketService(config) as ws:
+            ws.add_event_callback(on_event)
+            ws.add_data_callback(on_any, events=True)
+            with trio.fail_after(TIMEOUT):
+                await ws.initialize()
+                await flowing.wait()
+                spot.drop_connections(code=1011, reason="internal error")
+                await back.wait()
+    down, up = events
+    assert isinstance(down, Disconnected) and isinstance(up, Reconnected)
+    assert (down.exchange, down.symbols, up.symbols) == ("binance", ("BTCUSDT",), ("BTCUSDT",))
+    assert "1011" in down.reason
+    assert 0 < up.gap_seconds < TIMEOUT
+    where = both.index(down)
+    assert both.index(up) > where and all(isinstance(i, MarketData) for i in both[:where])

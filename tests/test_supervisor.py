@@ -176,3 +176,29 @@ async def test_a_usdc_product_is_refused_even_unchecked_and_reported_in_the_stat
         nursery.cancel_scope.cancel()
     assert [s.symbol for s in supervisor.subscriptions()] == ["USDT-USDC"]
     assert "subscribe BTC-USD instead" in supervisor.status.subscription_errors["BTC-USDC"]
+
+
+@pytest.mark.parametrize(
+    ("venue", "configured", "expected"),
+    [
+        (BinanceSpot(), None, 23.5 * 3600),  # before Binance's documented 24 h cut
+        (Coinbase(), None, None),  # no lifetime documented: only shutdown notices rotate
+        (BinanceSpot(), 0.0, None),  # 0: never
+        (Coinbase(), 3600.0, 3600.0),
+    ],
+)
+def test_rotate_after_is_the_configured_lifetime_else_the_venue_s(
+    venue: Venue, configured: float | None, expected: float | None
+) -> None:
+    supervisor = offline_supervisor(venue, ExchangeConfig(check_symbols=False, rotate_after=configured))
+    assert supervisor.rotate_after == expected
+
+
+def test_shards_of_a_venue_rotate_a_minute_apart_and_all_before_the_24_hour_cut() -> None:
+    supervisor = offline_supervisor(BinanceSpot())
+    offsets = [supervisor._rotate_offset(n) for n in range(1, 41)]
+    assert offsets[:3] == [0.0, 60.0, 120.0]
+    assert len(set(offsets[:20])) == 20
+    assert max(offsets) < 1200  # 23 h 30 min + 20 min < 24 h
+    short = offline_supervisor(BinanceSpot(), ExchangeConfig(check_symbols=False, rotate_after=16.0))
+    assert [short._rotate_offset(n) for n in range(1, 4)] == [0.0, 1.0, 2.0]
