@@ -7,7 +7,7 @@ import sys
 from collections.abc import Awaitable, Iterable
 from datetime import UTC
 from decimal import Decimal
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import orjson
 import trio
@@ -60,6 +60,14 @@ def format_record(record: MarketData) -> str:
 
 def format_gap(dropped: int) -> str:
     return f"-- gap: {dropped} records dropped --"
+
+
+def format_feed_event(obj: dict[str, Any]) -> str:
+    """A disconnect or reconnect line, as the interval a reader should distrust."""
+    symbols = ", ".join(obj.get("symbols") or ()) or "no symbol"
+    if obj["type"] == "disconnect":
+        return f"-- {obj['exchange']} disconnected ({symbols}) at {obj['at']}: {obj.get('reason')} --"
+    return f"-- {obj['exchange']} reconnected ({symbols}) at {obj['at']}, after {obj['gap_seconds']:.1f} s --"
 
 
 def _filter_line(exchanges: Iterable[str], symbols: Iterable[str], kinds: Iterable[str]) -> bytes | None:
@@ -149,6 +157,8 @@ def _control(path: str, line: bytes) -> str:
     kind = obj.get("type") if isinstance(obj, dict) else None
     if kind == "gap":
         return format_gap(int(obj["dropped"]))
+    if kind in ("disconnect", "reconnect"):
+        return format_feed_event(obj)
     if kind == "error":
         raise TailError(f"feedd at {path} refused the request: {obj.get('error') or 'it gave no reason'}")
     raise TailError(f"unexpected line from {path}: {line[:80]!r}")

@@ -16,9 +16,9 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 
 from feedd.cli import build_parser
-from feedd.codec import encode_line, encode_record
+from feedd.codec import encode_event, encode_line, encode_record
 from feedd.hub import Hub
-from feedd.model import MarketData
+from feedd.model import Disconnected, MarketData, Reconnected
 from feedd.sinks.unix import UnixPublisher
 from feedd.tail import TailError, format_record, tail
 
@@ -178,6 +178,27 @@ async def test_tail_prints_gap_notices_and_returns_the_count_at_eof(sock_path: s
         format_record(trade(1)),
         "-- gap: 12 records dropped --",
         format_record(trade(14)),
+    ]
+
+
+async def test_tail_prints_disconnect_and_reconnect_lines_as_the_interval_to_distrust(
+    sock_path: str,
+) -> None:
+    at = datetime(2026, 12, 3, 10, 0, 0, 500000, tzinfo=UTC)
+    payload = (
+        encode_record(trade(1))
+        + encode_event(Disconnected("binance", ("BTCUSDT", "ETHUSDT"), at, "closed by peer: code 1011"))
+        + encode_event(Reconnected("binance", ("BTCUSDT", "ETHUSDT"), at, 2.345))
+        + encode_record(trade(2))
+    )
+    out = io.StringIO()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_once, sock_path, payload, [])
+        assert await tail(sock_path, out=out) == 2
+    assert out.getvalue().splitlines()[1:3] == [
+        "-- binance disconnected (BTCUSDT, ETHUSDT) at 2026-12-03T10:00:00.500000Z: "
+        "closed by peer: code 1011 --",
+        "-- binance reconnected (BTCUSDT, ETHUSDT) at 2026-12-03T10:00:00.500000Z, after 2.3 s --",
     ]
 
 
