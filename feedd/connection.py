@@ -287,6 +287,7 @@ class ConnectionRunner:
         failed_logged = False
         #: when the last planned reconnect was made: they are never closer than reconnect_interval
         last_planned = -math.inf
+        last_reason: str | None = None
         while True:
             settings = self.settings  # a reload may replace them between attempts
             conn.state = "connecting"
@@ -330,8 +331,14 @@ class ConnectionRunner:
                     failed_logged = True
             else:
                 conn.state = "backoff"
-                if not outcome.throttled:  # else the gate said it, once for every connection
-                    log.warning("%s: %s; reconnecting in %.1f s", self.name, outcome.reason, delay)
+                # the 1st, 2nd, 4th, 8th... failure of a run, or one for a new reason: a venue down
+                # for hours is a few lines, not one per retry (the status has every count)
+                failures = self._backoff.failures
+                news = _first_of_run(failures) or outcome.reason != last_reason
+                if news and not outcome.throttled:  # else the gate said it, once for every connection
+                    log.warning("%s: %s; reconnecting in %.1f s%s", self.name, outcome.reason, delay,
+                                f" (failure #{failures} in a row)" if failures > 1 else "")
+            last_reason = outcome.reason
             await trio.sleep(delay)
 
     async def _connect_once(self) -> _Outcome:

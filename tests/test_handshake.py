@@ -304,7 +304,9 @@ async def test_a_throttle_is_one_log_line_not_one_per_waiting_connection(
     venue = make_venue("binance")
     runners = [runner(network, gates, f"{SPOT}?shard={i}", venue, name=f"binance#{i}")[0] for i in range(5)]
     async with trio.open_nursery() as nursery:
-        for each in runners:
+        nursery.start_soon(runners[0].run)
+        await network.wait_attempts(runners[0].url, 1)  # answered 429 before the others try
+        for each in runners[1:]:
             nursery.start_soon(each.run)
         for each in runners:
             await network.wait_attempts(each.url, 2 if each.url in refused else 1)
@@ -335,7 +337,8 @@ async def test_a_5xx_or_a_tls_error_takes_the_normal_backoff_ladder(
     for n, gap in enumerate(gaps):
         top = min(SETTINGS.max_backoff, SETTINGS.reconnect_interval * 2.0**n)
         assert top / 2 <= gap <= top, (n, gap)
-    assert len([r for r in caplog.records if "reconnecting in" in r.getMessage()]) == 4
+    # failures 1, 2 and 4 of the run: a long outage logs a few lines, not one per retry
+    assert len([r for r in caplog.records if "reconnecting in" in r.getMessage()]) == 3
     assert status.handshakes.attempts == 5
 
 
