@@ -72,8 +72,6 @@ ARRIVAL_SPREAD = 0.5
 OVERLAP_GRACE = 5.0
 #: seconds the old connection has, once the replacement delivers, to catch up with it
 CATCH_UP = 5.0
-#: seconds between checks whether a replacement, due to rotate itself, has taken over yet
-ROTATION_RECHECK = 0.5
 #: the most a quiet feed's stale_after is stretched (see _Attempt._watchdog)
 QUIET_MAX_FACTOR = 8
 #: the status' ``subscription_errors`` key of the last error tied to no request (cleared when the
@@ -371,6 +369,7 @@ class ConnectionRunner:
                 self._attempts.append(attempt)
                 if self._attempt is None:
                     self._attempt = attempt
+                    attempt.current.set()
                 task_status.started(attempt)
                 outcome = _Outcome("connection ended")
                 try:
@@ -463,6 +462,7 @@ class ConnectionRunner:
     def _hand_over(self, new: _Attempt) -> None:
         """``new`` is the connection from now on: deliver what it held beyond what went out."""
         self._attempt = new
+        new.current.set()
         overlap = self.overlap
         if overlap is None:
             return
@@ -565,6 +565,8 @@ class _Attempt:
         self.rotate_reason = ""
         #: handed over to a successor by a rotation
         self.replaced = False
+        #: set once it is the runner's current connection (a replacement: once it took over)
+        self.current = trio.Event()
 
     def end(self, reason: str, *, planned: bool = False) -> None:
         if self.end_reason is None:
@@ -810,9 +812,8 @@ class _Attempt:
                 await self.rotate_now.wait()
             reason = self.rotate_reason or f"scheduled, after {rotate_after:g} s"
             await trio.sleep_until(runner.last_rotation + runner.settings.reconnect_interval)
-            if self is not runner._attempt or runner.conn.rotating:
-                # still taking over from its predecessor: its own turn comes after that
-                await trio.sleep(ROTATION_RECHECK)
+            if not self.current.is_set():
+                await self.current.wait()  # still taking over from its predecessor: then its turn
                 continue
             if await runner.rotate(self, reason):
                 return
