@@ -357,6 +357,7 @@ class ConnectionRunner:
                 lifetime.cancel_scope.cancel()  # a replacement still connecting goes with it
         finally:
             self._lifetime = None
+            self.overlap = self.overlap_old = None  # a rotation does not outlive its connections
         assert self._final is not None
         return self._final
 
@@ -386,8 +387,8 @@ class ConnectionRunner:
             # closing it failed: how it ended is already reported
 
     def _attempt_ended(self, attempt: _Attempt, outcome: _Outcome) -> None:
-        if attempt.replaced:
-            return  # rotated away: its successor carries on
+        if attempt.replaced or attempt.abandoned:
+            return  # rotated away (its successor carries on), or a failed replacement (reported)
         if attempt is not self._attempt:
             # a replacement that ended before it took over: the current connection carries on
             log.warning("%s: rotation failed: its replacement ended (%s); the current connection "
@@ -428,6 +429,7 @@ class ConnectionRunner:
                     self.gate.refused(exc)  # the next try waits what the host asked
                 log.warning("%s: rotation failed: cannot connect its replacement (%s); the current "
                             "connection carries on", self.name, exc)
+                self.overlap = None
                 return False
             wait = self.settings.stale_after
             with trio.move_on_after(wait):
@@ -438,9 +440,12 @@ class ConnectionRunner:
                 reason += "; quiet feed, replacement acknowledged"
                 new.ready.set()
             if new.end_reason is not None or not new.ready.is_set():
+                new.abandoned = True
                 new.end("replacement delivered nothing")
-                log.warning("%s: rotation failed: its replacement delivered nothing within %g s; "
-                            "the current connection carries on", self.name, wait)
+                log.warning("%s: rotation failed: its replacement %s; the current connection carries on",
+                            self.name, new.end_reason if new.end_reason != "replacement delivered nothing"
+                            else f"delivered nothing within {wait:g} s")
+                self.overlap = None  # the old one delivered everything; what was held goes
                 return False
             with trio.move_on_after(CATCH_UP):
                 await self.caught_up.wait()
@@ -455,9 +460,9 @@ class ConnectionRunner:
             self.rotation_failures = 0
             return True
         finally:
+            # cancelled (the old connection died mid-rotation): the overlap stays, for the
+            # replacement to take over with what it holds (_attempt_ended)
             self.conn.rotating = False
-            if not old.replaced and self._attempt is old and self.overlap is overlap:
-                self.overlap = None  # failed: the old one delivered everything, nothing is held
 
     def _hand_over(self, new: _Attempt) -> None:
         """``new`` is the connection from now on: deliver what it held beyond what went out."""
@@ -563,8 +568,9 @@ class _Attempt:
         #: set to rotate now (the venue announced a shutdown), with why
         self.rotate_now = trio.Event()
         self.rotate_reason = ""
-        #: handed over to a successor by a rotation
+        #: handed over to a successor by a rotation; a replacement given up by one
         self.replaced = False
+        self.abandoned = False
         #: set once it is the runner's current connection (a replacement: once it took over)
         self.current = trio.Event()
 

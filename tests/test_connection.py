@@ -487,6 +487,33 @@ async def test_a_shutdown_notice_rotates_make_before_break_without_gap_or_duplic
     assert len(network.attempts) == 2
 
 
+async def test_when_the_venue_cuts_the_old_connection_first_the_replacement_takes_over_what_it_held(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, status, records = make_runner(network, RunnerSettings())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await network.wait_attempts(1)
+        await trio.testing.wait_all_tasks_blocked()
+        old = network.transports[0]
+        await old.incoming_send.send(trade_frame(1))
+        await old.incoming_send.send(SHUTDOWN)
+        await network.wait_attempts(2)
+        await trio.testing.wait_all_tasks_blocked()
+        new = network.transports[1]
+        await new.incoming_send.send(trade_frame(3))  # ahead of the old one: held
+        await old.incoming_send.send(trade_frame(2))
+        await old.incoming_send.send(TransportError("closed by peer: code 1001 (Server shutdown)"))
+        await trio.testing.wait_all_tasks_blocked()
+        await new.incoming_send.send(trade_frame(4))
+        got, events = await received(records)
+        nursery.cancel_scope.cancel()
+    assert trade_ids(got) == ["1", "2", "3", "4"]
+    assert events == [] and len(network.attempts) == 2
+    assert (status.rotations, status.reconnects) == (1, 0)
+
+
 async def test_connections_rotate_at_rotate_after_plus_their_offset(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
