@@ -91,6 +91,12 @@ class FakeNetwork:
         while len(self.attempts) < n:
             await self.changed.wait()
 
+    async def opened(self, n: int) -> ScriptedTransport:
+        """The n-th connection (from 1), once the runner has sent what it sends on connecting."""
+        await self.wait_attempts(n)
+        await trio.testing.wait_all_tasks_blocked()
+        return self.transports[n - 1]
+
 
 def make_runner(
     network: FakeNetwork,
@@ -462,14 +468,10 @@ async def test_a_shutdown_notice_rotates_make_before_break_without_gap_or_duplic
     runner, status, records = make_runner(network, RunnerSettings(stable_after=1.0))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
-        await network.wait_attempts(1)
-        await trio.testing.wait_all_tasks_blocked()
-        old = network.transports[0]
+        old = await network.opened(1)
         await old.incoming_send.send(trade_frame(1))
         await old.incoming_send.send(SHUTDOWN)
-        await network.wait_attempts(2)  # the replacement, while the old one still delivers
-        await trio.testing.wait_all_tasks_blocked()
-        new = network.transports[1]
+        new = await network.opened(2)
         assert runner.conn.rotating and not old.closed
         assert new.sent and "SUBSCRIBE" in new.sent[0][1]
         await old.incoming_send.send(trade_frame(2))
@@ -494,14 +496,10 @@ async def test_when_the_venue_cuts_the_old_connection_first_the_replacement_take
     runner, status, records = make_runner(network, RunnerSettings())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
-        await network.wait_attempts(1)
-        await trio.testing.wait_all_tasks_blocked()
-        old = network.transports[0]
+        old = await network.opened(1)
         await old.incoming_send.send(trade_frame(1))
         await old.incoming_send.send(SHUTDOWN)
-        await network.wait_attempts(2)
-        await trio.testing.wait_all_tasks_blocked()
-        new = network.transports[1]
+        new = await network.opened(2)
         await new.incoming_send.send(trade_frame(3))  # ahead of the old one: held
         await old.incoming_send.send(trade_frame(2))
         await old.incoming_send.send(TransportError("closed by peer: code 1001 (Server shutdown)"))
@@ -545,9 +543,7 @@ async def test_a_failed_replacement_leaves_the_old_connection_streaming_and_is_r
     runner, status, records = make_runner(network, settings)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
-        await network.wait_attempts(1)
-        await trio.testing.wait_all_tasks_blocked()
-        old = network.transports[0]
+        old = await network.opened(1)
         await old.incoming_send.send(SHUTDOWN)
         await network.wait_attempts(5)
         await trio.testing.wait_all_tasks_blocked()
@@ -637,9 +633,7 @@ async def test_heartbeats_without_data_are_a_stale_feed_and_a_failure(
     runner, status, _ = make_runner(network, RunnerSettings(stale_after=30.0))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
-        await network.wait_attempts(1)
-        await trio.testing.wait_all_tasks_blocked()
-        transport = network.transports[0]
+        transport = await network.opened(1)
         await transport.incoming_send.send(trade_frame(1))
         for _ in range(10):  # an answer to nothing every 5 s: the socket lives, the feed does not
             await trio.sleep(5.0)

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import orjson
 import pytest
 import trio
+from endtoend import Subscriber, running
 
 from feedd.codec import decode_record
 from feedd.config import Config, load_config
-from feedd.daemon import Daemon, run_until_signalled
+from feedd.daemon import run_until_signalled
 from feedd.model import MarketData
 from feedd.service import WebSocketService
 from feedd.sim import BinanceSimulator
@@ -81,56 +81,6 @@ rest_url = "{futures.rest_url}"
     path = workdir / "config.toml"
     path.write_text(text, encoding="utf-8")
     return load_config(path, environ={})
-
-
-class Subscriber:
-    """A Unix-socket client reading JSON lines."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-        self.notices: list[dict[str, Any]] = []
-
-    @classmethod
-    async def connect(cls, path: str, filter_line: bytes = b"{}\n") -> Subscriber:
-        stream = await trio.open_unix_socket(path)
-        await stream.send_all(filter_line)
-        return cls(stream)
-
-    async def line(self) -> bytes:
-        while b"\n" not in self.buffer:
-            data = await self.stream.receive_some(65536)
-            assert data, "the daemon closed the socket"
-            self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line
-
-    async def record(self) -> MarketData:
-        """The next record; disconnect and reconnect lines before it go to :attr:`notices`."""
-        while True:
-            line = await self.line()
-            if line.startswith((b'{"type":"disconnect"', b'{"type":"reconnect"')):
-                self.notices.append(orjson.loads(line))
-                continue
-            return decode_record(line)
-
-    async def until(self, predicate: object, limit: int = 10_000) -> list[MarketData]:
-        """Records read until one satisfies ``predicate`` (included)."""
-        seen: list[MarketData] = []
-        while True:
-            record = await self.record()
-            seen.append(record)
-            if predicate(record):  # type: ignore[operator]
-                return seen
-            assert len(seen) < limit, "predicate never held"
-
-
-@asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Daemon]:
-    async with trio.open_nursery() as nursery:
-        daemon: Daemon = await nursery.start(Daemon(config).run)
-        yield daemon
-        daemon.stop()
 
 
 @asynccontextmanager
