@@ -15,13 +15,24 @@ import trio
 VenueState = Literal["connecting", "connected", "backoff", "failed", "idle", "disabled"]
 
 
+def _track_connected(
+    conn: ConnectionStatus, attribute: attrs.Attribute[VenueState], state: VenueState
+) -> VenueState:
+    """Note when a connection becomes ``connected`` (its uptime starts) and when it stops."""
+    if state != "connected":
+        conn.connected_since = None
+    elif conn.state != "connected":
+        conn.connected_since = trio.current_time()
+    return state
+
+
 @attrs.define
 class ConnectionStatus:
     """One connection (shard) of a venue."""
 
     name: str
     url: str
-    state: VenueState = "connecting"
+    state: VenueState = attrs.field(default="connecting", on_setattr=_track_connected)
     topics: int = 0
     consecutive_failures: int = 0
     reconnects: int = 0
@@ -29,6 +40,11 @@ class ConnectionStatus:
     last_frame_at: float | None = None  # trio clock
     #: the current attempt has kept delivering for ``stable_after`` seconds
     stable: bool = False
+    #: when it last became ``connected`` (trio clock); None while it is not
+    connected_since: float | None = None
+
+    def uptime(self, now: float) -> float | None:
+        return None if self.connected_since is None else now - self.connected_since
 
     def snapshot(self, now: float) -> dict[str, Any]:
         last = self.last_frame_at
@@ -42,6 +58,7 @@ class ConnectionStatus:
             "last_error": self.last_error,
             "seconds_since_last_message": None if last is None else _age(now - last),
             "stable": self.stable,
+            "uptime": _age(self.uptime(now)),
         }
 
 
@@ -106,6 +123,14 @@ class VenueStatus:
         times = [c.last_frame_at for c in self.connections.values() if c.last_frame_at is not None]
         return trio.current_time() - max(times) if times else None
 
+    def uptime(self, now: float) -> float | None:
+        """How long every connection of the venue has been connected (the shortest uptime);
+        None unless all of them are."""
+        times = [c.uptime(now) for c in self.connections.values()]
+        if not times or None in times:
+            return None
+        return min(t for t in times if t is not None)
+
     def problems(self, max_age: float) -> list[str]:
         """Why this venue is not connected and fresh (no frame for ``max_age`` s); empty if it is.
 
@@ -149,6 +174,7 @@ class VenueStatus:
             "last_error": self.last_error,
             "subscription_errors": dict(self.subscription_errors),
             "seconds_since_last_message": _age(self.seconds_since_last_message()),
+            "uptime": _age(self.uptime(now)),
         }
 
 
