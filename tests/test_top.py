@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
@@ -18,7 +19,7 @@ from tools import require_tool
 
 from feedd.cli import main
 from feedd.sim import BinanceSimulator, BybitSimulator
-from feedd.top import SORTS, View, frame_text, sparkline
+from feedd.top import SORTS, View, fetch, frame_text, sparkline
 
 FIXTURES = Path(__file__).parent / "fixtures" / "top"
 URL = "http://127.0.0.1:8080"
@@ -97,10 +98,16 @@ def test_sorting_by_records_per_second_puts_the_busiest_first() -> None:
     assert venues == sorted(venues, key=lambda v: -rates[v])
 
 
-def test_an_unreachable_daemon_says_which_address_was_tried() -> None:
-    text = frame_text(View("http://127.0.0.1:9", error="cannot reach feedd at http://127.0.0.1:9 (refused)"))
-    assert "cannot reach feedd at http://127.0.0.1:9" in text
-    assert "retrying" in text
+async def test_an_unreachable_daemon_says_which_address_was_tried() -> None:
+    with trio.socket.socket() as sock:  # a port that was free a moment ago, and nothing listens
+        await sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    async with httpx.AsyncClient(base_url=url) as client:
+        view = await fetch(client, url)
+    assert view.status is None
+    text = frame_text(view)
+    assert f"cannot reach feedd at {url} (" in text
+    assert "retrying every second" in text
 
 
 def test_the_sparkline_is_padded_while_short_and_scaled_to_its_peak() -> None:
@@ -115,6 +122,23 @@ def test_once_against_nothing_exits_1_naming_the_address(capsys: pytest.CaptureF
     assert main(["top", "--once", "--url", "http://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("feedd top: cannot reach feedd at http://127.0.0.1:9 (")
+
+
+async def test_once_prints_one_frame_of_a_running_daemon_and_exits_0(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binance = BinanceSimulator(speed=20.0)
+    async with serving(binance):
+        text = FAST_FEED + venue_section("binance", binance.ws_url, binance.rest_url, ("BTCUSDT",))
+        async with running(load_text(workdir, text)) as daemon:
+            with trio.fail_after(TIMEOUT):
+                code = await trio.to_thread.run_sync(
+                    main, ["top", "--once", "--url", f"http://{daemon.http_address}"]
+                )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith(f"feedd at http://{daemon.http_address}: ")
+    assert [line.split()[0] for line in out.splitlines() if line.startswith("binance")] == ["binance"]
 
 
 # ---- in a real terminal -------------------------------------------------------------------
