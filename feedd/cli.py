@@ -286,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = command("status", "show the running daemon's state, per venue (asks its HTTP API)")
     _add_api_options(status)
+    for name, verb in (("subscribe", "subscribe to"), ("unsubscribe", "unsubscribe from")):
+        change = command(name, f"{verb} a symbol's streams on the running daemon, live")
+        change.add_argument("exchange", metavar="VENUE", help="venue id, e.g. binance")
+        change.add_argument("symbol", metavar="SYMBOL", help="the exchange's symbol, e.g. BTCUSDT")
+        change.add_argument("--channels", nargs="+", choices=("trades", "ticker"), metavar="CHANNEL",
+                            help="trades and/or ticker (default: "
+                            + ("the venue's configured channels)" if name == "subscribe" else "all)"))
+        _add_api_options(change)
     top = command("top", "a live view of the running daemon, per venue and subscriber (asks its HTTP API)")
     top.add_argument("--url", metavar="URL",
                      help="the daemon's HTTP API (default: $FEEDD_URL, else http://127.0.0.1:8080)")
@@ -298,14 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                      help="seconds between refreshes (default 1)")
     top.set_defaults(func=_cmd_top)
-    for name, verb in (("subscribe", "subscribe to"), ("unsubscribe", "unsubscribe from")):
-        change = command(name, f"{verb} a symbol's streams on the running daemon, live")
-        change.add_argument("exchange", metavar="VENUE", help="venue id, e.g. binance")
-        change.add_argument("symbol", metavar="SYMBOL", help="the exchange's symbol, e.g. BTCUSDT")
-        change.add_argument("--channels", nargs="+", choices=("trades", "ticker"), metavar="CHANNEL",
-                            help="trades and/or ticker (default: "
-                            + ("the venue's configured channels)" if name == "subscribe" else "all)"))
-        _add_api_options(change)
     return parser
 
 

@@ -141,6 +141,16 @@ async def test_once_prints_one_frame_of_a_running_daemon_and_exits_0(
     assert [line.split()[0] for line in out.splitlines() if line.startswith("binance")] == ["binance"]
 
 
+def test_once_takes_the_address_from_the_configs_http_listen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FEEDD_URL", raising=False)
+    config = tmp_path / "config.toml"
+    config.write_text('[http]\nlisten = "0.0.0.0:9"\n[exchanges.binance]\nsymbols = ["BTCUSDT"]\n')
+    assert main(["top", "--once", "--config", str(config)]) == 1
+    assert "cannot reach feedd at http://127.0.0.1:9 (" in capsys.readouterr().err
+
+
 # ---- in a real terminal -------------------------------------------------------------------
 
 
@@ -210,3 +220,25 @@ async def test_top_in_a_terminal_shows_every_venue_cycles_the_sort_and_quits_on_
             finally:
                 tmux.kill()
     assert exit_file.read_text().strip() == "0"
+
+
+async def test_top_in_a_terminal_keeps_retrying_until_the_daemon_answers(workdir: Path) -> None:
+    tmux = Tmux(require_tool("tmux", package="tmux"), f"feedd-test-{os.getpid()}-r")
+    with trio.socket.socket() as sock:  # a port free a moment ago: the daemon will take it
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    binance = BinanceSimulator(speed=20.0)
+    async with serving(binance):
+        text = FAST_FEED.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+        config = load_text(workdir, text + venue_section("binance", binance.ws_url, binance.rest_url,
+                                                         ("BTCUSDT",)))
+        try:
+            with trio.fail_after(TIMEOUT):
+                await tmux("new-session", "-d", "-s", "top", "-x", "200", "-y", "40",
+                           f"env -u COLUMNS -u LINES {sys.executable} -m feedd top --url http://127.0.0.1:{port}")
+                await tmux.until_shown(f"cannot reach feedd at http://127.0.0.1:{port} (", "retrying")
+                async with running(config):
+                    await tmux.until_shown(f"feedd at http://127.0.0.1:{port}: ", "binance/stream#1")
+                    await tmux("send-keys", "-t", "top", "q")
+        finally:
+            tmux.kill()
