@@ -107,8 +107,9 @@ class History:
 
     def snapshot(self) -> dict[str, Any]:
         """``GET /api/v1/websocket/history``: per venue, per-second counts, newest last."""
+        interval = self.interval
         return {
-            "interval": self.interval,
+            "interval": int(interval) if float(interval).is_integer() else interval,  # 1, not 1.0
             "venues": {
                 venue: {
                     "records": list(ring.records),

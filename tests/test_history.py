@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 import trio
 
@@ -18,8 +19,9 @@ def test_the_history_holds_per_second_differences_newest_last() -> None:
     history = History(BOUNDS)
     for n in (0, 10, 25, 27):
         history.sample({"binance": totals(2 * n, n, n // 10)})
+    assert orjson.dumps(history.snapshot()).startswith(b'{"interval":1,')
     assert history.snapshot() == {
-        "interval": 1.0,
+        "interval": 1,
         "venues": {"binance": {"records": [10, 15, 2], "messages": [20, 30, 4], "rejected": [1, 1, 0]}},
     }
 
