@@ -4,6 +4,10 @@ asyncio against a running daemon: filters honoured, a daemon restart survived an
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,3 +257,42 @@ async def test_a_refusal_by_the_daemon_raises_with_its_reason(workdir: Path) -> 
                     async for _ in subscribe(daemon.config.unix.path):
                         pass
                 await first.stream.aclose()
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_examples() -> list[str]:
+    """The two blocks after the README's marker for this test."""
+    text = README.read_text(encoding="utf-8")
+    after = text.split("<!-- tests/test_client.py runs both blocks against the simulator -->", 1)[1]
+    return re.findall(r"```python\n(.*?)```", after, re.S)[:2]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["trio", "asyncio"])
+async def test_the_readme_examples_print_records(workdir: Path, index: int) -> None:
+    code = readme_examples()[index]
+    assert ("trio.run(main)" if index == 0 else "asyncio.run(main())") in code
+    binance = BinanceSimulator(speed=20.0)
+    async with serving(binance):
+        config = load_text(workdir, FAST_FEED + venue_section("binance", binance.ws_url, binance.rest_url,
+                                                              ("BTCUSDT",)))
+        async with running(config) as daemon:
+            code = code.replace("/run/feedd/feedd.sock", daemon.config.unix.path)
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-c", code], stdout=subprocess.PIPE,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            assert process.stdout is not None
+            try:
+                output = b""
+                with trio.fail_after(TIMEOUT):
+                    while output.count(b"\n") < 3:
+                        chunk = await process.stdout.receive_some(65536)
+                        assert chunk, f"the example ended: {output!r}"
+                        output += chunk
+            finally:
+                process.kill()
+                await process.wait()
+    for line in output.decode().splitlines()[:3]:
+        assert line.startswith("MarketData(exchange='binance', symbol='BTCUSDT'"), line
