@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import httpx
 import trio
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -136,16 +136,29 @@ def _sort_key(sort: str, name: str, entry: dict[str, Any], history: dict[str, An
     return (name,)
 
 
-def venue_table(status: dict[str, Any], history: dict[str, Any] | None, sort: str) -> Table:
-    """One row per venue, then one per connection of it."""
+#: below this many columns the sparkline is left out, so the numbers keep their room
+WIDE = 140
+_SPARK_HEADER = f"REC/S LAST {SPARK_SECONDS // 60} MIN"
+
+
+def venue_table(
+    status: dict[str, Any], history: dict[str, Any] | None, sort: str, *, spark: bool = True
+) -> Table:
+    """One row per venue, then one per connection of it; ``spark``: with the sparkline column."""
+    columns = [("VENUE / CONNECTION", "left"), ("STATE", "left"), ("UPTIME", "right"), ("SUBS", "right"),
+               ("MSG/S", "right"), ("REC/S", "right"), (_SPARK_HEADER, "left"), ("REJECTED", "right"),
+               ("RECONN", "right"), ("LAST MSG", "right"), ("P50", "right"), ("P99", "right")]
+    keep = [spark or name != _SPARK_HEADER for name, _ in columns] + [True]
     table = Table(box=None, header_style="bold", pad_edge=False, expand=False)
-    for name, justify in (("VENUE / CONNECTION", "left"), ("STATE", "left"), ("UPTIME", "right"),
-                          ("SUBS", "right"), ("MSG/S", "right"), ("REC/S", "right"),
-                          (f"REC/S LAST {SPARK_SECONDS // 60} MIN", "left"), ("REJECTED", "right"),
-                          ("RECONN", "right"), ("LAST MSG", "right"), ("P50", "right"), ("P99", "right")):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for (name, justify), kept in zip(columns, keep, strict=False):
+        if kept:
+            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     # the one column that gives way when the terminal is narrow (its cells never wrap)
-    table.add_column("LAST ERROR", max_width=60)
+    table.add_column(Text("LAST ERROR", no_wrap=True, overflow="ellipsis"), max_width=60)
+
+    def add(*cells: RenderableType) -> None:
+        table.add_row(*(cell for cell, kept in zip(cells, keep, strict=True) if kept))
+
     venues: dict[str, Any] = status.get("exchanges") or {}
     series: dict[str, Any] = (history or {}).get("venues") or {}
     order = sorted(venues, key=lambda v: _sort_key(sort, v, venues[v], series.get(v) or {}))
@@ -154,7 +167,7 @@ def venue_table(status: dict[str, Any], history: dict[str, Any] | None, sort: st
         past = series.get(name) or {}
         latency = entry.get("latency") or {}
         subs = sum(len(s.get("channels", [])) for s in entry.get("subscriptions", []))
-        table.add_row(
+        add(
             Text(name, style="bold"), _state(entry.get("state")), _duration(entry.get("uptime")), str(subs),
             _rate(rate(past.get("messages"))), _rate(rate(past.get("records"))),
             Text(sparkline(past.get("records") or []), style="cyan"),
@@ -163,13 +176,25 @@ def venue_table(status: dict[str, Any], history: dict[str, Any] | None, sort: st
             _error(entry.get("last_error")),
         )
         for conn in entry.get("connections", []):
-            table.add_row(
+            add(
                 Text(f"  {conn.get('name')}", style="dim"), _state(conn.get("state")),
                 _duration(conn.get("uptime")), str(conn.get("streams", "-")), "", "", "", "",
                 str(conn.get("reconnects", "-")), _age(conn.get("seconds_since_last_message")), "", "",
                 _error(conn.get("last_error")),
             )
     return table
+
+
+@attrs.frozen
+class _FittedVenueTable:
+    """The venue table, built when the width it gets is known (rich asks at render time)."""
+
+    status: dict[str, Any]
+    history: dict[str, Any] | None
+    sort: str
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield venue_table(self.status, self.history, self.sort, spark=options.max_width >= WIDE)
 
 
 def subscriber_table(status: dict[str, Any]) -> Table | Text:
@@ -203,7 +228,7 @@ def render(view: View) -> RenderableType:
     )
     header += keys
     reasons = [Text(f"  {reason}", style="yellow") for reason in (status.get("reasons") or [])[:5]]
-    return Group(header, *reasons, Text(""), venue_table(status, view.history, view.sort), Text(""),
+    return Group(header, *reasons, Text(""), _FittedVenueTable(status, view.history, view.sort), Text(""),
                  subscriber_table(status))
 
 

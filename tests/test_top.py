@@ -80,6 +80,16 @@ def test_a_narrow_terminal_cuts_the_last_error_not_the_numbers() -> None:
     assert row.split()[1] == "failed" and "…" in row and len(row.rstrip()) <= 140
 
 
+def test_a_terminal_under_140_columns_leaves_out_the_sparkline_and_keeps_every_number() -> None:
+    doc = recorded("failed")
+    wide = frame_text(View(URL, doc["status"], doc["history"]), width=140)
+    narrow = frame_text(View(URL, doc["status"], doc["history"]), width=110)
+    assert "REC/S LAST 5 MIN" in wide and "REC/S LAST 5 MIN" not in narrow
+    [row] = [line for line in narrow.splitlines() if line.split()[:1] == ["bybit"]]
+    assert row.split()[:9] == ["bybit", "failed", "-", "2", "0.0", "0.0", "0", "51", "-"]
+    assert all(len(line) <= 110 for line in narrow.splitlines())
+
+
 def test_sorting_by_state_puts_the_failed_venue_first() -> None:
     doc = recorded("failed")
     text = frame_text(View(URL, doc["status"], doc["history"], sort="state"), width=200)
