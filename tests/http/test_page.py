@@ -118,8 +118,8 @@ class _VenueRows(HTMLParser):
 def chromium_command(chromium: str, profile: str, *extra: str) -> list[str]:
     """Headless Chromium as root in a container, with nothing that reaches beyond localhost."""
     return [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
         f"--user-data-dir={profile}", *extra,
     ]
 
