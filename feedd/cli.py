@@ -198,6 +198,19 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_top(args: argparse.Namespace) -> int:
+    from feedd.top import run_top
+
+    target = _api_target(args, "top")
+    if target is None:
+        return EXIT_CONFIG
+    url, token = target
+    try:
+        return trio.run(lambda: run_top(url, token=token, once=args.once, interval=args.interval))
+    except KeyboardInterrupt:
+        return 0
+
+
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", metavar="URL",
                         help="the daemon's HTTP API (default: $FEEDD_URL, else http://127.0.0.1:8080)")
@@ -281,6 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
                             help="trades and/or ticker (default: "
                             + ("the venue's configured channels)" if name == "subscribe" else "all)"))
         _add_api_options(change)
+    top = command("top", "a live view of the running daemon, per venue and subscriber (asks its HTTP API)")
+    top.add_argument("--url", metavar="URL",
+                     help="the daemon's HTTP API (default: $FEEDD_URL, else http://127.0.0.1:8080)")
+    top.add_argument("--config", "-c", metavar="FILE",
+                     help="take the API address and token from this config file ([http])")
+    top.add_argument("--token-file", metavar="FILE",
+                     help="file holding the API token (default: $FEEDD_TOKEN, or the config's)")
+    top.add_argument("--once", action="store_true",
+                     help="print one frame and exit (1, with the reason, when the daemon is unreachable)")
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                     help="seconds between refreshes (default 1)")
+    top.set_defaults(func=_cmd_top)
     return parser
 
 

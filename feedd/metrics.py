@@ -170,6 +170,16 @@ class Metrics:
         self.sink = DelaySink(self.delay)
         self.registry.register(_ServiceCollector(service))
 
+    def delay_counts(self) -> dict[str, tuple[float, ...]]:
+        """Per venue, the delay histogram's cumulative bucket counts (``DELAY_BUCKETS``, then
+        +Inf), for :mod:`feedd.history`'s percentiles."""
+        found: dict[str, list[float]] = {}
+        for metric in self.delay.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_bucket"):
+                    found.setdefault(sample.labels["venue"], []).append(sample.value)
+        return {venue: tuple(counts) for venue, counts in found.items()}
+
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition and its content type, in the format the scraper's Accept asks for
         (Prometheus text 0.0.4 unless it asks for a newer text format or OpenMetrics)."""

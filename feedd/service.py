@@ -33,8 +33,9 @@ from feedd.errors import quoted
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import CHANNELS, Channel, Subscription
 from feedd.handshake import HandshakeGates
+from feedd.history import History, Totals
 from feedd.hub import AnyCallback, Callback, CallbackSink, Hub, SubscriberInfo
-from feedd.metrics import Metrics
+from feedd.metrics import DELAY_BUCKETS, Metrics
 from feedd.model import Ingress
 from feedd.reload import ReloadOutcome, VenuePlan, plan_reload, subscriptions_of
 from feedd.sinks.unix import UnixPublisher
@@ -143,6 +144,8 @@ class WebSocketService:
         self._reloading: trio.CancelScope | None = None
         self.state = StateFile(config.feed.state_file)
         self.metrics = Metrics(self)
+        #: per-second counter history, for feedd top and the status page
+        self.history = History(DELAY_BUCKETS)
         self.callbacks: dict[CallbackSink, trio.CancelScope] = {}
         self._open = open_transport or TRANSPORTS[config.feed.transport]
         self._nursery: trio.Nursery | None = None
@@ -214,6 +217,7 @@ class WebSocketService:
             self._nursery = nursery
             await nursery.start(_until_done, self.hub.run, self._hub_done)
             self.hub.attach(self.metrics.sink)
+            await nursery.start(self.history.run, self._totals)
             for sink, scope in self.callbacks.items():
                 self._start_callback(sink, scope)
             if self.publisher is not None:
@@ -665,6 +669,15 @@ class WebSocketService:
         ``stale_after`` seconds on every connection."""
         return overall(self.statuses.values(), self.config.feed.stale_after)
 
+    def _totals(self) -> dict[str, Totals]:
+        delays = self.metrics.delay_counts()
+        return {
+            venue: Totals(
+                status.frames, status.messages, sum(status.rejected.values()), delays.get(venue, ())
+            )
+            for venue, status in self.statuses.items()
+        }
+
     def get_connection_status(self) -> dict[str, Any]:
         """The status document of ``GET /api/v1/websocket/status``."""
         state, reasons = self.health()
@@ -673,6 +686,7 @@ class WebSocketService:
             supervisor = self.venues.get(venue_id)
             subs = [] if supervisor is None else _by_symbol(supervisor)
             exchanges[venue_id] = status.snapshot(subs)
+            exchanges[venue_id]["latency"] = self.history.latency(venue_id)
         return {
             "state": state,
             "reasons": reasons,

@@ -19,13 +19,24 @@ from feedd.handshake import GateCounters, HostGate
 VenueState = Literal["connecting", "connected", "backoff", "failed", "idle", "disabled"]
 
 
+def _track_connected(
+    conn: ConnectionStatus, attribute: attrs.Attribute[VenueState], state: VenueState
+) -> VenueState:
+    """Note when a connection becomes ``connected`` (its uptime starts) and when it stops."""
+    if state != "connected":
+        conn.connected_since = None
+    elif conn.state != "connected":
+        conn.connected_since = trio.current_time()
+    return state
+
+
 @attrs.define
 class ConnectionStatus:
     """One connection (shard) of a venue."""
 
     name: str
     url: str
-    state: VenueState = "connecting"
+    state: VenueState = attrs.field(default="connecting", on_setattr=_track_connected)
     topics: int = 0
     consecutive_failures: int = 0
     reconnects: int = 0
@@ -38,6 +49,11 @@ class ConnectionStatus:
     #: make-before-break replacements done, and whether one is under way
     rotations: int = 0
     rotating: bool = False
+    #: when it last became ``connected`` (trio clock); None while it is not
+    connected_since: float | None = None
+
+    def uptime(self, now: float) -> float | None:
+        return None if self.connected_since is None else now - self.connected_since
 
     def snapshot(self, now: float) -> dict[str, Any]:
         last = self.last_frame_at
@@ -54,6 +70,7 @@ class ConnectionStatus:
             "seconds_since_last_data": None if self.last_data_at is None else _age(now - self.last_data_at),
             "stable": self.stable,
             "rotating": self.rotating,
+            "uptime": _age(self.uptime(now)),
         }
 
 
@@ -133,6 +150,14 @@ class VenueStatus:
         times = [c.last_frame_at for c in self.connections.values() if c.last_frame_at is not None]
         return trio.current_time() - max(times) if times else None
 
+    def uptime(self, now: float) -> float | None:
+        """How long every connection of the venue has been connected (the shortest uptime);
+        None unless all of them are."""
+        times = [c.uptime(now) for c in self.connections.values()]
+        if not times or None in times:
+            return None
+        return min(t for t in times if t is not None)
+
     def problems(self, max_age: float) -> list[str]:
         """Why this venue is not connected and fresh (no frame for ``max_age`` s); empty if it is.
 
@@ -184,6 +209,7 @@ class VenueStatus:
             "connection_attempts": handshakes.attempts,
             "paced_attempts": handshakes.paced,
             "handshakes_refused": {str(code): n for code, n in sorted(handshakes.refused.items())},
+            "uptime": _age(self.uptime(now)),
         }
 
 

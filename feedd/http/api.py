@@ -16,6 +16,7 @@ import orjson
 
 from feedd.errors import clipped
 from feedd.http.app import App, HttpError, Request, Response, json_response
+from feedd.http.page import status_page
 from feedd.service import InvalidRequest, UnknownVenue, VenueDisabled
 from feedd.supervisor import (
     NoAnswer,
@@ -133,6 +134,12 @@ class Api:
             raise _refusal(exc) from None
         return json_response(200, result)
 
+    async def history(self, request: Request) -> Response:
+        return json_response(200, self.service.history.snapshot())
+
+    async def page(self, request: Request) -> Response:
+        return Response(200, status_page(), "text/html; charset=utf-8")
+
     async def healthz(self, request: Request) -> Response:
         state, reasons = self.service.health()
         if state == "ok":
@@ -151,6 +158,8 @@ def build_app(service: WebSocketService) -> App:
     app.route("GET", f"{PREFIX}/subscriptions", api.subscriptions)
     app.route("POST", f"{PREFIX}/subscribe", api.subscribe, protected=True)
     app.route("DELETE", f"{PREFIX}/unsubscribe", api.unsubscribe, protected=True)
+    app.route("GET", f"{PREFIX}/history", api.history)
+    app.route("GET", "/", api.page)
     app.route("GET", "/healthz", api.healthz)
     app.route("GET", "/metrics", api.metrics)
     return app
