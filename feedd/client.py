@@ -31,7 +31,7 @@ import orjson
 
 from feedd.backoff import Backoff
 from feedd.errors import describe
-from feedd.model import MarketData
+from feedd.model import Disconnected, MarketData, Reconnected
 
 #: what a filter's ``kind`` accepts (the daemon's names; ``trades`` as the config says it)
 KINDS = ("trade", "trades", "ticker")
@@ -50,24 +50,10 @@ class Gap:
     dropped: int
 
 
-@attrs.frozen
-class VenueDisconnected:
-    """The daemon lost a venue's connection: these symbols stream nothing until it is back."""
-
-    exchange: str
-    symbols: tuple[str, ...]
-    at: datetime
-    reason: str
-
-
-@attrs.frozen
-class VenueReconnected:
-    """A venue's connection is back after ``gap_seconds`` without data for these symbols."""
-
-    exchange: str
-    symbols: tuple[str, ...]
-    at: datetime
-    gap_seconds: float
+#: the daemon's own feed events (what ``WebSocketService`` callbacks get), under the names a
+#: socket reader knows them by: a venue's connection lost, and data flowing again
+VenueDisconnected = Disconnected
+VenueReconnected = Reconnected
 
 
 @attrs.frozen
