@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -99,19 +99,35 @@ def _stdout_gone() -> None:
     os.close(devnull)
 
 
+def _tail_nats(args: argparse.Namespace) -> Callable[[], Awaitable[int]]:
+    """``feedd tail --nats``: the stream instead of the socket (feedd.nats.tail)."""
+    from feedd.nats.tail import parse_since, tail_nats
+    from feedd.tail import TailError
+
+    try:
+        since = None if args.since is None else parse_since(args.since)
+    except ValueError as exc:
+        raise TailError(f"--since: {exc}") from None
+    return lambda: tail_nats(args.nats, stream=args.stream, prefix=args.subject_prefix, venues=args.exchange,
+                             symbols=args.symbol, kinds=args.kind, since=since, limit=args.limit,
+                             credentials=args.nats_credentials)
+
+
 def _cmd_tail(args: argparse.Namespace) -> int:
     from feedd.tail import TailError, tail
 
+    if args.nats is None and args.since is not None:
+        print("feedd tail: --since needs --nats (the socket has no history)", file=sys.stderr)
+        return EXIT_CONFIG
     try:
-        count = trio.run(
-            lambda: tail(
-                args.socket,
-                exchanges=args.exchange,
-                symbols=args.symbol,
-                kinds=args.kind,
-                limit=args.limit,
-            )
+        read = _tail_nats(args) if args.nats is not None else lambda: tail(
+            args.socket,
+            exchanges=args.exchange,
+            symbols=args.symbol,
+            kinds=args.kind,
+            limit=args.limit,
         )
+        count = trio.run(read)
     except TailError as exc:
         print(f"feedd tail: {exc}", file=sys.stderr)
         return 1
@@ -120,7 +136,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         return 0
     except KeyboardInterrupt:
         return 0
-    if args.limit is None or count < args.limit:
+    if args.nats is None and (args.limit is None or count < args.limit):
         print(
             f"feedd tail: the daemon closed the connection at {args.socket} after {count} record(s) "
             "(did it stop?)",
@@ -261,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail = command("tail", "print records from the daemon's Unix socket, one line each")
     tail.add_argument("--socket", default=os.environ.get("FEEDD_SOCKET", DEFAULT_SOCKET), metavar="PATH",
                       help=f"the daemon's socket (default: $FEEDD_SOCKET, else {DEFAULT_SOCKET})")
-    tail.add_argument("--exchange", action="append", default=[], metavar="VENUE",
+    tail.add_argument("--exchange", "--venue", action="append", default=[], metavar="VENUE",
                       help="only this venue id, e.g. binance (repeatable)")
     tail.add_argument("--symbol", action="append", default=[], metavar="SYMBOL",
                       help="only this symbol, e.g. BTCUSDT (repeatable)")
@@ -269,6 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only trades or only tickers (repeatable)")
     tail.add_argument("--limit", type=int, default=None, metavar="N",
                       help="stop after N records (default: until the daemon stops or Ctrl-C)")
+    tail.add_argument("--nats", metavar="URL", default=None,
+                      help="read the JetStream stream at this NATS server instead of the socket "
+                      "(nats://[token@]host:4222)")
+    tail.add_argument("--since", metavar="WHEN", default=None,
+                      help="with --nats: replay from this long ago (30s, 10m, 2h, 1d) or this RFC 3339 "
+                      "time, then follow (default: new records only)")
+    tail.add_argument("--stream", default="FEEDD", metavar="NAME",
+                      help="with --nats: the stream (default FEEDD)")
+    tail.add_argument("--subject-prefix", default="feedd", metavar="PREFIX",
+                      help="with --nats: the subjects' prefix (default feedd)")
+    tail.add_argument("--nats-credentials", metavar="FILE", default=None,
+                      help="with --nats: a .creds file to log in with")
     tail.set_defaults(func=_cmd_tail)
 
     status = command("status", "show the running daemon's state, per venue (asks its HTTP API)")

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -41,6 +41,9 @@ from feedd.state import StateFile
 from feedd.status import VenueStatus, overall
 from feedd.supervisor import NoAnswer, NotSubscribed, SubscriptionRefused, VenueSupervisor
 from feedd.transport import TRANSPORTS, OpenTransport
+
+if TYPE_CHECKING:
+    from feedd.sinks.nats import NatsSink
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,13 @@ class WebSocketService:
             if serve_unix
             else None
         )
+        #: the NATS JetStream sink, with a ``[nats]`` table (imported only then)
+        self.nats: NatsSink | None = None
+        if config.nats is not None:
+            from feedd.sinks.nats import NatsSink
+
+            self.nats = NatsSink(config.nats, connect_timeout=config.feed.connect_timeout)
+        self._nats_done = trio.Event()
         self.serve_http = serve_http
         #: the HTTP API's bound address (``HOST:PORT``) once it listens
         self.http_address: str | None = None
@@ -215,6 +225,9 @@ class WebSocketService:
                 self._start_callback(sink, scope)
             if self.publisher is not None:
                 await nursery.start(_until_done, self.publisher.serve, self._publisher_done)
+            if self.nats is not None:
+                self.hub.attach(self.nats)
+                await nursery.start(_until_done, self.nats.run, self._nats_done)
             restored = self.state.load()
             for venue_id, exchange in config.exchanges.items():
                 enabled = config.feed.enabled and exchange.enabled
@@ -261,6 +274,8 @@ class WebSocketService:
         if self.publisher is not None:
             self.publisher.finish()
             await self._publisher_done.wait()
+        if self.nats is not None:
+            await self.nats.flushed()  # what the hub handed on, acked (if NATS is there)
         if self.serve_http:
             await self._http_done.wait()
 
@@ -639,8 +654,14 @@ class WebSocketService:
 
     def health(self) -> tuple[str, list[str]]:
         """``ok``/``degraded``/``down`` and why; a venue is fresh with a message within
-        ``stale_after`` seconds on every connection."""
-        return overall(self.statuses.values(), self.config.feed.stale_after)
+        ``stale_after`` seconds on every connection. A NATS sink that is not connected makes
+        an ``ok`` feed ``degraded``: the records still reach the other consumers."""
+        state, reasons = overall(self.statuses.values(), self.config.feed.stale_after)
+        if self.nats is not None and (problem := self.nats.problem()) is not None:
+            reasons = [*reasons, problem]
+            if state == "ok":
+                state = "degraded"
+        return state, reasons
 
     def get_connection_status(self) -> dict[str, Any]:
         """The status document of ``GET /api/v1/websocket/status``."""
@@ -659,6 +680,7 @@ class WebSocketService:
                  "pending": s.pending, **({"errors": s.errors} if s.kind == "callback" else {})}
                 for s in self.subscribers()
             ],
+            "sinks": {} if self.nats is None else {"nats": self.nats.snapshot()},
             "http": {"listen": self.http_address, "token": self.config.http.token is not None},
             "state_file": {"path": str(self.state.path), "problem": self.state.problem},
             "reload": None if self.last_reload is None else self.last_reload.snapshot(),
@@ -675,6 +697,8 @@ class WebSocketService:
         line += f", {subscriptions} subscription(s)"
         if self.publisher is not None:
             line += f", {len(self.publisher.subscribers)} socket subscriber(s)"
+        if self.nats is not None:
+            line += f", nats {'connected' if self.nats.connected else 'not connected'}"
         reload = self.last_reload
         if reload is not None and (not reload.ok or reload.needs_restart):
             line += f"; last reload: {reload.summary()}"
