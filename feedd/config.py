@@ -168,7 +168,7 @@ class NatsConfig:
     #: seconds a record is kept in the stream (0: no limit)
     max_age: float = attrs.field(default=86400.0, validator=_non_negative)
     #: bytes the stream keeps before discarding its oldest records (-1: no limit)
-    max_bytes: int = -1
+    max_bytes: int = attrs.field(default=-1)
     #: seconds within which a record's message id, seen again, is not stored twice
     duplicate_window: float = attrs.field(default=120.0, validator=_positive)
     #: copies of the stream in a NATS cluster (when feedd creates it)

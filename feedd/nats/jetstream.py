@@ -70,8 +70,13 @@ class StreamSettings:
         if not set(self.subjects) <= set(existing.get("subjects") or ()):
             found.append(f"subjects {existing.get('subjects')} (want {list(self.subjects)})")
         for key in ("max_age", "max_bytes", "duplicate_window", "num_replicas", "discard", "retention"):
-            if existing.get(key) != wanted[key]:
-                found.append(f"{key} {existing.get(key)!r} (want {wanted[key]!r})")
+            have, want = existing.get(key), wanted[key]
+            if have == want:
+                continue
+            if key in ("max_age", "duplicate_window") and isinstance(have, int):
+                found.append(f"{key} {have / NS:g} s (want {want / NS:g} s)")
+            else:
+                found.append(f"{key} {have!r} (want {want!r})")
         return found
 
 

@@ -210,6 +210,7 @@ class NatsSink:
             log.info("nats: connected to %s, stream %s", self.server, self.settings.name)
         self._failures = 0
         self.backoff.reset()
+        self._progressed()
 
     def _failed(self, error: str) -> None:
         if self.connected:
@@ -269,6 +270,10 @@ class NatsSink:
                 msg_id = message_id(record).encode()
             out.append((subject, msg_id, line))
         return out
+
+    async def progressed(self) -> None:
+        """Wait until something changes: a batch acked, a connection made, lost or failed."""
+        await self._progress.wait()
 
     async def flushed(self) -> None:
         """Return once everything offered so far is acked (at once when not connected: a stop
