@@ -58,7 +58,8 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        args = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store), *self.extra]
+        args = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store),
+                *self.extra]
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE)
         assert process.stderr is not None
@@ -72,7 +73,8 @@ class NatsServer:
             if not chunk:
                 process.kill()
                 process.wait()
-                raise RuntimeError(f"nats-server did not start: {bytes(seen[-2000:]).decode(errors='replace')}")
+                said = bytes(seen[-2000:]).decode(errors="replace")
+                raise RuntimeError(f"nats-server did not start: {said}")
             seen += chunk
         self.log += seen
         self.process = process

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import trio
+from endtoend import Subscriber, load_text, short_tempdir
+from nats_server import NatsServer, nats_server_fixture
 
 from feedd.codec import decode_record
 from feedd.config import Config
@@ -28,8 +30,6 @@ from feedd.nats.jetstream import StreamSettings, api_request, ensure_stream
 from feedd.service import WebSocketService
 from feedd.sim import BinanceSimulator
 from feedd.sinks.nats import NatsSink, message_id
-from endtoend import Subscriber, load_text, short_tempdir
-from nats_server import NatsServer, nats_server_fixture
 
 TIMEOUT = 30
 
