@@ -93,47 +93,53 @@ class Parser:
 
     def events(self) -> list[Event]:
         """Every complete message received so far; an incomplete tail stays for the next read."""
-        buf = self._buf
+        if not self._buf:
+            return []
+        data = bytes(self._buf)  # one copy; every slice below is then a bytes object at once
         found: list[Event] = []
+        append = found.append
         pos = 0
-        size = len(buf)
+        size = len(data)
         while pos < size:
-            end = buf.find(b"\r\n", pos)
+            end = data.find(b"\r\n", pos)
             if end < 0:
                 if size - pos > MAX_CONTROL_LINE:
                     raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes")
                 break
-            op = buf[pos : pos + 4]
+            op = data[pos : pos + 4]
             if op == b"MSG ":
-                args = bytes(buf[pos + 4 : end]).split()
-                if len(args) not in (3, 4):
-                    raise ProtocolError(f"malformed MSG line: {_excerpt(buf[pos:end])}")
-                length = _int(args[-1])
+                args = data[pos + 4 : end].split()
+                try:
+                    sid, length = int(args[1]), int(args[-1])
+                except (ValueError, IndexError):
+                    raise ProtocolError(f"malformed MSG line: {_excerpt(data[pos:end])}") from None
+                if len(args) not in (3, 4) or length < 0:
+                    raise ProtocolError(f"malformed MSG line: {_excerpt(data[pos:end])}")
                 start = end + 2
                 if start + length + 2 > size:
                     break
-                found.append(Msg(args[0], _int(args[1]), args[2] if len(args) == 4 else None, b"",
-                                 bytes(buf[start : start + length])))
+                append(Msg(args[0], sid, args[2] if len(args) == 4 else None, b"",
+                           data[start : start + length]))
                 pos = start + length + 2
             elif op == b"HMSG":
-                args = bytes(buf[pos + 5 : end]).split()
-                if len(args) not in (4, 5):
-                    raise ProtocolError(f"malformed HMSG line: {_excerpt(buf[pos:end])}")
-                header_size, length = _int(args[-2]), _int(args[-1])
-                if not 0 <= header_size <= length:
-                    raise ProtocolError(f"malformed HMSG sizes: {_excerpt(buf[pos:end])}")
+                args = data[pos + 5 : end].split()
+                try:
+                    sid, header_size, length = int(args[1]), int(args[-2]), int(args[-1])
+                except (ValueError, IndexError):
+                    raise ProtocolError(f"malformed HMSG line: {_excerpt(data[pos:end])}") from None
+                if len(args) not in (4, 5) or not 0 <= header_size <= length:
+                    raise ProtocolError(f"malformed HMSG line: {_excerpt(data[pos:end])}")
                 start = end + 2
                 if start + length + 2 > size:
                     break
-                found.append(Msg(args[0], _int(args[1]), args[2] if len(args) == 5 else None,
-                                 bytes(buf[start : start + header_size]),
-                                 bytes(buf[start + header_size : start + length])))
+                append(Msg(args[0], sid, args[2] if len(args) == 5 else None,
+                           data[start : start + header_size], data[start + header_size : start + length]))
                 pos = start + length + 2
             else:
-                found.append(_control(bytes(buf[pos:end])))
+                append(_control(data[pos:end]))
                 pos = end + 2
         if pos:
-            del buf[:pos]
+            del self._buf[:pos]
         return found
 
 
@@ -157,12 +163,6 @@ def _control(line: bytes) -> Event:
             raise ProtocolError(f"INFO is not a JSON object: {_excerpt(rest)}")
         return Info(fields)
     raise ProtocolError(f"unknown operation: {_excerpt(line)}")
-
-
-def _int(text: bytes) -> int:
-    if not text.isdigit():
-        raise ProtocolError(f"not a size or subscription id: {_excerpt(text)}")
-    return int(text)
 
 
 def _excerpt(data: bytes | bytearray) -> str:

@@ -12,7 +12,8 @@ Backpressure: :meth:`NatsSink.offer` only appends to the sink's own bounded buff
 blocks; :meth:`NatsSink.run`, a task of its own, takes up to ``batch`` records at a time, writes
 them in one write and waits for all their acks before the next batch (records arriving meanwhile
 make the next batch bigger). When NATS is slow or away the buffer fills and its oldest records
-are dropped: counted, logged once per gap, and never felt by the feed or the other sinks. The
+are dropped: counted, logged when a gap begins and when the sink has caught up again (one gap
+however long the overload), and never felt by the feed or the other sinks. The
 task reconnects by itself (backoff with jitter, the configured servers in turn); the batch in
 flight when a connection is lost is published again on the next one.
 """
@@ -247,8 +248,8 @@ class NatsSink:
                 self.rejected += acks.error_count
                 self.last_error = f"stream refused {acks.error_count} record(s): {acks.errors[0]}"
                 log.warning("nats: %s", self.last_error)
-            if self._gap:
-                log.warning("nats: %d record(s) were dropped in that gap; publishing again", self._gap)
+            if self._gap and not pending:  # caught up: the gap is over
+                log.warning("nats: %d record(s) were dropped in that gap; caught up again", self._gap)
                 self._gap = 0
 
     def _messages(self, items: list[tuple[MarketData, bytes]]) -> list[Message]:
