@@ -216,7 +216,7 @@ def stream_last_seq(url: str, stream: str = "FEEDD") -> int:
 
 
 def daemon_row(args: argparse.Namespace, nats_url: str | None, server_pid: int | None) -> dict[str, float]:
-    extra = "" if nats_url is None else f'[nats]\nservers = ["{nats_url}"]\n'
+    extra = "" if nats_url is None else f'[nats]\nservers = ["{nats_url}"]\nbatch = {args.batch}\n'
     with stack(symbols=args.symbols, flood=True, frames_per_write=args.frames_per_write,
                extra_config=extra) as running:
         client = subscribe(running.socket_path)
@@ -256,6 +256,7 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=2)
     parser.add_argument("--frames-per-write", type=int, default=50,
                         help="simulator frames per TLS write (50: what decides is feedd, not TLS)")
+    parser.add_argument("--batch", type=int, default=2000, help="[nats] batch of the daemon")
     parser.add_argument("--clients", action="store_true",
                         help="also nats-py in asyncio and through trio-asyncio (pip install -e '.[bench]')")
     parser.add_argument("--skip-daemon", action="store_true", help="part 1 only")

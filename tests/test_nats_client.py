@@ -172,3 +172,13 @@ def test_a_nats_change_on_reload_needs_a_restart() -> None:
     plan = plan_reload(old, new)
     assert plan.needs_restart == ("nats: changed",)
     assert plan.config.nats == old.nats
+
+
+def test_the_example_configs_nats_table_loads_once_uncommented() -> None:
+    import tomllib
+
+    text = (Path(__file__).parent.parent / "config.toml.example").read_text(encoding="utf-8")
+    table = text[text.index("# [nats]"):].splitlines()
+    lines = [line[2:] for line in table if line.startswith("# ") and not line.startswith(("# token", "# cred"))]
+    nats = parse_config(tomllib.loads("\n".join(lines))).nats
+    assert nats is not None and nats.servers == ("nats://nats1:4222", "nats://nats2:4222")
