@@ -82,6 +82,39 @@ async def test_an_nkey_seed_file_signs_the_nonce_and_logs_in(tmp_path: Path) -> 
         server.stop()
 
 
+async def test_tls_is_used_when_asked_for_or_when_the_server_requires_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    import trustme
+
+    from feedd.nats import client as client_module
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    monkeypatch.setattr(client_module, "_ssl_context", lambda: context)
+    server = started(tmp_path, "--tls", "--tlscert", str(tmp_path / "cert.pem"),
+                     "--tlskey", str(tmp_path / "key.pem"))
+    try:
+        with trio.fail_after(TIMEOUT):
+            for url in (f"tls://127.0.0.1:{server.port}", server.url):  # the second: INFO says so
+                async with open_client(parse_server(url)) as client:
+                    assert isinstance(client._stream, trio.SSLStream)
+                    with pytest.raises(NoResponders):
+                        await client.request("nobody.listens")
+            monkeypatch.setattr(client_module, "_ssl_context", ssl.create_default_context)
+            with pytest.raises(NatsError, match=r"handshake failed: .*CERTIFICATE_VERIFY_FAILED"):
+                async with open_client(parse_server(server.url)):
+                    pass
+    finally:
+        server.stop()
+
+
 async def test_a_request_nobody_answers_is_no_responders(nats_server: NatsServer) -> None:
     with trio.fail_after(TIMEOUT):
         async with open_client(parse_server(nats_server.url)) as client:
@@ -179,6 +212,7 @@ def test_the_example_configs_nats_table_loads_once_uncommented() -> None:
 
     text = (Path(__file__).parent.parent / "config.toml.example").read_text(encoding="utf-8")
     table = text[text.index("# [nats]"):].splitlines()
-    lines = [line[2:] for line in table if line.startswith("# ") and not line.startswith(("# token", "# cred"))]
+    logins = ("# token", "# credentials")  # one or the other: both given is an error
+    lines = [line[2:] for line in table if line.startswith("# ") and not line.startswith(logins)]
     nats = parse_config(tomllib.loads("\n".join(lines))).nats
     assert nats is not None and nats.servers == ("nats://nats1:4222", "nats://nats2:4222")

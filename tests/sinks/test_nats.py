@@ -131,7 +131,7 @@ async def test_records_reach_their_subjects_with_the_bytes_the_socket_sends(
                 while len(lines) < 60 or kinds != {"trade", "ticker"}:
                     line = await subscriber.line()
                     record = decode_record(line)
-                    lines[key(record)] = line + b"\n"
+                    lines.setdefault(key(record), line + b"\n")  # the stream keeps the first too
                     kinds.add(record.kind)
                 await until(sink, lambda: sink.acked >= sink.published > 0 and not sink.buffered)
         assert sink.rejected == sink.dropped == 0
@@ -176,7 +176,9 @@ async def test_an_active_active_pair_on_one_simulator_stores_each_trade_once(
     stored = await trio.to_thread.run_sync(read_stream, nats_server.url)
     trade_ids = [msg_id for subject, msg_id, _ in stored if ".trade." in subject]
     assert len(trade_ids) == len(set(trade_ids))  # one copy each
-    assert {f"binance:trade:BTCUSDT:{t}" for t in seen[0] | seen[1]} == set(trade_ids)
+    # every trade either daemon handed on is there (the stream may hold a few more: the last
+    # ones, published while the callbacks were being stopped)
+    assert {f"binance:trade:BTCUSDT:{t}" for t in seen[0] | seen[1]} <= set(trade_ids)
     assert sum(s.duplicates for s in sinks if s is not None) >= 40  # both published the shared ones
 
 
