@@ -301,3 +301,36 @@ def test_without_a_nats_table_nothing_of_nats_is_imported(tmp_path: Path) -> Non
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.json")],
                           capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_message_ids_name_the_trade_or_the_tickers_exchange_time() -> None:
+    from datetime import UTC, datetime
+
+    from feedd.model import trade_record
+    from feedd.sinks.nats import subject_for
+
+    at = datetime(2024, 8, 8, 23, 54, 15, 342000, tzinfo=UTC)
+    trade = trade_record("binance", "BTCUSDT", 1.0, 1.0, at, at, "buy", "3735683259")
+    ticker = MarketData("bybit-linear", "BTCUSDT", "ticker", 1.0, 1.0, at, at)
+    assert message_id(trade) == "binance:trade:BTCUSDT:3735683259"
+    assert message_id(ticker) == "bybit-linear:ticker:BTCUSDT:1723161255342000"
+    odd = trade_record("coinbase", "BTC-USD", 1.0, 1.0, at, at, "buy", "7\r\nX: 1")
+    assert "\r" not in message_id(odd) and "\n" not in message_id(odd)
+    assert subject_for("feedd", "coinbase", "trade", "A.B*>") == "feedd.coinbase.trade.A_B__"
+
+
+async def test_a_full_buffer_drops_the_oldest_counts_one_gap_and_never_blocks() -> None:
+    from datetime import UTC, datetime
+
+    from feedd.config import NatsConfig
+    from feedd.model import trade_record
+
+    sink = NatsSink(NatsConfig(buffer=3))
+    at = datetime(2024, 8, 8, tzinfo=UTC)
+    records = [trade_record("binance", "BTCUSDT", 1.0, 1.0, at, at, "buy", str(i)) for i in range(5)]
+    sink.offer(records[:2], [b"0\n", b"1\n"])
+    sink.offer(records[2:], [b"2\n", b"3\n", b"4\n"])
+    sink.offer(records[:1], [b"5\n"])
+    assert (sink.dropped, sink.gaps, sink.buffered) == (3, 1, 3)
+    assert [line for _, line in sink._pending] == [b"3\n", b"4\n", b"5\n"]
+    assert sink.problem() == "nats: not connected"
