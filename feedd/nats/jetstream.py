@@ -10,7 +10,7 @@ a whole batch in one write, every message with the batch's reply subject, and co
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -113,8 +113,9 @@ async def ensure_stream(client: NatsClient, settings: StreamSettings) -> list[st
 class BatchAcks:
     """The acks of one published batch, counted as they arrive (on the client's reader)."""
 
-    def __init__(self, expected: int) -> None:
+    def __init__(self, expected: int, on_done: Callable[[], None] | None = None) -> None:
         self.expected = expected
+        self._on_done = on_done
         self.received = 0
         self.duplicates = 0
         #: the first few error descriptions, and how many errors in all
@@ -131,8 +132,10 @@ class BatchAcks:
             self._error(msg)
         elif b'"duplicate"' in payload:
             self.duplicates += 1
-        if self.received >= self.expected:
+        if self.received == self.expected:
             self.done.set()
+            if self._on_done is not None:
+                self._on_done()
 
     def _error(self, msg: Msg) -> None:
         self.error_count += 1
@@ -168,17 +171,18 @@ def encode_batch(messages: Sequence[tuple[bytes, bytes, bytes]], reply: bytes) -
     return b"".join(parts)
 
 
-async def publish_batch(
+async def send_batch(
     client: NatsClient, messages: Sequence[tuple[bytes, bytes, bytes]], acks: BatchAcks
-) -> None:
-    """Publish every message in one write and wait for all their acks, counted in ``acks``
-    (bound it with ``trio.move_on_after``, then look at :attr:`BatchAcks.received`)."""
+) -> bytes:
+    """Publish every message in one write; their acks are counted into ``acks`` as the reader
+    parses them. Returns the reply token: :meth:`NatsClient.forget_reply` it once done."""
     reply, token = client.reply_subject(acks.on_reply)
     try:
         await client.send(encode_batch(messages, reply))
-        await acks.done.wait()
-    finally:
+    except BaseException:
         client.forget_reply(token)
+        raise
+    return token
 
 
 def start_time(since: datetime) -> str:

@@ -9,31 +9,33 @@ daemons publish it within its duplicate window: two daemons on the same venue, a
 pair, store each trade once; and a batch published again after a reconnect stores nothing twice.
 
 Backpressure: :meth:`NatsSink.offer` only appends to the sink's own bounded buffer and never
-blocks; :meth:`NatsSink.run`, a task of its own, takes up to ``batch`` records at a time, writes
-them in one write and waits for all their acks before the next batch (records arriving meanwhile
-make the next batch bigger). When NATS is slow or away the buffer fills and its oldest records
+blocks; :meth:`NatsSink.run`, a task of its own, takes up to ``batch`` records at a time and
+writes them in one write, with up to :data:`WINDOW` batches awaiting their acks at once (a batch
+is done when all its acks are in; records arriving meanwhile make the next batches bigger). When NATS is slow or away the buffer fills and its oldest records
 are dropped: counted, logged when a gap begins and when the sink has caught up again (one gap
 however long the overload), and never felt by the feed or the other sinks. The
-task reconnects by itself (backoff with jitter, the configured servers in turn); the batch in
-flight when a connection is lost is published again on the next one.
+task reconnects by itself (backoff with jitter, the configured servers in turn); the batches in
+flight when a connection is lost are published again first on the next one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import attrs
 import trio
 
 from feedd.backoff import Backoff
 from feedd.config import NatsConfig
 from feedd.model import MarketData
 from feedd.nats.client import Credentials, NatsClient, NatsError, open_client, parse_server
-from feedd.nats.jetstream import BatchAcks, StreamSettings, ensure_stream, publish_batch
+from feedd.nats.jetstream import BatchAcks, StreamSettings, ensure_stream, send_batch
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,20 @@ _SUBJECT_UNSAFE = str.maketrans({".": "_", "*": "_", ">": "_", " ": "_"})
 _MAX_KEYS = 100_000
 
 Message = tuple[bytes, bytes, bytes]
+#: batches in flight at once: the next is written while the acks of the last are coming, so the
+#: sink is not held to one batch per round trip (nor per turn of a busy event loop)
+WINDOW = 4
+
+
+@attrs.define
+class _Batch:
+    """A batch written (or being written) on the current connection, and its acks."""
+
+    messages: list[Message]
+    acks: BatchAcks
+    #: trio time by which every ack must be in
+    deadline: float
+    token: bytes | None = None
 
 
 def subject_for(prefix: str, venue: str, kind: str, symbol: str) -> str:
@@ -95,7 +111,10 @@ class NatsSink:
         self._prefix = config.subject_prefix
         self._capacity = config.buffer
         self._pending: deque[tuple[MarketData, bytes]] = deque(maxlen=config.buffer)
-        self._inflight: list[Message] = []
+        #: batches written and awaiting their acks, oldest first
+        self._inflight: deque[_Batch] = deque()
+        #: batches to write again first (they were in flight when a connection was lost)
+        self._resend: deque[list[Message]] = deque()
         self._wakeup = trio.Event()
         #: set (and replaced) whenever a batch is done with, or a connection ends
         self._progress = trio.Event()
@@ -124,8 +143,9 @@ class NatsSink:
 
     @property
     def buffered(self) -> int:
-        """Records waiting: in the buffer, and in the batch awaiting its acks."""
-        return len(self._pending) + len(self._inflight)
+        """Records waiting: in the buffer, in batches awaiting their acks or to be sent again."""
+        held = sum(len(b.messages) for b in self._inflight) + sum(len(m) for m in self._resend)
+        return len(self._pending) + held
 
     # ---- the hub's side -----------------------------------------------------------------
 
@@ -224,33 +244,54 @@ class NatsSink:
             log.debug("nats: attempt %d failed: %s", self._failures, error)
 
     async def _publish(self, client: NatsClient) -> None:
-        pending = self._pending
+        """Keep up to :data:`WINDOW` batches in flight, each written at once, settled in order
+        as their acks complete; what was in flight on the last connection goes first, again."""
+        pending, inflight, resend = self._pending, self._inflight, self._resend
+        resend.extendleft(reversed([batch.messages for batch in inflight]))
+        inflight.clear()
         while True:
-            if not self._inflight:
-                while not pending:
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-                take = min(len(pending), self.config.batch)
-                self._inflight = self._messages([pending.popleft() for _ in range(take)])
-            messages = self._inflight
-            self.published += len(messages)
-            acks = BatchAcks(len(messages))
-            with trio.move_on_after(self.config.ack_timeout):
-                await publish_batch(client, messages, acks)
+            self._wakeup = trio.Event()  # set by offers and by a batch's last ack
+            self._settle(client)
+            if inflight and trio.current_time() >= inflight[0].deadline:
+                missing = inflight[0].acks.expected - inflight[0].acks.received
+                raise NatsError(f"{client.address}: {missing} of {inflight[0].acks.expected} acks missing "
+                                f"after {self.config.ack_timeout:g} s")
+            if len(inflight) < WINDOW and (resend or pending):
+                if resend:
+                    messages = resend.popleft()
+                else:
+                    take = min(len(pending), self.config.batch)
+                    messages = self._messages([pending.popleft() for _ in range(take)])
+                acks = BatchAcks(len(messages), self._wake)
+                batch = _Batch(messages, acks, trio.current_time() + self.config.ack_timeout)
+                inflight.append(batch)  # before the write: a failed write sends it again
+                batch.token = await send_batch(client, messages, acks)
+                self.published += len(messages)
+                continue
+            with trio.move_on_at(inflight[0].deadline if inflight else math.inf):
+                await self._wakeup.wait()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def _settle(self, client: NatsClient) -> None:
+        """Account for the batches at the head whose acks are all in."""
+        inflight = self._inflight
+        while inflight and inflight[0].acks.done.is_set():
+            batch = inflight.popleft()
+            if batch.token is not None:
+                client.forget_reply(batch.token)
+            acks = batch.acks
             self.acked += acks.acked
             self.duplicates += acks.duplicates
-            if acks.received < len(messages):  # kept in flight: sent again on the next connection
-                raise NatsError(f"{client.address}: {len(messages) - acks.received} of {len(messages)} "
-                                f"acks missing after {self.config.ack_timeout:g} s")
-            self._inflight = []
-            self._progressed()
             if acks.error_count:
                 self.rejected += acks.error_count
                 self.last_error = f"stream refused {acks.error_count} record(s): {acks.errors[0]}"
                 log.warning("nats: %s", self.last_error)
-            if self._gap and not pending:  # caught up: the gap is over
-                log.warning("nats: %d record(s) were dropped in that gap; caught up again", self._gap)
-                self._gap = 0
+            self._progressed()
+        if self._gap and not self._pending and not inflight and not self._resend:  # caught up
+            log.warning("nats: %d record(s) were dropped in that gap; caught up again", self._gap)
+            self._gap = 0
 
     def _messages(self, items: list[tuple[MarketData, bytes]]) -> list[Message]:
         """``(subject, message id, payload)`` per record, subjects and id prefixes cached."""
