@@ -11,11 +11,12 @@ pair, store each trade once; and a batch published again after a reconnect store
 Backpressure: :meth:`NatsSink.offer` only appends to the sink's own bounded buffer and never
 blocks; :meth:`NatsSink.run`, a task of its own, takes up to ``batch`` records at a time and
 writes them in one write, with up to :data:`WINDOW` batches awaiting their acks at once (a batch
-is done when all its acks are in; records arriving meanwhile make the next batches bigger). When NATS is slow or away the buffer fills and its oldest records
-are dropped: counted, logged when a gap begins and when the sink has caught up again (one gap
-however long the overload), and never felt by the feed or the other sinks. The
-task reconnects by itself (backoff with jitter, the configured servers in turn); the batches in
-flight when a connection is lost are published again first on the next one.
+is done when all its acks are in; records arriving meanwhile make the next batches bigger).
+When NATS is slow or away the buffer fills and its oldest records are dropped: counted, logged
+when a gap begins and when the sink has caught up again (one gap however long the overload),
+and never felt by the feed or the other sinks. The task reconnects by itself (backoff with
+jitter, the configured servers in turn); the batches in flight when a connection is lost are
+published again first on the next one.
 """
 
 from __future__ import annotations
@@ -247,6 +248,7 @@ class NatsSink:
         """Keep up to :data:`WINDOW` batches in flight, each written at once, settled in order
         as their acks complete; what was in flight on the last connection goes first, again."""
         pending, inflight, resend = self._pending, self._inflight, self._resend
+        self._settle(None)  # acked in full on the last connection, not yet counted
         resend.extendleft(reversed([batch.messages for batch in inflight]))
         inflight.clear()
         while True:
@@ -274,12 +276,13 @@ class NatsSink:
     def _wake(self) -> None:
         self._wakeup.set()
 
-    def _settle(self, client: NatsClient) -> None:
-        """Account for the batches at the head whose acks are all in."""
+    def _settle(self, client: NatsClient | None) -> None:
+        """Account for the batches at the head whose acks are all in (``client``: the
+        connection their replies came on, if it is still open)."""
         inflight = self._inflight
         while inflight and inflight[0].acks.done.is_set():
             batch = inflight.popleft()
-            if batch.token is not None:
+            if batch.token is not None and client is not None:
                 client.forget_reply(batch.token)
             acks = batch.acks
             self.acked += acks.acked
