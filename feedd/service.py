@@ -1,7 +1,8 @@
 """The service: everything ``feedd run`` runs, and what an embedding program drives directly.
 
     service nursery
-    ├─ hub → delay metrics sink, data callbacks (each its own buffer and task), unix publisher
+    ├─ hub → delay metrics sink, data callbacks (each its own buffer and task), unix publisher,
+    │        nats sink (with a [nats] table: its own buffer, connection and task)
     ├─ http server (status, control, health, metrics)
     └─ venue supervisors → connection runners
 

@@ -105,12 +105,15 @@ Handler = Callable[[Msg], None]
 class NatsClient:
     """The connected client (made by :func:`open_client`); every method needs the block open."""
 
-    def __init__(self, stream: trio.abc.Stream, info: Info, address: ServerAddress, name: str) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, info: Info, address: ServerAddress, name: str, parser: protocol.Parser
+    ) -> None:
         self._stream = stream
         self.info = info
         self.address = address
         self.name = name
-        self._parser = protocol.Parser()
+        #: the handshake's parser, with whatever followed the PONG in its last read
+        self._parser = parser
         self._send_lock = trio.StrictFIFOLock()
         self._handlers: dict[int, Handler] = {}
         self._next_sid = 1
@@ -337,8 +340,7 @@ async def open_client(
             raise NatsError(f"{address}: no handshake within {connect_timeout:g} s") from None
         except (trio.BrokenResourceError, OSError, ssl.SSLError) as exc:
             raise NatsError(f"{address}: handshake failed: {describe(exc)}") from exc
-        client = NatsClient(stream, info, address, name)
-        client._parser = parser  # whatever followed the PONG in the last read
+        client = NatsClient(stream, info, address, name, parser)
         if answers := client._dispatch(early):  # e.g. an INFO update right after the PONG
             await client.send(b"".join(answers))
         await client.subscribe(client.inbox.decode() + ".*", client._on_reply)
