@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import trio
 
@@ -99,35 +99,50 @@ def _stdout_gone() -> None:
     os.close(devnull)
 
 
-def _tail_nats(args: argparse.Namespace) -> Callable[[], Awaitable[int]]:
-    """``feedd tail --nats``: the stream instead of the socket (feedd.nats.tail)."""
+def _cmd_tail_nats(args: argparse.Namespace) -> int:
+    """``feedd tail --nats``: the JetStream stream instead of the socket (feedd.nats.tail)."""
     from feedd.nats.tail import parse_since, tail_nats
     from feedd.tail import TailError
 
+    if args.nats is None:
+        print("feedd tail: --since needs --nats (the socket has no history)", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         since = None if args.since is None else parse_since(args.since)
     except ValueError as exc:
-        raise TailError(f"--since: {exc}") from None
-    return lambda: tail_nats(args.nats, stream=args.stream, prefix=args.subject_prefix, venues=args.exchange,
-                             symbols=args.symbol, kinds=args.kind, since=since, limit=args.limit,
-                             credentials=args.nats_credentials)
+        print(f"feedd tail: --since: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        trio.run(lambda: tail_nats(
+            args.nats, stream=args.stream, prefix=args.subject_prefix, venues=args.exchange,
+            symbols=args.symbol, kinds=args.kind, since=since, limit=args.limit,
+            credentials=args.nats_credentials,
+        ))
+    except TailError as exc:
+        print(f"feedd tail: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        _stdout_gone()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
     from feedd.tail import TailError, tail
 
-    if args.nats is None and args.since is not None:
-        print("feedd tail: --since needs --nats (the socket has no history)", file=sys.stderr)
-        return EXIT_CONFIG
+    if args.nats is not None or args.since is not None:
+        return _cmd_tail_nats(args)
     try:
-        read = _tail_nats(args) if args.nats is not None else lambda: tail(
-            args.socket,
-            exchanges=args.exchange,
-            symbols=args.symbol,
-            kinds=args.kind,
-            limit=args.limit,
+        count = trio.run(
+            lambda: tail(
+                args.socket,
+                exchanges=args.exchange,
+                symbols=args.symbol,
+                kinds=args.kind,
+                limit=args.limit,
+            )
         )
-        count = trio.run(read)
     except TailError as exc:
         print(f"feedd tail: {exc}", file=sys.stderr)
         return 1
@@ -136,7 +151,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         return 0
     except KeyboardInterrupt:
         return 0
-    if args.nats is None and (args.limit is None or count < args.limit):
+    if args.limit is None or count < args.limit:
         print(
             f"feedd tail: the daemon closed the connection at {args.socket} after {count} record(s) "
             "(did it stop?)",

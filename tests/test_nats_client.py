@@ -165,7 +165,7 @@ def test_the_cli_says_since_needs_nats_and_names_an_absent_server(capsys: pytest
     port = free_port()
     assert main(["tail", "--nats", f"nats://127.0.0.1:{port}", "--since", "1h"]) == 1
     assert f"nats://127.0.0.1:{port}: cannot connect" in capsys.readouterr().err
-    assert main(["tail", "--nats", "nats://127.0.0.1:4222", "--since", "soon"]) == 1
+    assert main(["tail", "--nats", "nats://127.0.0.1:4222", "--since", "soon"]) == 2
     assert "--since: expected a duration" in capsys.readouterr().err
 
 
