@@ -64,8 +64,10 @@ def subscribe(path: Path) -> socket.socket:
 
 @contextmanager
 def stack(
-    *, symbols: int, flood: bool, speed: float = 1.0, transport: str = "native", frames_per_write: int = 1
+    *, symbols: int, flood: bool, speed: float = 1.0, transport: str = "native", frames_per_write: int = 1,
+    extra_config: str = "",
 ) -> Iterator[Running]:
+    """``extra_config`` is appended to the daemon's config (bench/nats.py adds a [nats] table)."""
     import trustme
 
     work = Path(tempfile.mkdtemp(prefix="feedd-bench-", dir="/tmp"))
@@ -101,6 +103,7 @@ symbols = [{quoted}]
 channels = ["trades"]
 url = "{ws_url}"
 rest_url = "{rest_url}"
+{extra_config}
 """)
         env = dict(os.environ, SSL_CERT_FILE=str(work / "ca.pem"))
         daemon = subprocess.Popen(

@@ -99,9 +99,40 @@ def _stdout_gone() -> None:
     os.close(devnull)
 
 
+def _cmd_tail_nats(args: argparse.Namespace) -> int:
+    """``feedd tail --nats``: the JetStream stream instead of the socket (feedd.nats.tail)."""
+    from feedd.nats.tail import parse_since, tail_nats
+    from feedd.tail import TailError
+
+    if args.nats is None:
+        print("feedd tail: --since needs --nats (the socket has no history)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        since = None if args.since is None else parse_since(args.since)
+    except ValueError as exc:
+        print(f"feedd tail: --since: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        trio.run(lambda: tail_nats(
+            args.nats, stream=args.stream, prefix=args.subject_prefix, venues=args.exchange,
+            symbols=args.symbol, kinds=args.kind, since=since, limit=args.limit,
+            credentials=args.nats_credentials,
+        ))
+    except TailError as exc:
+        print(f"feedd tail: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        _stdout_gone()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _cmd_tail(args: argparse.Namespace) -> int:
     from feedd.tail import TailError, tail
 
+    if args.nats is not None or args.since is not None:
+        return _cmd_tail_nats(args)
     try:
         count = trio.run(
             lambda: tail(
@@ -274,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail = command("tail", "print records from the daemon's Unix socket, one line each")
     tail.add_argument("--socket", default=os.environ.get("FEEDD_SOCKET", DEFAULT_SOCKET), metavar="PATH",
                       help=f"the daemon's socket (default: $FEEDD_SOCKET, else {DEFAULT_SOCKET})")
-    tail.add_argument("--exchange", action="append", default=[], metavar="VENUE",
+    tail.add_argument("--exchange", "--venue", action="append", default=[], metavar="VENUE",
                       help="only this venue id, e.g. binance (repeatable)")
     tail.add_argument("--symbol", action="append", default=[], metavar="SYMBOL",
                       help="only this symbol, e.g. BTCUSDT (repeatable)")
@@ -282,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only trades or only tickers (repeatable)")
     tail.add_argument("--limit", type=int, default=None, metavar="N",
                       help="stop after N records (default: until the daemon stops or Ctrl-C)")
+    tail.add_argument("--nats", metavar="URL", default=None,
+                      help="read the JetStream stream at this NATS server instead of the socket "
+                      "(nats://[token@]host:4222)")
+    tail.add_argument("--since", metavar="WHEN", default=None,
+                      help="with --nats: replay from this long ago (30s, 10m, 2h, 1d) or this RFC 3339 "
+                      "time, then follow (default: new records only)")
+    tail.add_argument("--stream", default="FEEDD", metavar="NAME",
+                      help="with --nats: the stream (default FEEDD)")
+    tail.add_argument("--subject-prefix", default="feedd", metavar="PREFIX",
+                      help="with --nats: the subjects' prefix (default feedd)")
+    tail.add_argument("--nats-credentials", metavar="FILE", default=None,
+                      help="with --nats: a .creds file to log in with")
     tail.set_defaults(func=_cmd_tail)
 
     status = command("status", "show the running daemon's state, per venue (asks its HTTP API)")

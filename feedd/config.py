@@ -37,7 +37,7 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
         raise ValueError(f"{attribute.name}: must be a positive number, got {value!r}")
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name}: must be 0 or more, got {value!r}")
 
@@ -130,6 +130,67 @@ class UnixConfig:
     max_clients: int = attrs.field(default=256, validator=_positive)
 
 
+def _nats_servers(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    from feedd.nats.client import parse_server  # only with a [nats] table: no cost without
+
+    if not value:
+        raise ValueError(f"{attribute.name}: must list at least one server URL")
+    for index, url in enumerate(value):
+        try:
+            parse_server(url)
+        except ValueError as exc:
+            raise ValueError(f"{attribute.name}: item {index}: {exc}") from None
+
+
+def _subject_tokens(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value or any(not t or any(c in " \t*>" or not c.isprintable() for c in t)
+                        for t in value.split(".")):
+        raise ValueError(f"{attribute.name}: expected subject tokens separated by dots, without "
+                         f"spaces or wildcards, got {value!r}")
+
+
+def _stream_name(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value or len(value) > 255 or any(c in " .*>/\\" or not c.isprintable() for c in value):
+        raise ValueError(f"{attribute.name}: a stream name without spaces, dots, wildcards or "
+                         f"slashes, got {value!r}")
+
+
+@attrs.frozen
+class NatsConfig:
+    """``[nats]``: publish every record to a JetStream stream (feedd.sinks.nats)."""
+
+    servers: tuple[str, ...] = attrs.field(default=("nats://127.0.0.1:4222",), validator=_nats_servers)
+    #: a ``.creds`` file (user JWT and nkey seed), or a file holding an nkey seed alone
+    credentials: str | None = None
+    token: str | None = attrs.field(default=None, validator=_token)
+    subject_prefix: str = attrs.field(default="feedd", validator=_subject_tokens)
+    stream: str = attrs.field(default="FEEDD", validator=_stream_name)
+    #: seconds a record is kept in the stream (0: no limit)
+    max_age: float = attrs.field(default=86400.0, validator=_non_negative)
+    #: bytes the stream keeps before discarding its oldest records (-1: no limit)
+    max_bytes: int = attrs.field(default=-1)
+    #: seconds within which a record's message id, seen again, is not stored twice
+    duplicate_window: float = attrs.field(default=120.0, validator=_positive)
+    #: copies of the stream in a NATS cluster (when feedd creates it)
+    replicas: int = attrs.field(default=1, validator=_positive)
+    #: records held while NATS is slow or away; beyond, the oldest are dropped (a gap)
+    buffer: int = attrs.field(default=100_000, validator=_positive)
+    #: records per publish at most (each publish waits for all its acks)
+    batch: int = attrs.field(default=2000, validator=_positive)
+    #: seconds a publish waits for its acks before the connection is given up and remade
+    ack_timeout: float = attrs.field(default=5.0, validator=_positive)
+
+    @max_bytes.validator
+    def _bytes_limit(self, attribute: attrs.Attribute[Any], value: int) -> None:
+        if value != -1 and value <= 0:
+            raise ValueError("max_bytes: must be positive, or -1 for no limit")
+
+    @token.validator
+    def _one_login(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if value is not None and self.credentials is not None:
+            raise ValueError("token: set credentials or token, not both")
+
+
 @attrs.frozen
 class ExchangeConfig:
     symbols: tuple[str, ...] = ()
@@ -159,6 +220,8 @@ class Config:
     http: HttpConfig = HttpConfig()
     unix: UnixConfig = UnixConfig()
     exchanges: Mapping[str, ExchangeConfig] = attrs.field(factory=dict)
+    #: the NATS JetStream sink; None (no ``[nats]`` table): no sink, nothing of NATS imported
+    nats: NatsConfig | None = None
     #: where the configuration came from (for messages and relative paths)
     source: str = "<defaults>"
 
@@ -227,7 +290,7 @@ def _converter() -> cattrs.Converter:
 
 
 _CONVERTER = _converter()
-_FILE_KEYS = ("feed", "http", "unix", "exchanges")
+_FILE_KEYS = ("feed", "http", "unix", "exchanges", "nats")
 
 
 def _describe(exc: BaseException, path: str) -> list[str]:
@@ -297,7 +360,8 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
                 raise ConfigError(f"{source}: {key}.symbols[{i}]: {problem}")
         _check_endpoints(venue, exchange, f"{source}: {key}")
         exchanges[venue_id] = attrs.evolve(exchange, symbols=tuple(dict.fromkeys(symbols)))
-    return Config(feed=feed, http=http, unix=unix, exchanges=exchanges, source=source)
+    nats = None if "nats" not in data else structure_section(data["nats"], NatsConfig, "nats", source)
+    return Config(feed=feed, http=http, unix=unix, exchanges=exchanges, nats=nats, source=source)
 
 
 #: config key -> (accepted schemes, how the error names them)
@@ -404,6 +468,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         return str(path if path.is_absolute() else base / path)
 
     token_file = config.http.token_file
+    nats = config.nats
+    if nats is not None and nats.credentials is not None:
+        nats = attrs.evolve(nats, credentials=resolve("nats.credentials", nats.credentials))
     return attrs.evolve(
         config,
         feed=attrs.evolve(
@@ -416,6 +483,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             token_file=None if token_file is None else resolve("http.token_file", token_file),
         ),
         unix=attrs.evolve(config.unix, path=resolve("unix.path", config.unix.path)),
+        nats=nats,
     )
 
 

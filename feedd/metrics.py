@@ -27,6 +27,7 @@ from feedd.status import VenueState
 
 if TYPE_CHECKING:
     from feedd.service import WebSocketService
+    from feedd.sinks.nats import NatsSink
 
 #: seconds; exchange → receive delays span sub-millisecond (colocated) to seconds (a stalled venue)
 DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -153,6 +154,29 @@ class _ServiceCollector(Collector):
             yield CounterMetricFamily("feedd_unix_dropped_records",
                                       "records dropped over all Unix subscribers, past ones included",
                                       value=service.publisher.records_dropped)
+        if service.nats is not None:
+            yield from _nats_metrics(service.nats)
+
+
+#: the NATS sink's counters: (status key, metric name, help)
+_NATS_COUNTERS = (
+    ("published", "nats_published_records", "records written to NATS (a batch sent again counts again)"),
+    ("acked", "nats_acked_records", "records the JetStream stream confirmed (duplicates included)"),
+    ("duplicates", "nats_duplicate_records", "acked records the stream already held (same message id)"),
+    ("rejected", "nats_rejected_records", "records the stream refused"),
+    ("dropped", "nats_dropped_records", "records dropped because the NATS sink's buffer was full"),
+    ("gaps", "nats_gaps", "runs of dropped records"),
+    ("reconnects", "nats_reconnects", "NATS connections lost"),
+)
+
+
+def _nats_metrics(sink: NatsSink) -> Iterator[Metric]:
+    yield GaugeMetricFamily("feedd_nats_connected", "1 while connected to NATS with the stream checked",
+                            value=1 if sink.connected else 0)
+    yield GaugeMetricFamily("feedd_nats_buffered_records",
+                            "records waiting for NATS (buffer and batch in flight)", value=sink.buffered)
+    for key, name, doc in _NATS_COUNTERS:
+        yield CounterMetricFamily(f"feedd_{name}", doc, value=getattr(sink, key))
 
 
 class Metrics:

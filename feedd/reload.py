@@ -150,8 +150,13 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         if before is not None and before.quote_max_age != exchange.quote_max_age:
             key = f"exchanges.{venue}.quote_max_age"
             applied.append(f"{_change(key, before.quote_max_age, exchange.quote_max_age)} (at once)")
+    nats = new.nats
+    if old.nats != new.nats:  # the sink's connection and stream are set up once, at start
+        needs_restart.append("nats: changed")
+        nats = old.nats
     config = attrs.evolve(
         new,
+        nats=nats,
         feed=attrs.evolve(new.feed, **kept["feed"]),
         http=attrs.evolve(new.http, **kept["http"]),
         unix=attrs.evolve(new.unix, **kept["unix"]),

@@ -1,7 +1,8 @@
 """The service: everything ``feedd run`` runs, and what an embedding program drives directly.
 
     service nursery
-    ├─ hub → delay metrics sink, data callbacks (each its own buffer and task), unix publisher
+    ├─ hub → delay metrics sink, data callbacks (each its own buffer and task), unix publisher,
+    │        nats sink (with a [nats] table: its own buffer, connection and task)
     ├─ http server (status, control, health, metrics)
     └─ venue supervisors → connection runners
 
@@ -22,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -43,6 +44,9 @@ from feedd.state import StateFile
 from feedd.status import VenueStatus, overall
 from feedd.supervisor import NoAnswer, NotSubscribed, SubscriptionRefused, VenueSupervisor
 from feedd.transport import TRANSPORTS, OpenTransport
+
+if TYPE_CHECKING:
+    from feedd.sinks.nats import NatsSink
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,13 @@ class WebSocketService:
             if serve_unix
             else None
         )
+        #: the NATS JetStream sink, with a ``[nats]`` table (imported only then)
+        self.nats: NatsSink | None = None
+        if config.nats is not None:
+            from feedd.sinks.nats import NatsSink
+
+            self.nats = NatsSink(config.nats, connect_timeout=config.feed.connect_timeout)
+        self._nats_done = trio.Event()
         self.serve_http = serve_http
         #: the HTTP API's bound address (``HOST:PORT``) once it listens
         self.http_address: str | None = None
@@ -222,6 +233,9 @@ class WebSocketService:
                 self._start_callback(sink, scope)
             if self.publisher is not None:
                 await nursery.start(_until_done, self.publisher.serve, self._publisher_done)
+            if self.nats is not None:
+                self.hub.attach(self.nats)
+                await nursery.start(_until_done, self.nats.run, self._nats_done)
             restored = self.state.load()
             for venue_id, exchange in config.exchanges.items():
                 enabled = config.feed.enabled and exchange.enabled
@@ -268,6 +282,8 @@ class WebSocketService:
         if self.publisher is not None:
             self.publisher.finish()
             await self._publisher_done.wait()
+        if self.nats is not None:
+            await self.nats.flushed()  # what the hub handed on, acked (if NATS is there)
         if self.serve_http:
             await self._http_done.wait()
 
@@ -666,8 +682,14 @@ class WebSocketService:
 
     def health(self) -> tuple[str, list[str]]:
         """``ok``/``degraded``/``down`` and why; a venue is fresh with a message within
-        ``stale_after`` seconds on every connection."""
-        return overall(self.statuses.values(), self.config.feed.stale_after)
+        ``stale_after`` seconds on every connection. A NATS sink that is not connected makes
+        an ``ok`` feed ``degraded``: the records still reach the other consumers."""
+        state, reasons = overall(self.statuses.values(), self.config.feed.stale_after)
+        if self.nats is not None and (problem := self.nats.problem()) is not None:
+            reasons = [*reasons, problem]
+            if state == "ok":
+                state = "degraded"
+        return state, reasons
 
     def _totals(self) -> dict[str, Totals]:
         delays = self.metrics.delay_counts()
@@ -696,6 +718,7 @@ class WebSocketService:
                  "pending": s.pending, **({"errors": s.errors} if s.kind == "callback" else {})}
                 for s in self.subscribers()
             ],
+            "sinks": {} if self.nats is None else {"nats": self.nats.snapshot()},
             "http": {"listen": self.http_address, "token": self.config.http.token is not None},
             "state_file": {"path": str(self.state.path), "problem": self.state.problem},
             "reload": None if self.last_reload is None else self.last_reload.snapshot(),
@@ -712,6 +735,8 @@ class WebSocketService:
         line += f", {subscriptions} subscription(s)"
         if self.publisher is not None:
             line += f", {len(self.publisher.subscribers)} socket subscriber(s)"
+        if self.nats is not None:
+            line += f", nats {'connected' if self.nats.connected else 'not connected'}"
         reload = self.last_reload
         if reload is not None and (not reload.ok or reload.needs_restart):
             line += f"; last reload: {reload.summary()}"
