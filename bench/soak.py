@@ -183,13 +183,14 @@ def schedules(
     return made
 
 
-async def connect(path: str) -> trio.SocketStream:
-    """Connect once the daemon listens (a process takes a moment to start)."""
-    while True:
+async def connect(path: str, process: trio.Process | None) -> trio.SocketStream | None:
+    """Connect once the daemon listens (a process takes a moment to start); None if it ended."""
+    while process is None or process.returncode is None:
         try:
             return await trio.open_unix_socket(path)
         except (FileNotFoundError, ConnectionRefusedError):
             await trio.sleep(0.05)
+    return None
 
 
 async def read_lines(stream: trio.SocketStream, checker: Checker) -> None:
@@ -229,11 +230,16 @@ async def soak(args: argparse.Namespace, workdir: Path) -> None:
                     stdout=subprocess.DEVNULL, stderr=log_file,
                 )
             pid = process.pid
-        with trio.fail_after(30):
-            stream = await connect(socket_path)
-            await stream.send_all(b"{}\n")
-            nursery.start_soon(read_lines, stream, checker)
-            await checker.every_venue.wait()
+        stream: trio.SocketStream | None = None
+        with trio.move_on_after(60) as starting:
+            stream = await connect(socket_path, process)
+            if stream is not None:
+                await stream.send_all(b"{}\n")
+                nursery.start_soon(read_lines, stream, checker)
+                await checker.every_venue.wait()
+        if stream is None or starting.cancelled_caught:
+            log = log_path.read_text(errors="replace") if log_path.exists() else ""
+            raise SystemExit(f"the daemon did not start streaming every venue within 60 s:\n{log}")
         rss_start = rss_kib(pid)
         started = time.monotonic()
         plans = schedules(sims, args.seed, args.minutes * 60, args.mean_interval)
