@@ -156,6 +156,9 @@ max_retries = 0
 
 [unix]
 path = "feedd.sock"
+
+[http]
+listen = "127.0.0.1:0"
 """
     for venue, sim in sims.items():
         listed = ", ".join(f'"{s}"' for s in SYMBOLS[venue])
