@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,11 @@ class Checker:
     notices: Counter[str] = attrs.field(factory=Counter)
     gap_dropped: int = 0
     undecodable: int = 0
+    #: each venue's faults as (start, end, kind) on time.monotonic(), and the unannounced losses
+    #: by the kinds that were in play since the symbol's previous trade
+    faults: dict[str, list[tuple[float, float, str]]] = attrs.field(factory=lambda: defaultdict(list))
+    unannounced_during: Counter[str] = attrs.field(factory=Counter)
+    _last_at: dict[tuple[str, str], float] = attrs.field(factory=dict)
     #: set once a trade of every venue arrived
     every_venue: trio.Event = attrs.field(factory=trio.Event)
     _last: dict[tuple[str, str], int] = attrs.field(factory=dict)
@@ -128,9 +134,15 @@ class Checker:
                 return
             missing = trade_id - last - 1
             if missing:
-                announced = key in self._announced or key in self._down
-                (self.lost_announced if announced else self.lost_unannounced)[venue] += missing
+                if key in self._announced or key in self._down:
+                    self.lost_announced[venue] += missing
+                else:
+                    self.lost_unannounced[venue] += missing
+                    since = self._last_at[key]
+                    kinds = sorted({kind for start, end, kind in self.faults[venue] if end >= since})
+                    self.unannounced_during["+".join(kinds) or "(no fault)"] += missing
         self._last[key] = trade_id
+        self._last_at[key] = time.monotonic()
         self._announced.discard(key)
 
 
@@ -184,6 +196,12 @@ def schedules(
             for f in schedule.faults
         ])
     return made
+
+
+def note_fault(checker: Checker, venue: str, fault: Fault) -> None:
+    now = time.monotonic()
+    lasting = "duration" in fault.params or fault.kind in PARAMS
+    checker.faults[venue].append((now, now + (fault.duration if lasting else 0.0), fault.kind))
 
 
 async def connect(path: str, process: trio.Process | None) -> trio.SocketStream | None:
@@ -252,7 +270,10 @@ async def soak(args: argparse.Namespace, workdir: Path) -> None:
         rss_peak = rss_start
         async with trio.open_nursery() as faults:
             for venue, plan in plans.items():
-                faults.start_soon(lambda p=plan, v=venue: p.play(sims[v], applied=injected[v]))
+                faults.start_soon(partial(
+                    plan.play, sims[venue], applied=injected[venue],
+                    on_fault=partial(note_fault, checker, venue),
+                ))
             while faults.child_tasks:
                 await trio.sleep(1.0)
                 rss_peak = max(rss_peak, rss_kib(pid))
@@ -291,6 +312,8 @@ def report(
           f"lost: {sum(checker.lost_announced.values())} announced, "
           f"{sum(checker.lost_unannounced.values())} unannounced; "
           f"duplicates: {sum(checker.duplicates.values())}")
+    print("unannounced losses by the venue's faults in play since the symbol's previous trade: "
+          + (", ".join(f"{k} {v}" for k, v in checker.unannounced_during.most_common()) or "none"))
     print("notices: " + (", ".join(f"{k} {v}" for k, v in sorted(checker.notices.items())) or "none")
           + f" (gap notices dropped {checker.gap_dropped} records); undecodable lines {checker.undecodable}")
     print(f"daemon RSS: start {rss_start / 1024:.1f} MiB, peak {rss_peak / 1024:.1f} MiB, "
