@@ -385,13 +385,15 @@ class SimServer(Generic[C]):
             nursery.start_soon(self._hold_half_open, conn, duration)
 
     def stall_data(self, stalled: bool) -> None:
-        """While True, no market data is sent, but everything that proves the socket goes on:
-        replies, pongs, server pings and heartbeat channels (Coinbase's ``heartbeats``)."""
+        """While True, no market data is published, but everything that proves the socket goes
+        on: replies (with a new subscription's snapshot), pongs, server pings and heartbeat
+        channels (Coinbase's ``heartbeats``). The flood writer is not stalled."""
         self._data_stalled = stalled
 
     def trickle(self, byte_interval: float | None) -> None:
         """Slow loris: while set, every frame is written one byte per ``byte_interval`` seconds
-        (None: at full speed again). Replies and pongs queue behind the trickled frame."""
+        (None: at full speed again). Replies and pongs queue behind the trickled frame. The
+        flood writer does not trickle."""
         if byte_interval is not None and byte_interval <= 0:
             raise ValueError(f"byte_interval must be positive, got {byte_interval}")
         self._trickle = byte_interval
