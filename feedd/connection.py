@@ -72,6 +72,9 @@ ARRIVAL_SPREAD = 0.5
 OVERLAP_GRACE = 5.0
 #: seconds the old connection has, once the replacement delivers, to catch up with it
 CATCH_UP = 5.0
+#: reads with data it takes (besides a steady flow) to call a feed busy: its silence is then a
+#: stall even while heartbeats come (see _Attempt._busy)
+BUSY_READS = 10
 #: the most a quiet feed's stale_after is stretched (see _Attempt._watchdog)
 QUIET_MAX_FACTOR = 8
 #: the status' ``subscription_errors`` key of the last error tied to no request (cleared when the
@@ -558,6 +561,11 @@ class _Attempt:
         #: that the feed (not just the socket) is alive: a heartbeat channel, an idle probe's answer
         self.last_data_at: float | None = None
         self.last_proof_at: float | None = None
+        #: when the first data frame came, how many reads brought data and the longest silence
+        #: between two of them: a busy feed's silence is a stall even while its heartbeats come
+        self.first_data_at: float | None = None
+        self.data_reads = 0
+        self.longest_silence = 0.0
         #: the last pong the venue owed (its socket answers, whatever the feed does)
         self.last_pong_at: float | None = None
         #: topics the venue acknowledged on this connection
@@ -663,7 +671,13 @@ class _Attempt:
                 self.stable = True
                 runner.mark_stable()
             if data:
-                self.last_data_at = conn.last_data_at = conn.last_frame_at
+                at = conn.last_frame_at
+                if self.last_data_at is None:
+                    self.first_data_at = at
+                elif at - self.last_data_at > self.longest_silence:
+                    self.longest_silence = at - self.last_data_at
+                self.last_data_at = conn.last_data_at = at
+                self.data_reads += 1
                 if not self.ready.is_set():
                     self.ready.set()
             if records:
@@ -771,7 +785,8 @@ class _Attempt:
     async def _watchdog(self) -> None:
         """End the attempt when the feed has been silent for ``stale_after``: data frames and
         proofs of the feed (a heartbeat channel, an idle probe's answer) count, not pongs or acks,
-        which prove only the socket.
+        which prove only the socket. The proofs keep a sparse feed (an illiquid symbol) open; a
+        busy one that falls silent is stalled, heartbeats or not.
 
         A venue with neither (Bybit: its pongs prove only the socket) cannot tell a quiet feed
         from a stalled one: when the feed is silent while pongs keep coming and every stream is
@@ -784,7 +799,8 @@ class _Attempt:
         stale_after = runner.settings.stale_after * runner.quiet_factor
         start = self.connected_at
         while True:
-            deadline = max(self.last_data_at or start, self.last_proof_at or start) + stale_after
+            proof = None if self._busy(stale_after) else self.last_proof_at
+            deadline = max(self.last_data_at or start, proof or start) + stale_after
             now = trio.current_time()
             if now < deadline:
                 await trio.sleep_until(deadline)  # the deadline moves with every data frame
@@ -802,6 +818,16 @@ class _Attempt:
             alive = " (the socket alive: heartbeats, no data)" if socket_alive else ""
             self.end(f"stale feed: no data for {stale_after:g} s{alive}")
             return
+
+    def _busy(self, stale_after: float) -> bool:
+        """For at least ``stale_after`` and ``BUSY_READS`` reads, data never paused longer than
+        a third of ``stale_after``: then a whole ``stale_after`` without data is a stall,
+        whatever the heartbeats say. A sparse or bursty feed's silence may be its market's (the
+        heartbeats count)."""
+        if self.data_reads < BUSY_READS or self.first_data_at is None or self.last_data_at is None:
+            return False
+        observed = self.last_data_at - self.first_data_at
+        return observed >= stale_after and self.longest_silence * 3 <= stale_after
 
     async def _rotator(self) -> None:
         """Rotate at ``rotate_after`` (plus this shard's offset) or when the venue announces a

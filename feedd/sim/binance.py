@@ -186,6 +186,9 @@ class BinanceProtocol:
         self.liveness = liveness
         self.default_path = "/market/stream" if futures else "/stream"
         self.malformed_frame = _MALFORMED_FRAME
+        #: faults: symbols whose SUBSCRIBE gets an error reply; SUBSCRIBEs dropped unanswered
+        self.refused: frozenset[str] = frozenset()
+        self.swallow_subscribes = False
         self._symbols = frozenset(symbols)
         self._endpoints = _FUTURES_ENDPOINTS if futures else _SPOT_ENDPOINTS
 
@@ -229,8 +232,12 @@ class BinanceProtocol:
                 for name in held:
                     del conn.topics[name]
                 return Reply(frames=(ok,), stop=tuple(held))
+            if self.swallow_subscribes:
+                return Reply()
             new = [name for name in dict.fromkeys(params) if name not in conn.topics]
             problem = _check_streams(new, len(conn.topics))
+            if problem is None and any(name.partition("@")[0].upper() in self.refused for name in new):
+                problem = "Invalid request: invalid stream"  # the observed wording (see _STREAM_NAME)
             if problem is not None:
                 return Reply(frames=(_dumps(_error(2, problem, rid, with_id=True)),))
             return Reply(frames=(ok,), start=self._subscribe(conn, new))

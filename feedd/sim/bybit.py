@@ -116,6 +116,9 @@ class BybitProtocol:
         self.malformed_frame = _MALFORMED_FRAME
         self.max_args_chars = max_args_chars
         self.silent_pongs = False
+        #: faults: symbols whose subscribe is refused; subscribes dropped unanswered
+        self.refused: frozenset[str] = frozenset()
+        self.swallow_subscribes = False
         self._symbols = {category: frozenset(names) for category, names in symbols.items()}
 
     def open(self, path: str, query: str) -> Accept[BybitConnection] | Reject:
@@ -152,6 +155,8 @@ class BybitProtocol:
                 del conn.topics[topic]
             ok = self._reply(conn, op, True, self._ok_message(conn, op), req_id)
             return Reply(frames=(ok,), stop=self._channels(conn, held))
+        if self.swallow_subscribes:
+            return Reply()
         problem = self._check(conn, args, topics)
         if problem is not None:
             return self._fail(conn, op, problem, req_id)
@@ -182,7 +187,7 @@ class BybitProtocol:
             symbol = parts[2]
         else:
             return f"error:handler not found,topic:{topic}"
-        if symbol in self._symbols[category]:
+        if symbol in self._symbols[category] and symbol not in self.refused:
             return None
         if category == "spot":
             return f"Invalid symbol :[{topic}]"

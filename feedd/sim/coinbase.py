@@ -141,6 +141,9 @@ class CoinbaseProtocol:
         self.default_path = "/"
         self.malformed_frame = _MALFORMED_FRAME
         self.client_id = client_id
+        #: faults: products whose subscribe is refused; subscribes dropped unanswered
+        self.refused: frozenset[str] = frozenset()
+        self.swallow_subscribes = False
         #: error messages sent back
         self.errors_sent = 0
         self._products = frozenset(products)
@@ -181,12 +184,14 @@ class CoinbaseProtocol:
         return self._subscribe(conn, channel, products)
 
     def _subscribe(self, conn: CoinbaseConnection, channel: str, products: list[str] | None) -> Reply:
+        if self.swallow_subscribes:
+            return Reply()
         if channel == HEARTBEATS:
             topics = [HEARTBEATS]  # product_ids, if any, are ignored (recorded)
         else:
             if not products:
                 return self._fail(f"Failed to subscribe: {channel} needs product_ids")
-            unknown = [p for p in dict.fromkeys(products) if p not in self._products]
+            unknown = [p for p in dict.fromkeys(products) if p not in self._products or p in self.refused]
             if unknown:
                 return self._fail(f"Failed to subscribe: {', '.join(unknown)} is not a valid product")
             topics = [f"{channel}:{p}" for p in dict.fromkeys(products)]
@@ -352,6 +357,9 @@ class CoinbaseSimulator(SimServer[CoinbaseConnection]):
             self.deliver(conn, conn.frame(name, text))
             self.trades_repeated += [(t["product_id"], t["trade_id"]) for t in repeated]
         market.demand.add(1)
+
+    def _heartbeat(self, channel: str) -> bool:
+        return channel == HEARTBEATS
 
     def _on_stop(self, conn: CoinbaseConnection, channel: str) -> None:
         if channel != HEARTBEATS:

@@ -45,6 +45,10 @@ _CLOSE_TIMEOUT: Final = 5.0
 FRAMES_PER_WRITE: Final = 1
 #: frames the flood writer builds per round (per channel set), then writes FRAMES_PER_WRITE at a time
 FLOOD_ROUND: Final = 512
+#: what :meth:`SimServer.send_invalid` sends: not JSON at all (a proxy's error page)
+INVALID_FRAME: Final = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+#: bytes of payload written after an oversized frame's header (the rest never comes)
+_OVERSIZED_PREFIX: Final = 64 * 1024
 
 
 @attrs.frozen(slots=True)
@@ -121,6 +125,10 @@ class SimConnection:
         self._scope = trio.CancelScope()
         self._close_intent: tuple[int | None, str] | None = None
         self._outbox_send, self._outbox = trio.open_memory_channel[str](_OUTBOX_SIZE)
+        #: half-open (:meth:`SimServer.half_open`): nothing is read or written
+        self._frozen = False
+        #: set once the server has forgotten the connection
+        self._ended = trio.Event()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path} topics={len(self.topics)}>"
@@ -191,6 +199,12 @@ class SimProtocol(Protocol[C]):
     def malformed_frame(self) -> str:
         """A truncated frame of the venue's own shape, for :meth:`SimServer.send_malformed`."""
         ...
+
+    #: symbols (as the client spells them, e.g. ``BTCUSDT`` or ``BTC-USD``) whose subscribe
+    #: requests get the venue's error reply (a fault)
+    refused: frozenset[str]
+    #: subscribe requests are read and dropped: no ack, no error, no data (a fault)
+    swallow_subscribes: bool
 
     def open(self, path: str, query: str) -> Accept[C] | Reject:
         """A new connection for a handshake on ``path`` (``query`` without the ``?``)."""
@@ -284,6 +298,9 @@ class SimServer(Generic[C]):
         self._retry_after: float | datetime | None = None
         self._tls_failures = 0
         self._rest_failing = False
+        self._data_stalled = False
+        #: seconds between the bytes of a frame while trickling (slow loris); None: off
+        self._trickle: float | None = None
         self._nursery: trio.Nursery | None = None
         self._host = ""
         self._ws_port = 0
@@ -443,6 +460,57 @@ class SimServer(Generic[C]):
         """While True, every REST request gets the venue's outage answer (HTTP 503)."""
         self._rest_failing = failing
 
+    def half_open(self, duration: float) -> None:
+        """Every live connection goes half-open for ``duration`` seconds: the server neither
+        reads nor writes (no data, no replies, no pings, no pongs), and sends no FIN either, as
+        when the path to the client dies silently. Then it is dropped without a close frame, as
+        the server's own timeout would. Connections opened meanwhile are healthy."""
+        nursery = self._require_nursery()
+        for conn in self._live:
+            conn._frozen = True  # from now on the reader and the writer drop everything
+            nursery.start_soon(self._hold_half_open, conn, duration)
+
+    def stall_data(self, stalled: bool) -> None:
+        """While True, no market data is published, but everything that proves the socket goes
+        on: replies (with a new subscription's snapshot), pongs, server pings and heartbeat
+        channels (Coinbase's ``heartbeats``). The flood writer is not stalled."""
+        self._data_stalled = stalled
+
+    def trickle(self, byte_interval: float | None) -> None:
+        """Slow loris: while set, every frame is written one byte per ``byte_interval`` seconds
+        (None: at full speed again). Replies and pongs queue behind the trickled frame. The
+        flood writer does not trickle."""
+        if byte_interval is not None and byte_interval <= 0:
+            raise ValueError(f"byte_interval must be positive, got {byte_interval}")
+        self._trickle = byte_interval
+
+    def send_invalid(self) -> None:
+        """Send one text frame that is not JSON at all on every live connection."""
+        for conn in self._live:
+            conn.offer(INVALID_FRAME)
+
+    def send_oversized(self, declared: int) -> None:
+        """Start one frame declaring ``declared`` payload bytes on every live connection: its
+        header and up to 64 KiB of it, never the rest. A client with a smaller frame limit must
+        refuse it from the header alone (RFC 6455 1009) without buffering; one that waits gets
+        nothing more on that connection."""
+        header = frame_header(declared)
+        data = header + b" " * min(declared, _OVERSIZED_PREFIX)
+        nursery = self._require_nursery()
+        for conn in self._live:
+            nursery.start_soon(self._write_raw, conn, data)
+
+    def refuse_symbols(self, symbols: Iterable[str]) -> None:
+        """Answer subscribe requests naming any of ``symbols`` (as the client spells them:
+        ``BTCUSDT``, ``BTC-USD``) with the venue's error reply; an empty set ends it. Takes
+        effect on the next request: a drop makes the client resubscribe."""
+        self.protocol.refused = frozenset(symbols)
+
+    def swallow_subscribes(self, swallowing: bool) -> None:
+        """While True, subscribe requests are read and dropped: no ack, no error, no data for
+        them (pings are still answered). Takes effect on the next request."""
+        self.protocol.swallow_subscribes = swallowing
+
     def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None:
             raise RuntimeError("the simulator is not serving")
@@ -458,7 +526,7 @@ class SimServer(Generic[C]):
         """Queue ``payload`` for every connection taking ``channel``, in each one's envelope;
         nothing while silent."""
         subscribers = self._subscribers.get(channel)
-        if not subscribers or self._silent:
+        if not subscribers or self._silent or (self._data_stalled and not self._heartbeat(channel)):
             return
         for conn in subscribers:
             if conn.offer(conn.frame(channel, payload)):
@@ -467,7 +535,8 @@ class SimServer(Generic[C]):
                 self.frames_dropped += 1
 
     def deliver(self, conn: C, text: str) -> None:
-        """Queue ``text`` for ``conn`` alone (a snapshot on subscribe); nothing while silent."""
+        """Queue ``text`` for ``conn`` alone (a snapshot on subscribe, a queued reply); nothing
+        while silent."""
         if not self._silent and not conn.offer(text):
             self.frames_dropped += 1
 
@@ -481,6 +550,12 @@ class SimServer(Generic[C]):
 
     def _on_stop(self, conn: C, channel: str) -> None:
         """``channel`` stopped delivering to ``conn`` (unsubscribed, or the connection ended)."""
+
+    def _heartbeat(self, channel: str) -> bool:
+        """Whether ``channel`` carries the venue's heartbeats, not data (it keeps flowing
+        through :meth:`stall_data`)."""
+        del channel
+        return False
 
     def _floodable(self, channel: str) -> bool:
         """Whether ``channel`` is written by the flood writer when ``flood`` is on."""
@@ -632,6 +707,7 @@ class SimServer(Generic[C]):
             self._live.remove(conn)
         for channel in [*conn._channels, *conn._flood]:
             self._stop(conn, channel)
+        conn._ended.set()
         self._notify()
 
     def _start(self, conn: C, channel: str) -> None:
@@ -671,6 +747,8 @@ class SimServer(Generic[C]):
                     self.client_close_codes[closed.reason.code] += 1
                     self._notify()
                 return
+            if conn._frozen:
+                continue  # half-open: a request the server never reads
             self.requests_received += 1
             if limit is not None and conn._over_rate(trio.current_time(), limit):
                 self.rate_limit_closes += 1
@@ -707,6 +785,13 @@ class SimServer(Generic[C]):
 
     async def _writer(self, conn: C, ws: WebSocketConnection) -> None:
         async for text in conn._outbox:
+            if conn._frozen:
+                continue  # half-open: nothing leaves
+            if self._trickle is not None:
+                if not await self._send_trickled(ws, text):
+                    return
+                conn.frames_sent += 1
+                continue
             # Shielded (with a bound): cancelling a write midway would cut a frame in half, and
             # the close frame that follows would then be garbage to the client.
             with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
@@ -716,6 +801,57 @@ class SimServer(Generic[C]):
                     return
             conn.frames_sent += 1
 
+    async def _send_trickled(self, ws: WebSocketConnection, text: str) -> bool:
+        """Write one frame a byte at a time (slow loris); False once the connection is gone.
+
+        Reaching into trio-websocket's connection as the flood writer does, under its send lock,
+        so pongs and replies wait behind the frame. Not shielded: a trickled frame may take
+        minutes, and a connection ending meanwhile is ended abruptly anyway."""
+        body = text.encode()
+        data = frame_header(len(body)) + body
+        async with ws._stream_lock:
+            for index in range(len(data)):
+                interval = self._trickle
+                if ws.closed is not None:
+                    return False
+                # trickling ended mid-frame: the rest goes at once, so the frame stays whole
+                chunk = data[index:] if interval is None else data[index : index + 1]
+                try:
+                    await ws._stream.send_all(chunk)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return False
+                if interval is None or index == len(data) - 1:
+                    break
+                await trio.sleep(interval)
+        return True
+
+    async def _write_raw(self, conn: C, data: bytes) -> None:
+        """Write ``data`` as-is between two whole frames (a protocol violation, on purpose)."""
+        ws = conn._ws
+        if ws is None:
+            return
+        async with ws._stream_lock:
+            if ws.closed is not None:
+                return
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(_CLOSE_TIMEOUT),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await ws._stream.send_all(data)
+
+    async def _hold_half_open(self, conn: C, duration: float) -> None:
+        """Hold the connection's send lock (so trio-websocket cannot pong or close either; a
+        frame being written finishes first) while the reader and writer drop everything; then cut
+        it without a close frame."""
+        ws = conn._ws
+        if ws is None:
+            return
+        with trio.move_on_after(duration):
+            async with ws._stream_lock:
+                await conn._ended.wait()
+        conn.close(None, "half-open")
+
     async def _pinger(
         self, conn: C, ws: WebSocketConnection, liveness: Liveness, nursery: trio.Nursery
     ) -> None:
@@ -723,7 +859,7 @@ class SimServer(Generic[C]):
         count = 0
         while True:
             await trio.sleep(liveness.ping_interval)
-            if self._silent:
+            if self._silent or conn._frozen:
                 continue
             count += 1
             nursery.start_soon(self._expect_pong, conn, ws, liveness, b"%d" % count)

@@ -7,18 +7,30 @@ application-level ping answered ``pong``.
 
 from __future__ import annotations
 
+import random
 import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 
 import orjson
 import pytest
 import trio
 import trustme
-from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, open_websocket_url
 
 from feedd import transport as transport_module
-from feedd.sim.core import FLOOD_ROUND, Accept, Liveness, Reject, Reply, SimConnection, SimServer
+from feedd.sim.core import (
+    FLOOD_ROUND,
+    INVALID_FRAME,
+    Accept,
+    Liveness,
+    Reject,
+    Reply,
+    SimConnection,
+    SimServer,
+)
+from feedd.sim.faults import Fault, FaultSchedule
 from feedd.transport import TRANSPORTS, HandshakeRefused, TransportError, open_native
 
 
@@ -28,6 +40,8 @@ class ToyProtocol:
 
     def __init__(self, liveness: Liveness) -> None:
         self.liveness = liveness
+        self.refused: frozenset[str] = frozenset()
+        self.swallow_subscribes = False
 
     def open(self, path: str, query: str) -> Accept[SimConnection] | Reject:
         if path != self.default_path:
@@ -54,6 +68,9 @@ class ToySimulator(SimServer[SimConnection]):
 
     def _on_start(self, conn: SimConnection, channel: str) -> None:
         conn.offer(f"snapshot {channel}")
+
+    def _heartbeat(self, channel: str) -> bool:
+        return channel == "beat"
 
     def _floodable(self, channel: str) -> bool:
         return True
@@ -239,3 +256,133 @@ async def test_tls_faults_need_a_simulator_serving_wss(nursery: trio.Nursery) ->
     sim = await start(nursery)
     with pytest.raises(RuntimeError, match="wss"):
         sim.fail_tls(1)
+
+
+# ---- faults -------------------------------------------------------------------------------
+
+
+async def subscribed(ws: WebSocketConnection, *channels: str) -> None:
+    for channel in channels:
+        await ws.send_message(f"sub {channel}")
+        assert await ws.get_message() == f"ok {channel}"
+        assert await ws.get_message() == f"snapshot {channel}"
+
+
+async def test_a_half_open_connection_answers_nothing_then_ends_without_a_close_frame(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    sim = await start(nursery)
+    async with open_websocket_url(sim.ws_url) as ws:
+        await subscribed(ws, "a")
+        sim.half_open(30.0)
+        opened = trio.current_time()
+        sim.publish("a", "update a")
+        await ws.send_message("ping")
+        with trio.move_on_after(10) as no_pong:
+            await ws.ping(b"are you there")
+        assert no_pong.cancelled_caught
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.get_message()
+    assert closed.value.reason.code == 1006
+    assert trio.current_time() - opened == pytest.approx(30.0, abs=0.1)
+    assert sim.pings_received == 0  # the request was never read
+
+
+async def test_a_data_stall_keeps_heartbeats_and_replies_flowing(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    sim = await start(nursery)
+    async with open_websocket_url(sim.ws_url) as ws:
+        await subscribed(ws, "a", "beat")
+        sim.stall_data(True)
+        sim.publish("a", "update a")
+        sim.publish("beat", "beat 1")
+        assert await ws.get_message() == "beat 1"
+        await ws.send_message("ping")
+        assert await ws.get_message() == "pong"
+        sim.stall_data(False)
+        sim.publish("a", "update a")
+        assert await ws.get_message() == "update a"
+
+
+async def test_a_trickled_frame_arrives_whole_after_a_byte_per_interval(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    sim = await start(nursery)
+    async with open_websocket_url(sim.ws_url) as ws:
+        await subscribed(ws, "a")
+        sim.trickle(1.0)
+        started = trio.current_time()
+        sim.publish("a", "update a")  # 2 header bytes + 8: the last byte leaves 9 s after the first
+        assert await ws.get_message() == "update a"
+        assert trio.current_time() - started == pytest.approx(9.0, abs=0.1)
+        sim.trickle(None)
+        sim.publish("a", "update b")
+        assert await ws.get_message() == "update b"
+        assert trio.current_time() - started == pytest.approx(9.0, abs=0.1)
+
+
+def test_trickling_needs_a_positive_interval() -> None:
+    with pytest.raises(ValueError, match="byte_interval"):
+        ToySimulator().trickle(0.0)
+
+
+async def test_an_invalid_frame_is_sent_between_whole_frames(nursery: trio.Nursery) -> None:
+    sim = await start(nursery)
+    async with open_websocket_url(sim.ws_url) as ws:
+        await subscribed(ws, "a")
+        sim.send_invalid()
+        sim.publish("a", "update a")
+        assert await ws.get_message() == INVALID_FRAME
+        assert await ws.get_message() == "update a"
+
+
+async def test_an_oversized_frame_makes_a_client_with_a_smaller_limit_close_with_1009(
+    nursery: trio.Nursery,
+) -> None:
+    sim = await start(nursery)
+    async with open_websocket_url(sim.ws_url, max_message_size=1000) as ws:
+        await subscribed(ws, "a")
+        sim.send_oversized(1001)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.get_message()
+    assert closed.value.reason.code == 1009
+
+
+async def test_a_schedule_applies_faults_in_time_order_and_undoes_lasting_ones(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    sim = await start(nursery)
+    applied: list[tuple[float, str]] = []
+    schedule = FaultSchedule([Fault(4.0, "malformed"), Fault(1.0, "stall", {"duration": 2.0})])
+    async with open_websocket_url(sim.ws_url) as ws:
+        await subscribed(ws, "a")
+        start_at = trio.current_time()
+        await nursery.start(partial(schedule.play, sim, on_fault=lambda f: applied.append(
+            (trio.current_time() - start_at, f.kind))))
+        await trio.sleep(2.0)
+        sim.publish("a", "while stalled")  # dropped: a stalled server sends nothing
+        await trio.sleep(3.0)
+        sim.publish("a", "after")
+        assert await ws.get_message() == INVALID_FRAME
+        assert await ws.get_message() == "after"
+    assert applied == [(1.0, "stall"), (4.0, "malformed")]
+
+
+def test_a_random_schedule_is_reproducible_from_its_seed_and_stays_within_its_time() -> None:
+    def make(seed: int) -> FaultSchedule:
+        kinds = ["abrupt_close", "half_open", "malformed"]
+        return FaultSchedule.random(random.Random(seed), seconds=600, mean_interval=10, kinds=kinds)
+
+    first = make(7)
+    assert first == make(7) != make(8)
+    assert 30 < len(first.faults) < 120
+    times = [f.at for f in first.faults]
+    assert times == sorted(times) and all(0 <= t < 600 for t in times)
+
+
+def test_an_unknown_fault_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        Fault(0.0, "meteor")
+    with pytest.raises(ValueError, match="meteor"):
+        FaultSchedule.random(random.Random(1), seconds=10, mean_interval=1, kinds=["meteor"])
