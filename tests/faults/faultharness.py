@@ -221,3 +221,10 @@ def untouched(feed: Feed, venue: str, reconnects_before: int) -> None:
     """Assert ``venue`` went on as if nothing happened: no lost or repeated trade, no reconnect."""
     assert feed.tape.holes(venue) == {}, f"{venue} lost or repeated trades"
     assert feed.status(venue).reconnects == reconnects_before
+
+
+def others_untouched(feed: Feed, venue: str, reconnects_before: dict[str, int]) -> None:
+    """Every venue but the faulted ``venue`` went on as if nothing happened."""
+    for other in VENUES:
+        if other != venue:
+            untouched(feed, other, reconnects_before[other])

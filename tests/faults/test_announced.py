@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from faultharness import STALE_AFTER, SYMBOLS, VENUES, Feed, Tape, running_feed, untouched, venue_lines
+from faultharness import STALE_AFTER, SYMBOLS, VENUES, Feed, Tape, others_untouched, running_feed, venue_lines
 
 from feedd.sim.faults import Fault, FaultSchedule
 
@@ -66,6 +66,4 @@ async def test_a_busy_feed_that_goes_silent_while_its_heartbeats_go_on_is_a_stal
     assert [kind for kind, _ in events(feed.tape, venue)] == ["disconnect", "reconnect"]
     [line] = venue_lines(caplog.records, venue)
     assert f"stale feed: no data for {STALE_AFTER:g} s" in line
-    for other in VENUES:
-        if other != venue:
-            untouched(feed, other, before[other])
+    others_untouched(feed, venue, before)

@@ -18,6 +18,7 @@ from faultharness import (
     VENUES,
     Feed,
     metric,
+    others_untouched,
     running_feed,
     untouched,
     venue_lines,
@@ -70,9 +71,7 @@ async def test_every_kind_of_close_is_reconnected_once_and_touches_no_other_venu
                 # one line for the event; the reconnect itself is an info line
                 assert len(venue_lines(caplog.records, venue)) == 1, kind
             await feed.flowing()
-    for other in VENUES:
-        if other != venue:
-            untouched(feed, other, before[other])
+    others_untouched(feed, venue, before)
     assert metric(feed, "feedd_reconnects_total", venue=venue) == before[venue] + len(CLOSES)
     assert feed.service.health()[0] == "ok"
 
@@ -99,9 +98,7 @@ async def test_a_connection_that_goes_quiet_without_closing_is_given_up_after_st
     assert venue_lines(caplog.records, venue) == [
         f"{venue}/stream#1: stale feed: no data for {STALE_AFTER:g} s; reconnecting in 0.0 s"
     ]
-    for other in VENUES:
-        if other != venue:
-            untouched(feed, other, before[other])
+    others_untouched(feed, venue, before)
 
 
 @pytest.mark.parametrize("venue", VENUES)
@@ -148,9 +145,7 @@ async def test_an_oversized_frame_is_refused_from_its_header_and_the_connection_
     assert feed.status(venue).reconnects == before[venue] + 1
     [line] = venue_lines(caplog.records, venue)
     assert "frame larger than 16777216 bytes" in line
-    for other in VENUES:
-        if other != venue:
-            untouched(feed, other, before[other])
+    others_untouched(feed, venue, before)
 
 
 @pytest.mark.parametrize("venue", VENUES)
@@ -193,9 +188,7 @@ async def test_a_symbol_refused_on_reconnect_shows_in_status_until_it_is_accepte
             # the fault ends with a drop: the next connection subscribes it again, and it flows
             await feed.tape.wait_until(lambda: not status.subscription_errors)
             await feed.tape.more(venue)
-    for other in VENUES:
-        if other != venue:
-            untouched(feed, other, before[other])
+    others_untouched(feed, venue, before)
 
 
 @pytest.mark.parametrize("venue", VENUES)
