@@ -521,9 +521,8 @@ async def test_connections_rotate_at_rotate_after_plus_their_offset(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
         for n in range(1, 4):
-            await network.wait_attempts(n + 1)
-            await trio.testing.wait_all_tasks_blocked()
-            await network.transports[n].incoming_send.send(trade_frame(n))  # held: the old one
+            new = await network.opened(n + 1)
+            await new.incoming_send.send(trade_frame(n))  # held: the old one
             await network.transports[n - 1].incoming_send.send(trade_frame(n))  # catches up
         got, events = await received(records)
         closed = [t.closed for t in network.transports]
@@ -569,9 +568,7 @@ async def test_a_venue_announcing_shutdown_on_every_connection_rotates_at_most_e
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
         for n in range(1, 5):
-            await network.wait_attempts(n)
-            await trio.testing.wait_all_tasks_blocked()
-            transport = network.transports[n - 1]
+            transport = await network.opened(n)
             await transport.incoming_send.send(trade_frame(n))
             await transport.incoming_send.send(SHUTDOWN)
         await network.wait_attempts(5)
@@ -589,10 +586,9 @@ async def test_a_lost_connection_announces_disconnect_then_reconnect_with_the_ga
     runner, _, records = make_runner(network, settings)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
-        await network.wait_attempts(1)
-        await trio.testing.wait_all_tasks_blocked()
-        await network.transports[0].incoming_send.send(trade_frame(1))
-        await network.transports[0].incoming_send.send(TransportError("closed by peer: code 1006"))
+        first = await network.opened(1)
+        await first.incoming_send.send(trade_frame(1))
+        await first.incoming_send.send(TransportError("closed by peer: code 1006"))
         await network.wait_attempts(3)
         await trio.testing.wait_all_tasks_blocked()
         before, between = await received(records)
@@ -698,9 +694,8 @@ async def test_a_quiet_feed_without_a_probe_is_rechecked_ever_less_often_without
         nursery.start_soon(runner.run)
         nursery.start_soon(pongs)
         for n in range(1, 6):
-            await network.wait_attempts(n)
-            await trio.testing.wait_all_tasks_blocked()
-            await network.transports[n - 1].incoming_send.send(ack)
+            transport = await network.opened(n)
+            await transport.incoming_send.send(ack)
         nursery.cancel_scope.cancel()
     gaps = [b - a for a, b in itertools.pairwise(network.attempts)]
     assert gaps == pytest.approx([10.0, 20.0, 40.0, 80.0], abs=1.5)
