@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 import trio
-import trustme
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 
-from feedd import transport as transport_module
 from feedd.config import Config
 from feedd.daemon import Daemon
 from feedd.sim import BinanceSimulator
@@ -67,17 +65,6 @@ async def test_a_429_is_waited_out_for_its_retry_after_and_the_other_venue_strea
     assert len(throttled) == 1 and "HTTP 429" in throttled[0] and "for 1 s" in throttled[0]
     assert not [r for r in caplog.records if "429" in r.getMessage() and "reconnecting in" in r.getMessage()]
 
-
-@pytest.fixture
-def tls(monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
-    """A server context whose certificate the daemon trusts (through a throwaway CA)."""
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    monkeypatch.setattr(transport_module, "_default_ssl_context", lambda: client_context)
-    return server_context
 
 
 async def test_tls_errors_take_the_backoff_ladder_and_the_other_venue_streams_on(

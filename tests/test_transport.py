@@ -212,17 +212,6 @@ async def test_aclose_sends_a_normal_close_frame(open_: OpenTransport) -> None:
     assert closed_with == [1000]
 
 
-@pytest.fixture
-def tls_pair(monkeypatch: pytest.MonkeyPatch) -> tuple[trustme.CA, ssl.SSLContext]:
-    """A throwaway CA the client trusts, and a server context with a certificate for 127.0.0.1."""
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    monkeypatch.setattr(transport_module, "_default_ssl_context", lambda: client_context)
-    return ca, server_context
-
 
 @each_transport
 async def test_wss_connects_through_tls(

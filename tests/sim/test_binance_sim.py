@@ -567,10 +567,10 @@ async def test_server_shutdown_is_announced_then_the_connection_closes(
         await subscribe(ws, "btcusdt@trade")
 
 
-async def test_tls_endpoint_serves_wss(nursery: trio.Nursery) -> None:
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+async def test_tls_endpoint_serves_wss(
+    nursery: trio.Nursery, tls_pair: tuple[trustme.CA, ssl.SSLContext]
+) -> None:
+    ca, server_context = tls_pair
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     sim = await start(nursery, ssl_context=server_context)

@@ -16,10 +16,8 @@ from functools import partial
 import orjson
 import pytest
 import trio
-import trustme
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, open_websocket_url
 
-from feedd import transport as transport_module
 from feedd.sim.core import (
     FLOOD_ROUND,
     INVALID_FRAME,
@@ -220,17 +218,6 @@ async def test_feedd_reads_the_refusal_as_a_handshake_refused_with_its_wait(nurs
                 pass
         assert (refused.value.status, refused.value.retry_after) == (429, 45.0)
 
-
-@pytest.fixture
-def tls(monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
-    """A server context whose certificate feedd's transports trust (through a throwaway CA)."""
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    monkeypatch.setattr(transport_module, "_default_ssl_context", lambda: client_context)
-    return server_context
 
 
 async def test_tls_fails_for_the_next_connections_then_works(
