@@ -206,8 +206,8 @@ class ConnectionRunner:
         #: data flowed since the last disconnect event (or since start); when the connection is
         #: lost with this set, subscribers hear of it
         self.delivering = False
-        #: (trio time, wall time) of the disconnect event not yet followed by a reconnect one
-        self.down_since: tuple[float, datetime] | None = None
+        #: trio time of the disconnect event not yet followed by a reconnect one
+        self.down_since: float | None = None
         #: stale_after is multiplied by this for a feed found quiet on a live socket (see _Attempt)
         self.quiet_factor = 1
         #: when the last rotation started (they are never closer than reconnect_interval: a venue
@@ -443,11 +443,11 @@ class ConnectionRunner:
                 reason += "; quiet feed, replacement acknowledged"
                 new.ready.set()
             if new.end_reason is not None or not new.ready.is_set():
+                why = new.end_reason or f"delivered nothing within {wait:g} s"
                 new.abandoned = True
                 new.end("replacement delivered nothing")
                 log.warning("%s: rotation failed: its replacement %s; the current connection carries on",
-                            self.name, new.end_reason if new.end_reason != "replacement delivered nothing"
-                            else f"delivered nothing within {wait:g} s")
+                            self.name, why)
                 self.overlap = None  # the old one delivered everything; what was held goes
                 return False
             with trio.move_on_after(CATCH_UP):
@@ -504,9 +504,8 @@ class ConnectionRunner:
         if not self.delivering:
             return
         self.delivering = False
-        at = datetime.now(UTC)
-        self.down_since = (trio.current_time(), at)
-        event = Disconnected(self.venue.venue_id, tuple(self._symbols()), at, reason)
+        self.down_since = trio.current_time()
+        event = Disconnected(self.venue.venue_id, tuple(self._symbols()), datetime.now(UTC), reason)
         await self.records.send(event)
 
     def announce_up(self) -> Reconnected | None:
@@ -517,7 +516,7 @@ class ConnectionRunner:
         if down is None:
             return None
         return Reconnected(self.venue.venue_id, tuple(self._symbols()), datetime.now(UTC),
-                           trio.current_time() - down[0])
+                           trio.current_time() - down)
 
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[Transport]:
