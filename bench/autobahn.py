@@ -5,7 +5,7 @@ extension). Exits 1 if any case FAILED.
     /root/.pyenv/versions/2.7.18/bin/pip install autobahntestsuite==0.8.2   # once; Python 2.7
     .venv/bin/python bench/autobahn.py [--wstest PATH] [--only ws|wss] [--cases 1.*,2.*]
 
-The client side is ``feedd.transport.open_native`` echoing every message back, as the suite
+The client side is ``feedd.wire.transport.open_native`` echoing every message back, as the suite
 expects of a client under test; ``wstest -m fuzzingserver`` runs the cases and judges them. The
 summary counts the suite's verdicts (OK, NON-STRICT, INFORMATIONAL, UNIMPLEMENTED, FAILED), and
 the full HTML/JSON reports stay in the folder it names.
@@ -26,7 +26,7 @@ from pathlib import Path
 import trio
 import trustme
 
-from feedd.transport import TransportError, open_native
+from feedd.wire.transport import TransportError, open_native
 
 AGENT = "feedd"
 #: how long one case may take (the slowest send 16 MB in small chunks)

@@ -84,7 +84,7 @@ def nats_server() -> Iterator[tuple[str, int]]:
 
 def records(count: int) -> tuple[list[MarketData], list[bytes]]:
     """``count`` distinct trades (their own ids) and their JSON lines, as the hub hands them on."""
-    from feedd.hub import _line
+    from feedd.fanout.hub import _line
     from feedd.model import trade_record
 
     now = datetime.now(UTC)
@@ -101,7 +101,7 @@ def sink_alone(url: str, server_pid: int, seconds: float) -> tuple[float, float,
     import trio
 
     from feedd.config import parse_config
-    from feedd.sinks.nats import NatsSink
+    from feedd.fanout.nats import NatsSink
 
     config = parse_config({"nats": {"servers": [url], "stream": "BENCH", "buffer": 200_000}}).nats
     assert config is not None

@@ -1,5 +1,5 @@
 import sys
 
-from feedd.cli import main
+from feedd.cli.main import main
 
 sys.exit(main())

@@ -29,8 +29,8 @@ from typing import Any, Protocol
 import attrs
 import orjson
 
-from feedd.backoff import Backoff
 from feedd.errors import describe
+from feedd.feed.backoff import Backoff
 from feedd.model import Disconnected, MarketData, Reconnected
 
 #: what a filter's ``kind`` accepts (the daemon's names; ``trades`` as the config says it)

@@ -90,7 +90,7 @@ class FeedConfig:
     state_file: str = "subscriptions.json"
     #: instrument lists are cached here, so a restart during a REST outage still streams
     cache_dir: str = "cache"
-    #: the WebSocket implementation (feedd.transport.TRANSPORTS): feedd's own framing, or
+    #: the WebSocket implementation (feedd.wire.transport.TRANSPORTS): feedd's own framing, or
     #: trio-websocket (slower: one task switch per message; kept as the reference)
     transport: Literal["native", "trio-websocket"] = "native"
 
@@ -157,7 +157,7 @@ def _stream_name(instance: object, attribute: attrs.Attribute[Any], value: str) 
 
 @attrs.frozen
 class NatsConfig:
-    """``[nats]``: publish every record to a JetStream stream (feedd.sinks.nats)."""
+    """``[nats]``: publish every record to a JetStream stream (feedd.fanout.nats)."""
 
     servers: tuple[str, ...] = attrs.field(default=("nats://127.0.0.1:4222",), validator=_nats_servers)
     #: a ``.creds`` file (user JWT and nkey seed), or a file holding an nkey seed alone

@@ -22,7 +22,7 @@ class MarketData:
     """One trade or one ticker update, as design.md fixes it.
 
     No validators here: records are built on the hot path by adapters, and checked once by
-    :mod:`feedd.validate` before they leave the connection that produced them.
+    :mod:`feedd.feed.validate` before they leave the connection that produced them.
     """
 
     exchange: str

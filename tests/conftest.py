@@ -6,7 +6,7 @@ import pytest
 import trio.testing
 import trustme
 
-from feedd import transport as transport_module
+from feedd.wire import transport as transport_module
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import trio
 
 from feedd.codec import decode_record
 from feedd.config import Config, load_config
-from feedd.daemon import Daemon
 from feedd.model import MarketData
+from feedd.ops.daemon import Daemon
 
 #: the [feed] and [unix] part of an end-to-end config: fast reconnects, a short stale bound
 FAST_FEED = """

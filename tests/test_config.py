@@ -10,9 +10,9 @@ from typing import Any
 import attrs
 import pytest
 
-import feedd.daemon
 import feedd.exchanges
-from feedd.cli import main
+import feedd.ops.daemon
+from feedd.cli.main import main
 from feedd.config import ConfigError, apply_environment, config_warnings, load_config
 from feedd.exchanges.base import Subscription, Topic
 
@@ -350,7 +350,7 @@ def test_run_logs_the_warnings_of_its_config(
         started.append(config)
         return 0
 
-    monkeypatch.setattr(feedd.daemon, "run_until_signalled", fake_run)
+    monkeypatch.setattr(feedd.ops.daemon, "run_until_signalled", fake_run)
     path = write(tmp_path, "[exchanges.binance]\nsymbols = []\n")
     with caplog.at_level(logging.WARNING, logger="feedd"):
         assert main(["run", "--config", str(path)]) == 0
@@ -366,7 +366,7 @@ def test_run_that_cannot_start_says_what_happened_even_when_the_error_has_no_tex
     async def failing_run(config: Any, path: str | None = None) -> int:
         raise ExceptionGroup("daemon", [ConnectionResetError()])
 
-    monkeypatch.setattr(feedd.daemon, "run_until_signalled", failing_run)
+    monkeypatch.setattr(feedd.ops.daemon, "run_until_signalled", failing_run)
     with caplog.at_level(logging.ERROR, logger="feedd"):
         assert main(["run", "--config", str(write(tmp_path, GOOD))]) == 1
     assert [r.getMessage() for r in caplog.records] == ["cannot start: ConnectionResetError"]

@@ -227,7 +227,7 @@ class Venue(Protocol):
     #: one host share one budget
     message_limit_scope: MessageLimitScope
     #: the venue's documented limit on connection attempts from one address to one host; every
-    #: venue on that host with the same limit shares one budget (:mod:`feedd.handshake`). None:
+    #: venue on that host with the same limit shares one budget (:mod:`feedd.feed.gates`). None:
     #: none documented, attempts are not paced (a refusal's Retry-After still holds)
     connect_limit: ConnectLimit | None
     #: seconds between :meth:`Session.ping` calls, as :attr:`ping_mode` says (None: never)

@@ -1,4 +1,4 @@
-"""The endpoints of design.md's "HTTP API", over one :class:`~feedd.service.WebSocketService`.
+"""The endpoints of design.md's "HTTP API", over one :class:`~feedd.control.service.WebSocketService`.
 
 Status codes: 400 a malformed request (not JSON, a wrong type, a missing or unknown field, a bad
 symbol or channel), 401 a missing or wrong token, 404 an unknown endpoint, venue or symbol, or an
@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from feedd.control.service import InvalidRequest, UnknownVenue, VenueDisabled
 from feedd.errors import clipped
-from feedd.http.app import App, HttpError, Request, Response, json_response
-from feedd.http.page import status_page
-from feedd.service import InvalidRequest, UnknownVenue, VenueDisabled
-from feedd.supervisor import (
+from feedd.feed.supervisor import (
     NoAnswer,
     NotSubscribed,
     SubscriptionRefused,
@@ -26,9 +24,11 @@ from feedd.supervisor import (
     UnknownSymbol,
     VenueRefused,
 )
+from feedd.http.app import App, HttpError, Request, Response, json_response
+from feedd.http.page import status_page
 
 if TYPE_CHECKING:
-    from feedd.service import WebSocketService
+    from feedd.control.service import WebSocketService
 
 PREFIX = "/api/v1/websocket"
 FIELDS = ("exchange", "symbol", "channels")

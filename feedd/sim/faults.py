@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 #: a fault's action on a simulator with its params; returns the undo, if the fault lasts
 Action = Callable[[SimServer[Any], Mapping[str, Any]], Callable[[], None] | None]
 
-#: feedd's client frame limit plus one (``feedd.transport.MAX_MESSAGE``)
+#: feedd's client frame limit plus one (``feedd.wire.transport.MAX_MESSAGE``)
 OVERSIZED: Final = 16 * 1024 * 1024 + 1
 #: seconds a lasting fault lasts when its params do not say
 DEFAULT_DURATION: Final = 5.0

@@ -26,8 +26,8 @@ from feedd.exchanges.base import (
     Topic,
 )
 from feedd.exchanges.binance import BinanceSession, BinanceSpot, BinanceUsdm
+from feedd.feed.validate import Validator
 from feedd.model import MarketData
-from feedd.validate import Validator
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "binance"
 RECORDED_TRADES = FIXTURES / "recorded_spot_trade_bookticker_2024-08-08.ndjson"

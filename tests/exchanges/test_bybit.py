@@ -32,13 +32,13 @@ from feedd.exchanges.base import (
     Topic,
 )
 from feedd.exchanges.bybit import BybitInverse, BybitLinear, BybitSession, BybitSpot, _BybitVenue
-from feedd.instruments import load_instruments
+from feedd.feed.instruments import load_instruments
+from feedd.feed.validate import Validator
 from feedd.model import MarketData
 from feedd.sim import BybitSimulator
 from feedd.sim.bybit import BybitConnection, BybitProtocol
 from feedd.sim.core import Accept
 from feedd.sim.rest import HttpRequest, HttpResponse
-from feedd.validate import Validator
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bybit"
 RECORDED_LINEAR = FIXTURES / "recorded_linear_2026-08-09.ndjson"

@@ -16,7 +16,6 @@ import pytest
 import trio
 import trio.testing
 
-from feedd.connection import ConnectionRunner, RunnerSettings
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import (
     DecodeError,
@@ -33,10 +32,11 @@ from feedd.exchanges.base import (
 )
 from feedd.exchanges.coinbase import Coinbase, CoinbaseSession, RecentTradeIds, split_topic
 from feedd.exchanges.fields import parse_rfc3339
+from feedd.feed.runner import ConnectionRunner, RunnerSettings
+from feedd.feed.status import VenueStatus
+from feedd.feed.validate import Validator
 from feedd.model import Frame, MarketData
-from feedd.status import VenueStatus
-from feedd.transport import TransportError
-from feedd.validate import Validator
+from feedd.wire.transport import TransportError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "coinbase"
 RECORDED = FIXTURES / "recorded_advanced_trade_2026-08-09.ndjson"

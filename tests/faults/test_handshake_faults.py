@@ -11,7 +11,7 @@ import trio
 import trio.testing
 from faultharness import VENUES, others_untouched, running_feed
 
-from feedd.handshake import DEFAULT_BAN
+from feedd.feed.gates import DEFAULT_BAN
 
 TIMEOUT = 3_600  # virtual seconds: the clock jumps
 

@@ -24,8 +24,8 @@ from faultharness import (
     venue_lines,
 )
 
+from feedd.feed.supervisor import NoAnswer, VenueRefused
 from feedd.sim.faults import Fault, FaultSchedule
-from feedd.supervisor import NoAnswer, VenueRefused
 
 #: what the venue's status says after each kind of close (the transport's words)
 CLOSES = {

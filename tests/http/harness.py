@@ -18,8 +18,8 @@ import trio
 
 from feedd.codec import decode_record
 from feedd.config import Config, load_config
-from feedd.daemon import Daemon
 from feedd.model import MarketData
+from feedd.ops.daemon import Daemon
 from feedd.sim import BinanceSimulator
 
 TIMEOUT = 15

@@ -27,7 +27,7 @@ from harness import API, temporary_workdir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feedd.cli import main
+from feedd.cli.main import main
 from feedd.codec import decode_record
 from feedd.sim.binance import BREAK_SYMBOL, DEFAULT_SYMBOLS
 

@@ -23,10 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from feedd.config import Config
+from feedd.control.service import WebSocketService
+from feedd.feed.status import VenueStatus
 from feedd.http.client import format_status
 from feedd.model import MarketData
-from feedd.service import WebSocketService
-from feedd.status import VenueStatus
 
 T0 = datetime(2024, 8, 8, 6, 53, 2, 668000, tzinfo=UTC)
 RECORD = MarketData(exchange="binance", symbol="BTCUSDT", kind="trade", price=61837.63, volume=0.02,

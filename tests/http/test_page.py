@@ -16,7 +16,7 @@ import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 from tools import require_tool
 
-from feedd.daemon import Daemon
+from feedd.ops.daemon import Daemon
 from feedd.sim import BinanceSimulator, BybitSimulator
 
 TIMEOUT = 30

@@ -29,7 +29,7 @@ from feedd.sim.core import (
     SimServer,
 )
 from feedd.sim.faults import Fault, FaultSchedule
-from feedd.transport import TRANSPORTS, HandshakeRefused, TransportError, open_native
+from feedd.wire.transport import TRANSPORTS, HandshakeRefused, TransportError, open_native
 
 
 class ToyProtocol:

@@ -1,0 +1,1 @@
+"""The control plane: the service's task tree, reload, state, status, metrics."""

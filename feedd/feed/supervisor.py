@@ -1,0 +1,488 @@
+"""One venue's supervisor: turns subscriptions into topics, topics into connections (shards).
+
+It owns the venue's nursery; every connection runner lives there, so one venue failing never
+disturbs another venue or the sinks, and adding a subscription at run time starts or reuses a
+connection without reconnecting the others.
+
+Live changes come in two forms: :meth:`VenueSupervisor.subscribe` / :meth:`unsubscribe` act at
+once and return, and :meth:`subscribe_confirmed` / :meth:`unsubscribe_confirmed` (what the HTTP
+and Python APIs call) also wait, within a deadline, until the venue has answered every wire topic
+involved, and roll a refused subscription back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+from urllib.parse import urlsplit
+
+import trio
+
+from feedd.config import ExchangeConfig
+from feedd.errors import quoted
+from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue, topic_chars
+from feedd.feed.gates import Gate, HandshakeGates
+from feedd.feed.instruments import Instruments, load_instruments
+from feedd.feed.ratelimit import SlidingWindowLimiter
+from feedd.feed.runner import ConnectionRunner, Reply, RunnerSettings, send_limiter
+from feedd.feed.status import VenueStatus
+from feedd.feed.validate import Validator
+from feedd.model import Ingress
+from feedd.wire.transport import OpenTransport, open_transport
+
+log = logging.getLogger(__name__)
+
+
+class SubscriptionRefused(Exception):
+    """A subscription the daemon will not make; the message names venue and symbol."""
+
+
+class UnknownSymbol(SubscriptionRefused):
+    pass
+
+
+class UnsupportedSymbol(SubscriptionRefused):
+    """A symbol the venue's streams do not carry as itself (see :meth:`Venue.symbol_problem`)."""
+
+
+class NotSubscribed(SubscriptionRefused):
+    pass
+
+
+class VenueRefused(SubscriptionRefused):
+    """The venue answered a subscribe request with an error; the subscription was rolled back."""
+
+
+class Superseded(SubscriptionRefused):
+    """The symbol was unsubscribed while its subscribe awaited the venue's answer: a conflict
+    between two requests, not a refusal by the venue."""
+
+
+class NoAnswer(SubscriptionRefused):
+    """No answer within the deadline: the instrument list is still loading, or the venue has not
+    acknowledged (``pending`` names the wire topics still awaited)."""
+
+    def __init__(self, message: str, pending: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.pending = tuple(pending)
+
+
+SubscriptionState = Literal["active", "pending", "refused"]
+
+
+class VenueSupervisor:
+    def __init__(
+        self,
+        venue: Venue,
+        config: ExchangeConfig,
+        settings: RunnerSettings,
+        *,
+        cache_dir: str,
+        records: trio.MemorySendChannel[Ingress],
+        status: VenueStatus | None = None,
+        open_transport: OpenTransport = open_transport,
+        initial: Mapping[str, Sequence[Channel]] | None = None,
+        gates: HandshakeGates | None = None,
+    ) -> None:
+        self.venue = venue
+        venue.quote_max_age = config.quote_max_age
+        self.config = config
+        self.settings = settings
+        self.cache_dir = cache_dir
+        self.status = status or VenueStatus(venue.venue_id)
+        self.instruments = Instruments(None, "unchecked")
+        self.base_url = config.url or venue.default_url
+        self.rest_url = config.rest_url or venue.default_rest_url
+        self._records = records
+        self._open = open_transport
+        self._subscriptions: dict[Subscription, list[Topic]] = {}
+        self._symbols: set[str] = set()
+        self._validator = Validator(self._symbols)
+        self._runners: dict[str, list[ConnectionRunner]] = {}
+        self._scopes: dict[ConnectionRunner, trio.CancelScope] = {}
+        self._owner: dict[Topic, ConnectionRunner] = {}
+        #: each connection's topics as the venue's character budget counts them (compact JSON)
+        self._chars: dict[ConnectionRunner, int] = {}
+        #: subscriptions using each wire topic: channels of one exchange may share a topic, and
+        #: the topic leaves the wire only when the last of them is unsubscribed
+        self._refs: Counter[Topic] = Counter()
+        self._nursery: trio.Nursery | None = None
+        self._shard_count: dict[str, int] = {}
+        #: per host, the send budget its connections share (venues that limit per address)
+        self._limiters: dict[str, SlidingWindowLimiter] = {}
+        #: per host, what it said about handshakes (Retry-After) and the connect pacing: shared
+        #: with every venue of the service, since a venue throttles an address, not a connection
+        self._gates = gates or HandshakeGates()
+        #: what to subscribe at start: symbol -> channels (the config file's, unless told)
+        self.initial: dict[str, tuple[Channel, ...]] = (
+            {s: tuple(config.channels) for s in config.symbols}
+            if initial is None
+            else {s: tuple(c) for s, c in initial.items()}
+        )
+        #: set once the instrument list is in and the initial subscriptions are placed; live
+        #: subscribes wait for it, so a symbol is checked against the list and not let through
+        self.ready = trio.Event()
+
+    @property
+    def venue_id(self) -> str:
+        return self.venue.venue_id
+
+    @property
+    def rotate_after(self) -> float | None:
+        """The configured connection lifetime, else the venue's; 0 configured means never."""
+        configured = self.config.rotate_after
+        if configured is None:
+            return self.venue.rotate_after
+        return configured or None
+
+    def reconfigure(self, config: ExchangeConfig) -> None:
+        """A reloaded section with the same endpoints: its channels become the default for API
+        subscribes and the base the state file is relative to, and ``quote_max_age`` applies at
+        once. The symbols are the caller's to subscribe and unsubscribe (live, confirmed)."""
+        self.config = config
+        self.venue.quote_max_age = config.quote_max_age
+        for runner in self.runners():
+            runner.rotate_after = self.rotate_after
+
+    def amend_initial(
+        self, subscribe: Mapping[str, Sequence[Channel]], unsubscribe: Mapping[str, Sequence[Channel]]
+    ) -> bool:
+        """Before the venue is ready (its instrument list still loading), change what it will
+        subscribe once it is, and return True; once ready, do nothing and return False."""
+        if self.ready.is_set():
+            return False
+        for symbol, channels in unsubscribe.items():
+            kept = tuple(c for c in self.initial.get(symbol, ()) if c not in channels)
+            if kept:
+                self.initial[symbol] = kept
+            else:
+                self.initial.pop(symbol, None)
+        for symbol, channels in subscribe.items():
+            have = self.initial.get(symbol, ())
+            self.initial[symbol] = tuple(c for c in CHANNELS if c in have or c in channels)
+        return True
+
+    def update_settings(self, settings: RunnerSettings) -> None:
+        """New timing settings for every connection, from its next attempt on."""
+        self.settings = settings
+        for runner in self.runners():
+            runner.update_settings(settings)
+
+    def runners(self) -> list[ConnectionRunner]:
+        """The venue's connections (shards) now."""
+        return [runner for shards in self._runners.values() for runner in shards]
+
+    def subscriptions(self) -> list[Subscription]:
+        return sorted(self._subscriptions, key=lambda s: (s.symbol, s.channel))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Report started, check symbols, open the configured subscriptions, supervise until cancelled.
+
+        Started comes first: the instrument list may take up to its REST timeout, and only this
+        venue waits for it (the fetch is cancelled with the venue).
+        """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            if self.config.check_symbols:
+                self.instruments = await load_instruments(self.venue, self.rest_url, self.cache_dir)
+            for symbol, channels in self.initial.items():
+                try:
+                    self.subscribe(symbol, channels)
+                except SubscriptionRefused as exc:
+                    log.error("%s", exc)
+            self.status.started = True  # no connection from now on: nothing subscribed, idle
+            self.ready.set()
+            await trio.sleep_forever()
+
+    # ---- subscriptions ------------------------------------------------------------------
+
+    def normalize(self, symbol: str) -> str:
+        return symbol.upper() if self.venue.uppercase_symbols else symbol
+
+    def check(self, symbol: str) -> str:
+        """The symbol as the venue spells it; UnsupportedSymbol when the venue's streams would not
+        carry it as itself, UnknownSymbol when its instrument list lacks it."""
+        symbol = self.normalize(symbol)
+        problem = self.venue.symbol_problem(symbol)
+        if problem is not None:
+            raise UnsupportedSymbol(f"{self.venue_id}: {problem}")
+        known = self.instruments.symbols
+        if known is not None and symbol not in known:
+            raise UnknownSymbol(
+                f"{self.venue_id}: unknown symbol {quoted(symbol)}: not listed by {self.rest_url}"
+            )
+        return symbol
+
+    def subscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
+        """Subscribe live; returns the subscriptions that were new.
+
+        Raises UnknownSymbol or UnsupportedSymbol, and reports it in the venue's status (a
+        configured symbol that cannot stream is the operator's to fix).
+        """
+        try:
+            symbol = self.check(symbol)
+        except (UnknownSymbol, UnsupportedSymbol) as exc:
+            reason = str(exc).removeprefix(f"{self.venue_id}: ")
+            self.status.subscription_errors[self.normalize(symbol)] = reason
+            self.status.last_error = str(exc)
+            raise
+        added = []
+        for channel in dict.fromkeys(channels):
+            sub = Subscription(symbol, channel)
+            if sub in self._subscriptions:
+                continue
+            topics = self.venue.topics(sub)
+            self._subscriptions[sub] = topics
+            added.append(sub)
+            for topic in topics:
+                self._place(topic)
+        if added:
+            self._symbols.add(symbol)
+            self.status.subscription_errors.pop(symbol, None)
+        return added
+
+    def unsubscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
+        """Unsubscribe live; raises NotSubscribed when none of the channels was subscribed."""
+        return self._unsubscribe(symbol, channels)[0]
+
+    def _unsubscribe(
+        self, symbol: str, channels: Iterable[Channel]
+    ) -> tuple[list[Subscription], dict[str, Reply]]:
+        """The subscriptions removed, and the venue's answers to the unsubscribes this sent.
+
+        The cut is clean: once no channel of the symbol is left, its records are refused at once
+        (validation counts those still in flight as ``unknown_symbol``).
+        """
+        symbol = self.normalize(symbol)
+        channels = list(dict.fromkeys(channels))
+        removed = []
+        replies: dict[str, Reply] = {}
+        for channel in channels:
+            sub = Subscription(symbol, channel)
+            topics = self._subscriptions.pop(sub, None)
+            if topics is None:
+                continue
+            removed.append(sub)
+            for topic in topics:
+                reply = self._displace(topic)
+                if reply is not None:
+                    replies[topic.name] = reply
+        if not removed:
+            raise NotSubscribed(f"{self.venue_id}: {symbol} is not subscribed to {', '.join(channels)}")
+        if not any(s.symbol == symbol for s in self._subscriptions):
+            self._symbols.discard(symbol)
+        return removed, replies
+
+    # ---- changes confirmed by the venue --------------------------------------------------
+
+    def channels_of(self, symbol: str) -> list[Channel]:
+        """The channels ``symbol`` is subscribed to (normalized as the venue spells it)."""
+        symbol = self.normalize(symbol)
+        return [c for c in CHANNELS if Subscription(symbol, c) in self._subscriptions]
+
+    def _replies(self, subs: Iterable[Subscription]) -> dict[str, Reply]:
+        replies = {}
+        for sub in subs:
+            for topic in self._subscriptions.get(sub, ()):
+                runner = self._owner.get(topic)
+                reply = runner.replies.get(topic.name) if runner is not None else None
+                if reply is not None:
+                    replies[topic.name] = reply
+        return replies
+
+    def state_of(self, sub: Subscription) -> SubscriptionState:
+        """``active`` once the venue acknowledged every topic, ``refused`` if it refused one."""
+        replies = self._replies([sub]).values()
+        if any(r.error is not None for r in replies):
+            return "refused"
+        return "active" if all(r.done.is_set() for r in replies) else "pending"
+
+    async def _await_ready(self, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            await self.ready.wait()
+        if not self.ready.is_set():
+            raise NoAnswer(
+                f"{self.venue_id}: the instrument list from {self.rest_url} is still loading; try again"
+            )
+
+    async def _await_replies(self, replies: Mapping[str, Reply], deadline: float, what: str) -> None:
+        with trio.move_on_at(deadline):
+            for reply in replies.values():
+                await reply.done.wait()
+        pending = sorted(name for name, reply in replies.items() if not reply.done.is_set())
+        if pending:
+            last = f" (last error: {self.status.last_error})" if self.status.last_error else ""
+            raise NoAnswer(
+                f"{self.venue_id}: no answer from the exchange to {what} {', '.join(pending)} "
+                f"in time{last}",
+                pending,
+            )
+
+    async def subscribe_confirmed(
+        self, symbol: str, channels: Iterable[Channel], deadline: float
+    ) -> list[Subscription]:
+        """Subscribe and wait until the venue acknowledged every topic; the new subscriptions.
+
+        Idempotent: subscriptions that exist already are awaited the same way. A refusal rolls
+        the refused subscriptions back and raises VenueRefused with the venue's reason; no answer
+        by ``deadline`` (trio clock) raises NoAnswer, and the subscription stays, retried on
+        every reconnect; an unsubscribe of the symbol meanwhile raises Superseded. Waits for the
+        instrument list first, then raises UnknownSymbol for a symbol it lacks (without marking
+        the venue's status: the caller is told).
+        """
+        await self._await_ready(deadline)
+        symbol = self.check(symbol)
+        channels = list(dict.fromkeys(channels))
+        added = self.subscribe(symbol, channels)
+        subs = [Subscription(symbol, c) for c in channels]
+        replies = self._replies(subs)
+        await self._await_replies(replies, deadline, "the subscription of")
+        refused = {name: r.error for name, r in replies.items() if r.error is not None}
+        if refused:
+            topics = {sub: self._subscriptions.get(sub, []) for sub in subs}
+            rollback = [sub.channel for sub in subs if any(t.name in refused for t in topics[sub])]
+            if rollback:
+                self._unsubscribe(symbol, rollback)
+            for name in refused:
+                self.status.subscription_errors.pop(name, None)
+            reasons = "; ".join(f"{name}: {error}" for name, error in sorted(refused.items()))
+            raise VenueRefused(f"{self.venue_id} refused {symbol}: {reasons}")
+        if any(r.withdrawn for r in replies.values()):
+            # nothing to roll back: the unsubscribe removed it (or a later subscribe owns it now)
+            raise Superseded(
+                f"{self.venue_id}: {symbol} was unsubscribed while the subscribe was pending; "
+                "nothing was refused"
+            )
+        return added
+
+    async def unsubscribe_confirmed(
+        self, symbol: str, channels: Iterable[Channel] | None, deadline: float
+    ) -> list[Subscription]:
+        """Unsubscribe (every channel of ``symbol`` when ``channels`` is None) and wait until the
+        venue confirmed; NotSubscribed when nothing was, NoAnswer when no answer came in time
+        (the stream is gone from our side all the same)."""
+        symbol = self.normalize(symbol)
+        wanted = self.channels_of(symbol) if channels is None else list(channels)
+        if not wanted:
+            raise NotSubscribed(f"{self.venue_id}: {symbol} is not subscribed")
+        removed, replies = self._unsubscribe(symbol, wanted)
+        await self._await_replies(replies, deadline, "the unsubscription of")
+        return removed
+
+    def _place(self, topic: Topic) -> None:
+        """Carry ``topic`` on the first connection of its route with room for it, by the venue's
+        topic count and, if it states one, its character budget; else on a new connection."""
+        self._refs[topic] += 1
+        if topic in self._owner:
+            return
+        shards = self._runners.setdefault(topic.route, [])
+        limit = self.venue.max_streams_per_connection
+        budget = self.venue.max_chars_per_connection
+        cost = topic_chars(topic.name)
+        chars = self._chars
+        runner = next(
+            (
+                r for r in shards
+                if len(r.topics) < limit and (budget is None or chars[r] + cost <= budget)
+            ),
+            None,
+        )
+        if runner is None:
+            runner = self._start_runner(topic.route)
+            shards.append(runner)
+        runner.add_topics([topic.name])
+        chars[runner] += cost
+        self._owner[topic] = runner
+
+    def _displace(self, topic: Topic) -> Reply | None:
+        """Release ``topic``; the venue's answer to its unsubscribe, if one was sent and matters.
+
+        A connection left without topics is closed instead, which needs no answer.
+        """
+        self._refs[topic] -= 1
+        if self._refs[topic] > 0:
+            return None
+        del self._refs[topic]
+        runner = self._owner.pop(topic, None)
+        if runner is None:
+            return None
+        runner.remove_topics([topic.name])
+        self._chars[runner] -= topic_chars(topic.name)
+        if not runner.topics:
+            self._runners[topic.route].remove(runner)
+            del self._chars[runner]
+            self._scopes.pop(runner).cancel()
+            self.status.connections.pop(runner.name, None)
+            return None
+        return runner.replies.get(topic.name)
+
+    def _start_runner(self, route: str) -> ConnectionRunner:
+        if self._nursery is None:
+            raise RuntimeError("the venue supervisor is not running")
+        index = self._shard_count[route] = self._shard_count.get(route, 0) + 1
+        name = f"{self.venue_id}/{route or 'stream'}#{index}"
+        url = self.venue.url(route, self.base_url)
+        runner = ConnectionRunner(
+            venue=self.venue,
+            url=url,
+            name=name,
+            topics=(),
+            settings=self.settings,
+            status=self.status,
+            records=self._records,
+            validator=self._validator,
+            open_transport=self._open,
+            send_limiter=self._shared_limiter(url),
+            rotate_after=self.rotate_after,
+            rotate_offset=self._rotate_offset(sum(self._shard_count.values())),
+            symbols=lambda: self._symbols_on(runner),
+            gate=self._gate(url),
+        )
+        scope = trio.CancelScope()
+        self._scopes[runner] = scope
+        self._chars[runner] = 1  # the opening bracket; each topic adds its closing separator
+        self._nursery.start_soon(self._supervise, runner, scope, name=name)
+        return runner
+
+    def _rotate_offset(self, number: int) -> float:
+        """Shards rotate one after another, not all at once: the ``number``-th connection of the
+        venue rotates a little later than the one before (a minute apart at Binance's 23.5 h,
+        wrapping within 20 minutes, so every one still comes before the venue's 24 h cut)."""
+        lifetime = self.rotate_after
+        if lifetime is None:
+            return 0.0
+        spacing = min(60.0, lifetime / 16)
+        return ((number - 1) * spacing) % min(lifetime / 2, 1200.0)
+
+    def _symbols_on(self, runner: ConnectionRunner) -> list[str]:
+        """The symbols with a stream on ``runner`` (for its disconnect and reconnect events)."""
+        return sorted({
+            sub.symbol
+            for sub, topics in self._subscriptions.items()
+            if any(self._owner.get(topic) is runner for topic in topics)
+        })
+
+    def _shared_limiter(self, url: str) -> SlidingWindowLimiter | None:
+        """The send budget a connection to ``url`` shares with the venue's others to its host, when
+        the venue counts messages per address; None when it counts per connection."""
+        if self.venue.message_limit_scope != "address":
+            return None
+        host = urlsplit(url).hostname or url
+        limiter = self._limiters.get(host)
+        if limiter is None:
+            limiter = self._limiters[host] = send_limiter(self.venue, shared=True)
+        return limiter
+
+    def _gate(self, url: str) -> Gate:
+        """The handshake gate of a connection to ``url``, whose host the status then shows."""
+        gate = self._gates.gate(url, self.venue_id, self.venue.connect_limit, self.status.handshakes)
+        self.status.hosts[gate.host.host] = gate.host
+        return gate
+
+    @staticmethod
+    async def _supervise(runner: ConnectionRunner, scope: trio.CancelScope) -> None:
+        with scope:
+            await runner.run()

@@ -1,0 +1,1 @@
+"""Running as a daemon: signals, systemd notification, logs."""

@@ -1,1 +1,0 @@
-"""Consumers the hub fans records out to (the Unix-socket publisher; callbacks live in the hub)."""

@@ -1,0 +1,1 @@
+"""The wire: WebSocket frames, TLS records, the upgrade, and the transport seam."""
