@@ -13,7 +13,6 @@ involved, and roll a refused subscription back.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 from urllib.parse import urlsplit
@@ -22,9 +21,10 @@ import trio
 
 from feedd.config import ExchangeConfig
 from feedd.errors import quoted
-from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue, topic_chars
+from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue
 from feedd.feed.gates import Gate, HandshakeGates
 from feedd.feed.instruments import Instruments, load_instruments
+from feedd.feed.placement import Placement
 from feedd.feed.ratelimit import SlidingWindowLimiter
 from feedd.feed.runner import ConnectionRunner, Reply, RunnerSettings, send_limiter
 from feedd.feed.status import VenueStatus
@@ -100,14 +100,11 @@ class VenueSupervisor:
         self._subscriptions: dict[Subscription, list[Topic]] = {}
         self._symbols: set[str] = set()
         self._validator = Validator(self._symbols)
-        self._runners: dict[str, list[ConnectionRunner]] = {}
+        #: which connection carries which topic (channels of one exchange may share a topic)
+        self.placement: Placement[ConnectionRunner] = Placement(
+            venue.max_streams_per_connection, venue.max_chars_per_connection
+        )
         self._scopes: dict[ConnectionRunner, trio.CancelScope] = {}
-        self._owner: dict[Topic, ConnectionRunner] = {}
-        #: each connection's topics as the venue's character budget counts them (compact JSON)
-        self._chars: dict[ConnectionRunner, int] = {}
-        #: subscriptions using each wire topic: channels of one exchange may share a topic, and
-        #: the topic leaves the wire only when the last of them is unsubscribed
-        self._refs: Counter[Topic] = Counter()
         self._nursery: trio.Nursery | None = None
         self._shard_count: dict[str, int] = {}
         #: per host, the send budget its connections share (venues that limit per address)
@@ -172,7 +169,7 @@ class VenueSupervisor:
 
     def runners(self) -> list[ConnectionRunner]:
         """The venue's connections (shards) now."""
-        return [runner for shards in self._runners.values() for runner in shards]
+        return list(self.placement.carriers())
 
     def subscriptions(self) -> list[Subscription]:
         return sorted(self._subscriptions, key=lambda s: (s.symbol, s.channel))
@@ -287,7 +284,7 @@ class VenueSupervisor:
         replies = {}
         for sub in subs:
             for topic in self._subscriptions.get(sub, ()):
-                runner = self._owner.get(topic)
+                runner = self.placement.owner(topic)
                 reply = runner.replies.get(topic.name) if runner is not None else None
                 if reply is not None:
                     replies[topic.name] = reply
@@ -375,45 +372,21 @@ class VenueSupervisor:
     def _place(self, topic: Topic) -> None:
         """Carry ``topic`` on the first connection of its route with room for it, by the venue's
         topic count and, if it states one, its character budget; else on a new connection."""
-        self._refs[topic] += 1
-        if topic in self._owner:
-            return
-        shards = self._runners.setdefault(topic.route, [])
-        limit = self.venue.max_streams_per_connection
-        budget = self.venue.max_chars_per_connection
-        cost = topic_chars(topic.name)
-        chars = self._chars
-        runner = next(
-            (
-                r for r in shards
-                if len(r.topics) < limit and (budget is None or chars[r] + cost <= budget)
-            ),
-            None,
-        )
-        if runner is None:
-            runner = self._start_runner(topic.route)
-            shards.append(runner)
-        runner.add_topics([topic.name])
-        chars[runner] += cost
-        self._owner[topic] = runner
+        runner = self.placement.place(topic, self._start_runner)
+        if runner is not None:
+            runner.add_topics([topic.name])
 
     def _displace(self, topic: Topic) -> Reply | None:
         """Release ``topic``; the venue's answer to its unsubscribe, if one was sent and matters.
 
         A connection left without topics is closed instead, which needs no answer.
         """
-        self._refs[topic] -= 1
-        if self._refs[topic] > 0:
+        released = self.placement.release(topic)
+        if released is None:
             return None
-        del self._refs[topic]
-        runner = self._owner.pop(topic, None)
-        if runner is None:
-            return None
+        runner = released.carrier
         runner.remove_topics([topic.name])
-        self._chars[runner] -= topic_chars(topic.name)
-        if not runner.topics:
-            self._runners[topic.route].remove(runner)
-            del self._chars[runner]
+        if released.close:
             self._scopes.pop(runner).cancel()
             self.status.connections.pop(runner.name, None)
             return None
@@ -443,7 +416,6 @@ class VenueSupervisor:
         )
         scope = trio.CancelScope()
         self._scopes[runner] = scope
-        self._chars[runner] = 1  # the opening bracket; each topic adds its closing separator
         self._nursery.start_soon(self._supervise, runner, scope, name=name)
         return runner
 
@@ -462,7 +434,7 @@ class VenueSupervisor:
         return sorted({
             sub.symbol
             for sub, topics in self._subscriptions.items()
-            if any(self._owner.get(topic) is runner for topic in topics)
+            if any(self.placement.owner(topic) is runner for topic in topics)
         })
 
     def _shared_limiter(self, url: str) -> SlidingWindowLimiter | None:

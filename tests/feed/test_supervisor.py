@@ -57,7 +57,7 @@ async def test_a_topic_shared_by_two_subscriptions_stays_until_the_last_one_goes
     async with trio.open_nursery() as nursery:
         await nursery.start(supervisor.run)
         supervisor.subscribe("BTCUSDT", ["trades", "ticker"])
-        [runner] = supervisor._runners[""]
+        [runner] = supervisor.placement.shards("")
         assert runner.topics == {"btcusdt@trade", "btcusdt@ticker"}
         supervisor.unsubscribe("BTCUSDT", ["trades"])
         assert runner.topics == {"btcusdt@trade", "btcusdt@ticker"}  # the ticker still needs it
@@ -65,7 +65,7 @@ async def test_a_topic_shared_by_two_subscriptions_stays_until_the_last_one_goes
         supervisor.unsubscribe("BTCUSDT", ["ticker"])
         assert runner.topics == {"btcusdt@trade"}
         supervisor.unsubscribe("BTCUSDT", ["trades"])
-        assert supervisor._runners[""] == []  # the last topic gone: the connection is closed
+        assert supervisor.placement.shards("") == []  # the last topic gone: the connection is closed
         nursery.cancel_scope.cancel()
 
 
@@ -94,7 +94,7 @@ async def test_a_connection_takes_topics_until_its_character_budget_is_spent() -
         for symbol in ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT", "EEEUSDT"):
             supervisor.subscribe(symbol, ["trades"])  # "aaausdt@trade": 15 characters quoted
         # ["aaausdt@trade","bbbusdt@trade","cccusdt@trade"] is 49; a fourth would make it 65
-        shards = supervisor._runners[""]
+        shards = supervisor.placement.shards("")
         assert [sorted(r.topics) for r in shards] == [
             ["aaausdt@trade", "bbbusdt@trade", "cccusdt@trade"],
             ["dddusdt@trade", "eeeusdt@trade"],
