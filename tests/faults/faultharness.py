@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from feedd import WebSocketService
 from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
-from feedd.sim.core import SimServer
+from feedd.sim.server import SimServer
 
 VENUES = ("binance", "bybit", "coinbase")
 SYMBOLS = {
