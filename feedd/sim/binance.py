@@ -11,6 +11,7 @@ and timestamps, and with prices scaled per symbol (:mod:`feedd.sim.market`).
 
 from __future__ import annotations
 
+import argparse
 import re
 import ssl
 import time
@@ -28,6 +29,7 @@ from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection, 
 from feedd.sim.replay import Recording, load_recording, play
 from feedd.sim.rest import HttpRequest, HttpResponse
 from feedd.sim.server import SimServer
+from feedd.sim.spec import SimSpec, symbol_list
 
 DEFAULT_SYMBOLS: Final = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
 #: listed in exchangeInfo with status "BREAK" (not trading), so clients can test rejecting it
@@ -637,3 +639,40 @@ class BinanceSimulator(SimServer[BinanceConnection]):
                 entry["contractType"] = "PERPETUAL"
             symbols.append(entry)
         return {"timezone": "UTC", "serverTime": _now_ms(), "symbols": symbols}
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--futures", action="store_true", help="serve USD-M futures routes")
+    parser.add_argument(
+        "--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma-separated symbols with data"
+    )
+    parser.add_argument("--flood", action="store_true", help="send trades as fast as possible")
+
+
+def _from_args(args: argparse.Namespace) -> BinanceSimulator:
+    return BinanceSimulator(
+        futures=args.futures, symbols=symbol_list(args.symbols), speed=args.speed, flood=args.flood
+    )
+
+
+#: what the tools need to run this simulator (found by :func:`feedd.sim.registry`)
+SIMULATOR: Final = SimSpec(
+    name="binance",
+    help="Binance spot, or USD-M futures with --futures",
+    groups=(("binance",), ("binance-usdm",)),
+    make=lambda venue_ids, speed: BinanceSimulator(futures=venue_ids == ("binance-usdm",), speed=speed),
+    symbols={"binance": ("BTCUSDT", "ETHUSDT"), "binance-usdm": ("BTCUSDT",)},
+    spare="SOLUSDT",
+    speed=0.1,  # the recorded tape is dense
+    add_arguments=_add_arguments,
+    from_args=_from_args,
+)
+
+__all__ = [
+    "BREAK_SYMBOL",
+    "SIMULATOR",
+    "BinanceConnection",
+    "BinanceSimulator",
+    "ControlRequest",
+    "parse_control",
+]

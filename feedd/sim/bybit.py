@@ -18,6 +18,7 @@ topic fails the whole request, and nothing in it is subscribed.
 
 from __future__ import annotations
 
+import argparse
 import secrets
 import ssl
 import string
@@ -36,6 +37,7 @@ from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection, 
 from feedd.sim.replay import Recording, play
 from feedd.sim.rest import HttpRequest, HttpResponse
 from feedd.sim.server import SimServer
+from feedd.sim.spec import SimSpec, symbol_list
 
 CATEGORIES: Final = ("spot", "linear", "inverse")
 DEFAULT_SYMBOLS: Final = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT")
@@ -493,3 +495,46 @@ def _contract_instrument(
         "preListingInfo": None,
         "symbolType": "",
     }
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--category", choices=CATEGORIES, default="spot", help="market of ws_url")
+    parser.add_argument(
+        "--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma-separated spot and linear symbols"
+    )
+    parser.add_argument(
+        "--inverse-symbols", default=",".join(DEFAULT_INVERSE_SYMBOLS), help="comma-separated inverse symbols"
+    )
+
+
+def _from_args(args: argparse.Namespace) -> BybitSimulator:
+    return BybitSimulator(
+        category=args.category,
+        symbols=symbol_list(args.symbols),
+        inverse_symbols=symbol_list(args.inverse_symbols),
+        speed=args.speed,
+    )
+
+
+#: the category of each venue id (one simulator serves the three endpoints)
+_CATEGORY_OF: Final = {"bybit": "spot", "bybit-linear": "linear", "bybit-inverse": "inverse"}
+
+#: what the tools need to run this simulator (found by :func:`feedd.sim.registry`)
+SIMULATOR: Final = SimSpec(
+    name="bybit",
+    help="Bybit v5 public spot, linear and inverse streams",
+    groups=(tuple(_CATEGORY_OF),),
+    make=lambda venue_ids, speed: BybitSimulator(speed=speed),
+    symbols={
+        "bybit": ("BTCUSDT", "ETHUSDT"),
+        "bybit-linear": ("BTCUSDT", "ETHUSDT"),
+        "bybit-inverse": ("BTCUSD",),
+    },
+    spare="SOLUSDT",
+    speed=5.0,  # the recorded tape is sparse
+    url=lambda sim, venue_id: sim.endpoint(_CATEGORY_OF[venue_id]),
+    add_arguments=_add_arguments,
+    from_args=_from_args,
+)
+
+__all__ = ["SIMULATOR", "BybitConnection", "BybitProtocol", "BybitSimulator"]

@@ -27,6 +27,7 @@ it through :mod:`feedd.sim.server` with data from :mod:`feedd.sim.coinbase_marke
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import re
@@ -44,6 +45,7 @@ from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection
 from feedd.sim.replay import play
 from feedd.sim.rest import HttpRequest, HttpResponse
 from feedd.sim.server import SimServer
+from feedd.sim.spec import SimSpec, symbol_list
 
 DEFAULT_PRODUCTS: Final = ("BTC-USD", "ETH-USD")
 #: [at-ov] "you must send a subscribe message within 5 seconds or you are disconnected"
@@ -521,3 +523,35 @@ def _product(market: CoinbaseMarket, *, delisted: bool) -> dict[str, Any]:
 
 def _fixed2(value: float) -> str:
     return f"{value:.2f}"
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--products", default=",".join(DEFAULT_PRODUCTS), help="comma-separated products with data"
+    )
+    parser.add_argument(
+        "--quiet-products", default="", help="comma-separated products that exist but never trade"
+    )
+
+
+def _from_args(args: argparse.Namespace) -> CoinbaseSimulator:
+    return CoinbaseSimulator(
+        products=symbol_list(args.products), quiet_products=symbol_list(args.quiet_products), speed=args.speed
+    )
+
+
+_SPARE: Final = "SOL-USD"
+
+#: what the tools need to run this simulator (found by :func:`feedd.sim.registry`)
+SIMULATOR: Final = SimSpec(
+    name="coinbase",
+    help="Coinbase Advanced Trade market data",
+    groups=(("coinbase",),),
+    make=lambda venue_ids, speed: CoinbaseSimulator(speed=speed, products=(*DEFAULT_PRODUCTS, _SPARE)),
+    symbols={"coinbase": DEFAULT_PRODUCTS},
+    spare=_SPARE,
+    add_arguments=_add_arguments,
+    from_args=_from_args,
+)
+
+__all__ = ["SIMULATOR", "CoinbaseConnection", "CoinbaseProtocol", "CoinbaseSimulator"]
