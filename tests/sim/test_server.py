@@ -1,4 +1,4 @@
-"""The simulator core serves any pure protocol: replies before data, idle cuts, the flood seam.
+"""The simulator server serves any pure protocol: replies before data, idle cuts, the flood seam.
 
 A toy venue stands in for an exchange: ``sub <channel>`` is acked with ``ok <channel>`` and
 starts the channel, whose first frame (a snapshot) the server sends on start; ``ping`` is an
