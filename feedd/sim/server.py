@@ -108,7 +108,6 @@ class SimServer(Generic[C]):
         #: recent message times per client address, shared by its connections (per-IP limits)
         self._recent_by_address: dict[str, deque[float]] = {}
 
-
         #: handshakes seen, including refused and rejected ones
         self.connection_attempts = 0
         self.connections_accepted = 0
@@ -376,7 +375,6 @@ class SimServer(Generic[C]):
             self._forget(conn)
             await session.finish()
 
-
     async def _reject(self, request: WebSocketRequest, reject: Reject) -> None:
         try:
             await request.reject(
@@ -386,7 +384,6 @@ class SimServer(Generic[C]):
             )
         except ConnectionClosed:
             log.debug("client left before the %d rejection was sent", reject.status)
-
 
     def _forget(self, conn: C) -> None:
         if conn in self._live:
