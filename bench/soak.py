@@ -40,8 +40,8 @@ import trio
 from feedd import WebSocketService
 from feedd.config import load_config
 from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
-from feedd.sim.core import SimServer
 from feedd.sim.faults import FAULTS, Fault, FaultSchedule, supports
+from feedd.sim.server import SimServer
 
 SYMBOLS = {
     "binance": ("BTCUSDT", "ETHUSDT"),

@@ -4,13 +4,14 @@ Speaks the real wire protocol (protocols/README.md §2): combined and raw stream
 ``SUBSCRIBE`` family of control requests with Binance's ack and error replies, server-sent ping
 frames with a pong deadline, the per-connection message rate limit, and the futures route split.
 :class:`BinanceProtocol` is that protocol as a pure object; :class:`BinanceSimulator` serves it
-through :mod:`feedd.sim.core` and feeds it the bundled recording of BTCUSDT trades, aggregate
+through :mod:`feedd.sim.server` and feeds it the bundled recording of BTCUSDT trades, aggregate
 trades and book tickers (:mod:`feedd.sim.replay`), replayed at the recorded pace with fresh ids
 and timestamps, and with prices scaled per symbol (:mod:`feedd.sim.market`).
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import ssl
 import time
@@ -23,10 +24,12 @@ import attrs
 import orjson
 import trio
 
-from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimServer, status_phrase
 from feedd.sim.market import Market, price_factor, quote_asset
+from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection, status_phrase
 from feedd.sim.replay import Recording, load_recording, play
 from feedd.sim.rest import HttpRequest, HttpResponse
+from feedd.sim.server import SimServer
+from feedd.sim.spec import SimSpec, symbol_list
 
 DEFAULT_SYMBOLS: Final = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
 #: listed in exchangeInfo with status "BREAK" (not trading), so clients can test rejecting it
@@ -218,30 +221,30 @@ class BinanceProtocol:
                 return route, False, names
         return None
 
-    def receive(self, conn: BinanceConnection, text: str) -> Reply:
+    def receive(self, conn: BinanceConnection, text: str) -> Answer:
         request = parse_control(text)
         if not isinstance(request, ControlRequest):
-            return Reply(frames=(_dumps(request),))
+            return Answer(frames=(_dumps(request),))
         method, params, rid = request.method, request.params, request.id
         if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
             if not all(isinstance(p, str) for p in params):
-                return Reply(frames=(_dumps(_error(2, "Invalid request: property name must be a string")),))
+                return Answer(frames=(_dumps(_error(2, "Invalid request: property name must be a string")),))
             ok = _dumps({"result": None, "id": rid})
             if method == "UNSUBSCRIBE":
                 held = [name for name in params if name in conn.topics]
                 for name in held:
                     del conn.topics[name]
-                return Reply(frames=(ok,), stop=tuple(held))
+                return Answer(frames=(ok,), stop=tuple(held))
             if self.swallow_subscribes:
-                return Reply()
+                return Answer()
             new = [name for name in dict.fromkeys(params) if name not in conn.topics]
             problem = _check_streams(new, len(conn.topics))
             if problem is None and any(name.partition("@")[0].upper() in self.refused for name in new):
                 problem = "Invalid request: invalid stream"  # the observed wording (see _STREAM_NAME)
             if problem is not None:
-                return Reply(frames=(_dumps(_error(2, problem, rid, with_id=True)),))
-            return Reply(frames=(ok,), start=self._subscribe(conn, new))
-        return Reply(frames=(_dumps(self._property(conn, request)),))
+                return Answer(frames=(_dumps(_error(2, problem, rid, with_id=True)),))
+            return Answer(frames=(ok,), start=self._subscribe(conn, new))
+        return Answer(frames=(_dumps(self._property(conn, request)),))
 
     def _subscribe(self, conn: BinanceConnection, names: Iterable[str]) -> tuple[str, ...]:
         """Record ``names`` on ``conn``; the deliverable ones among them."""
@@ -412,7 +415,7 @@ class BinanceSimulator(SimServer[BinanceConnection]):
         ``close_after`` seconds later. New connections are accepted meanwhile, as a client
         reconnecting make-before-break would reach another server."""
         raw = _dumps({"e": "serverShutdown", "E": _now_ms()})
-        nursery = self._require_nursery()
+        nursery = self.nursery
         for conn in self._live:
             conn.offer(conn.frame("!serverShutdown", raw))
             nursery.start_soon(self._close_later, conn, close_after)
@@ -636,3 +639,40 @@ class BinanceSimulator(SimServer[BinanceConnection]):
                 entry["contractType"] = "PERPETUAL"
             symbols.append(entry)
         return {"timezone": "UTC", "serverTime": _now_ms(), "symbols": symbols}
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--futures", action="store_true", help="serve USD-M futures routes")
+    parser.add_argument(
+        "--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma-separated symbols with data"
+    )
+    parser.add_argument("--flood", action="store_true", help="send trades as fast as possible")
+
+
+def _from_args(args: argparse.Namespace) -> BinanceSimulator:
+    return BinanceSimulator(
+        futures=args.futures, symbols=symbol_list(args.symbols), speed=args.speed, flood=args.flood
+    )
+
+
+#: what the tools need to run this simulator (found by :func:`feedd.sim.registry`)
+SIMULATOR: Final = SimSpec(
+    name="binance",
+    help="Binance spot, or USD-M futures with --futures",
+    groups=(("binance",), ("binance-usdm",)),
+    make=lambda venue_ids, speed: BinanceSimulator(futures=venue_ids == ("binance-usdm",), speed=speed),
+    symbols={"binance": ("BTCUSDT", "ETHUSDT"), "binance-usdm": ("BTCUSDT",)},
+    spare="SOLUSDT",
+    speed=0.1,  # the recorded tape is dense
+    add_arguments=_add_arguments,
+    from_args=_from_args,
+)
+
+__all__ = [
+    "BREAK_SYMBOL",
+    "SIMULATOR",
+    "BinanceConnection",
+    "BinanceSimulator",
+    "ControlRequest",
+    "parse_control",
+]

@@ -6,7 +6,7 @@ answered in each market's own shape, with ``conn_id`` and the ``req_id`` echoed;
 JSON ``ping`` answered with the market's pong; the connection cut after 10 minutes without a
 ping or a data frame; at most 10 args per spot request and 21,000 characters of args per
 connection. :class:`BybitProtocol` is that protocol as a pure object; :class:`BybitSimulator`
-serves it through :mod:`feedd.sim.core` with market data from :mod:`feedd.sim.bybit_market`.
+serves it through :mod:`feedd.sim.server` with market data from :mod:`feedd.sim.bybit_market`.
 
 Failure replies are undocumented; their wording is the one client code and live probes record
 (``[3p]``): an unknown topic, or a derivatives symbol that does not exist, is
@@ -18,6 +18,7 @@ topic fails the whole request, and nothing in it is subscribed.
 
 from __future__ import annotations
 
+import argparse
 import secrets
 import ssl
 import string
@@ -31,10 +32,12 @@ import orjson
 import trio
 
 from feedd.sim.bybit_market import BybitMarket
-from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimServer, status_phrase
 from feedd.sim.market import quote_asset
+from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection, status_phrase
 from feedd.sim.replay import Recording, play
 from feedd.sim.rest import HttpRequest, HttpResponse
+from feedd.sim.server import SimServer
+from feedd.sim.spec import SimSpec, symbol_list
 
 CATEGORIES: Final = ("spot", "linear", "inverse")
 DEFAULT_SYMBOLS: Final = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT")
@@ -127,7 +130,7 @@ class BybitProtocol:
             return Reject(404, {"retCode": 404, "retMsg": f"Not found: {path}"})
         return Accept(BybitConnection(path, category, _new_conn_id()))
 
-    def receive(self, conn: BybitConnection, text: str) -> Reply:
+    def receive(self, conn: BybitConnection, text: str) -> Answer:
         try:
             request = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
@@ -140,8 +143,8 @@ class BybitProtocol:
         op = request.get("op")
         if op == "ping":
             if self.silent_pongs:
-                return Reply(ping=True)
-            return Reply(frames=(self._reply(conn, "ping", True, "pong", req_id),), ping=True)
+                return Answer(ping=True)
+            return Answer(frames=(self._reply(conn, "ping", True, "pong", req_id),), ping=True)
         if op not in ("subscribe", "unsubscribe"):
             shown = op if isinstance(op, str) else ""
             return self._fail(conn, shown, "error:invalid op", req_id)  # [3p, unverified]
@@ -154,16 +157,16 @@ class BybitProtocol:
             for topic in held:
                 del conn.topics[topic]
             ok = self._reply(conn, op, True, self._ok_message(conn, op), req_id)
-            return Reply(frames=(ok,), stop=self._channels(conn, held))
+            return Answer(frames=(ok,), stop=self._channels(conn, held))
         if self.swallow_subscribes:
-            return Reply()
+            return Answer()
         problem = self._check(conn, args, topics)
         if problem is not None:
             return self._fail(conn, op, problem, req_id)
         for topic in topics:
             conn.topics[topic] = None
         ok = self._reply(conn, op, True, self._ok_message(conn, op), req_id)
-        return Reply(frames=(ok,), start=self._channels(conn, topics))
+        return Answer(frames=(ok,), start=self._channels(conn, topics))
 
     def _check(self, conn: BybitConnection, args: list[str], topics: list[str]) -> str | None:
         """Why the subscribe request is refused, if it is (the first reason found)."""
@@ -210,8 +213,8 @@ class BybitProtocol:
         body["op"] = op
         return orjson.dumps(body).decode()
 
-    def _fail(self, conn: BybitConnection, op: str, message: str, req_id: str | None) -> Reply:
-        return Reply(frames=(self._reply(conn, op, False, message, req_id),))
+    def _fail(self, conn: BybitConnection, op: str, message: str, req_id: str | None) -> Answer:
+        return Answer(frames=(self._reply(conn, op, False, message, req_id),))
 
 
 class BybitSimulator(SimServer[BybitConnection]):
@@ -492,3 +495,46 @@ def _contract_instrument(
         "preListingInfo": None,
         "symbolType": "",
     }
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--category", choices=CATEGORIES, default="spot", help="market of ws_url")
+    parser.add_argument(
+        "--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma-separated spot and linear symbols"
+    )
+    parser.add_argument(
+        "--inverse-symbols", default=",".join(DEFAULT_INVERSE_SYMBOLS), help="comma-separated inverse symbols"
+    )
+
+
+def _from_args(args: argparse.Namespace) -> BybitSimulator:
+    return BybitSimulator(
+        category=args.category,
+        symbols=symbol_list(args.symbols),
+        inverse_symbols=symbol_list(args.inverse_symbols),
+        speed=args.speed,
+    )
+
+
+#: the category of each venue id (one simulator serves the three endpoints)
+_CATEGORY_OF: Final = {"bybit": "spot", "bybit-linear": "linear", "bybit-inverse": "inverse"}
+
+#: what the tools need to run this simulator (found by :func:`feedd.sim.registry`)
+SIMULATOR: Final = SimSpec(
+    name="bybit",
+    help="Bybit v5 public spot, linear and inverse streams",
+    groups=(tuple(_CATEGORY_OF),),
+    make=lambda venue_ids, speed: BybitSimulator(speed=speed),
+    symbols={
+        "bybit": ("BTCUSDT", "ETHUSDT"),
+        "bybit-linear": ("BTCUSDT", "ETHUSDT"),
+        "bybit-inverse": ("BTCUSD",),
+    },
+    spare="SOLUSDT",
+    speed=5.0,  # the recorded tape is sparse
+    url=lambda sim, venue_id: sim.endpoint(_CATEGORY_OF[venue_id]),
+    add_arguments=_add_arguments,
+    from_args=_from_args,
+)
+
+__all__ = ["SIMULATOR", "BybitConnection", "BybitProtocol", "BybitSimulator"]

@@ -22,11 +22,12 @@ Exchange and Prime docs' and what clients record from Advanced Trade for a priva
 (``"authentication failure"``, [3p]); every other wording is [unverified]. ``candles``,
 ``level2``, ``status`` and ``ticker_batch`` are acknowledged but carry no data here.
 :class:`CoinbaseProtocol` is that protocol as a pure object; :class:`CoinbaseSimulator` serves
-it through :mod:`feedd.sim.core` with data from :mod:`feedd.sim.coinbase_market`.
+it through :mod:`feedd.sim.server` with data from :mod:`feedd.sim.coinbase_market`.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import re
@@ -40,9 +41,11 @@ import orjson
 import trio
 
 from feedd.sim.coinbase_market import CoinbaseMarket, go_time, rfc3339, source_of
-from feedd.sim.core import Accept, Liveness, Reject, Reply, SimConnection, SimServer
+from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection
 from feedd.sim.replay import play
 from feedd.sim.rest import HttpRequest, HttpResponse
+from feedd.sim.server import SimServer
+from feedd.sim.spec import SimSpec, symbol_list
 
 DEFAULT_PRODUCTS: Final = ("BTC-USD", "ETH-USD")
 #: [at-ov] "you must send a subscribe message within 5 seconds or you are disconnected"
@@ -156,7 +159,7 @@ class CoinbaseProtocol:
             return Reject(404, {"error": "NOT_FOUND", "message": f"Not found: {path}"})
         return Accept(CoinbaseConnection(path or "/"))
 
-    def receive(self, conn: CoinbaseConnection, text: str) -> Reply:
+    def receive(self, conn: CoinbaseConnection, text: str) -> Answer:
         try:
             request = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -183,9 +186,9 @@ class CoinbaseProtocol:
             return self._unsubscribe(conn, channel, products)
         return self._subscribe(conn, channel, products)
 
-    def _subscribe(self, conn: CoinbaseConnection, channel: str, products: list[str] | None) -> Reply:
+    def _subscribe(self, conn: CoinbaseConnection, channel: str, products: list[str] | None) -> Answer:
         if self.swallow_subscribes:
-            return Reply()
+            return Answer()
         if channel == HEARTBEATS:
             topics = [HEARTBEATS]  # product_ids, if any, are ignored (recorded)
         else:
@@ -205,9 +208,9 @@ class CoinbaseProtocol:
                 frames.append(message(channel, stamp, events, client_id=self.client_id))
         frames.append(self._listing(conn, stamp))
         start = tuple(t for t in new if channel == HEARTBEATS or channel in DATA_CHANNELS)
-        return Reply(frames=tuple(frames), start=start, queued=True)
+        return Answer(frames=tuple(frames), start=start, queued=True)
 
-    def _unsubscribe(self, conn: CoinbaseConnection, channel: str, products: list[str] | None) -> Reply:
+    def _unsubscribe(self, conn: CoinbaseConnection, channel: str, products: list[str] | None) -> Answer:
         # [at-ov] no product_ids: the whole channel. Products not held are ignored.
         if channel == HEARTBEATS or products is None:
             gone = [t for t in conn.topics if t.partition(":")[0] == channel]
@@ -216,15 +219,15 @@ class CoinbaseProtocol:
         for topic in gone:
             del conn.topics[topic]
         stop = tuple(t for t in gone if channel == HEARTBEATS or channel in DATA_CHANNELS)
-        return Reply(frames=(self._listing(conn, rfc3339(self._now_ns())),), stop=stop, queued=True)
+        return Answer(frames=(self._listing(conn, rfc3339(self._now_ns())),), stop=stop, queued=True)
 
     def _listing(self, conn: CoinbaseConnection, stamp: str) -> str:
         events = orjson.dumps([{"subscriptions": conn.subscriptions}]).decode()
         return message("subscriptions", stamp, events, client_id=self.client_id)
 
-    def _fail(self, text: str) -> Reply:
+    def _fail(self, text: str) -> Answer:
         self.errors_sent += 1
-        return Reply(frames=(error(text),), queued=True)
+        return Answer(frames=(error(text),), queued=True)
 
 
 class CoinbaseSimulator(SimServer[CoinbaseConnection]):
@@ -520,3 +523,35 @@ def _product(market: CoinbaseMarket, *, delisted: bool) -> dict[str, Any]:
 
 def _fixed2(value: float) -> str:
     return f"{value:.2f}"
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--products", default=",".join(DEFAULT_PRODUCTS), help="comma-separated products with data"
+    )
+    parser.add_argument(
+        "--quiet-products", default="", help="comma-separated products that exist but never trade"
+    )
+
+
+def _from_args(args: argparse.Namespace) -> CoinbaseSimulator:
+    return CoinbaseSimulator(
+        products=symbol_list(args.products), quiet_products=symbol_list(args.quiet_products), speed=args.speed
+    )
+
+
+_SPARE: Final = "SOL-USD"
+
+#: what the tools need to run this simulator (found by :func:`feedd.sim.registry`)
+SIMULATOR: Final = SimSpec(
+    name="coinbase",
+    help="Coinbase Advanced Trade market data",
+    groups=(("coinbase",),),
+    make=lambda venue_ids, speed: CoinbaseSimulator(speed=speed, products=(*DEFAULT_PRODUCTS, _SPARE)),
+    symbols={"coinbase": DEFAULT_PRODUCTS},
+    spare=_SPARE,
+    add_arguments=_add_arguments,
+    from_args=_from_args,
+)
+
+__all__ = ["SIMULATOR", "CoinbaseConnection", "CoinbaseProtocol", "CoinbaseSimulator"]

@@ -2,7 +2,7 @@
 
 A :class:`FaultSchedule` is a list of :class:`Fault` — at ``at`` seconds (on the simulator's
 clock: trio's, so a mock clock in tests), do ``kind`` with ``params`` — and :meth:`FaultSchedule.play`
-is the task that applies them. Each kind is one small action of :class:`~feedd.sim.core.SimServer`
+is the task that applies them. Each kind is one small action of :class:`~feedd.sim.server.SimServer`
 (or of one venue's simulator), listed in :data:`FAULTS` with what it does to a client:
 
 ==================  ===============================================================================
@@ -37,7 +37,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from feedd.sim.core import SimServer
+from feedd.sim.server import SimServer
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from feedd.feed.validate import Validator
 from feedd.model import MarketData
 from feedd.sim import BybitSimulator
 from feedd.sim.bybit import BybitConnection, BybitProtocol
-from feedd.sim.core import Accept
+from feedd.sim.protocol import Accept
 from feedd.sim.rest import HttpRequest, HttpResponse
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bybit"

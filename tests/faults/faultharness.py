@@ -1,5 +1,6 @@
-"""What the fault-injection tests share: the three venues' simulators, the in-process daemon
-(``WebSocketService`` with the Unix socket), and a subscriber that checks every record.
+"""What the fault-injection tests share: every venue's simulator (found by discovery: one per
+simulator module, serving its main venue id), the in-process daemon (``WebSocketService`` with
+the Unix socket), and a subscriber that checks every record.
 
 The tests run on trio's mock clock (``autojump_clock``): the simulators pace their tapes, and the
 daemon its deadlines, on the same virtual time, so a stale feed of a few seconds or a fault that
@@ -23,21 +24,20 @@ from typing import Any
 import attrs
 import orjson
 import trio
-from endtoend import load_text, short_tempdir, venue_section
+from endtoend import load_text, short_tempdir
 from prometheus_client.parser import text_string_to_metric_families
 
 from feedd import WebSocketService
-from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
-from feedd.sim.core import SimServer
+from feedd.sim import registry
+from feedd.sim.server import SimServer
+from feedd.sim.spec import SimSpec
 
-VENUES = ("binance", "bybit", "coinbase")
-SYMBOLS = {
-    "binance": ("BTCUSDT", "ETHUSDT"),
-    "bybit": ("BTCUSDT", "ETHUSDT"),
-    "coinbase": ("BTC-USD", "ETH-USD"),
-}
+#: every simulator module found, by its main venue id (the one the harness runs)
+SPECS: dict[str, SimSpec] = {spec.main: spec for spec in registry().values()}
+VENUES = tuple(SPECS)
+SYMBOLS = {venue: spec.symbols[venue] for venue, spec in SPECS.items()}
 #: a symbol each venue lists but the config does not subscribe (for live subscribes)
-SPARE = {"binance": "SOLUSDT", "bybit": "SOLUSDT", "coinbase": "SOL-USD"}
+SPARE = {venue: spec.spare for venue, spec in SPECS.items()}
 #: virtual seconds: the daemon's deadlines, short so faults are noticed quickly
 STALE_AFTER = 3.0
 #: a bound on every wait (virtual time: a hang fails at once instead of waiting)
@@ -145,25 +145,19 @@ class Feed:
 
 #: tape speeds giving each venue a few trades per symbol per second (Binance's tape is dense,
 #: Bybit's sparse): enough to see a loss, little enough to cost no wall time
-SPEEDS = {"binance": 0.1, "bybit": 5.0, "coinbase": 1.0}
+SPEEDS = {venue: spec.speed for venue, spec in SPECS.items()}
 
 
 def simulators(speeds: Mapping[str, float] = SPEEDS) -> dict[str, SimServer[Any]]:
-    """The three simulators, their tapes at ``speeds``."""
-    return {
-        "binance": BinanceSimulator(speed=speeds["binance"]),
-        "bybit": BybitSimulator(speed=speeds["bybit"]),
-        "coinbase": CoinbaseSimulator(
-            speed=speeds["coinbase"], products=(*SYMBOLS["coinbase"], SPARE["coinbase"])
-        ),
-    }
+    """A simulator per venue (its main venue id), its tape at ``speeds``."""
+    return {venue: spec.make((venue,), speeds[venue]) for venue, spec in SPECS.items()}
 
 
 def config_text(sims: dict[str, SimServer[Any]], feed: str) -> str:
     text = feed
     for venue, sim in sims.items():
         # trades only: the ids are what is checked, and every other frame costs wall time
-        text += venue_section(venue, sim.ws_url, sim.rest_url, SYMBOLS[venue], 'channels = ["trades"]')
+        text += SPECS[venue].config_section(venue, sim, SYMBOLS[venue], 'channels = ["trades"]')
     return text
 
 
@@ -180,7 +174,7 @@ async def running_feed(
     stale_after: float = STALE_AFTER,
     client_buffer: int = 10_000,
 ) -> AsyncIterator[Feed]:
-    """Three simulators (``speeds`` overriding some of :data:`SPEEDS`), the daemon in-process
+    """The simulators (``speeds`` overriding some of :data:`SPEEDS`), the daemon in-process
     with its Unix socket, one subscriber reading everything; cancelled when the block ends."""
     with workdir() as path:
         sims = simulators({**SPEEDS, **(speeds or {})})

@@ -10,8 +10,8 @@ import trio
 from faultharness import SPEEDS, SYMBOLS, VENUES, Tape, config_text, read_into, simulators, workdir
 from processes import feedd_run
 
-from feedd.sim.core import SimServer
 from feedd.sim.faults import Fault, FaultSchedule
+from feedd.sim.server import SimServer
 
 STALE_AFTER = 1.0
 TIMEOUT = 60

@@ -17,7 +17,7 @@ from feedd.exchanges.coinbase import Coinbase
 from feedd.feed.runner import RunnerSettings
 from feedd.feed.supervisor import UnsupportedSymbol, VenueSupervisor
 from feedd.sim.bybit import BybitProtocol
-from feedd.sim.core import Accept
+from feedd.sim.protocol import Accept
 from feedd.wire.transport import Transport
 
 

@@ -21,7 +21,7 @@ import trustme
 
 from feedd.exchanges.binance import BinanceSpot
 from feedd.model import Frame
-from feedd.sim.core import frame_header
+from feedd.sim.protocol import frame_header
 from feedd.wire import wsframe
 from feedd.wire.tls import Decrypted, TLSClient, TLSError
 

@@ -20,7 +20,7 @@ import trustme
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 from wsproto.events import TextMessage
 
-from feedd.sim.core import frame_header
+from feedd.sim.protocol import frame_header
 from feedd.wire import transport as transport_module
 from feedd.wire import wsframe
 from feedd.wire.transport import (

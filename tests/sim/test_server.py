@@ -1,4 +1,4 @@
-"""The simulator core serves any pure protocol: replies before data, idle cuts, the flood seam.
+"""The simulator server serves any pure protocol: replies before data, idle cuts, the flood seam.
 
 A toy venue stands in for an exchange: ``sub <channel>`` is acked with ``ok <channel>`` and
 starts the channel, whose first frame (a snapshot) the server sends on start; ``ping`` is an
@@ -18,17 +18,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, open_websocket_url
 
-from feedd.sim.core import (
-    FLOOD_ROUND,
-    INVALID_FRAME,
-    Accept,
-    Liveness,
-    Reject,
-    Reply,
-    SimConnection,
-    SimServer,
-)
 from feedd.sim.faults import Fault, FaultSchedule
+from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection
+from feedd.sim.server import SimServer
+from feedd.sim.session import FLOOD_ROUND
+from feedd.sim.switches import INVALID_FRAME
 from feedd.wire.transport import TRANSPORTS, HandshakeRefused, TransportError, open_native
 
 
@@ -46,15 +40,15 @@ class ToyProtocol:
             return Reject(404, {"error": path})
         return Accept(SimConnection(path))
 
-    def receive(self, conn: SimConnection, text: str) -> Reply:
+    def receive(self, conn: SimConnection, text: str) -> Answer:
         if text == "ping":
-            return Reply(frames=("pong",), ping=True)
+            return Answer(frames=("pong",), ping=True)
         verb, _, channel = text.partition(" ")
         conn.topics[channel] = None
         if verb == "sub":
-            return Reply(frames=(f"ok {channel}",), start=(channel,))
+            return Answer(frames=(f"ok {channel}",), start=(channel,))
         del conn.topics[channel]
-        return Reply(frames=(f"bye {channel}",), stop=(channel,))
+        return Answer(frames=(f"bye {channel}",), stop=(channel,))
 
 
 NO_RULES = Liveness()
