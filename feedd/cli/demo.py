@@ -118,7 +118,7 @@ async def report(daemon: Daemon, every: float = 5.0) -> None:
     while True:
         await trio.sleep(every)
         parts = [
-            f"{venue}: {status.state}, {status.messages} records, {status.reconnects} reconnects"
+            f"{venue}: {status.state}, {status.records} records, {status.reconnects} reconnects"
             for venue, status in daemon.statuses.items()
         ]
         print("  ".join(parts) + f"; {daemon.publisher.clients} subscriber(s)", file=sys.stderr, flush=True)

@@ -66,8 +66,8 @@ class _ServiceCollector(Collector):
         throttle_wait = gauge("handshake_throttle_seconds",
                               "seconds until the venue's host takes handshakes again (0: it does)")
         for name, status in service.statuses.items():
-            messages.add_metric([name], status.frames)
-            records.add_metric([name], status.messages)
+            messages.add_metric([name], status.messages)
+            records.add_metric([name], status.records)
             for reason, count in sorted(status.rejected.items()):
                 rejected.add_metric([name, reason], count)
             decode_errors.add_metric([name], status.decode_errors)

@@ -695,7 +695,7 @@ class WebSocketService:
         delays = self.metrics.delay_counts()
         return {
             venue: Totals(
-                status.frames, status.messages, sum(status.rejected.values()), delays.get(venue, ())
+                status.messages, status.records, sum(status.rejected.values()), delays.get(venue, ())
             )
             for venue, status in self.statuses.items()
         }

@@ -664,7 +664,7 @@ class _Attempt:
                             rejected[reason] += 1
                     else:
                         on_control(event)
-            status.frames += len(batch)
+            status.messages += len(batch)
             # stable = frames kept arriving for stable_after (an idle feed's probe replies count)
             if not self.stable and conn.last_frame_at >= stable_at:
                 self.stable = True
@@ -689,7 +689,7 @@ class _Attempt:
                         continue
                 if not runner.delivering and (up := runner.announce_up()) is not None:
                     await to_hub(up)
-                status.messages += len(records)
+                status.records += len(records)
                 # no checkpoint of its own: the next read is one, and the hub runs meanwhile;
                 # a full or closed channel takes the awaiting path (which also sees cancellation)
                 try:

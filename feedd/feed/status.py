@@ -90,13 +90,13 @@ class VenueStatus:
     reconnects: int = 0
     #: connections replaced make-before-break (planned; not in ``reconnects``)
     rotations: int = 0
-    #: records delivered to the hub
+    #: records (MarketData) delivered to the hub, after validation
+    records: int = 0
+    #: complete WebSocket messages read off the sockets
     messages: int = 0
-    #: frames read off the sockets
-    frames: int = 0
     #: records refused by validation, by reason
     rejected: Counter[str] = attrs.field(factory=Counter)
-    #: frames that could not be decoded
+    #: messages that could not be decoded
     decode_errors: int = 0
     #: gaps in the venue's message sequence numbers, and the messages they skipped
     sequence_gaps: int = 0
@@ -114,8 +114,8 @@ class VenueStatus:
         by a reload keeps counting from where it was."""
         self.reconnects = previous.reconnects
         self.rotations = previous.rotations
+        self.records = previous.records
         self.messages = previous.messages
-        self.frames = previous.frames
         self.rejected = Counter(previous.rejected)
         self.decode_errors = previous.decode_errors
         self.sequence_gaps = previous.sequence_gaps
@@ -192,8 +192,8 @@ class VenueStatus:
             "state": self.state,
             "connections": [conn.snapshot(now) for conn in self.connections.values()],
             "subscriptions": subscriptions or [],
-            "messages": self.frames,
-            "records": self.messages,
+            "messages": self.messages,
+            "records": self.records,
             "rejected": dict(self.rejected),
             "decode_errors": self.decode_errors,
             "sequence_gaps": self.sequence_gaps,
