@@ -119,7 +119,7 @@ async def report(daemon: Daemon, every: float = 5.0) -> None:
         await trio.sleep(every)
         parts = [
             f"{venue}: {status.state}, {status.records} records, {status.reconnects} reconnects"
-            for venue, status in daemon.statuses.items()
+            for venue, status in daemon.service.statuses.items()
         ]
         print("  ".join(parts) + f"; {daemon.publisher.clients} subscriber(s)", file=sys.stderr, flush=True)
 
@@ -140,14 +140,14 @@ async def run_demo(*, duration: float | None = None, show: int = 10) -> None:
             config_path.write_text(demo_config(spot, futures, bybit, coinbase, workdir), encoding="utf-8")
             daemon = Daemon(load_config(config_path, environ={}))
             await nursery.start(daemon.run)
-            socket = daemon.config.unix.path
+            socket = daemon.service.config.unix.path
             print(
                 f"\nfeedd demo is running against simulated Binance (spot {spot.ws_url}, "
                 f"USD-M {futures.ws_url}), Bybit (spot, linear and inverse under "
                 f"{bybit.url('/v5/public/')}) and Coinbase ({coinbase.ws_url}).\n"
-                f"  config: {config_path}\n  socket: {socket}\n  HTTP API: http://{daemon.http_address}\n"
+                f"  config: {config_path}\n  socket: {socket}\n  HTTP API: http://{daemon.service.http_address}\n"
                 f"In another terminal:  {feedd_command()} tail --socket {shlex.quote(socket)}\n"
-                f"                      {feedd_command()} status --url http://{daemon.http_address}\n"
+                f"                      {feedd_command()} status --url http://{daemon.service.http_address}\n"
                 "Ctrl-C stops the demo.\n",
                 file=sys.stderr,
                 flush=True,
