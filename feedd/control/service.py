@@ -88,6 +88,7 @@ class _VenueRun:
     done: trio.Event = attrs.field(factory=trio.Event)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The supervisor until it ends or ``scope`` is cancelled; then ``records`` closes."""
         try:
             with self.scope, self.records:
                 await self.supervisor.run(task_status=task_status)
