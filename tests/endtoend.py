@@ -19,6 +19,7 @@ import trio
 
 from feedd.codec import decode_record
 from feedd.config import Config, load_config
+from feedd.control.service import WebSocketService
 from feedd.model import MarketData
 from feedd.ops.daemon import Daemon
 
@@ -104,9 +105,9 @@ class Subscriber:
 
 
 @asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Daemon]:
+async def running(config: Config) -> AsyncIterator[WebSocketService]:
     async with trio.open_nursery() as nursery:
-        daemon: Daemon = await nursery.start(Daemon(config).run)
+        daemon: WebSocketService = await nursery.start(Daemon(config).run)
         yield daemon
         daemon.stop()
 

@@ -199,8 +199,8 @@ async def test_ticker_state_starts_over_with_each_connection(workdir: Path) -> N
             bybit.drop_connections()
             await bybit.wait_until(lambda: bool(bybit.connections) and bybit.connections[0] is not old)
             await bybit.wait_subscribed({"tickers.BTCUSDT", "tickers.ETHUSDT"})
-            before = status.messages
-            records = await client.until(lambda r: status.messages >= before + 20)
+            before = status.records
+            records = await client.until(lambda r: status.records >= before + 20)
     # the new connection's snapshot starts each symbol's state: no delta arrives without one
     assert status.decode_errors == 0
     assert status.reconnects == 1

@@ -100,8 +100,8 @@ async def report(daemon: Daemon, every: float = 5.0) -> None:
     while True:
         await trio.sleep(every)
         parts = [
-            f"{venue}: {status.state}, {status.messages} records, {status.reconnects} reconnects"
-            for venue, status in daemon.statuses.items()
+            f"{venue}: {status.state}, {status.records} records, {status.reconnects} reconnects"
+            for venue, status in daemon.service.statuses.items()
         ]
         print("  ".join(parts) + f"; {daemon.publisher.clients} subscriber(s)", file=sys.stderr, flush=True)
 
@@ -117,16 +117,16 @@ async def run_demo(*, duration: float | None = None, show: int = 10) -> None:
             config_path.write_text(demo_config(served, workdir), encoding="utf-8")
             daemon = Daemon(load_config(config_path, environ={}))
             await nursery.start(daemon.run)
-            socket = daemon.config.unix.path
+            socket = daemon.service.config.unix.path
             urls = "".join(
                 f"  {venue_id}: {each.spec.url(each.sim, venue_id)}\n"
                 for each in served for venue_id in each.venue_ids
             )
             print(
                 f"\nfeedd demo is running against the simulated venues:\n{urls}"
-                f"  config: {config_path}\n  socket: {socket}\n  HTTP API: http://{daemon.http_address}\n"
+                f"  config: {config_path}\n  socket: {socket}\n  HTTP API: http://{daemon.service.http_address}\n"
                 f"In another terminal:  {feedd_command()} tail --socket {shlex.quote(socket)}\n"
-                f"                      {feedd_command()} status --url http://{daemon.http_address}\n"
+                f"                      {feedd_command()} status --url http://{daemon.service.http_address}\n"
                 "Ctrl-C stops the demo.\n",
                 file=sys.stderr,
                 flush=True,

@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--token-file", metavar="FILE",
                      help="file holding the API token (default: $FEEDD_TOKEN, or the config's)")
     top.add_argument("--once", action="store_true",
-                     help="print one frame and exit (1, with the reason, when the daemon is unreachable)")
+                     help="print one screen and exit (1, with the reason, when the daemon is unreachable)")
     top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                      help="seconds between refreshes (default 1)")
     top.set_defaults(func=_cmd_top)

@@ -48,7 +48,7 @@ _STATE_ORDER = ("failed", "backoff", "connecting", "connected", "idle", "disable
 
 @attrs.frozen
 class View:
-    """One frame's input: what the API said (or why it could not be reached)."""
+    """One screen's input: what the API said (or why it could not be reached)."""
 
     url: str
     status: dict[str, Any] | None = None
@@ -212,7 +212,7 @@ def subscriber_table(status: dict[str, Any]) -> Table | Text:
 
 
 def render(view: View) -> RenderableType:
-    """The frame for ``view``: a header line, the venue table and the subscriber table; or, when
+    """The screen for ``view``: a header line, the venue table and the subscriber table; or, when
     the daemon was not reached, the address tried and why."""
     keys = Text("  q quits, s sorts", style="dim")
     if view.error is not None or view.status is None:
@@ -232,8 +232,8 @@ def render(view: View) -> RenderableType:
                  subscriber_table(status))
 
 
-def frame_text(view: View, width: int = 160) -> str:
-    """The frame as plain text (no colour), as ``--once`` prints it to a pipe."""
+def screen_text(view: View, width: int = 160) -> str:
+    """The screen as plain text (no colour), as ``--once`` prints it to a pipe."""
     console = Console(file=StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(render(view))
     assert isinstance(console.file, StringIO)
@@ -281,7 +281,7 @@ def _cbreak(fd: int) -> Iterator[bool]:
 
 
 async def run_top(url: str, *, token: str | None = None, once: bool = False, interval: float = 1.0) -> int:
-    """``feedd top``: 0 when the user quits; with ``once``, one frame on stdout and 0, or the
+    """``feedd top``: 0 when the user quits; with ``once``, one screen on stdout and 0, or the
     reason on stderr and 1 when the daemon is unreachable."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=max(interval, 2.0)) as client:

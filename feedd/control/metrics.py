@@ -3,17 +3,12 @@
 Nearly everything is read at scrape time from the counters the feed keeps anyway (per venue,
 updated once per batch by the readers; per subscriber, by the sinks), so metrics add no work to
 the hot path. The one exception is the exchange → receive delay histogram, which needs an
-observation: :class:`DelaySink` is a hub sink that makes **one observation per batch**, the
-newest record's ``received_at - timestamp``. At low rates every frame is its own batch, so every
-record is observed; under load a batch holds many records and one of them stands for the rest,
-which bounds the cost at a dict lookup, a subtraction and a histogram bucket per batch (~1-2 µs).
-The delay includes the exchange's own publication delay and any skew between its clock and ours;
-a negative delay (our clock behind the exchange's) is recorded as 0.
+observation: :class:`~feedd.fanout.delay.DelaySink`, a hub sink, makes one per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -21,9 +16,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from feedd.fanout.delay import DelaySink
 from feedd.feed.gates import THROTTLING
 from feedd.feed.status import VenueState
-from feedd.model import FeedEvent, MarketData
 
 if TYPE_CHECKING:
     from feedd.control.service import WebSocketService
@@ -32,27 +27,6 @@ if TYPE_CHECKING:
 #: seconds; exchange → receive delays span sub-millisecond (colocated) to seconds (a stalled venue)
 DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATES: tuple[VenueState, ...] = ("connecting", "connected", "backoff", "failed", "idle", "disabled")
-
-
-class DelaySink:
-    """A hub sink observing the exchange → receive delay once per batch (see the module doc)."""
-
-    wants_encoded = False
-
-    def __init__(self, histogram: Histogram) -> None:
-        self._histogram = histogram
-        self._children: dict[str, Histogram] = {}
-
-    def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
-        newest = records[-1]
-        child = self._children.get(newest.exchange)
-        if child is None:
-            child = self._children[newest.exchange] = self._histogram.labels(newest.exchange)
-        delay = (newest.received_at - newest.timestamp).total_seconds()
-        child.observe(delay if delay > 0 else 0.0)
-
-    def notice(self, event: FeedEvent) -> None:
-        """Feed events carry no exchange time: nothing to observe."""
 
 
 class _ServiceCollector(Collector):
@@ -92,8 +66,8 @@ class _ServiceCollector(Collector):
         throttle_wait = gauge("handshake_throttle_seconds",
                               "seconds until the venue's host takes handshakes again (0: it does)")
         for name, status in service.statuses.items():
-            messages.add_metric([name], status.frames)
-            records.add_metric([name], status.messages)
+            messages.add_metric([name], status.messages)
+            records.add_metric([name], status.records)
             for reason, count in sorted(status.rejected.items()):
                 rejected.add_metric([name, reason], count)
             decode_errors.add_metric([name], status.decode_errors)

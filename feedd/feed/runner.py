@@ -607,7 +607,7 @@ class _Attempt:
         runner = self.runner
         conn = runner.conn
         conn.state = "connected"
-        conn.last_frame_at = None
+        conn.last_message_at = None
         conn.stable = False
         topics = sorted(runner.topics)
         log.info("%s: connected to %s; subscribing %d stream(s)", runner.name, runner.url, len(topics))
@@ -648,7 +648,7 @@ class _Attempt:
                 # everything read before the close was returned (and delivered) first
                 self.end(str(exc))
                 return
-            conn.last_frame_at = trio.current_time()
+            conn.last_message_at = trio.current_time()
             received_at = now(UTC)
             records: Batch = []
             keep = records.append
@@ -664,13 +664,13 @@ class _Attempt:
                             rejected[reason] += 1
                     else:
                         on_control(event)
-            status.frames += len(batch)
+            status.messages += len(batch)
             # stable = frames kept arriving for stable_after (an idle feed's probe replies count)
-            if not self.stable and conn.last_frame_at >= stable_at:
+            if not self.stable and conn.last_message_at >= stable_at:
                 self.stable = True
                 runner.mark_stable()
             if data:
-                at = conn.last_frame_at
+                at = conn.last_message_at
                 if self.last_data_at is None:
                     self.first_data_at = at
                 elif at - self.last_data_at > self.longest_silence:
@@ -689,7 +689,7 @@ class _Attempt:
                         continue
                 if not runner.delivering and (up := runner.announce_up()) is not None:
                     await to_hub(up)
-                status.messages += len(records)
+                status.records += len(records)
                 # no checkpoint of its own: the next read is one, and the hub runs meanwhile;
                 # a full or closed channel takes the awaiting path (which also sees cancellation)
                 try:
@@ -805,7 +805,7 @@ class _Attempt:
                 await trio.sleep_until(deadline)  # the deadline moves with every data frame
                 continue
             pongs = self.last_pong_at is not None and now - self.last_pong_at < stale_after
-            socket_alive = conn.last_frame_at is not None and now - conn.last_frame_at < stale_after
+            socket_alive = conn.last_message_at is not None and now - conn.last_message_at < stale_after
             if pongs and self.last_data_at is None and self.last_proof_at is None \
                     and self.acked >= runner.topics:
                 runner.quiet_factor = min(QUIET_MAX_FACTOR, runner.quiet_factor * 2)
@@ -862,7 +862,7 @@ class _Attempt:
         pong_timeout = venue.pong_timeout
         last_ping = self.connected_at
         while True:
-            since = max(conn.last_frame_at or self.connected_at, last_ping) if idle_only else last_ping
+            since = max(conn.last_message_at or self.connected_at, last_ping) if idle_only else last_ping
             due = since + interval
             if trio.current_time() < due:
                 await trio.sleep_until(due)

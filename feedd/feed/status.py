@@ -41,8 +41,8 @@ class ConnectionStatus:
     consecutive_failures: int = 0
     reconnects: int = 0
     last_error: str | None = None
-    last_frame_at: float | None = None  # trio clock
-    #: the last frame that carried records (heartbeats, pongs and acks do not count)
+    last_message_at: float | None = None  # trio clock
+    #: the last message that carried records (heartbeats, pongs and acks do not count)
     last_data_at: float | None = None  # trio clock
     #: the current attempt has kept delivering for ``stable_after`` seconds
     stable: bool = False
@@ -56,7 +56,7 @@ class ConnectionStatus:
         return None if self.connected_since is None else now - self.connected_since
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        last = self.last_frame_at
+        last = self.last_message_at
         return {
             "name": self.name,
             "url": self.url,
@@ -90,13 +90,13 @@ class VenueStatus:
     reconnects: int = 0
     #: connections replaced make-before-break (planned; not in ``reconnects``)
     rotations: int = 0
-    #: records delivered to the hub
+    #: records (MarketData) delivered to the hub, after validation
+    records: int = 0
+    #: complete WebSocket messages read off the sockets
     messages: int = 0
-    #: frames read off the sockets
-    frames: int = 0
     #: records refused by validation, by reason
     rejected: Counter[str] = attrs.field(factory=Counter)
-    #: frames that could not be decoded
+    #: messages that could not be decoded
     decode_errors: int = 0
     #: gaps in the venue's message sequence numbers, and the messages they skipped
     sequence_gaps: int = 0
@@ -114,8 +114,8 @@ class VenueStatus:
         by a reload keeps counting from where it was."""
         self.reconnects = previous.reconnects
         self.rotations = previous.rotations
+        self.records = previous.records
         self.messages = previous.messages
-        self.frames = previous.frames
         self.rejected = Counter(previous.rejected)
         self.decode_errors = previous.decode_errors
         self.sequence_gaps = previous.sequence_gaps
@@ -147,7 +147,7 @@ class VenueStatus:
         return max(blocked, default=None)
 
     def seconds_since_last_message(self) -> float | None:
-        times = [c.last_frame_at for c in self.connections.values() if c.last_frame_at is not None]
+        times = [c.last_message_at for c in self.connections.values() if c.last_message_at is not None]
         return trio.current_time() - max(times) if times else None
 
     def uptime(self, now: float) -> float | None:
@@ -159,7 +159,7 @@ class VenueStatus:
         return min(t for t in times if t is not None)
 
     def problems(self, max_age: float) -> list[str]:
-        """Why this venue is not connected and fresh (no frame for ``max_age`` s); empty if it is.
+        """Why this venue is not connected and fresh (no message for ``max_age`` s); empty if it is.
 
         A disabled venue has none, nor an idle one: neither is expected to stream.
         """
@@ -173,10 +173,10 @@ class VenueStatus:
             if conn.state != "connected":
                 why = f": {conn.last_error}" if conn.last_error else ""
                 found.append(f"{conn.name}: {conn.state}{why}")
-            elif conn.last_frame_at is None:
+            elif conn.last_message_at is None:
                 found.append(f"{conn.name}: connected, no message yet")
-            elif now - conn.last_frame_at > max_age:
-                found.append(f"{conn.name}: no message for {now - conn.last_frame_at:.1f} s")
+            elif now - conn.last_message_at > max_age:
+                found.append(f"{conn.name}: no message for {now - conn.last_message_at:.1f} s")
         return found
 
     def snapshot(self, subscriptions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -192,8 +192,8 @@ class VenueStatus:
             "state": self.state,
             "connections": [conn.snapshot(now) for conn in self.connections.values()],
             "subscriptions": subscriptions or [],
-            "messages": self.frames,
-            "records": self.messages,
+            "messages": self.messages,
+            "records": self.records,
             "rejected": dict(self.rejected),
             "decode_errors": self.decode_errors,
             "sequence_gaps": self.sequence_gaps,

@@ -28,20 +28,38 @@ log = logging.getLogger(__name__)
 __all__ = ["Daemon", "run_until_signalled"]
 
 
-class Daemon(WebSocketService):
-    """The service as ``feedd run`` runs it: the Unix publisher and the HTTP API on.
+class Daemon:
+    """The service as ``feedd run`` runs it: a :class:`WebSocketService` with the Unix publisher
+    and the HTTP API on (:attr:`service`), and what the daemon adds to it: reading the config
+    file again on SIGHUP (:meth:`reload_file`).
 
-    Also the handle tests drive it by: ``daemon = await nursery.start(Daemon(config).run)``,
-    ``daemon.stop()``.
+    Also the handle tests drive it by: ``service = await nursery.start(Daemon(config).run)``
+    hands on the running service; ``service.stop()`` (or :meth:`stop`) ends it.
     """
 
     def __init__(
         self, config: Config, *, open_transport: OpenTransport | None = None, ack_timeout: float | None = None
     ) -> None:
         extra = {} if ack_timeout is None else {"ack_timeout": ack_timeout}
-        super().__init__(config, serve_unix=True, serve_http=True, open_transport=open_transport, **extra)
-        assert self.publisher is not None
-        self.publisher: UnixPublisher = self.publisher
+        self.service = WebSocketService(
+            config, serve_unix=True, serve_http=True, open_transport=open_transport, **extra
+        )
+        assert self.service.publisher is not None
+        self.publisher: UnixPublisher = self.service.publisher
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[WebSocketService] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The service's task tree; ``task_status.started(service)`` once it runs."""
+        await self.service.run(task_status=task_status)
+
+    def stop(self) -> None:
+        """Stop gracefully (see :meth:`WebSocketService.stop`)."""
+        self.service.stop()
+
+    def summary(self) -> str:
+        """The service's state in one line, systemd's ``STATUS=``."""
+        return self.service.summary()
 
     async def reload_file(self, path: str) -> ReloadOutcome:
         """Read ``path`` again (and the environment's overrides) and apply it; a file that cannot
@@ -50,10 +68,10 @@ class Daemon(WebSocketService):
             config = load_config(path)
         except ConfigError as exc:
             log.error("reload failed, still running on the previous configuration: %s", exc)
-            return self.reload_refused(path, str(exc))
+            return self.service.reload_refused(path, str(exc))
         for warning in config_warnings(config):
             log.warning("%s", warning)
-        outcome = await self.reload(config)
+        outcome = await self.service.reload(config)
         for line in outcome.applied:
             log.info("reload: %s", line)
         for line in outcome.problems:
@@ -114,7 +132,7 @@ async def run_until_signalled(
             await notifier.ready(daemon.summary())
             started.set()
             async with trio.open_nursery() as tasks:
-                await tasks.start(watchdog, notifier, daemon.hub)
+                await tasks.start(watchdog, notifier, daemon.service.hub)
                 await tasks.start(keep_status, notifier, daemon.summary)
                 async for _ in reloads:
                     log.info("received SIGHUP: reloading %s", path)

@@ -18,7 +18,7 @@ from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_t
 from tools import require_tool
 
 from feedd.cli.main import main
-from feedd.cli.top import SORTS, View, fetch, frame_text, sparkline
+from feedd.cli.top import SORTS, View, fetch, screen_text, sparkline
 from feedd.sim import BinanceSimulator, BybitSimulator
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "top"
@@ -37,7 +37,7 @@ def lines_of(text: str, start: str) -> list[str]:
 
 def test_a_healthy_daemon_shows_one_row_per_venue_and_connection_all_connected() -> None:
     doc = recorded("healthy")
-    text = frame_text(View(URL, doc["status"], doc["history"]))
+    text = screen_text(View(URL, doc["status"], doc["history"]))
     assert text.splitlines()[0].startswith(f"feedd at {URL}: ok  3 venue(s)")
     for venue in ("binance", "bybit", "coinbase"):
         [row] = [line for line in text.splitlines() if line.split()[:1] == [venue]]
@@ -54,14 +54,14 @@ def test_a_healthy_daemon_shows_one_row_per_venue_and_connection_all_connected()
 def test_the_rates_are_the_mean_of_the_last_five_seconds_of_history() -> None:
     doc = recorded("healthy")
     records = doc["history"]["venues"]["bybit"]["records"][-5:]
-    text = frame_text(View(URL, doc["status"], doc["history"]))
+    text = screen_text(View(URL, doc["status"], doc["history"]))
     [row] = [line for line in text.splitlines() if line.split()[:1] == ["bybit"]]
     assert f"{sum(records) / 5:.1f}" in row.split()
 
 
 def test_a_failed_venue_shows_its_state_its_reconnects_and_its_last_error() -> None:
     doc = recorded("failed")
-    text = frame_text(View(URL, doc["status"], doc["history"]), width=200)
+    text = screen_text(View(URL, doc["status"], doc["history"]), width=200)
     assert "degraded" in text.splitlines()[0]
     assert "bybit/stream#1: failed: cannot connect to ws://127.0.0.1:9" in text  # the reason, in full
     [row] = [line for line in text.splitlines() if line.split()[:1] == ["bybit"]]
@@ -75,15 +75,15 @@ def test_a_failed_venue_shows_its_state_its_reconnects_and_its_last_error() -> N
 
 def test_a_narrow_terminal_cuts_the_last_error_not_the_numbers() -> None:
     doc = recorded("failed")
-    text = frame_text(View(URL, doc["status"], doc["history"]), width=140)
+    text = screen_text(View(URL, doc["status"], doc["history"]), width=140)
     [row] = [line for line in text.splitlines() if line.split()[:1] == ["bybit"]]
     assert row.split()[1] == "failed" and "…" in row and len(row.rstrip()) <= 140
 
 
 def test_a_terminal_under_140_columns_leaves_out_the_sparkline_and_keeps_every_number() -> None:
     doc = recorded("failed")
-    wide = frame_text(View(URL, doc["status"], doc["history"]), width=140)
-    narrow = frame_text(View(URL, doc["status"], doc["history"]), width=110)
+    wide = screen_text(View(URL, doc["status"], doc["history"]), width=140)
+    narrow = screen_text(View(URL, doc["status"], doc["history"]), width=110)
     assert "REC/S LAST 5 MIN" in wide and "REC/S LAST 5 MIN" not in narrow
     [row] = [line for line in narrow.splitlines() if line.split()[:1] == ["bybit"]]
     assert row.split()[:9] == ["bybit", "failed", "-", "2", "0.0", "0.0", "0", "51", "-"]
@@ -92,7 +92,7 @@ def test_a_terminal_under_140_columns_leaves_out_the_sparkline_and_keeps_every_n
 
 def test_sorting_by_state_puts_the_failed_venue_first() -> None:
     doc = recorded("failed")
-    text = frame_text(View(URL, doc["status"], doc["history"], sort="state"), width=200)
+    text = screen_text(View(URL, doc["status"], doc["history"], sort="state"), width=200)
     venues = [line.split()[0] for line in text.splitlines() if line.split()[:1] in (["binance"], ["bybit"],
                                                                                    ["coinbase"])]
     assert venues == ["bybit", "binance", "coinbase"]
@@ -101,7 +101,7 @@ def test_sorting_by_state_puts_the_failed_venue_first() -> None:
 
 def test_sorting_by_records_per_second_puts_the_busiest_first() -> None:
     doc = recorded("healthy")
-    text = frame_text(View(URL, doc["status"], doc["history"], sort="records/s"))
+    text = screen_text(View(URL, doc["status"], doc["history"], sort="records/s"))
     venues = [line.split()[0] for line in text.splitlines() if line.split()[:1] in (["binance"], ["bybit"],
                                                                                    ["coinbase"])]
     rates = {v: sum(doc["history"]["venues"][v]["records"][-5:]) for v in venues}
@@ -115,7 +115,7 @@ async def test_an_unreachable_daemon_says_which_address_was_tried() -> None:
     async with httpx.AsyncClient(base_url=url) as client:
         view = await fetch(client, url)
     assert view.status is None
-    text = frame_text(view)
+    text = screen_text(view)
     assert f"cannot reach feedd at {url} (" in text
     assert "retrying every second" in text
 
@@ -134,7 +134,7 @@ def test_once_against_nothing_exits_1_naming_the_address(capsys: pytest.CaptureF
     assert err.startswith("feedd top: cannot reach feedd at http://127.0.0.1:9 (")
 
 
-async def test_once_prints_one_frame_of_a_running_daemon_and_exits_0(
+async def test_once_prints_one_screen_of_a_running_daemon_and_exits_0(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     binance = BinanceSimulator(speed=20.0)

@@ -144,11 +144,11 @@ async def test_a_venue_restarted_by_a_reload_keeps_counting_from_where_it_was(wo
             client = await Subscriber.connect(daemon.config.unix.path)
             await client.record()
             old = daemon.statuses["binance"]
-            before = (old.reconnects, old.frames, old.messages)
+            before = (old.reconnects, old.messages, old.records)
             outcome = await daemon.reload(spot_config(workdir, second, "BTCUSDT"))
             await second.wait_subscribed("btcusdt@trade")
             new = daemon.statuses["binance"]
-            after = (new.reconnects, new.frames, new.messages)
+            after = (new.reconnects, new.messages, new.records)
     assert outcome.applied[0].startswith("binance: restarted (url: ")
     assert new is not old and before[0] >= 1
     assert all(a >= b for a, b in zip(after, before, strict=True)), (before, after)

@@ -17,7 +17,7 @@ import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 
 from feedd.config import Config
-from feedd.ops.daemon import Daemon
+from feedd.control.service import WebSocketService
 from feedd.sim import BinanceSimulator
 
 TIMEOUT = 15
@@ -35,7 +35,7 @@ def both_venues(workdir: Path, spot: BinanceSimulator, futures: BinanceSimulator
     return load_text(workdir, text)
 
 
-async def records_of_both(daemon: Daemon) -> None:
+async def records_of_both(daemon: WebSocketService) -> None:
     """Read the socket until both venues have delivered a record."""
     client = await Subscriber.connect(daemon.config.unix.path)
     seen: set[str] = set()

@@ -323,7 +323,7 @@ async def test_frames_read_before_a_close_are_still_delivered(
             got.extend(await records.receive())
         nursery.cancel_scope.cancel()
     assert [r.trade_id for r in got] == ["0", "1", "2", "3", "4"]
-    assert status.messages == 5
+    assert status.records == 5
 
 
 async def test_an_adapter_bug_is_a_connection_failure_not_a_crash(

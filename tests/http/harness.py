@@ -18,6 +18,7 @@ import trio
 
 from feedd.codec import decode_record
 from feedd.config import Config, load_config
+from feedd.control.service import WebSocketService
 from feedd.model import MarketData
 from feedd.ops.daemon import Daemon
 from feedd.sim import BinanceSimulator
@@ -83,10 +84,12 @@ async def simulator(**options: Any) -> AsyncIterator[BinanceSimulator]:
 
 
 @asynccontextmanager
-async def running(config: Config, **options: Any) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
+async def running(
+    config: Config, **options: Any
+) -> AsyncIterator[tuple[WebSocketService, httpx.AsyncClient]]:
     """A daemon and an HTTP client pointed at its API; the daemon stops gracefully at the end."""
     async with trio.open_nursery() as nursery:
-        daemon: Daemon = await nursery.start(Daemon(config, **options).run)
+        daemon: WebSocketService = await nursery.start(Daemon(config, **options).run)
         try:
             async with httpx.AsyncClient(base_url=f"http://{daemon.http_address}", timeout=TIMEOUT) as client:
                 yield daemon, client

@@ -107,8 +107,8 @@ async def test_metrics_parse_as_prometheus_text_and_agree_with_the_status(workdi
     found = samples(answer.text)
     venue = {"venue": "binance"}
     # read at scrape time from the counters the status shows; records kept coming since
-    assert 0 < value(found, "feedd_records_total", **venue) <= status.messages
-    assert 0 < value(found, "feedd_messages_total", **venue) <= status.frames
+    assert 0 < value(found, "feedd_records_total", **venue) <= status.records
+    assert 0 < value(found, "feedd_messages_total", **venue) <= status.messages
     assert value(found, "feedd_decode_errors_total", **venue) == 1
     assert value(found, "feedd_reconnects_total", **venue) == 0
     assert value(found, "feedd_venue_state", venue="binance", state="connected") == 1
@@ -121,7 +121,7 @@ async def test_metrics_parse_as_prometheus_text_and_agree_with_the_status(workdi
     assert buckets[0].value == value(found, "feedd_exchange_receive_delay_seconds_count", **venue)
     assert value(found, "feedd_subscriber_dropped_records_total", subscriber="unix#1", kind="unix") == 0
     assert value(found, "feedd_subscriber_delivered_records_total", subscriber="unix#1", kind="unix") >= 1
-    assert value(found, "feedd_hub_records_total") <= status.messages
+    assert value(found, "feedd_hub_records_total") <= status.records
 
 
 def test_metrics_name_rejections_by_reason_and_each_callbacks_drops_and_errors() -> None:

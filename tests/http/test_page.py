@@ -16,7 +16,7 @@ import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 from tools import require_tool
 
-from feedd.ops.daemon import Daemon
+from feedd.control.service import WebSocketService
 from feedd.sim import BinanceSimulator, BybitSimulator
 
 TIMEOUT = 30
@@ -30,7 +30,7 @@ def workdir() -> Iterator[Path]:
 
 
 @asynccontextmanager
-async def fed_daemon(workdir: Path) -> AsyncIterator[Daemon]:
+async def fed_daemon(workdir: Path) -> AsyncIterator[WebSocketService]:
     """A daemon on Binance and Bybit simulators, once both delivered records and the history
     took a snapshot of them."""
     binance, bybit = BinanceSimulator(speed=20.0), BybitSimulator(speed=20.0)

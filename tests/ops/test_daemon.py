@@ -463,7 +463,7 @@ async def test_a_stop_signal_in_the_middle_of_start_up_exits_0_and_removes_the_s
         starting.set()  # the socket listens; the venues have not started
         await trio.sleep_forever()
 
-    monkeypatch.setattr(WebSocketService, "_start_venue", stuck_venue_start)
+    monkeypatch.setattr(WebSocketService, "start_venue", stuck_venue_start)
     async with simulators() as (spot, _):
         config = write_config(workdir, spot)
         code: list[int] = []
