@@ -404,7 +404,7 @@ async def test_replayed_linear_trades_come_in_batches_with_uuid_ids(
         assert len({trade["seq"] for trade in frame["data"]}) == 1
     sequences = [frame["data"][0]["seq"] for frame in frames]
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
-    assert all(1_500 < float(trade["p"]) < 2_500 and fresh(trade["T"]) for trade in trades)
+    assert all(2_400 < float(trade["p"]) < 2_900 and fresh(trade["T"]) for trade in trades)  # ETH, 2024-08-08
 
 
 async def test_inverse_trades_follow_btcusdt_in_whole_usd_contracts(
