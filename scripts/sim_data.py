@@ -528,6 +528,23 @@ def coinbase_tape(source: Source, product: str, figures: dict[str, float], year:
     return tape
 
 
+#: (folder, file name) of every file :func:`generate` makes
+OUTPUTS = tuple(
+    (venue, f"{tape}.{ext}")
+    for venue, tapes in (
+        ("bybit", ("spot_trades", "spot_book", "spot_tickers", "linear_trades", "linear_tickers")),
+        ("coinbase", ("btc_usd", "eth_usd")),
+    )
+    for tape in tapes
+    for ext in ("ndjson", "recv_ts")
+)
+
+
+def source_files(recorded: Path = RECORDED) -> list[Path]:
+    """The recordings :func:`generate` reads."""
+    return [recorded / f"{stem}.{ext}.gz" for stem in SOURCES.values() for ext in ("ndjson", "recv_ts")]
+
+
 def generate(recorded: Path = RECORDED) -> dict[str, str]:
     """Every generated file, by its path under ``feedd/sim/data``."""
     return {f"bybit/{name}": text for name, text in bybit(recorded).items()} | {
