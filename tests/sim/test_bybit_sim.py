@@ -680,7 +680,7 @@ async def test_send_malformed_delivers_an_unparsable_frame(nursery: trio.Nursery
         ("linear_tickers", lambda p: p["topic"] == "tickers.BTCUSDT"),
     ],
 )
-def test_bundled_recordings_hold_real_bybit_frames(name: str, check: Callable[[Any], bool]) -> None:
+def test_bundled_tapes_hold_bybit_messages_of_their_topics(name: str, check: Callable[[Any], bool]) -> None:
     recording = load_recording("bybit", name)
     assert len(recording) >= 18
     assert all(check(payload) for payload in recording.payloads)
