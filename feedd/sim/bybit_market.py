@@ -30,7 +30,7 @@ from feedd.sim.market import Market, price_factor
 from feedd.sim.replay import Recording, load_recording
 
 _SEQUENCE_STEP: Final = 7  # Bybit's cross sequence only has to increase
-_SPOT_TRADE_ID: Final = 2_290_000_001_189_048_101  # spot trade ids are numeric strings (recorded)
+_SPOT_TRADE_ID: Final = 2_290_000_001_000_000_001  # spot trade ids are numeric strings
 _TRADE_ID_NAMESPACE: Final = uuid.UUID("9b1c3a52-7f0e-4f43-8d1e-2f5b6a0c9e11")
 _FUNDING_PERIOD_MS: Final = 8 * 3_600_000
 
@@ -106,7 +106,7 @@ def _fixed(value: float, places: int) -> str:
 
 
 def _plain(value: float, places: int) -> str:
-    """Spot prints numbers without trailing zeros ("65140.5", "20575")."""
+    """Spot prints numbers without trailing zeros ("61760.5", "20575")."""
     text = f"{value:.{places}f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
 

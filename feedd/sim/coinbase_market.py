@@ -9,7 +9,7 @@ from the product's own state, so a new subscriber's snapshot is the ticker every
 subscriber saw last.
 
 The wire's time formats are Go's: RFC 3339 with up to nine fractional digits and trailing
-zeros dropped (``2026-08-09T21:05:52.85643877Z``), trade times to the microsecond, and the
+zeros dropped (``2024-08-08T23:55:15.23674216Z``), trade times to the microsecond, and the
 heartbeat's ``current_time`` as ``time.Time.String()`` prints it, monotonic reading included.
 """
 
@@ -53,7 +53,7 @@ def rfc3339(ns: int, digits: int = 9) -> str:
 
 def go_time(ns: int, monotonic: float) -> str:
     """``time.Time.String()`` of a wall time with a monotonic reading
-    (``2026-08-09 21:05:48.854840045 +0000 UTC m=+41691.260485341``)."""
+    (``2024-08-08 23:55:15.236742163 +0000 UTC m=+3600.123456789``)."""
     seconds, fraction = divmod(ns, _NS)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
     kept = f"{fraction:09d}".rstrip("0")
@@ -69,7 +69,7 @@ def parse_rfc3339(text: str) -> int:
 
 
 def _plain(value: float, places: int) -> str:
-    """Coinbase prints decimals without trailing zeros ("65083.67", "1925", "0.0000052")."""
+    """Coinbase prints decimals without trailing zeros ("61837.63", "2684", "0.00012")."""
     text = f"{value:.{places}f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
 
