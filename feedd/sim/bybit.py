@@ -60,7 +60,7 @@ STREAMED: Final = ("publicTrade", "tickers", "orderbook.1")
 INSTRUMENTS_PATH: Final = "/v5/market/instruments-info"
 
 _PATH_PREFIX: Final = "/v5/public/"
-_MALFORMED_FRAME: Final = '{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":17863108'
+_MALFORMED_FRAME: Final = '{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":17231613'
 _CONN_ID_HEAD: Final = string.digits + "abcdefghijklmnopqrstuv"
 _CONN_ID_TAIL: Final = string.digits + string.ascii_lowercase
 
@@ -70,7 +70,7 @@ def _now_ms() -> int:
 
 
 def _new_conn_id() -> str:
-    """Shaped like the recorded ones ("d9avt8shteepr00gfc1g-4zd1x")."""
+    """Shaped like Bybit's: 20 characters, a dash, 5 more."""
     head = "".join(secrets.choice(_CONN_ID_HEAD) for _ in range(20))
     return head + "-" + "".join(secrets.choice(_CONN_ID_TAIL) for _ in range(5))
 

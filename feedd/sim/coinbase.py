@@ -66,7 +66,7 @@ PRIVATE_CHANNELS: Final = ("user", "futures_balance_summary")
 PRODUCTS_PATH: Final = "/api/v3/brokerage/market/products"
 
 _PRODUCT_ID: Final = re.compile(r"[A-Z0-9]+-[A-Z0-9]+")
-_MALFORMED_FRAME: Final = '{"channel":"market_trades","timestamp":"2026-08-09T21:05:48.2513971'
+_MALFORMED_FRAME: Final = '{"channel":"market_trades","timestamp":"2024-08-08T23:55:15.2367421'
 #: separates an unnumbered message's head from its events; raw JSON text never holds a newline
 _SEQUENCE_SLOT: Final = "\n"
 

@@ -40,6 +40,10 @@ from feedd.sim.bybit import BybitConnection, BybitProtocol
 from feedd.sim.protocol import Accept
 from feedd.sim.rest import HttpRequest, HttpResponse
 
+# The recorded frames these tests read (the recorded_*.ndjson fixtures, and ../shared's full
+# recordings) are AGPL-3.0-or-later captures from cryptofeed's `v3` branch: test input only, never
+# shipped; nothing made from them goes into feedd/
+# (tests/fixtures/bybit/README.md; the simulator's tapes: feedd/sim/data/bybit/README.md).
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bybit"
 RECORDED_LINEAR = FIXTURES / "recorded_linear_2026-08-09.ndjson"
 RECORDED_SPOT = FIXTURES / "recorded_spot_2026-08-09.ndjson"

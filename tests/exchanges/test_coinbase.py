@@ -38,6 +38,10 @@ from feedd.feed.validate import Validator
 from feedd.model import Frame, MarketData
 from feedd.wire.transport import TransportError
 
+# The recorded frames these tests read (the recorded_*.ndjson fixture) are AGPL-3.0-or-later
+# captures from cryptofeed's `v3` branch: test input only, never shipped; nothing made from them
+# goes into feedd/
+# (tests/fixtures/coinbase/README.md; the simulator's tapes: feedd/sim/data/coinbase/README.md).
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "coinbase"
 RECORDED = FIXTURES / "recorded_advanced_trade_2026-08-09.ndjson"
 #: what cryptofeed subscribed in the recording, in order (fixtures README)

@@ -702,7 +702,7 @@ async def test_silent_server_answers_nothing_until_resumed_and_numbers_on_withou
         ("eth_usd", lambda p: {t["product_id"] for t in p["events"][0].get("tickers", [])} <= {"ETH-USD"}),
     ],
 )
-def test_bundled_recordings_hold_real_coinbase_frames(name: str, check: Callable[[Any], bool]) -> None:
+def test_bundled_tapes_hold_coinbase_messages_per_product(name: str, check: Callable[[Any], bool]) -> None:
     recording = load_recording("coinbase", name)
     assert len(recording) >= 100
     assert all(
