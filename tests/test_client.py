@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
+from tools import DOCS, docs_blocks
 
 from feedd.client import (
     BadLine,
@@ -259,19 +259,17 @@ async def test_a_refusal_by_the_daemon_raises_with_its_reason(workdir: Path) -> 
                 await first.stream.aclose()
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PYTHON_API = DOCS / "python-api.md"
 
 
-def readme_examples() -> list[str]:
-    """The two blocks after the README's marker for this test."""
-    text = README.read_text(encoding="utf-8")
-    after = text.split("<!-- tests/test_client.py runs both blocks against the simulator -->", 1)[1]
-    return re.findall(r"```python\n(.*?)```", after, re.S)[:2]
+def docs_examples() -> list[str]:
+    """The two blocks after docs/python-api.md's marker for this test."""
+    return docs_blocks(PYTHON_API, "tests/test_client.py runs both blocks", count=2)
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["trio", "asyncio"])
-async def test_the_readme_examples_print_records(workdir: Path, index: int) -> None:
-    code = readme_examples()[index]
+async def test_the_python_api_page_examples_print_records(workdir: Path, index: int) -> None:
+    code = docs_examples()[index]
     assert ("trio.run(main)" if index == 0 else "asyncio.run(main())") in code
     binance = BinanceSimulator(speed=20.0)
     async with serving(binance):
