@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
-from pages import DOCS, marked_blocks
+from tools import DOCS, docs_blocks
 
 from feedd.client import (
     BadLine,
@@ -259,16 +259,17 @@ async def test_a_refusal_by_the_daemon_raises_with_its_reason(workdir: Path) -> 
                 await first.stream.aclose()
 
 
+PYTHON_API = DOCS / "python-api.md"
 
 
-def readme_examples() -> list[str]:
+def docs_examples() -> list[str]:
     """The two blocks after docs/python-api.md's marker for this test."""
-    return marked_blocks(DOCS / "python-api.md", "tests/test_client.py runs both blocks", count=2)
+    return docs_blocks(PYTHON_API, "tests/test_client.py runs both blocks", count=2)
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["trio", "asyncio"])
-async def test_the_readme_examples_print_records(workdir: Path, index: int) -> None:
-    code = readme_examples()[index]
+async def test_the_python_api_page_examples_print_records(workdir: Path, index: int) -> None:
+    code = docs_examples()[index]
     assert ("trio.run(main)" if index == 0 else "asyncio.run(main())") in code
     binance = BinanceSimulator(speed=20.0)
     async with serving(binance):

@@ -1,4 +1,4 @@
-"""The embeddable service: the README's example, callbacks that misbehave, the lifecycle."""
+"""The embeddable service: the Python API page's example, callbacks that misbehave, the lifecycle."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import trio
-from pages import DOCS, marked_blocks
+from tools import DOCS, docs_blocks
 
 from feedd import MarketData, WebSocketService
 from feedd.config import Config, load_config
@@ -62,16 +62,16 @@ def sockets(workdir: Path) -> list[Path]:
     return list(workdir.glob("*.sock"))
 
 
-def readme_example() -> str:
-    """The example in docs/python-api.md."""
-    return marked_blocks(PYTHON_API, "tests/control/test_service.py runs this block")[0]
+def docs_example() -> str:
+    """The block after docs/python-api.md's marker for this test."""
+    return docs_blocks(PYTHON_API, "tests/control/test_service.py runs this block")[0]
 
 
-async def test_the_readme_example_streams_the_symbol_it_subscribed(
+async def test_the_python_api_page_example_streams_the_symbol_it_subscribed(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    namespace: dict[str, Any] = {"__name__": "readme_example"}
-    exec(compile(readme_example(), str(PYTHON_API), "exec"), namespace)
+    namespace: dict[str, Any] = {"__name__": "docs_example"}
+    exec(compile(docs_example(), str(PYTHON_API), "exec"), namespace)
     async with simulator() as spot:
         with trio.fail_after(TIMEOUT):
             seen: list[MarketData] = await namespace["watch"](str(config_file(workdir, spot)))
