@@ -22,8 +22,6 @@ from feedd.model import MarketData
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
 #: at most ~300 lines (issue 19): the rest belongs to docs/
 README_MAX_LINES = 300
-#: written on another branch (the simulators' data licences); drop once it is merged
-PENDING = {DOCS / "acknowledgments.md"}
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
@@ -62,8 +60,6 @@ def test_every_relative_link_resolves_to_a_file_and_heading_that_exist(page: Pat
             continue  # https:, mailto:
         path, _, anchor = target.partition("#")
         file = (page.parent / path).resolve() if path else page
-        if file in PENDING:
-            continue
         if not file.exists():
             broken.append(f"{target}: no such file")
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
