@@ -233,6 +233,7 @@ class Attempt:
         now = datetime.now
         feed = self.feed
         lifecycle = self.lifecycle
+        standby = State.STANDBY
         stable_at = self.connected_at + runner.settings.stable_after
         while True:
             try:
@@ -265,7 +266,7 @@ class Attempt:
             if data:
                 feed.data(conn.last_frame_at)
                 conn.last_data_at = conn.last_frame_at
-                if lifecycle.state is State.STANDBY:
+                if lifecycle.state is standby:
                     self.fire(Trigger.READY)
             if records:
                 overlap = runner.overlap

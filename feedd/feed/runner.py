@@ -122,7 +122,8 @@ class ConnectionRunner:
         self.overlap_old: Attempt | None = None
         self.caught_up = trio.Event()
         #: data flowed since the last disconnect event (or since start); when the connection is
-        #: lost with this set, subscribers hear of it
+        #: lost with this set, subscribers hear of it. With ``down_since`` below, what the
+        #: subscribers were told, across attempts: a fact of the connection, not an attempt's role
         self.delivering = False
         #: trio time of the disconnect event not yet followed by a reconnect one
         self.down_since: float | None = None
