@@ -299,10 +299,13 @@ class ConnectionRunner:
             log.warning("%s: rotation failed: its replacement ended (%s); the current connection "
                         "carries on", self.name, outcome.reason)
             return
-        if self._attempts:
+        # not one the rotation gave up that has yet to close: taking over, it would end with no
+        # outcome, and the runner would wait for one for ever
+        successors = [a for a in self._attempts if not a.lifecycle.final]
+        if successors:
             # the venue cut the old connection while its replacement was already subscribed
             attempt.fire(Trigger.HAND_OVER)
-            self._hand_over(self._attempts[0])
+            self._hand_over(successors[0])
             self._rotated(f"{outcome.reason}; the replacement took over")
             return
         self._attempt = None
@@ -398,13 +401,7 @@ class ConnectionRunner:
             except trio.WouldBlock:
                 if self._lifetime is not None:
                     new.handed = trio.Event()
-                    self._lifetime.start_soon(self._deliver_held, held, new.handed)
-
-    async def _deliver_held(self, held: Batch, delivered: trio.Event) -> None:
-        try:
-            await self.records.send(held)
-        finally:
-            delivered.set()
+                    self._lifetime.start_soon(_deliver, self.records, held, new.handed)
 
     def _rotated(self, reason: str) -> None:
         """De-duplicate a while longer: the replacement repeats what the old one delivered last."""
@@ -460,3 +457,10 @@ class ConnectionRunner:
         self._backoff.reset()
         self.conn.consecutive_failures = 0
         self.conn.stable = True
+
+
+async def _deliver(records: trio.MemorySendChannel[Ingress], batch: Batch, delivered: trio.Event) -> None:
+    try:
+        await records.send(batch)
+    finally:
+        delivered.set()

@@ -1001,3 +1001,24 @@ async def test_the_session_hears_that_its_connection_was_lost(
         assert LossCountingSession.lost == 1
         nursery.cancel_scope.cancel()
     assert LossCountingSession.lost == 2  # the second one ended with the cancellation
+
+
+async def test_a_connection_lost_as_its_rotation_gives_the_replacement_up_reconnects(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The replacement delivered nothing within stale_after, and the old connection went stale
+    at that same moment: the given-up replacement does not take over; the runner reconnects."""
+    network = FakeNetwork(lambda n: True)
+    runner, status, records = make_runner(network, RunnerSettings(stale_after=10.0, reconnect_interval=1.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        old = await network.opened(1)
+        await old.incoming_send.send(trade_frame(1))
+        await old.incoming_send.send(SHUTDOWN)
+        await network.opened(2)  # silent: given up after stale_after, as the old one goes stale
+        third = await network.opened(3)
+        await third.incoming_send.send(trade_frame(2))
+        got, _ = await received(records)
+        nursery.cancel_scope.cancel()
+    assert trade_ids(got) == ["1", "2"]
+    assert status.reconnects == 1 and status.rotations == 0
