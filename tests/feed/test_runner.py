@@ -1007,7 +1007,9 @@ async def test_a_connection_lost_as_its_rotation_gives_the_replacement_up_reconn
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The replacement delivered nothing within stale_after, and the old connection went stale
-    at that same moment: the given-up replacement does not take over; the runner reconnects."""
+    at that same moment. Whichever trio runs first, the runner reconnects: the rotation gives the
+    replacement up (which then never takes over), or the old one ends first and the replacement,
+    having taken over, goes stale in its turn."""
     network = FakeNetwork(lambda n: True)
     runner, status, records = make_runner(network, RunnerSettings(stale_after=10.0, reconnect_interval=1.0))
     async with trio.open_nursery() as nursery:
@@ -1021,4 +1023,4 @@ async def test_a_connection_lost_as_its_rotation_gives_the_replacement_up_reconn
         got, _ = await received(records)
         nursery.cancel_scope.cancel()
     assert trade_ids(got) == ["1", "2"]
-    assert status.reconnects == 1 and status.rotations == 0
+    assert status.reconnects == 1 and status.rotations in (0, 1)
