@@ -26,7 +26,8 @@ from feedd.feed.gates import Gate, HandshakeGates
 from feedd.feed.instruments import Instruments, load_instruments
 from feedd.feed.placement import Placement
 from feedd.feed.ratelimit import SlidingWindowLimiter
-from feedd.feed.runner import ConnectionRunner, Reply, RunnerSettings, send_limiter
+from feedd.feed.replies import Reply
+from feedd.feed.runner import ConnectionRunner, RunnerSettings, send_limiter
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
 from feedd.model import Ingress

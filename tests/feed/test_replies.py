@@ -1,7 +1,7 @@
 """The venue's answers to live subscription changes, as the runner and the supervisor track them.
 
-A scripted transport plays Binance's replies on trio's mock clock; tests/http/ checks the same
-against the simulator through the HTTP API.
+The ledger's rules come first, without trio; then a scripted transport plays Binance's replies on
+trio's mock clock; tests/http/ checks the same against the simulator through the HTTP API.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import trio.testing
 
 from feedd.config import ExchangeConfig
 from feedd.exchanges import make_venue
+from feedd.feed.replies import Reply, ReplyLedger
 from feedd.feed.runner import ConnectionRunner, RunnerSettings
 from feedd.feed.status import VenueStatus
 from feedd.feed.supervisor import NoAnswer, VenueRefused, VenueSupervisor
@@ -236,3 +237,59 @@ async def test_a_confirmed_subscribe_without_an_answer_names_the_pending_streams
     assert raised.value.pending == ("btcusdt@ticker", "btcusdt@trade")
     assert "no answer from the exchange" in str(raised.value)
     assert [supervisor.state_of(s) for s in supervisor.subscriptions()] == ["pending", "pending"]
+
+
+# ---- the ledger alone (no trio run: its events are only set and read) ------------------------
+
+def test_every_carried_topic_awaits_a_subscribe_reply_which_an_ack_resolves() -> None:
+    ledger = ReplyLedger(["a@trade", "b@trade"])
+    ledger.record(["a@trade"], "subscribe", None)
+    a, b = ledger.replies["a@trade"], ledger.replies["b@trade"]
+    assert a.done.is_set() and a.error is None and not b.done.is_set()
+
+
+def test_an_error_answers_whichever_request_the_topic_awaits() -> None:
+    ledger = ReplyLedger(["a@trade"])
+    ledger.replace("b@trade", Reply("unsubscribe"))
+    unsubscribe = ledger.replies["b@trade"]
+    ledger.record(["a@trade", "b@trade"], "error", "code 2")
+    assert ledger.replies["a@trade"].error == "code 2"
+    assert unsubscribe.done.is_set() and unsubscribe.error == "code 2"
+    assert "b@trade" not in ledger.replies  # an answered unsubscribe is forgotten
+
+
+def test_an_answer_for_the_other_operation_is_ignored() -> None:
+    ledger = ReplyLedger(["a@trade"])
+    ledger.record(["a@trade"], "unsubscribe", None)
+    ledger.record(["nobody@trade"], "subscribe", None)
+    assert not ledger.replies["a@trade"].done.is_set() and set(ledger.replies) == {"a@trade"}
+
+
+def test_a_later_answer_after_a_reconnect_replaces_the_settled_one() -> None:
+    ledger = ReplyLedger(["a@trade"])
+    ledger.record(["a@trade"], "subscribe", None)
+    first = ledger.replies["a@trade"]
+    ledger.record(["a@trade"], "error", "refused this time")
+    second = ledger.replies["a@trade"]
+    assert second is not first and (first.error, second.error) == (None, "refused this time")
+
+
+def test_a_new_request_withdraws_a_pending_subscribe_and_settles_a_pending_unsubscribe() -> None:
+    ledger = ReplyLedger(["a@trade"])
+    subscribe = ledger.replies["a@trade"]
+    ledger.replace("a@trade", Reply("unsubscribe"))
+    assert subscribe.withdrawn and subscribe.done.is_set() and subscribe.error is None
+    unsubscribe = ledger.replies["a@trade"]
+    ledger.replace("a@trade", Reply("subscribe"))
+    assert unsubscribe.done.is_set() and not unsubscribe.withdrawn
+    ledger.replace("a@trade", None)
+    assert "a@trade" not in ledger.replies
+
+
+def test_unsubscribes_awaited_when_the_connection_goes_are_done_and_subscribes_stay() -> None:
+    ledger = ReplyLedger(["a@trade"])
+    ledger.replace("b@trade", Reply("unsubscribe"))
+    unsubscribe = ledger.replies["b@trade"]
+    ledger.connection_gone()
+    assert unsubscribe.done.is_set() and unsubscribe.error is None
+    assert set(ledger.replies) == {"a@trade"} and not ledger.replies["a@trade"].done.is_set()

@@ -104,9 +104,10 @@ def make_runner(
     *,
     topics: tuple[str, ...] = ("btcusdt@trade",),
     venue: str = "binance",
+    capacity: int = 100,
 ) -> tuple[ConnectionRunner, VenueStatus, trio.MemoryReceiveChannel[list[MarketData]]]:
     status = VenueStatus(venue)
-    send, receive = trio.open_memory_channel[list[MarketData]](100)
+    send, receive = trio.open_memory_channel[list[MarketData]](capacity)
     runner = ConnectionRunner(
         venue=make_venue(venue),
         url="ws://test/stream",
@@ -509,6 +510,74 @@ async def test_when_the_venue_cuts_the_old_connection_first_the_replacement_take
         nursery.cancel_scope.cancel()
     assert trade_ids(got) == ["1", "2", "3", "4"]
     assert events == [] and len(network.attempts) == 2
+    assert (status.rotations, status.reconnects) == (1, 0)
+
+
+async def drain(channel: trio.MemoryReceiveChannel[Any], got: list[MarketData]) -> None:
+    """The hub, one batch at a time, and only once everything else waits: a full ingress queue."""
+    while True:
+        await trio.testing.wait_all_tasks_blocked()
+        try:
+            item = channel.receive_nowait()
+        except trio.WouldBlock:
+            return
+        if isinstance(item, list):
+            got += item
+
+
+async def test_held_records_keep_their_order_before_the_replacements_next_batch_when_the_hub_is_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The hand-over's fallback path: the old connection's catch-up batch waits for room in a
+    full ingress queue; what the replacement held and what it reads next come after it, in order."""
+    network = FakeNetwork(lambda n: True)
+    runner, status, records = make_runner(network, RunnerSettings(stable_after=1.0), capacity=1)
+    got: list[MarketData] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        old = await network.opened(1)
+        await old.incoming_send.send(trade_frame(1))  # fills the hub's queue
+        await old.incoming_send.send(SHUTDOWN)
+        new = await network.opened(2)
+        await new.incoming_send.send(trade_frame(2))  # held
+        await new.incoming_send.send(trade_frame(3))  # held
+        await old.incoming_send.send(trade_frame(2))  # catches up, but the queue is full
+        await trio.testing.wait_all_tasks_blocked()
+        assert not old.closed  # no hand-over before the old connection's batch is with the hub
+        await new.incoming_send.send(trade_frame(4))  # after the hand-over: behind what was held
+        await new.incoming_send.send(trade_frame(5))
+        await drain(records, got)
+        assert old.closed and not new.closed
+        await new.incoming_send.send(trade_frame(6))
+        await drain(records, got)
+        nursery.cancel_scope.cancel()
+    assert trade_ids(got) == ["1", "2", "3", "4", "5", "6"]
+    assert status.rotations == 1 and status.reconnects == 0
+
+
+async def test_when_the_old_connection_is_cut_with_the_hub_full_what_was_held_comes_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = FakeNetwork(lambda n: True)
+    runner, status, records = make_runner(network, RunnerSettings(), capacity=1)
+    got: list[MarketData] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        old = await network.opened(1)
+        await old.incoming_send.send(trade_frame(1))  # fills the hub's queue
+        await old.incoming_send.send(SHUTDOWN)
+        new = await network.opened(2)
+        await new.incoming_send.send(trade_frame(3))  # ahead of the old one: held
+        await old.incoming_send.send(trade_frame(2))
+        await old.incoming_send.send(TransportError("closed by peer: code 1001 (Server shutdown)"))
+        # the replacement reads on while the held records wait for room (nothing settles between)
+        new.incoming_send.send_nowait(trade_frame(4))
+        new.incoming_send.send_nowait(trade_frame(5))
+        await drain(records, got)
+        await new.incoming_send.send(trade_frame(6))
+        await drain(records, got)
+        nursery.cancel_scope.cancel()
+    assert trade_ids(got) == ["1", "2", "3", "4", "5", "6"]
     assert (status.rotations, status.reconnects) == (1, 0)
 
 
@@ -932,3 +1001,26 @@ async def test_the_session_hears_that_its_connection_was_lost(
         assert LossCountingSession.lost == 1
         nursery.cancel_scope.cancel()
     assert LossCountingSession.lost == 2  # the second one ended with the cancellation
+
+
+async def test_a_connection_lost_as_its_rotation_gives_the_replacement_up_reconnects(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The replacement delivered nothing within stale_after, and the old connection went stale
+    at that same moment. Whichever trio runs first, the runner reconnects: the rotation gives the
+    replacement up (which then never takes over), or the old one ends first and the replacement,
+    having taken over, goes stale in its turn."""
+    network = FakeNetwork(lambda n: True)
+    runner, status, records = make_runner(network, RunnerSettings(stale_after=10.0, reconnect_interval=1.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        old = await network.opened(1)
+        await old.incoming_send.send(trade_frame(1))
+        await old.incoming_send.send(SHUTDOWN)
+        await network.opened(2)  # silent: given up after stale_after, as the old one goes stale
+        third = await network.opened(3)
+        await third.incoming_send.send(trade_frame(2))
+        got, _ = await received(records)
+        nursery.cancel_scope.cancel()
+    assert trade_ids(got) == ["1", "2"]
+    assert status.reconnects == 1 and status.rotations in (0, 1)
