@@ -33,15 +33,24 @@ from feedd.control.history import History, Totals
 from feedd.control.metrics import DELAY_BUCKETS, Metrics
 from feedd.control.reload import ReloadOutcome, VenuePlan, plan_reload, subscriptions_of
 from feedd.control.state import StateFile
-from feedd.errors import quoted
+from feedd.errors import (
+    InvalidRequest,
+    NoAnswer,
+    NotSubscribed,
+    SubscriptionRefused,
+    UnknownVenue,
+    VenueDisabled,
+    quoted,
+)
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import CHANNELS, Channel, Subscription
-from feedd.fanout.hub import AnyCallback, Callback, CallbackSink, Hub, SubscriberInfo
+from feedd.fanout.callback import AnyCallback, Callback, CallbackSink
+from feedd.fanout.hub import Hub, SubscriberInfo
 from feedd.fanout.unix import UnixPublisher
 from feedd.feed.gates import HandshakeGates
 from feedd.feed.runner import RunnerSettings
 from feedd.feed.status import VenueStatus, overall
-from feedd.feed.supervisor import NoAnswer, NotSubscribed, SubscriptionRefused, VenueSupervisor
+from feedd.feed.supervisor import VenueSupervisor
 from feedd.model import Ingress
 from feedd.wire.transport import TRANSPORTS, OpenTransport
 
@@ -56,18 +65,6 @@ ACK_TIMEOUT = 10.0
 #: an exit within 5 s of SIGTERM: the rest is cancelling, the interpreter's own exit, and room
 #: for a loaded machine)
 STOP_GRACE = 3.0
-
-
-class InvalidRequest(SubscriptionRefused):
-    """A request that cannot be right whatever the venue says (a malformed symbol, a channel)."""
-
-
-class UnknownVenue(SubscriptionRefused):
-    """Not a venue id feedd knows, or one the configuration does not name."""
-
-
-class VenueDisabled(SubscriptionRefused):
-    """The venue is configured but not running (``enabled = false``, or the feed is off)."""
 
 
 def runner_settings(config: Config) -> RunnerSettings:
@@ -497,7 +494,7 @@ class WebSocketService:
         function runs in a worker thread of its own (one per batch of pending records), since
         only a thread keeps a blocking function off the loop, so it must be thread-safe with
         respect to its own state. At stop or removal a call in progress is abandoned, not
-        awaited (see :class:`~feedd.fanout.hub.CallbackSink`). Returns the sink, for
+        awaited (see :class:`~feedd.fanout.callback.CallbackSink`). Returns the sink, for
         :meth:`remove_data_callback` and its counters.
         """
         return self._add_callback(CallbackSink(

@@ -33,10 +33,12 @@ import attrs
 import trio
 
 from feedd.config import NatsConfig
+from feedd.errors import NatsError
 from feedd.feed.backoff import Backoff
 from feedd.model import FeedEvent, MarketData
-from feedd.nats.client import Credentials, NatsClient, NatsError, open_client, parse_server
+from feedd.nats.client import Credentials, NatsClient, open_client
 from feedd.nats.jetstream import BatchAcks, StreamSettings, ensure_stream, send_batch
+from feedd.nats.servers import parse_server
 
 log = logging.getLogger(__name__)
 

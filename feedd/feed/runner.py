@@ -35,6 +35,7 @@ from typing import Literal
 import attrs
 import trio
 
+from feedd.errors import TransportError
 from feedd.exchanges.base import (
     DecodeError,
     Heartbeat,
@@ -55,7 +56,8 @@ from feedd.feed.ratelimit import SlidingWindowLimiter
 from feedd.feed.status import ConnectionStatus, VenueStatus
 from feedd.feed.validate import Validator
 from feedd.model import Batch, Disconnected, Frame, Ingress, MarketData, Reconnected
-from feedd.wire.transport import HandshakeRefused, OpenTransport, Transport, TransportError, open_transport
+from feedd.wire.transport import OpenTransport, Transport, open_transport
+from feedd.wire.upgrade import HandshakeRefused
 
 log = logging.getLogger(__name__)
 

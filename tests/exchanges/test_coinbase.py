@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from feedd.errors import TransportError
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import (
     DecodeError,
@@ -36,7 +37,6 @@ from feedd.feed.runner import ConnectionRunner, RunnerSettings
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
 from feedd.model import Frame, MarketData
-from feedd.wire.transport import TransportError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "coinbase"
 RECORDED = FIXTURES / "recorded_advanced_trade_2026-08-09.ndjson"

@@ -18,6 +18,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, open_websocket_url
 
+from feedd.errors import TransportError
 from feedd.sim.core import (
     FLOOD_ROUND,
     INVALID_FRAME,
@@ -29,7 +30,8 @@ from feedd.sim.core import (
     SimServer,
 )
 from feedd.sim.faults import Fault, FaultSchedule
-from feedd.wire.transport import TRANSPORTS, HandshakeRefused, TransportError, open_native
+from feedd.wire.transport import TRANSPORTS, open_native
+from feedd.wire.upgrade import HandshakeRefused
 
 
 class ToyProtocol:
