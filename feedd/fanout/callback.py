@@ -7,12 +7,12 @@ import inspect
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
 
+from feedd.fanout.buffer import DropOldest
 from feedd.fanout.hub import SubscriberInfo
 from feedd.model import FeedEvent, MarketData
 
@@ -72,8 +72,7 @@ class CallbackSink:
         self._data = data
         self._events = events
         self.name = name or getattr(callback, "__qualname__", None) or repr(callback)
-        self._buffer = buffer
-        self._pending: deque[MarketData | FeedEvent] = deque(maxlen=buffer)
+        self._pending: DropOldest[MarketData | FeedEvent] = DropOldest(buffer)
         #: the hub's offers (event loop) and a sync callback's takes (its thread) on the buffer
         #: take turns, so the drop count stays exact
         self._lock = threading.Lock()
@@ -98,9 +97,8 @@ class CallbackSink:
         if not self._data:
             return
         with self._lock:
-            overflow = len(self._pending) + len(records) - self._buffer
-            self._pending.extend(records)  # the deque's maxlen drops the oldest
-        if overflow > 0:
+            overflow = self._pending.add(records, len(records))
+        if overflow:
             self.dropped += overflow
         self._wakeup.set()
 
@@ -110,9 +108,8 @@ class CallbackSink:
 
     def _take_one(self, item: MarketData | FeedEvent) -> None:
         with self._lock:
-            overflow = len(self._pending) + 1 - self._buffer
-            self._pending.append(item)
-        if overflow > 0:
+            overflow = self._pending.add_one(item)
+        if overflow:
             self.dropped += overflow
         self._wakeup.set()
 
@@ -133,7 +130,7 @@ class CallbackSink:
             self._stopped = True
 
     async def _run_async(self) -> None:
-        pending = self._pending
+        pending = self._pending.items  # never replaced
         callback = self._callback
         while True:
             await self._wakeup.wait()
@@ -163,7 +160,7 @@ class CallbackSink:
 
     def _deliver_pending(self) -> None:
         """In the worker thread: call the callback for each record until the buffer is empty."""
-        pending, lock, callback = self._pending, self._lock, self._callback
+        pending, lock, callback = self._pending.items, self._lock, self._callback
         while not self._stopped:
             with lock:
                 if not pending:

@@ -20,12 +20,12 @@ import logging
 import math
 import os
 import stat
-from collections import deque
 from collections.abc import Sequence
 
 import trio
 
 from feedd.errors import FilterError, PublisherError
+from feedd.fanout.buffer import DropOldest
 from feedd.fanout.hub import Hub
 from feedd.fanout.lines import ClientFilter, error_line, gap_line, notice_line, parse_filter
 from feedd.model import FeedEvent, MarketData
@@ -72,9 +72,9 @@ class _Subscriber:
         self.dropped_total = 0
         self._capacity = capacity
         #: lines waiting while the socket is full
-        self._lines: deque[bytes] = deque(maxlen=capacity)
+        self._lines: DropOldest[bytes] = DropOldest(capacity)
         #: records (and feed events) waiting for the first filter, with their lines
-        self._held: deque[tuple[MarketData | FeedEvent, bytes]] | None = deque(maxlen=capacity)
+        self._held: DropOldest[tuple[MarketData | FeedEvent, bytes]] | None = DropOldest(capacity)
         self._filter: ClientFilter | None = None
         self._dropped = 0
         #: the unwritten rest of a write the socket did not take whole, and its record count
@@ -112,10 +112,8 @@ class _Subscriber:
             return False
         held = self._held
         if held is not None:
-            overflow = len(held) + len(records) - self._capacity
-            if overflow > 0:
+            if overflow := held.add(zip(records, encoded, strict=True), len(records)):
                 self._count_drops(overflow)
-            held.extend(zip(records, encoded, strict=True))
             return False
         flt = self._filter
         if self.backlog is not None:
@@ -123,10 +121,8 @@ class _Subscriber:
                 encoded if flt is None
                 else [line for r, line in zip(records, encoded, strict=True) if flt.matches(r)]
             )
-            overflow = len(self._lines) + len(lines) - self._capacity
-            if overflow > 0:
+            if overflow := self._lines.add(lines, len(lines)):
                 self._count_drops(overflow)
-            self._lines.extend(lines)  # the deque's maxlen drops the oldest
             return False
         if flt is None:
             self.write(everything, len(records))
@@ -141,13 +137,13 @@ class _Subscriber:
         if self.goodbye is not None:
             return
         if self._held is not None:
-            self._held.append((event, b""))  # its line depends on the filter still to come
+            self._held.items.append((event, b""))  # its line depends on the filter still to come
             return
         line = notice_line(event, self._filter)
         if line is None:
             return
         if self.backlog is not None:
-            self._lines.append(line)
+            self._lines.items.append(line)  # uncounted: a notice pushing out a record is no gap
         else:
             self.write(line, 0)
 
@@ -185,7 +181,7 @@ class _Subscriber:
             self.backlog = None
             self._count_sent(self._backlog_records)
             if self._lines and self.goodbye is None:
-                lines, self._lines = self._lines, deque(maxlen=self._capacity)
+                lines = self._lines.take_all()
                 self.write(b"".join(lines), len(lines))
 
     def start(self, flt: ClientFilter | None) -> None:
@@ -222,7 +218,7 @@ class _Subscriber:
         """Stop delivering: the writer finishes the write in progress, sends ``error`` (if any)
         instead of what is queued, then closes."""
         self._held = None
-        self._lines.clear()
+        self._lines.items.clear()
         self.goodbye = b"" if error is None else error_line(error)
         self.wakeup.set()
 
