@@ -26,7 +26,8 @@ from pathlib import Path
 import trio
 import trustme
 
-from feedd.wire.transport import TransportError, open_native
+from feedd.errors import TransportError
+from feedd.wire.transport import open_native
 
 AGENT = "feedd"
 #: how long one case may take (the slowest send 16 MB in small chunks)

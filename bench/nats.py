@@ -203,8 +203,9 @@ def nats_py_rates(url: str, server_pid: int, count: int) -> list[tuple[str, floa
 def stream_last_seq(url: str, stream: str = "FEEDD") -> int:
     import trio
 
-    from feedd.nats.client import open_client, parse_server
+    from feedd.nats.client import open_client
     from feedd.nats.jetstream import api_request
+    from feedd.nats.servers import parse_server
 
     async def ask() -> int:
         async with open_client(parse_server(url)) as client:

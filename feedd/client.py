@@ -29,12 +29,11 @@ from typing import Any, Protocol
 import attrs
 import orjson
 
-from feedd.errors import describe
+from feedd.errors import SubscribeError, SubscriberRefused, SubscriptionRefused, describe
+from feedd.fanout.lines import KINDS, parse_time, record_of
 from feedd.feed.backoff import Backoff
 from feedd.model import Disconnected, MarketData, Reconnected
 
-#: what a filter's ``kind`` accepts (the daemon's names; ``trades`` as the config says it)
-KINDS = ("trade", "trades", "ticker")
 _READ_SIZE = 65536
 #: how much of a bad line an event quotes
 _EXCERPT = 120
@@ -104,28 +103,7 @@ Event = (
 Item = MarketData | Event
 
 
-class SubscribeError(Exception):
-    """Cannot subscribe: the message names the socket path and the reason."""
-
-
-class SubscriptionRefused(SubscribeError):
-    """The daemon refused the subscription (``error`` says why); retrying would not help."""
-
-    def __init__(self, path: str, error: str) -> None:
-        super().__init__(f"feedd at {path} refused the subscription: {error}")
-        self.error = error
-
-
 # ---- the sans-IO decoder ------------------------------------------------------------------
-
-
-def _time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is UTC:  # what the daemon writes ("Z"): no conversion
-        return parsed
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp {value!r} has no timezone")
-    return parsed.astimezone(UTC)
 
 
 def _event(kind: Any, obj: dict[str, Any]) -> Event:
@@ -134,10 +112,10 @@ def _event(kind: Any, obj: dict[str, Any]) -> Event:
     if kind == "error":
         return ServerError(str(obj.get("error") or "no reason given"))
     if kind == "disconnect":
-        return VenueDisconnected(str(obj["exchange"]), tuple(obj["symbols"]), _time(obj["at"]),
+        return VenueDisconnected(str(obj["exchange"]), tuple(obj["symbols"]), parse_time(obj["at"]),
                                  str(obj.get("reason") or ""))
     if kind == "reconnect":
-        return VenueReconnected(str(obj["exchange"]), tuple(obj["symbols"]), _time(obj["at"]),
+        return VenueReconnected(str(obj["exchange"]), tuple(obj["symbols"]), parse_time(obj["at"]),
                                 float(obj["gap_seconds"]))
     return UnknownEvent(str(kind), obj)
 
@@ -176,12 +154,7 @@ class LineDecoder:
             obj = orjson.loads(line)
             if "type" in obj:
                 return _event(obj["type"], obj)
-            return MarketData(
-                obj["exchange"], obj["symbol"], obj["kind"], obj["price"], obj["volume"],
-                _time(obj["timestamp"]), _time(obj["received_at"]), obj.get("bid"), obj.get("ask"),
-                obj.get("high_24h"), obj.get("low_24h"), obj.get("change_24h"), obj.get("side"),
-                obj.get("trade_id"),
-            )
+            return record_of(obj)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             self.bad_lines += 1
             why = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
@@ -372,7 +345,7 @@ class Subscription:
                 while data := await conn.receive():
                     for item in self.decoder.feed(data):
                         if type(item) is ServerError:
-                            raise SubscriptionRefused(self.path, item.error)
+                            raise SubscriberRefused(self.path, item.error)
                         yield item
             except OSError as exc:
                 reason = f"connection lost: {describe(exc)}"
@@ -390,7 +363,7 @@ class Subscription:
                 attempts += 1
                 try:
                     conn = await self._connect(loop)
-                except SubscriptionRefused:
+                except SubscriberRefused:
                     raise
                 except SubscribeError:
                     continue  # still down: the daemon is restarting
@@ -432,6 +405,7 @@ __all__ = [
     "LineDecoder",
     "ServerError",
     "SubscribeError",
+    "SubscriberRefused",
     "Subscription",
     "SubscriptionRefused",
     "UnknownEvent",

@@ -12,7 +12,7 @@ here; every other record takes orjson's path unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -64,34 +64,6 @@ def encode_record(record: MarketData) -> bytes:
 def encode_line(obj: Any) -> bytes:
     """Any JSON-able control object (gap notices, errors) as one line."""
     return orjson.dumps(obj, option=_OPTS)
-
-
-def _parse_time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp {value!r} has no timezone")
-    return parsed.astimezone(UTC)
-
-
-def decode_record(line: bytes | str) -> MarketData:
-    """Inverse of :func:`encode_record`, for clients (``feedd tail``) and tests."""
-    obj = orjson.loads(line)
-    return MarketData(
-        exchange=obj["exchange"],
-        symbol=obj["symbol"],
-        kind=obj["kind"],
-        price=obj["price"],
-        volume=obj["volume"],
-        timestamp=_parse_time(obj["timestamp"]),
-        received_at=_parse_time(obj["received_at"]),
-        bid=obj.get("bid"),
-        ask=obj.get("ask"),
-        high_24h=obj.get("high_24h"),
-        low_24h=obj.get("low_24h"),
-        change_24h=obj.get("change_24h"),
-        side=obj.get("side"),
-        trade_id=obj.get("trade_id"),
-    )
 
 
 def event_dict(event: FeedEvent, symbols: Sequence[str] | None = None) -> dict[str, Any]:

@@ -131,7 +131,7 @@ class UnixConfig:
 
 
 def _nats_servers(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
-    from feedd.nats.client import parse_server  # only with a [nats] table: no cost without
+    from feedd.nats.servers import parse_server  # only with a [nats] table: no cost without
 
     if not value:
         raise ValueError(f"{attribute.name}: must list at least one server URL")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from feedd.codec import decode_record
+from feedd.fanout.lines import decode_record
 from feedd.model import MarketData
 from feedd.sim import BinanceSimulator
 

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from feedd.codec import decode_record, encode_record
+from feedd.codec import encode_record
+from feedd.fanout.lines import decode_record
 from feedd.model import MarketData
 
 TS = datetime(2024, 8, 8, 23, 54, 15, 342000, tzinfo=UTC)

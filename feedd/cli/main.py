@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import trio
 
 from feedd import __version__
-from feedd.cli.tail import KIND_NAMES
 from feedd.config import Config, ConfigError, config_warnings, load_config
 from feedd.errors import describe
+from feedd.fanout.lines import KINDS
 
 log = logging.getLogger("feedd")
 
@@ -51,7 +51,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from feedd.fanout.unix import PublisherError
+    from feedd.errors import PublisherError
     from feedd.http.server import ListenError
     from feedd.ops.daemon import run_until_signalled
 
@@ -101,8 +101,8 @@ def _stdout_gone() -> None:
 
 def _cmd_tail_nats(args: argparse.Namespace) -> int:
     """``feedd tail --nats``: the JetStream stream instead of the socket (feedd.cli.tail_nats)."""
-    from feedd.cli.tail import TailError
     from feedd.cli.tail_nats import parse_since, tail_nats
+    from feedd.errors import TailError
 
     if args.nats is None:
         print("feedd tail: --since needs --nats (the socket has no history)", file=sys.stderr)
@@ -129,7 +129,8 @@ def _cmd_tail_nats(args: argparse.Namespace) -> int:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from feedd.cli.tail import TailError, tail
+    from feedd.cli.tail import tail
+    from feedd.errors import TailError
 
     if args.nats is not None or args.since is not None:
         return _cmd_tail_nats(args)
@@ -309,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only this venue id, e.g. binance (repeatable)")
     tail.add_argument("--symbol", action="append", default=[], metavar="SYMBOL",
                       help="only this symbol, e.g. BTCUSDT (repeatable)")
-    tail.add_argument("--kind", action="append", default=[], choices=KIND_NAMES,
+    tail.add_argument("--kind", action="append", default=[], choices=tuple(KINDS),
                       help="only trades or only tickers (repeatable)")
     tail.add_argument("--limit", type=int, default=None, metavar="N",
                       help="stop after N records (default: until the daemon stops or Ctrl-C)")

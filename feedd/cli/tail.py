@@ -12,9 +12,9 @@ from typing import Any, TextIO, TypeVar
 import orjson
 import trio
 
-from feedd.codec import decode_record, encode_line
-from feedd.errors import describe
-from feedd.fanout.unix import KINDS
+from feedd.codec import encode_line
+from feedd.errors import TailError, describe
+from feedd.fanout.lines import KINDS, decode_record
 from feedd.model import MarketData
 
 log = logging.getLogger(__name__)
@@ -22,12 +22,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _READ_SIZE = 65536
-
-KIND_NAMES = tuple(KINDS)
-
-
-class TailError(Exception):
-    """``feedd tail`` cannot go on; the message names the socket path and the reason."""
 
 
 def _num(value: float) -> str:

@@ -18,13 +18,14 @@ from typing import Any, TextIO
 
 import trio
 
-from feedd.cli.tail import TailError, format_record
-from feedd.codec import decode_record
+from feedd.cli.tail import format_record
+from feedd.errors import NatsError, TailError
+from feedd.fanout.lines import KINDS, decode_record
 from feedd.fanout.nats import subject_for
-from feedd.fanout.unix import KINDS
-from feedd.nats.client import Credentials, NatsClient, NatsError, open_client, parse_server
+from feedd.nats.client import Credentials, NatsClient, open_client
 from feedd.nats.jetstream import NS, api_request, start_time
 from feedd.nats.protocol import Msg, parse_headers, pub
+from feedd.nats.servers import parse_server
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -17,9 +17,9 @@ import trio
 
 from feedd.config import Config
 from feedd.control.reload import ReloadOutcome, VenuePlan, plan_reload, subscriptions_of
+from feedd.errors import NoAnswer, NotSubscribed, SubscriptionRefused
 from feedd.exchanges.base import Channel
 from feedd.feed.runner import RunnerSettings
-from feedd.feed.supervisor import NoAnswer, NotSubscribed, SubscriptionRefused
 
 if TYPE_CHECKING:
     from feedd.control.service import WebSocketService

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import trio
 
-from feedd.fanout.hub import CallbackSink, Hub
+from feedd.fanout.callback import CallbackSink
+from feedd.fanout.hub import Hub
 
 
 class Callbacks:

@@ -42,13 +42,15 @@ from feedd.control.history import History
 from feedd.control.metrics import DELAY_BUCKETS, Metrics
 from feedd.control.reload import ReloadOutcome
 from feedd.control.state import StateFile
+from feedd.errors import InvalidRequest, UnknownVenue, VenueDisabled
 from feedd.exchanges import make_venue
 from feedd.exchanges.base import Channel
-from feedd.fanout.hub import AnyCallback, Callback, CallbackSink, Hub, SubscriberInfo
+from feedd.fanout.callback import AnyCallback, Callback, CallbackSink
+from feedd.fanout.hub import Hub, SubscriberInfo
 from feedd.fanout.unix import UnixPublisher
 from feedd.feed.gates import HandshakeGates
 from feedd.feed.status import VenueStatus
-from feedd.feed.supervisor import SubscriptionRefused, VenueSupervisor
+from feedd.feed.supervisor import VenueSupervisor
 from feedd.model import Ingress
 from feedd.wire.transport import TRANSPORTS, OpenTransport
 
@@ -65,16 +67,6 @@ ACK_TIMEOUT = 10.0
 STOP_GRACE = 3.0
 
 
-class InvalidRequest(SubscriptionRefused):
-    """A request that cannot be right whatever the venue says (a malformed symbol, a channel)."""
-
-
-class UnknownVenue(SubscriptionRefused):
-    """Not a venue id feedd knows, or one the configuration does not name."""
-
-
-class VenueDisabled(SubscriptionRefused):
-    """The venue is configured but not running (``enabled = false``, or the feed is off)."""
 
 
 @attrs.define(eq=False)
@@ -379,7 +371,7 @@ class WebSocketService:
         function runs in a worker thread of its own (one per batch of pending records), since
         only a thread keeps a blocking function off the loop, so it must be thread-safe with
         respect to its own state. At stop or removal a call in progress is abandoned, not
-        awaited (see :class:`~feedd.fanout.hub.CallbackSink`). Returns the sink, for
+        awaited (see :class:`~feedd.fanout.callback.CallbackSink`). Returns the sink, for
         :meth:`remove_data_callback` and its counters.
         """
         return self.callbacks.add(CallbackSink(

@@ -17,10 +17,10 @@ import trio
 
 from feedd.config import symbol_problem
 from feedd.control.state import StateFile
-from feedd.errors import quoted
+from feedd.errors import NotSubscribed, quoted
 from feedd.exchanges import venue_ids
 from feedd.exchanges.base import CHANNELS, Channel, Subscription
-from feedd.feed.supervisor import NotSubscribed, VenueSupervisor
+from feedd.feed.supervisor import VenueSupervisor
 
 
 def venue_problem(exchange: str, configured: Collection[str], feed_enabled: bool) -> tuple[bool, str]:

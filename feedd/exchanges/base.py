@@ -173,12 +173,6 @@ def topic_list_chars(names: Iterable[str]) -> int:
     return max(2, 1 + sum(map(topic_chars, names)))
 
 
-def excerpt(frame: Frame, limit: int = 200) -> str:
-    """A bounded, printable slice of a frame for error messages and logs."""
-    text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 class Session(Protocol):
     """Protocol state of one connection attempt (request ids, pending acks, ticker state).
 

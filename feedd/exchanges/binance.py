@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from feedd.errors import excerpt
 from feedd.exchanges.base import (
     ConnectLimit,
     DecodeError,
@@ -36,7 +37,6 @@ from feedd.exchanges.base import (
     Subscription,
     Topic,
     Venue,
-    excerpt,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
 from feedd.model import TICKER, Frame, MarketData, trade_record

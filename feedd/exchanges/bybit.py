@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 import orjson
 
+from feedd.errors import excerpt
 from feedd.exchanges.base import (
     ConnectLimit,
     DecodeError,
@@ -50,7 +51,6 @@ from feedd.exchanges.base import (
     Subscription,
     Topic,
     Venue,
-    excerpt,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
 from feedd.model import TICKER, Frame, MarketData, trade_record

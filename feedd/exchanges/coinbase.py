@@ -33,6 +33,7 @@ from urllib.parse import quote
 import attrs
 import orjson
 
+from feedd.errors import excerpt
 from feedd.exchanges.base import (
     ConnectLimit,
     DecodeError,
@@ -51,7 +52,6 @@ from feedd.exchanges.base import (
     Subscription,
     Topic,
     Venue,
-    excerpt,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, load_object, parse_rfc3339, single_route, text
 from feedd.model import TICKER, Frame, MarketData, Side, trade_record

@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from feedd.exchanges.base import DecodeError, excerpt
+from feedd.errors import excerpt
+from feedd.exchanges.base import DecodeError
 from feedd.model import Frame
 
 #: What reading a bad payload can raise: a missing key, a wrong type, an unparsable number, or a

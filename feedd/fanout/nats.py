@@ -33,10 +33,13 @@ import attrs
 import trio
 
 from feedd.config import NatsConfig
+from feedd.errors import NatsError
+from feedd.fanout.buffer import DropOldest
 from feedd.feed.backoff import Backoff
 from feedd.model import FeedEvent, MarketData
-from feedd.nats.client import Credentials, NatsClient, NatsError, open_client, parse_server
+from feedd.nats.client import Credentials, NatsClient, open_client
 from feedd.nats.jetstream import BatchAcks, StreamSettings, ensure_stream, send_batch
+from feedd.nats.servers import parse_server
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +114,7 @@ class NatsSink:
         self._credentials = Credentials(token=config.token, credentials_file=config.credentials)
         self._prefix = config.subject_prefix
         self._capacity = config.buffer
-        self._pending: deque[tuple[MarketData, bytes]] = deque(maxlen=config.buffer)
+        self._pending: DropOldest[tuple[MarketData, bytes]] = DropOldest(config.buffer)
         #: batches written and awaiting their acks, oldest first
         self._inflight: deque[_Batch] = deque()
         #: batches to write again first (they were in flight when a connection was lost)
@@ -151,10 +154,7 @@ class NatsSink:
     # ---- the hub's side -----------------------------------------------------------------
 
     def offer(self, records: Sequence[MarketData], encoded: Sequence[bytes]) -> None:
-        pending = self._pending
-        overflow = len(pending) + len(records) - self._capacity
-        pending.extend(zip(records, encoded, strict=True))  # the deque's maxlen drops the oldest
-        if overflow > 0:
+        if overflow := self._pending.add(zip(records, encoded, strict=True), len(records)):
             self._lost(overflow)
         self._wakeup.set()
 
@@ -251,7 +251,7 @@ class NatsSink:
     async def _publish(self, client: NatsClient) -> None:
         """Keep up to :data:`WINDOW` batches in flight, each written at once, settled in order
         as their acks complete; what was in flight on the last connection goes first, again."""
-        pending, inflight, resend = self._pending, self._inflight, self._resend
+        buffer, inflight, resend = self._pending, self._inflight, self._resend
         self._settle(None)  # acked in full on the last connection, not yet counted
         resend.extendleft(reversed([batch.messages for batch in inflight]))
         inflight.clear()
@@ -262,6 +262,7 @@ class NatsSink:
                 missing = inflight[0].acks.expected - inflight[0].acks.received
                 raise NatsError(f"{client.address}: {missing} of {inflight[0].acks.expected} acks missing "
                                 f"after {self.config.ack_timeout:g} s")
+            pending = buffer.items  # replaced by nothing: the sink never swaps it
             if len(inflight) < WINDOW and (resend or pending):
                 if resend:
                     messages = resend.popleft()

@@ -20,15 +20,14 @@ import logging
 import math
 import os
 import stat
-from collections import deque
 from collections.abc import Sequence
 
-import attrs
-import orjson
 import trio
 
-from feedd.codec import encode_event, encode_line
+from feedd.errors import FilterError, PublisherError
+from feedd.fanout.buffer import DropOldest
 from feedd.fanout.hub import Hub
+from feedd.fanout.lines import ClientFilter, error_line, gap_line, notice_line, parse_filter
 from feedd.model import FeedEvent, MarketData
 
 logger = logging.getLogger(__name__)
@@ -36,9 +35,6 @@ logger = logging.getLogger(__name__)
 #: sun_path is 108 bytes on Linux, including the terminating NUL
 MAX_PATH_BYTES = 107
 MAX_FILTER_LINE = 4096
-#: what a filter's ``kind`` accepts → the record kind (the config calls the channel "trades")
-KINDS = {"trade": "trade", "trades": "trade", "ticker": "ticker"}
-_FILTER_KEYS = ("exchange", "symbol", "kind")
 #: accept() failures that mean "out of descriptors or memory for now": pause, then retry
 _EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: how long accepting pauses after such a failure; the pending clients wait in the backlog
@@ -47,81 +43,6 @@ ACCEPT_PAUSE = 0.1
 GOODBYE_TIMEOUT = 1.0
 #: write coalescing: after a flush that wrote to n subscribers the next waits (n - 1) x this
 WRITE_INTERVAL = 100e-6
-
-
-class PublisherError(Exception):
-    """The publisher cannot take its socket path; the message names the path and why."""
-
-
-class FilterError(ValueError):
-    """A subscriber's filter line is not acceptable; the message is sent back to it."""
-
-
-@attrs.frozen(slots=True)
-class ClientFilter:
-    """Which records one subscriber wants; ``None`` for a field means any value."""
-
-    exchanges: frozenset[str] | None = None
-    symbols: frozenset[str] | None = None
-    kinds: frozenset[str] | None = None
-
-    @property
-    def is_everything(self) -> bool:
-        return self.exchanges is None and self.symbols is None and self.kinds is None
-
-    def matches(self, record: MarketData) -> bool:
-        return (
-            (self.exchanges is None or record.exchange in self.exchanges)
-            and (self.symbols is None or record.symbol.upper() in self.symbols)
-            and (self.kinds is None or record.kind in self.kinds)
-        )
-
-
-def notice_line(event: FeedEvent, flt: ClientFilter | None) -> bytes | None:
-    """``event``'s line for a subscriber with filter ``flt``: only the symbols it asked for
-    (whatever kinds), or None when the event is about none of them."""
-    if flt is None:
-        return encode_event(event)
-    if flt.exchanges is not None and event.exchange not in flt.exchanges:
-        return None
-    symbols = event.symbols
-    if flt.symbols is not None:
-        symbols = tuple(s for s in symbols if s.upper() in flt.symbols)
-        if not symbols:
-            return None
-    return encode_event(event, symbols)
-
-
-def parse_filter(line: bytes) -> ClientFilter:
-    """The filter a subscriber's first line asks for; :class:`FilterError` says what is wrong."""
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise FilterError(f"filter line is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise FilterError("filter must be a JSON object with keys exchange, symbol, kind")
-    unknown = sorted(set(obj) - set(_FILTER_KEYS))
-    if unknown:
-        raise FilterError(f"unknown filter key(s) {unknown}; allowed: exchange, symbol, kind")
-
-    def values(key: str) -> list[str] | None:
-        value = obj.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise FilterError(f"filter {key!r} must be a non-empty list of strings")
-        return value
-
-    exchanges, symbols, kinds = values("exchange"), values("symbol"), values("kind")
-    if kinds is not None:
-        bad = sorted(set(kinds) - KINDS.keys())
-        if bad:
-            raise FilterError(f"filter 'kind' has unknown value(s) {bad}; allowed: trade (or trades), ticker")
-    return ClientFilter(
-        exchanges=None if exchanges is None else frozenset(e.lower() for e in exchanges),
-        symbols=None if symbols is None else frozenset(s.upper() for s in symbols),
-        kinds=None if kinds is None else frozenset(KINDS[k] for k in kinds),
-    )
 
 
 class _Subscriber:
@@ -151,9 +72,9 @@ class _Subscriber:
         self.dropped_total = 0
         self._capacity = capacity
         #: lines waiting while the socket is full
-        self._lines: deque[bytes] = deque(maxlen=capacity)
+        self._lines: DropOldest[bytes] = DropOldest(capacity)
         #: records (and feed events) waiting for the first filter, with their lines
-        self._held: deque[tuple[MarketData | FeedEvent, bytes]] | None = deque(maxlen=capacity)
+        self._held: DropOldest[tuple[MarketData | FeedEvent, bytes]] | None = DropOldest(capacity)
         self._filter: ClientFilter | None = None
         self._dropped = 0
         #: the unwritten rest of a write the socket did not take whole, and its record count
@@ -191,10 +112,8 @@ class _Subscriber:
             return False
         held = self._held
         if held is not None:
-            overflow = len(held) + len(records) - self._capacity
-            if overflow > 0:
+            if overflow := held.add(zip(records, encoded, strict=True), len(records)):
                 self._count_drops(overflow)
-            held.extend(zip(records, encoded, strict=True))
             return False
         flt = self._filter
         if self.backlog is not None:
@@ -202,10 +121,8 @@ class _Subscriber:
                 encoded if flt is None
                 else [line for r, line in zip(records, encoded, strict=True) if flt.matches(r)]
             )
-            overflow = len(self._lines) + len(lines) - self._capacity
-            if overflow > 0:
+            if overflow := self._lines.add(lines, len(lines)):
                 self._count_drops(overflow)
-            self._lines.extend(lines)  # the deque's maxlen drops the oldest
             return False
         if flt is None:
             self.write(everything, len(records))
@@ -220,13 +137,13 @@ class _Subscriber:
         if self.goodbye is not None:
             return
         if self._held is not None:
-            self._held.append((event, b""))  # its line depends on the filter still to come
+            self._held.items.append((event, b""))  # its line depends on the filter still to come
             return
         line = notice_line(event, self._filter)
         if line is None:
             return
         if self.backlog is not None:
-            self._lines.append(line)
+            self._lines.items.append(line)  # uncounted: a notice pushing out a record is no gap
         else:
             self.write(line, 0)
 
@@ -234,7 +151,7 @@ class _Subscriber:
         """Write ``payload`` (``count`` records) now, as far as the socket takes it, never waiting;
         a gap notice goes first if records were dropped. The rest becomes the backlog."""
         if self._dropped:
-            payload = encode_line({"type": "gap", "dropped": self._dropped}) + payload
+            payload = gap_line(self._dropped) + payload
             self._dropped = 0
         try:
             written = os.write(self._fd, payload)
@@ -264,7 +181,7 @@ class _Subscriber:
             self.backlog = None
             self._count_sent(self._backlog_records)
             if self._lines and self.goodbye is None:
-                lines, self._lines = self._lines, deque(maxlen=self._capacity)
+                lines = self._lines.take_all()
                 self.write(b"".join(lines), len(lines))
 
     def start(self, flt: ClientFilter | None) -> None:
@@ -301,8 +218,8 @@ class _Subscriber:
         """Stop delivering: the writer finishes the write in progress, sends ``error`` (if any)
         instead of what is queued, then closes."""
         self._held = None
-        self._lines.clear()
-        self.goodbye = b"" if error is None else encode_line({"type": "error", "error": error})
+        self._lines.items.clear()
+        self.goodbye = b"" if error is None else error_line(error)
         self.wakeup.set()
 
 
@@ -520,9 +437,7 @@ class UnixPublisher:
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
         async with stream:
-            await _say_goodbye(stream, encode_line(
-                {"type": "error", "error": f"too many subscribers (max {self.max_clients})"}
-            ))
+            await _say_goodbye(stream, error_line(f"too many subscribers (max {self.max_clients})"))
 
     async def _listen(self) -> tuple[trio.SocketListener, int]:
         path = self.path

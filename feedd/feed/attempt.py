@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from feedd.errors import TransportError, first_of_run
 from feedd.exchanges.base import (
     DecodeError,
     Heartbeat,
@@ -54,7 +55,7 @@ from feedd.feed import liveness, rotation
 from feedd.feed.lifecycle import Lifecycle, State, Trigger
 from feedd.feed.ratelimit import SlidingWindowLimiter
 from feedd.model import Batch, Frame, MarketData
-from feedd.wire.transport import Transport, TransportError
+from feedd.wire.transport import Transport
 
 if TYPE_CHECKING:
     from feedd.feed.runner import ConnectionRunner
@@ -82,11 +83,6 @@ def send_limiter(venue: Venue, *, shared: bool = False) -> SlidingWindowLimiter:
     sends, or (``shared``) for those of every connection from one address."""
     limit = max(1, math.floor(venue.max_messages_per_second) - CONTROL_HEADROOM)
     return SlidingWindowLimiter(limit, window=1.0 + (ARRIVAL_SPREAD if shared else 0.0))
-
-
-def first_of_run(count: int) -> bool:
-    """1, 2, 4, 8, ...: log a repeating problem without flooding the log."""
-    return count & (count - 1) == 0
 
 
 @attrs.frozen

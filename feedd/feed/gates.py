@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import attrs
 import trio
 
+from feedd.errors import first_of_run
 from feedd.exchanges.base import ConnectLimit
 from feedd.feed.ratelimit import SlidingWindowLimiter
 
 if TYPE_CHECKING:
-    from feedd.wire.transport import HandshakeRefused
+    from feedd.wire.upgrade import HandshakeRefused
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +50,6 @@ MAX_WAIT = 24 * 3600.0
 WINDOW_MARGIN = 0.5
 #: the refusals that block the host: 429 Too Many Requests, 418 (Binance: the IP is banned)
 THROTTLING = {429: "too many requests", 418: "IP address banned"}
-
-_DELTA_SECONDS = re.compile(r"\s*(\d{1,12})(?:\.\d*)?\s*", re.ASCII)
-
-
-def parse_retry_after(value: str | bytes, now: datetime) -> float | None:
-    """Seconds to wait from ``now`` as a ``Retry-After`` value says: delta-seconds or an
-    HTTP-date (RFC 9110 §10.2.3; a date in the past is 0). None when it is neither."""
-    text = value.decode("latin-1") if isinstance(value, bytes) else value
-    if (match := _DELTA_SECONDS.fullmatch(text)) is not None:
-        return float(match.group(1))
-    try:
-        when = parsedate_to_datetime(text.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # HTTP dates are GMT, whatever the form says
-    return max(0.0, (when - now).total_seconds())
-
 
 def host_of(url: str) -> str:
     """``host:port`` of ``url`` (the scheme's port when none is given), which gates are keyed by.
@@ -173,7 +154,7 @@ class HostGate:
             log.debug("%s: %s answered HTTP %d during a block", venue, self.host, status)
             return self.blocked_until - now
         self.refusals += 1
-        if self.refusals & (self.refusals - 1) == 0:  # 1, 2, 4, 8, ...: a long run stays readable
+        if first_of_run(self.refusals):  # a long run stays readable
             text = refused.retry_after_text
             header = (
                 "no Retry-After" if text is None

@@ -26,9 +26,10 @@ from typing import Literal
 import attrs
 import trio
 
+from feedd.errors import TransportError, first_of_run
 from feedd.exchanges.base import Op, Venue
 from feedd.feed import liveness, rotation
-from feedd.feed.attempt import Attempt, Outcome, first_of_run, send_limiter
+from feedd.feed.attempt import Attempt, Outcome, send_limiter
 from feedd.feed.backoff import Backoff
 from feedd.feed.gates import Gate, HostGate, host_of
 from feedd.feed.lifecycle import State, Trigger
@@ -38,7 +39,8 @@ from feedd.feed.replies import Reply, ReplyLedger
 from feedd.feed.status import ConnectionStatus, VenueStatus
 from feedd.feed.validate import Validator
 from feedd.model import Batch, Disconnected, Ingress, Reconnected
-from feedd.wire.transport import HandshakeRefused, OpenTransport, Transport, TransportError, open_transport
+from feedd.wire.transport import OpenTransport, Transport, open_transport
+from feedd.wire.upgrade import HandshakeRefused
 
 __all__ = ["CATCH_UP", "OVERLAP_GRACE", "ConnectionRunner", "Reply", "RunnerSettings", "send_limiter"]
 

@@ -20,7 +20,16 @@ from urllib.parse import urlsplit
 import trio
 
 from feedd.config import ExchangeConfig
-from feedd.errors import quoted
+from feedd.errors import (
+    NoAnswer,
+    NotSubscribed,
+    SubscriptionRefused,
+    Superseded,
+    UnknownSymbol,
+    UnsupportedSymbol,
+    VenueRefused,
+    quoted,
+)
 from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue
 from feedd.feed.gates import Gate, HandshakeGates
 from feedd.feed.instruments import Instruments, load_instruments
@@ -34,40 +43,6 @@ from feedd.model import Ingress
 from feedd.wire.transport import OpenTransport, open_transport
 
 log = logging.getLogger(__name__)
-
-
-class SubscriptionRefused(Exception):
-    """A subscription the daemon will not make; the message names venue and symbol."""
-
-
-class UnknownSymbol(SubscriptionRefused):
-    pass
-
-
-class UnsupportedSymbol(SubscriptionRefused):
-    """A symbol the venue's streams do not carry as itself (see :meth:`Venue.symbol_problem`)."""
-
-
-class NotSubscribed(SubscriptionRefused):
-    pass
-
-
-class VenueRefused(SubscriptionRefused):
-    """The venue answered a subscribe request with an error; the subscription was rolled back."""
-
-
-class Superseded(SubscriptionRefused):
-    """The symbol was unsubscribed while its subscribe awaited the venue's answer: a conflict
-    between two requests, not a refusal by the venue."""
-
-
-class NoAnswer(SubscriptionRefused):
-    """No answer within the deadline: the instrument list is still loading, or the venue has not
-    acknowledged (``pending`` names the wire topics still awaited)."""
-
-    def __init__(self, message: str, pending: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.pending = tuple(pending)
 
 
 SubscriptionState = Literal["active", "pending", "refused"]

@@ -14,15 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from feedd.control.service import InvalidRequest, UnknownVenue, VenueDisabled
-from feedd.errors import clipped
-from feedd.feed.supervisor import (
+from feedd.errors import (
+    InvalidRequest,
     NoAnswer,
     NotSubscribed,
     SubscriptionRefused,
     Superseded,
     UnknownSymbol,
+    UnknownVenue,
+    VenueDisabled,
     VenueRefused,
+    clipped,
 )
 from feedd.http.app import App, HttpError, Request, Response, json_response
 from feedd.http.page import status_page

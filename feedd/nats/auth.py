@@ -16,15 +16,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from feedd.nats.client import NatsError
+from feedd.errors import CredentialsError
 
 _BLOCK = re.compile(r"-{3,}BEGIN ([A-Z ]+)-{3,}\s*(.+?)\s*-{3,}END \1-{3,}", re.DOTALL)
 #: the first five bits of a seed's first byte say "seed"; the type's prefix follows
 _PREFIX_SEED = 18 << 3
-
-
-class CredentialsError(NatsError):
-    """The credentials file cannot be read or used (the message names it)."""
 
 
 def read_creds(path: str) -> tuple[str | None, str]:

@@ -13,81 +13,28 @@ a reply's last subject token says which request or publish batch it answers.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import attrs
 import orjson
 import trio
 
-from feedd import __version__
-from feedd.errors import describe
+from feedd.errors import ConnectionLost, NatsError, NatsProtocolError, NoResponders, describe
 from feedd.nats import protocol
 from feedd.nats.protocol import Err, Info, Msg, Ping, Pong
+from feedd.nats.servers import ServerAddress
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 4222
 #: the server is pinged this often; two pings without a pong end the connection
 PING_INTERVAL = 5.0
 _READ_SIZE = 256 * 1024
-
-
-class NatsError(Exception):
-    """A NATS connection could not be made or was lost; the message says why."""
-
-
-class ConnectionLost(NatsError):
-    """The connection ended (closed by the server, reset, or the server stopped answering)."""
-
-
-class NoResponders(NatsError):
-    """Nobody listens on the request's subject (for ``$JS.API.*``: JetStream is not enabled)."""
-
-
-@attrs.frozen
-class ServerAddress:
-    """Where a server is and how to log in to it, from ``nats://[token@|user:pass@]host[:port]``
-    (``tls://`` for TLS from the start of the connection)."""
-
-    host: str
-    port: int = DEFAULT_PORT
-    tls: bool = False
-    token: str | None = None
-    user: str | None = None
-    password: str | None = None
-
-    def __str__(self) -> str:
-        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
-
-
-def parse_server(url: str) -> ServerAddress:
-    """A server URL as the ``[nats] servers`` list and ``feedd tail --nats`` take it;
-    ValueError says what is wrong with it."""
-    if "://" not in url:
-        url = f"nats://{url}"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"not a NATS server URL ({exc}): {url!r}") from None
-    if parts.scheme not in ("nats", "tls"):
-        raise ValueError(f"expected a nats:// or tls:// URL, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"no host in {url!r}")
-    if port == 0:
-        raise ValueError(f"port must be 1 to 65535 in {url!r}")
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    token = None
-    if user is not None and password is None:
-        token, user = user, None
-    return ServerAddress(parts.hostname, port or DEFAULT_PORT, parts.scheme == "tls", token, user, password)
 
 
 @attrs.frozen
@@ -235,7 +182,7 @@ class NatsClient:
             parser.receive_data(data)
             try:
                 out = self._dispatch(parser.events())
-            except protocol.ProtocolError as exc:
+            except NatsProtocolError as exc:
                 raise ConnectionLost(f"{self.address}: {exc}") from exc
             if out:
                 await self.send(b"".join(out))
@@ -279,7 +226,7 @@ async def _handshake(
         await tls.do_handshake()
         stream = tls
     options: dict[str, Any] = {
-        "verbose": False, "pedantic": False, "lang": "python-feedd", "version": __version__,
+        "verbose": False, "pedantic": False, "lang": "python-feedd", "version": _feedd_version(),
         "protocol": 1, "headers": True, "no_responders": True, "echo": False, "name": name,
         "tls_required": address.tls,
     }
@@ -294,6 +241,15 @@ async def _handshake(
     if not isinstance(answer, Pong):
         raise NatsError(f"{address}: expected PONG after CONNECT, got {answer!r}")
     return stream, info, parser, queued
+
+
+def _feedd_version() -> str:
+    """feedd's version as installed (read from its metadata, not from the ``feedd`` façade, which
+    sits above the client in the layers)."""
+    try:
+        return importlib.metadata.version("feedd")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _ssl_context() -> ssl.SSLContext:

@@ -18,7 +18,8 @@ import attrs
 import orjson
 import trio
 
-from feedd.nats.client import NatsClient, NatsError, decode_json
+from feedd.errors import JetStreamError
+from feedd.nats.client import NatsClient, decode_json
 from feedd.nats.protocol import Msg, parse_headers
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,6 @@ log = logging.getLogger(__name__)
 NS = 1_000_000_000
 #: ``err_code`` of "stream not found"
 STREAM_NOT_FOUND = 10059
-
-
-class JetStreamError(NatsError):
-    """The JetStream API answered with an error (its description and codes are in the text)."""
 
 
 @attrs.frozen

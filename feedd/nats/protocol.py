@@ -15,14 +15,12 @@ from typing import Any, NamedTuple
 import attrs
 import orjson
 
+from feedd.errors import NatsProtocolError
+
 #: the longest control line accepted (a MSG line names two subjects; the server's own limit
 #: for a client's control line is 4 KiB by default)
 MAX_CONTROL_LINE = 4096
 HEADER_VERSION = b"NATS/1.0"
-
-
-class ProtocolError(Exception):
-    """The server sent something that is not the NATS protocol (or a line too long)."""
 
 
 @attrs.frozen
@@ -104,7 +102,7 @@ class Parser:
             end = data.find(b"\r\n", pos)
             if end < 0:
                 if size - pos > MAX_CONTROL_LINE:
-                    raise ProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes")
+                    raise NatsProtocolError(f"control line longer than {MAX_CONTROL_LINE} bytes")
                 break
             op = data[pos : pos + 4]
             if op == b"MSG ":
@@ -112,9 +110,9 @@ class Parser:
                 try:
                     sid, length = int(args[1]), int(args[-1])
                 except (ValueError, IndexError):
-                    raise ProtocolError(f"malformed MSG line: {_excerpt(data[pos:end])}") from None
+                    raise NatsProtocolError(f"malformed MSG line: {_excerpt(data[pos:end])}") from None
                 if len(args) not in (3, 4) or length < 0:
-                    raise ProtocolError(f"malformed MSG line: {_excerpt(data[pos:end])}")
+                    raise NatsProtocolError(f"malformed MSG line: {_excerpt(data[pos:end])}")
                 start = end + 2
                 if start + length + 2 > size:
                     break
@@ -126,9 +124,9 @@ class Parser:
                 try:
                     sid, header_size, length = int(args[1]), int(args[-2]), int(args[-1])
                 except (ValueError, IndexError):
-                    raise ProtocolError(f"malformed HMSG line: {_excerpt(data[pos:end])}") from None
+                    raise NatsProtocolError(f"malformed HMSG line: {_excerpt(data[pos:end])}") from None
                 if len(args) not in (4, 5) or not 0 <= header_size <= length:
-                    raise ProtocolError(f"malformed HMSG line: {_excerpt(data[pos:end])}")
+                    raise NatsProtocolError(f"malformed HMSG line: {_excerpt(data[pos:end])}")
                 start = end + 2
                 if start + length + 2 > size:
                     break
@@ -158,11 +156,11 @@ def _control(line: bytes) -> Event:
         try:
             fields = orjson.loads(rest)
         except orjson.JSONDecodeError:
-            raise ProtocolError(f"INFO is not JSON: {_excerpt(rest)}") from None
+            raise NatsProtocolError(f"INFO is not JSON: {_excerpt(rest)}") from None
         if not isinstance(fields, dict):
-            raise ProtocolError(f"INFO is not a JSON object: {_excerpt(rest)}")
+            raise NatsProtocolError(f"INFO is not a JSON object: {_excerpt(rest)}")
         return Info(fields)
-    raise ProtocolError(f"unknown operation: {_excerpt(line)}")
+    raise NatsProtocolError(f"unknown operation: {_excerpt(line)}")
 
 
 def _excerpt(data: bytes | bytearray) -> str:
@@ -224,7 +222,7 @@ def parse_headers(block: bytes) -> Headers:
     lines = block.split(b"\r\n")
     first = lines[0]
     if not first.startswith(HEADER_VERSION):
-        raise ProtocolError(f"header block without {HEADER_VERSION!r}: {_excerpt(block)}")
+        raise NatsProtocolError(f"header block without {HEADER_VERSION!r}: {_excerpt(block)}")
     status: int | None = None
     description = ""
     rest = first[len(HEADER_VERSION):].strip()

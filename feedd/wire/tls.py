@@ -21,19 +21,13 @@ from typing import Final, Literal
 
 import attrs
 
+from feedd.errors import TLSError
+
 #: plaintext asked of OpenSSL per call; it returns one record's (at most 16 KiB) per call anyway
 _READ_SIZE: Final = 64 * 1024
 
 #: how the peer ended TLS: a ``close_notify`` alert, or the stream's end without one (truncation)
 End = Literal["close_notify", "eof"]
-
-
-class TLSError(Exception):
-    """The TLS session failed: handshake (certificate, protocol) or a corrupt record or alert.
-
-    ``str()`` is OpenSSL's own text, e.g. ``[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify
-    failed: ...``; the ``ssl.SSLError`` is the ``__cause__``.
-    """
 
 
 @attrs.frozen

@@ -12,9 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime
 from functools import cache
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -25,16 +24,18 @@ from trio_websocket import (
     ConnectionRejected,
     ConnectionTimeout,
     DisconnectionTimeout,
-    HandshakeError,
     WebSocketConnection,
     open_websocket_url,
 )
+from trio_websocket import (
+    HandshakeError as TrioWebsocketHandshakeError,
+)
 
-from feedd.errors import describe
-from feedd.feed.gates import parse_retry_after
+from feedd.errors import HandshakeError, ProtocolError, TLSError, TransportError, describe
 from feedd.model import Frame
 from feedd.wire import wsframe
-from feedd.wire.tls import TLSClient, TLSError
+from feedd.wire.tls import TLSClient
+from feedd.wire.upgrade import HandshakeRefused
 
 #: frames handed on per wakeup at most (bounds the latency of the first frame of a batch)
 MAX_BATCH = 4096
@@ -44,36 +45,6 @@ MESSAGE_QUEUE = 4096
 RECEIVE_BYTES = 256 * 1024
 #: the largest frame accepted (Binance exchangeInfo-sized control replies fit comfortably)
 MAX_MESSAGE = 16 * 1024 * 1024
-
-
-class TransportError(Exception):
-    """The connection could not be opened, or it ended; ``str()`` says why, for status."""
-
-
-class HandshakeRefused(TransportError):
-    """The server answered the WebSocket upgrade with HTTP ``status`` instead of 101.
-
-    ``retry_after`` is the wait its ``Retry-After`` header asks for, in seconds from when the
-    answer arrived (an HTTP-date is turned into seconds then, by the wall clock), or None when
-    there was no such header or it made no sense; ``retry_after_text`` is the header as sent.
-    """
-
-    def __init__(self, url: str, status: int, retry_after_text: str | None) -> None:
-        self.status = status
-        self.retry_after_text = retry_after_text
-        self.retry_after = (
-            None if retry_after_text is None else parse_retry_after(retry_after_text, datetime.now(UTC))
-        )
-        text = f"handshake rejected: HTTP {status}"
-        if retry_after_text is not None:
-            text += f" (Retry-After {retry_after_text!r:.60})"
-        super().__init__(text)
-        self.url = url
-
-    @classmethod
-    def from_headers(cls, url: str, status: int, headers: Iterable[tuple[bytes, bytes]]) -> HandshakeRefused:
-        value = next((v for k, v in headers if k.lower() == b"retry-after"), None)
-        return cls(url, status, None if value is None else value.decode("latin-1").strip())
 
 
 class Transport(Protocol):
@@ -242,7 +213,7 @@ class NativeTransport:
             # parse first: bytes left from the handshake or a deferred error wait in the codec
             try:
                 received = protocol.read()
-            except wsframe.ProtocolError as exc:
+            except ProtocolError as exc:
                 self._closed = f"protocol error from peer: {exc.reason}"
                 with contextlib.suppress(TransportError):
                     await self._write(protocol.encode_close(exc.code))
@@ -309,8 +280,9 @@ async def native_over(
     try:
         while (rest := handshake.receive_data(await wire.receive())) is None:
             pass
-    except wsframe.HandshakeRejected as exc:
-        raise HandshakeRefused.from_headers(url, exc.status_code, exc.headers) from None
+    except HandshakeRefused as exc:
+        exc.url = url
+        raise
     protocol = wsframe.ClientProtocol(max_message=MAX_MESSAGE)
     protocol.receive_data(rest)  # frames sent right behind the 101 response
     return NativeTransport(wire, protocol)
@@ -332,7 +304,9 @@ async def open_native(url: str, *, connect_timeout: float) -> AsyncIterator[Tran
             transport = await _native_connect(url, ssl_context)
     except trio.TooSlowError:
         raise TransportError(f"cannot connect to {url}: timed out after {connect_timeout:g} s") from None
-    except (OSError, ssl.SSLError, TLSError, trio.BrokenResourceError, wsframe.HandshakeError) as exc:
+    except HandshakeRefused:
+        raise
+    except (OSError, ssl.SSLError, TLSError, trio.BrokenResourceError, HandshakeError) as exc:
         raise TransportError(f"cannot connect to {url}: {describe(exc)}") from None
     try:
         yield transport
@@ -372,7 +346,7 @@ async def open_trio_websocket(url: str, *, connect_timeout: float) -> AsyncItera
         if phase != "closing":
             raise
         # the peer did not finish the close handshake in time; the socket is closed anyway
-    except (HandshakeError, OSError, ssl.SSLError, ValueError) as exc:
+    except (TrioWebsocketHandshakeError, OSError, ssl.SSLError, ValueError) as exc:
         if phase != "connecting":
             raise
         cause = exc.__cause__ or exc.__context__ or exc

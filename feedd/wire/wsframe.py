@@ -24,6 +24,9 @@ from typing import Final
 import attrs
 import h11
 
+from feedd.errors import HandshakeError, ProtocolError
+from feedd.wire.upgrade import HandshakeRefused
+
 Message = str | bytes
 
 #: RFC 6455 §1.3: appended to the client's key before hashing into Sec-WebSocket-Accept
@@ -57,33 +60,6 @@ _KNOWN_OPCODES: Final = frozenset({OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE
 _TRANSLATE_MASK_FROM: Final = 4096
 _IDENTITY: Final = int.from_bytes(bytes(range(256)), "big")
 _ONES: Final = int.from_bytes(b"\x01" * 256, "big")
-
-
-class HandshakeError(Exception):
-    """The server's answer to the upgrade request is not a valid WebSocket acceptance."""
-
-
-class HandshakeRejected(HandshakeError):
-    """The server answered the upgrade with an HTTP status other than 101 (e.g. 503 when busy,
-    429 with ``Retry-After`` when throttling); ``headers`` are the answer's, names lower-cased."""
-
-    def __init__(self, status_code: int, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        super().__init__(f"HTTP {status_code}")
-        self.status_code = status_code
-        self.headers = tuple(headers)
-
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of header ``name`` (lower case), or None."""
-        return next((value for key, value in self.headers if key == name), None)
-
-
-class ProtocolError(Exception):
-    """The peer broke RFC 6455; ``code`` is the close code to send it (1002, 1007 or 1009)."""
-
-    def __init__(self, reason: str, code: int = CLOSE_PROTOCOL_ERROR) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
 
 
 @attrs.frozen
@@ -143,7 +119,8 @@ class ClientHandshake:
 
         Returns None while the response is incomplete, and once the server accepted, the bytes
         that followed the 101 response: frames the server sent at once, for the frame reader.
-        Raises :class:`HandshakeRejected` for another status, :class:`HandshakeError` for a bad 101.
+        Raises :class:`~feedd.wire.upgrade.HandshakeRefused` for another status,
+        :class:`HandshakeError` for a bad 101.
         """
         http = self._http
         try:
@@ -159,7 +136,7 @@ class ClientHandshake:
                     trailing, _closed = http.trailing_data
                     return bytes(trailing)
                 if isinstance(event, h11.Response):
-                    raise HandshakeRejected(event.status_code, event.headers)
+                    raise HandshakeRefused.from_headers("", event.status_code, event.headers)
                 if isinstance(event, h11.ConnectionClosed):
                     raise HandshakeError("connection closed during the WebSocket handshake")
                 # another 1xx (100 Continue): keep reading for the final answer

@@ -21,7 +21,7 @@ import trio
 
 from feedd.cli.demo import feedd_command
 from feedd.cli.main import build_parser, setup_logging
-from feedd.codec import decode_record
+from feedd.fanout.lines import decode_record
 from feedd.sim import BinanceSimulator
 
 

@@ -16,8 +16,9 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 
 from feedd.cli.main import build_parser
-from feedd.cli.tail import TailError, format_record, tail
+from feedd.cli.tail import format_record, tail
 from feedd.codec import encode_event, encode_line, encode_record
+from feedd.errors import TailError
 from feedd.fanout.hub import Hub
 from feedd.fanout.unix import UnixPublisher
 from feedd.model import Disconnected, MarketData, Reconnected

@@ -16,8 +16,7 @@ from tools import DOCS, docs_blocks
 
 from feedd import MarketData, WebSocketService
 from feedd.config import Config, load_config
-from feedd.control.service import UnknownVenue
-from feedd.feed.supervisor import NotSubscribed, UnknownSymbol
+from feedd.errors import NotSubscribed, UnknownSymbol, UnknownVenue
 from feedd.model import Disconnected, Reconnected
 from feedd.sim import BinanceSimulator
 

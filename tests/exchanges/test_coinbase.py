@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from feedd.errors import TransportError
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import (
     DecodeError,
@@ -36,7 +37,6 @@ from feedd.feed.runner import ConnectionRunner, RunnerSettings
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
 from feedd.model import Frame, MarketData
-from feedd.wire.transport import TransportError
 
 # The recorded frames these tests read (the recorded_*.ndjson fixture) are AGPL-3.0-or-later
 # captures from cryptofeed's `v3` branch: test input only, never shipped; nothing made from them

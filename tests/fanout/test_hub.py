@@ -12,7 +12,8 @@ from trio.testing import wait_all_tasks_blocked
 
 import feedd.fanout.hub
 from feedd.codec import encode_record
-from feedd.fanout.hub import CallbackSink, Hub
+from feedd.fanout.callback import CallbackSink
+from feedd.fanout.hub import Hub
 from feedd.model import Disconnected, FeedEvent, MarketData, Reconnected
 
 T0 = datetime(2024, 8, 8, 6, 53, 2, 668000, tzinfo=UTC)
@@ -329,7 +330,7 @@ async def test_callback_sink_survives_a_raising_callback(
 
     sink = CallbackSink(callback, buffer=10)
     await nursery.start(sink.run)
-    with caplog.at_level(logging.ERROR, logger="feedd.fanout.hub"):
+    with caplog.at_level(logging.ERROR, logger="feedd.fanout.callback"):
         sink.offer([rec(0), rec(1), rec(2), rec(3), rec(4)], ())
         with trio.fail_after(TIMEOUT):
             await done.wait()

@@ -22,13 +22,14 @@ import trio
 from endtoend import Subscriber, load_text, short_tempdir
 from nats_server import NatsServer, nats_server_fixture
 
-from feedd.codec import decode_record
 from feedd.config import Config
 from feedd.control.service import WebSocketService
+from feedd.fanout.lines import decode_record
 from feedd.fanout.nats import NatsSink, message_id
 from feedd.model import MarketData
-from feedd.nats.client import open_client, parse_server
+from feedd.nats.client import open_client
 from feedd.nats.jetstream import StreamSettings, api_request, ensure_stream
+from feedd.nats.servers import parse_server
 from feedd.sim import BinanceSimulator
 
 TIMEOUT = 30

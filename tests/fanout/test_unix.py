@@ -16,10 +16,12 @@ import pytest
 import trio
 from trio.testing import MockClock, wait_all_tasks_blocked
 
-from feedd.codec import decode_record, encode_line, encode_record
+from feedd.codec import encode_line, encode_record
 from feedd.config import ConfigError, parse_config
+from feedd.errors import PublisherError
 from feedd.fanout.hub import Hub
-from feedd.fanout.unix import ClientFilter, PublisherError, UnixPublisher, parse_filter
+from feedd.fanout.lines import ClientFilter, decode_record, parse_filter
+from feedd.fanout.unix import UnixPublisher
 from feedd.model import Disconnected, Ingress, MarketData, Reconnected
 
 T0 = datetime(2024, 8, 8, 6, 53, 2, 668000, tzinfo=UTC)

@@ -24,7 +24,7 @@ from faultharness import (
     venue_lines,
 )
 
-from feedd.feed.supervisor import NoAnswer, VenueRefused
+from feedd.errors import NoAnswer, VenueRefused
 from feedd.sim.faults import Fault, FaultSchedule
 
 #: what the venue's status says after each kind of close (the transport's words)

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from feedd.config import Config
 from feedd.control.service import WebSocketService
+from feedd.errors import TransportError
 from feedd.exchanges import make_venue
 from feedd.exchanges.base import ConnectLimit, Venue
 from feedd.exchanges.binance import BinanceSpot
@@ -33,13 +34,12 @@ from feedd.feed.gates import (
     HandshakeGates,
     HostGate,
     host_of,
-    parse_retry_after,
 )
 from feedd.feed.runner import ConnectionRunner, RunnerSettings
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
 from feedd.model import Frame, MarketData
-from feedd.wire.transport import HandshakeRefused, TransportError
+from feedd.wire.upgrade import HandshakeRefused, parse_retry_after
 
 NOW = datetime(2026, 12, 3, 10, 0, 0, tzinfo=UTC)
 SPOT = "wss://stream.example.com/stream"

@@ -15,14 +15,15 @@ import trio
 import trio.testing
 
 from feedd.config import ExchangeConfig
+from feedd.errors import NoAnswer, TransportError, VenueRefused
 from feedd.exchanges import make_venue
 from feedd.feed.replies import Reply, ReplyLedger
 from feedd.feed.runner import ConnectionRunner, RunnerSettings
 from feedd.feed.status import VenueStatus
-from feedd.feed.supervisor import NoAnswer, VenueRefused, VenueSupervisor
+from feedd.feed.supervisor import VenueSupervisor
 from feedd.feed.validate import Validator
 from feedd.model import MarketData
-from feedd.wire.transport import Frame, TransportError
+from feedd.wire.transport import Frame
 
 
 class Wire:

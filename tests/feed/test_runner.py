@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from feedd.errors import TransportError
 from feedd.exchanges import make_venue
 from feedd.exchanges.base import Pong, Retry, SubscribeError
 from feedd.feed.backoff import Backoff
@@ -25,7 +26,7 @@ from feedd.feed.runner import ConnectionRunner, RunnerSettings
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
 from feedd.model import Disconnected, MarketData, Reconnected
-from feedd.wire.transport import Frame, TransportError
+from feedd.wire.transport import Frame
 
 
 def trade_frame(trade_id: int, symbol: str = "BTCUSDT") -> str:

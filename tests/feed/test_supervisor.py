@@ -10,12 +10,13 @@ import pytest
 import trio
 
 from feedd.config import MAX_SYMBOL_LENGTH, ExchangeConfig
+from feedd.errors import UnsupportedSymbol
 from feedd.exchanges.base import CHANNELS, Subscription, Topic, Venue, topic_list_chars
 from feedd.exchanges.binance import BinanceSpot
 from feedd.exchanges.bybit import BybitLinear, BybitSession
 from feedd.exchanges.coinbase import Coinbase
 from feedd.feed.runner import RunnerSettings
-from feedd.feed.supervisor import UnsupportedSymbol, VenueSupervisor
+from feedd.feed.supervisor import VenueSupervisor
 from feedd.sim.bybit import BybitProtocol
 from feedd.sim.protocol import Accept
 from feedd.wire.transport import Transport

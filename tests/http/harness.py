@@ -16,9 +16,9 @@ import httpx
 import orjson
 import trio
 
-from feedd.codec import decode_record
 from feedd.config import Config, load_config
 from feedd.control.service import WebSocketService
+from feedd.fanout.lines import decode_record
 from feedd.model import MarketData
 from feedd.ops.daemon import Daemon
 from feedd.sim import BinanceSimulator

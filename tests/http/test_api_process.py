@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feedd.cli.main import main
-from feedd.codec import decode_record
+from feedd.fanout.lines import decode_record
 from feedd.sim.binance import BREAK_SYMBOL, DEFAULT_SYMBOLS
 
 TIMEOUT = 20.0

@@ -12,12 +12,13 @@ import trio
 from nats_server import NatsServer, free_port, nats_server_fixture, server_binary
 
 from feedd.cli.main import main
-from feedd.cli.tail import TailError
 from feedd.cli.tail_nats import filter_subjects, parse_since, tail_nats
 from feedd.config import ConfigError, parse_config
 from feedd.control.reload import plan_reload
+from feedd.errors import NatsError, NoResponders, TailError
 from feedd.nats.auth import encode_public, encode_seed
-from feedd.nats.client import Credentials, NatsError, NoResponders, open_client, parse_server
+from feedd.nats.client import Credentials, open_client
+from feedd.nats.servers import parse_server
 from feedd.sim import BinanceSimulator
 
 TIMEOUT = 30
@@ -216,3 +217,10 @@ def test_the_example_configs_nats_table_loads_once_uncommented() -> None:
     lines = [line[2:] for line in table if line.startswith("# ") and not line.startswith(logins)]
     nats = parse_config(tomllib.loads("\n".join(lines))).nats
     assert nats is not None and nats.servers == ("nats://nats1:4222", "nats://nats2:4222")
+
+
+def test_connect_names_feedds_version_without_importing_the_facade() -> None:
+    import feedd
+    from feedd.nats.client import _feedd_version
+
+    assert _feedd_version() == feedd.__version__

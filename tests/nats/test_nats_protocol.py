@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from feedd.errors import CredentialsError, NatsProtocolError
 from feedd.nats import protocol
-from feedd.nats.auth import CredentialsError, decode_seed, encode_public, encode_seed
+from feedd.nats.auth import decode_seed, encode_public, encode_seed
 from feedd.nats.jetstream import BatchAcks, StreamSettings, encode_batch
-from feedd.nats.protocol import Err, Info, Msg, Ok, Parser, Ping, Pong, ProtocolError
+from feedd.nats.protocol import Err, Info, Msg, Ok, Parser, Ping, Pong
 
 SERVER_BYTES = (
     b'INFO {"server_id":"X","version":"2.15.1","max_payload":1048576,"headers":true}\r\n'
@@ -66,7 +67,7 @@ def test_a_payload_holding_crlf_is_taken_by_its_size() -> None:
 def test_what_is_not_the_protocol_is_a_protocol_error(data: bytes) -> None:
     parser = Parser()
     parser.receive_data(data)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(NatsProtocolError):
         parser.events()
 
 
@@ -98,7 +99,7 @@ def test_header_blocks_parse_into_status_and_fields() -> None:
     assert (parsed.status, parsed.description, dict(parsed.fields)) == (100, "FlowControl Request",
                                                                          {"Nats-Msg-Id": "a:1"})
     assert protocol.parse_headers(b"").status is None
-    with pytest.raises(ProtocolError):
+    with pytest.raises(NatsProtocolError):
         protocol.parse_headers(b"HTTP/1.1 200\r\n\r\n")
 
 

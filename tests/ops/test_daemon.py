@@ -23,9 +23,9 @@ import pytest
 import trio
 from endtoend import Subscriber, running
 
-from feedd.codec import decode_record
 from feedd.config import Config, load_config
 from feedd.control.service import WebSocketService
+from feedd.fanout.lines import decode_record
 from feedd.model import MarketData
 from feedd.ops.daemon import run_until_signalled
 from feedd.sim import BinanceSimulator

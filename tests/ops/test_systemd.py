@@ -23,8 +23,8 @@ import pytest
 import trio
 from processes import STOP_BOUND, FakeSystemd, FeeddRun, Subscriber, feedd_run, simulator, write_config
 
-from feedd.codec import decode_record
 from feedd.control.service import STOP_GRACE
+from feedd.fanout.lines import decode_record
 from feedd.model import MarketData
 from feedd.sim import BinanceSimulator
 

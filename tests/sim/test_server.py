@@ -18,12 +18,14 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, open_websocket_url
 
+from feedd.errors import TransportError
 from feedd.sim.faults import Fault, FaultSchedule
 from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection
 from feedd.sim.server import SimServer
 from feedd.sim.session import FLOOD_ROUND
 from feedd.sim.switches import INVALID_FRAME
-from feedd.wire.transport import TRANSPORTS, HandshakeRefused, TransportError, open_native
+from feedd.wire.transport import TRANSPORTS, open_native
+from feedd.wire.upgrade import HandshakeRefused
 
 
 class ToyProtocol:

@@ -19,11 +19,12 @@ import trio
 import trio.testing
 import trustme
 
+from feedd.errors import TLSError
 from feedd.exchanges.binance import BinanceSpot
 from feedd.model import Frame
 from feedd.sim.protocol import frame_header
 from feedd.wire import wsframe
-from feedd.wire.tls import Decrypted, TLSClient, TLSError
+from feedd.wire.tls import Decrypted, TLSClient
 
 RECORDED = (
     Path(__file__).parents[1] / "fixtures" / "binance" / "recorded_spot_trade_bookticker_2024-08-08.ndjson"

@@ -20,6 +20,7 @@ import trustme
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 from wsproto.events import TextMessage
 
+from feedd.errors import TransportError
 from feedd.sim.protocol import frame_header
 from feedd.wire import transport as transport_module
 from feedd.wire import wsframe
@@ -28,7 +29,6 @@ from feedd.wire.transport import (
     Frame,
     OpenTransport,
     Transport,
-    TransportError,
     native_over,
     open_native,
     open_transport,

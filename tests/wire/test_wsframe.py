@@ -16,13 +16,12 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, Ping, Pong, TextMessage
 from wsproto.events import CloseConnection as WsprotoClose
 
+from feedd.errors import HandshakeError, ProtocolError
+from feedd.wire.upgrade import HandshakeRefused
 from feedd.wire.wsframe import (
     ClientHandshake,
     ClientProtocol,
     Close,
-    HandshakeError,
-    HandshakeRejected,
-    ProtocolError,
     Received,
     accept_key,
     encode_binary,
@@ -450,9 +449,11 @@ def test_connection_header_may_list_several_tokens() -> None:
 
 def test_other_status_is_a_rejection_carrying_it() -> None:
     handshake = ClientHandshake("h", key=KEY)
-    with pytest.raises(HandshakeRejected) as caught:
+    with pytest.raises(HandshakeRefused) as caught:
         handshake.receive_data(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
-    assert caught.value.status_code == 503
+    assert caught.value.status == 503
+    assert caught.value.header(b"content-length") == b"4"
+    assert isinstance(caught.value, HandshakeError)
 
 
 def test_wrong_accept_key_fails() -> None:
@@ -472,7 +473,7 @@ def test_wrong_accept_key_fails() -> None:
 def test_101_without_upgrade_headers_fails(old: bytes, new: bytes) -> None:
     with pytest.raises(HandshakeError) as caught:
         ClientHandshake("h", key=KEY).receive_data(response().replace(old, new))
-    assert not isinstance(caught.value, HandshakeRejected)
+    assert not isinstance(caught.value, HandshakeRefused)
 
 
 def test_101_enabling_an_unoffered_extension_fails() -> None:
