@@ -13,8 +13,8 @@ Side = Literal["buy", "sell"]
 TRADE: Kind = "trade"
 TICKER: Kind = "ticker"
 
-#: one WebSocket message as the transport hands it over and as adapters decode it
-Frame = str | bytes
+#: one whole WebSocket message (text or binary) as the transport hands it over and adapters decode it
+Message = str | bytes
 
 
 @attrs.frozen(slots=True)

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 import attrs
 
-from feedd.model import Frame, MarketData
+from feedd.model import MarketData, Message
 
 Channel = Literal["trades", "ticker"]
 CHANNELS: tuple[Channel, ...] = ("trades", "ticker")
@@ -77,7 +77,7 @@ class SubscribeAck:
 
 
 @attrs.frozen(slots=True)
-class SubscribeError:
+class SubscribeRejected:
     """The venue refused a request, or some topics of it.
 
     ``topics`` names exactly the refused topics when the reply says which (by request id or by
@@ -98,7 +98,7 @@ class Retry:
     """Request ``topics`` again: the venue refused the request they were in for another's sake.
 
     A venue that fails a whole request for one bad topic (Bybit) answers with a
-    :class:`SubscribeError` naming the bad topic and this event for the rest of the batch. The
+    :class:`SubscribeRejected` naming the bad topic and this event for the rest of the batch. The
     runner requests again, through :meth:`Session.subscribe` or :meth:`Session.unsubscribe`,
     only the topics whose wish has not changed meanwhile: for a subscribe, the topics it still
     carries; for an unsubscribe, the topics it no longer does.
@@ -120,8 +120,9 @@ class Heartbeat:
 
 
 @attrs.frozen(slots=True)
-class Reconnect:
-    """The venue announced the connection will end (e.g. Binance ``serverShutdown``)."""
+class Rotate:
+    """The venue announced the connection will end (e.g. Binance ``serverShutdown``): the
+    runner replaces it, make-before-break, before the venue cuts it."""
 
     reason: str
 
@@ -148,7 +149,7 @@ class DecodeError:
 
 
 Event = (
-    MarketData | SubscribeAck | SubscribeError | Retry | Pong | Heartbeat | Reconnect | SequenceGap
+    MarketData | SubscribeAck | SubscribeRejected | Retry | Pong | Heartbeat | Rotate | SequenceGap
     | Ignored | DecodeError
 )
 
@@ -180,19 +181,19 @@ class Session(Protocol):
     venue deliberately shares between its sessions (e.g. a quote cache).
     """
 
-    def subscribe(self, topics: Sequence[str]) -> list[Frame]:
+    def subscribe(self, topics: Sequence[str]) -> list[Message]:
         """Frames that subscribe ``topics``, batched to the venue's per-request limit."""
         ...
 
-    def unsubscribe(self, topics: Sequence[str]) -> list[Frame]:
+    def unsubscribe(self, topics: Sequence[str]) -> list[Message]:
         """Frames that unsubscribe ``topics``."""
         ...
 
-    def ping(self) -> Frame | None:
+    def ping(self) -> Message | None:
         """The venue's application ping (see :attr:`Venue.ping_mode`); None: none to send."""
         ...
 
-    def decode(self, frame: Frame, received_at: datetime) -> Iterable[Event]:
+    def decode(self, frame: Message, received_at: datetime) -> Iterable[Event]:
         """Every event one received frame holds; never raises on bad input (gives DecodeError)."""
         ...
 

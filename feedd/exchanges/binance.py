@@ -30,21 +30,21 @@ from feedd.exchanges.base import (
     MessageLimitScope,
     Op,
     PingMode,
-    Reconnect,
+    Rotate,
     Session,
     SubscribeAck,
-    SubscribeError,
+    SubscribeRejected,
     Subscription,
     Topic,
     Venue,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
-from feedd.model import TICKER, Frame, MarketData, trade_record
+from feedd.model import TICKER, MarketData, Message, trade_record
 
 _Handler = Callable[[dict[str, Any], datetime], Event]
 
 _IGNORED = Ignored()
-_SHUTDOWN = Reconnect("serverShutdown")
+_SHUTDOWN = Rotate("serverShutdown")
 _HEARTBEAT = Heartbeat()
 # inlined rather than fields.from_ms: one call less per trade frame (see fields.py on exactness)
 _fromtimestamp = datetime.fromtimestamp
@@ -81,7 +81,7 @@ class BinanceSession:
 
     # ---- outgoing ------------------------------------------------------------------------
 
-    def subscribe(self, topics: Sequence[str]) -> list[Frame]:
+    def subscribe(self, topics: Sequence[str]) -> list[Message]:
         """``SUBSCRIBE`` text frames, at most :attr:`MAX_PARAMS_PER_REQUEST` streams each.
 
         Subscribing a ``@bookTicker`` forgets its cached quote, so a ticker never carries a
@@ -92,7 +92,7 @@ class BinanceSession:
         self._quoted.update(quoted)
         return self._requests("SUBSCRIBE", "subscribe", topics)
 
-    def unsubscribe(self, topics: Sequence[str]) -> list[Frame]:
+    def unsubscribe(self, topics: Sequence[str]) -> list[Message]:
         """``UNSUBSCRIBE`` text frames; an unsubscribed ``@bookTicker`` drops its cached quote."""
         quoted = self._quote_symbols(topics)
         self._quotes.forget(quoted)
@@ -103,7 +103,7 @@ class BinanceSession:
         """The quotes this connection kept current stop being current."""
         self._quotes.forget(self._quoted)
 
-    def ping(self) -> Frame | None:
+    def ping(self) -> Message | None:
         """A ``LIST_SUBSCRIPTIONS`` request, sent only when the feed has been idle.
 
         The server's WebSocket pings (§2.4) keep the socket open but are invisible to the stale
@@ -115,8 +115,8 @@ class BinanceSession:
         self._next_id += 1
         return orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": request_id}).decode()
 
-    def _requests(self, method: str, op: Op, topics: Sequence[str]) -> list[Frame]:
-        frames: list[Frame] = []
+    def _requests(self, method: str, op: Op, topics: Sequence[str]) -> list[Message]:
+        frames: list[Message] = []
         step = self.MAX_PARAMS_PER_REQUEST
         for start in range(0, len(topics), step):
             batch = tuple(topics[start : start + step])
@@ -137,14 +137,14 @@ class BinanceSession:
 
     # ---- incoming ------------------------------------------------------------------------
 
-    def decode(self, frame: Frame, received_at: datetime) -> list[Event]:
+    def decode(self, frame: Message, received_at: datetime) -> list[Event]:
         """The events in one received frame; any bad input becomes a :class:`DecodeError`.
 
         Replies: ``result: null`` for a pending id is its :class:`SubscribeAck`; any other
         list ``result`` (a ``LIST_SUBSCRIPTIONS`` answer) is a :class:`Heartbeat`; any other
         ``result`` and a ``result: null`` for an id this session never sent (nothing to
         attribute, nothing wrong) are :class:`Ignored`. ``code``/``msg``
-        errors often carry no id (§2.2); those give a :class:`SubscribeError` with no topics.
+        errors often carry no id (§2.2); those give a :class:`SubscribeRejected` with no topics.
         A raw (unwrapped) ``serverShutdown`` is honoured like the combined one.
         """
         msg = load_object(frame)
@@ -191,7 +191,7 @@ class BinanceSession:
             request_id = None
         pending = self._pending.pop(request_id, None) if type(request_id) is int else None
         topics = pending[1] if pending is not None else ()
-        return SubscribeError(request_id, topics, f"code {msg['code']}: {msg.get('msg')}")
+        return SubscribeRejected(request_id, topics, f"code {msg['code']}: {msg.get('msg')}")
 
     def _trade(self, data: dict[str, Any], received_at: datetime) -> Event:
         trade_id = data["t"]

@@ -47,15 +47,15 @@ from feedd.exchanges.base import (
     Retry,
     Session,
     SubscribeAck,
-    SubscribeError,
+    SubscribeRejected,
     Subscription,
     Topic,
     Venue,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
-from feedd.model import TICKER, Frame, MarketData, trade_record
+from feedd.model import TICKER, MarketData, Message, trade_record
 
-_Handler = Callable[[dict[str, Any], str, datetime, Frame], list[Event]]
+_Handler = Callable[[dict[str, Any], str, datetime, Message], list[Event]]
 
 _IGNORED = Ignored()
 _PONG = Pong()
@@ -113,7 +113,7 @@ class BybitSession:
     Requests carry a ``req_id`` ("1", "2", ...) that every documented reply echoes, so an ack or
     a refusal names its topics. Bybit refuses a whole request for one bad topic (and subscribes
     nothing of it): the session reports the topic the refusal names as a
-    :class:`SubscribeError` and asks the runner, with :class:`Retry`, to request the rest again.
+    :class:`SubscribeRejected` and asks the runner, with :class:`Retry`, to request the rest again.
     A refusal that names no topic of a request of several is retried one topic per request, so
     the next refusal says which.
     """
@@ -149,7 +149,7 @@ class BybitSession:
 
     # ---- outgoing ------------------------------------------------------------------------
 
-    def subscribe(self, topics: Sequence[str]) -> list[Frame]:
+    def subscribe(self, topics: Sequence[str]) -> list[Message]:
         """Subscribe requests of at most ``max_args`` topics (spot allows 10), ``orderbook.1``
         topics first: Bybit sends a book's snapshot on subscription, so asked for before the
         tickers it quotes it usually arrives first, and a spot ticker after a (re)connect or a
@@ -166,12 +166,12 @@ class BybitSession:
             topics = sorted(topics, key=_not_a_book)  # stable: the given order otherwise
         return self._requests("subscribe", topics)
 
-    def unsubscribe(self, topics: Sequence[str]) -> list[Frame]:
+    def unsubscribe(self, topics: Sequence[str]) -> list[Message]:
         self._forget(topics)
         self._quoted.difference_update(self._book_symbols(topics))
         return self._requests("unsubscribe", topics)
 
-    def ping(self) -> Frame | None:
+    def ping(self) -> Message | None:
         """Bybit's heartbeat, sent every 20 s whatever arrives ([connect])."""
         return '{"op":"ping"}'
 
@@ -179,7 +179,7 @@ class BybitSession:
         """The quotes this connection kept current stop being current."""
         self._quotes.forget(self._quoted)
 
-    def _requests(self, op: Op, topics: Sequence[str]) -> list[Frame]:
+    def _requests(self, op: Op, topics: Sequence[str]) -> list[Message]:
         batches: list[tuple[str, ...]] = []
         alone = self._alone
         if alone:
@@ -193,7 +193,7 @@ class BybitSession:
             topics = together
         step = self._max_args
         batches.extend(tuple(topics[start : start + step]) for start in range(0, len(topics), step))
-        frames: list[Frame] = []
+        frames: list[Message] = []
         for batch in batches:
             req_id = str(self._next_id)
             self._next_id += 1
@@ -217,7 +217,7 @@ class BybitSession:
 
     # ---- incoming ------------------------------------------------------------------------
 
-    def decode(self, frame: Frame, received_at: datetime) -> list[Event]:
+    def decode(self, frame: Message, received_at: datetime) -> list[Event]:
         """The events of one received frame; any bad input becomes a :class:`DecodeError`.
 
         Data (a ``topic``) first, as it is nearly all the traffic; then the pong, which looks
@@ -248,7 +248,7 @@ class BybitSession:
             return self._reply(msg, frame)
         return [DecodeError("not a topic message, pong or reply", excerpt(frame))]
 
-    def _reply(self, msg: dict[str, Any], frame: Frame) -> list[Event]:
+    def _reply(self, msg: dict[str, Any], frame: Message) -> list[Event]:
         success = msg["success"]
         req_id = msg.get("req_id")
         pending = self._pending.pop(req_id, None) if type(req_id) is str else None
@@ -268,25 +268,25 @@ class BybitSession:
             if found is not None:
                 req_id, pending = found, self._pending.pop(found)
         if pending is None:
-            return [SubscribeError(req_id if type(req_id) is str and req_id else None, (), reason)]
+            return [SubscribeRejected(req_id if type(req_id) is str and req_id else None, (), reason)]
         op, batch = pending
         named = tuple(topic for topic in batch if topic in words)
         if not named:
             if len(batch) == 1:
-                return [SubscribeError(req_id, batch, reason)]
+                return [SubscribeRejected(req_id, batch, reason)]
             self._alone.update(batch)
             return [Retry(op, batch, reason)]
         events: list[Event]
         if op == "subscribe" and "already subscribed" in reason:
             events = [SubscribeAck(req_id, named, op)]  # the topic is held: it streams
         else:
-            events = [SubscribeError(req_id, named, reason)]
+            events = [SubscribeRejected(req_id, named, reason)]
         rest = tuple(topic for topic in batch if topic not in named)
         if rest:
             events.append(Retry(op, rest, reason))
         return events
 
-    def _trades(self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Frame) -> list[Event]:
+    def _trades(self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Message) -> list[Event]:
         """One record per element of ``data``; a bad element is a DecodeError of its own."""
         data = msg["data"]
         if type(data) is not list:
@@ -323,7 +323,7 @@ class BybitSession:
         return events
 
     def _snapshot_ticker(
-        self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Frame
+        self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Message
     ) -> list[Event]:
         """Spot: every ticker is a full snapshot without bid/ask; the quote comes from orderbook.1."""
         data = msg["data"]
@@ -333,7 +333,7 @@ class BybitSession:
         return [self._ticker(data, symbol, msg["ts"], received_at, bid, ask)]
 
     def _merged_ticker(
-        self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Frame
+        self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Message
     ) -> list[Event]:
         """Linear/inverse: a snapshot replaces the symbol's state, a delta updates the fields it
         holds; the record is built from the whole state, so no field is lost to a delta."""
@@ -380,7 +380,7 @@ class BybitSession:
             change_24h=_percent(data.get("price24hPcnt")),
         )
 
-    def _book(self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Frame) -> list[Event]:
+    def _book(self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Message) -> list[Event]:
         """orderbook.1: the best bid and ask, into the venue's quote cache.
 
         A snapshot sets both sides (an empty side: no quote); a delta replaces a side's level,

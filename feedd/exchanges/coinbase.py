@@ -48,13 +48,13 @@ from feedd.exchanges.base import (
     SequenceGap,
     Session,
     SubscribeAck,
-    SubscribeError,
+    SubscribeRejected,
     Subscription,
     Topic,
     Venue,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, load_object, parse_rfc3339, single_route, text
-from feedd.model import TICKER, Frame, MarketData, Side, trade_record
+from feedd.model import TICKER, MarketData, Message, Side, trade_record
 
 MARKET_TRADES = "market_trades"
 TICKER_CHANNEL = "ticker"
@@ -178,7 +178,7 @@ class CoinbaseSession:
         #: the last ``sequence_num`` seen; the first message of a connection is number 0
         self._sequence = -1
         #: the frame being decoded, for the excerpt of an error found deep inside it
-        self._frame: Frame = ""
+        self._frame: Message = ""
         self._handlers: dict[str, _Handler] = {
             MARKET_TRADES: self._market_trades,
             TICKER_CHANNEL: self._ticker,
@@ -188,7 +188,7 @@ class CoinbaseSession:
 
     # ---- outgoing ------------------------------------------------------------------------
 
-    def subscribe(self, topics: Sequence[str]) -> list[Frame]:
+    def subscribe(self, topics: Sequence[str]) -> list[Message]:
         """One subscribe message per channel; the first call ends with one for ``heartbeats``.
 
         All of them go out in the connection's first second, well inside the 5 s rule.
@@ -199,18 +199,18 @@ class CoinbaseSession:
             frames.append(self._request("subscribe", HEARTBEATS, []))
         return frames
 
-    def unsubscribe(self, topics: Sequence[str]) -> list[Frame]:
+    def unsubscribe(self, topics: Sequence[str]) -> list[Message]:
         """One unsubscribe message per channel; ``heartbeats`` stays for the connection's life."""
         return [self._request("unsubscribe", ch, products) for ch, products in _by_channel(topics).items()]
 
-    def ping(self) -> Frame | None:
+    def ping(self) -> Message | None:
         """None: there is no client ping; the ``heartbeats`` channel proves the feed alive."""
         return None
 
     def connection_lost(self) -> None:
         """Nothing to forget: the trade ids must outlive the connection to dedupe across it."""
 
-    def _request(self, op: Op, channel: str, products: list[str]) -> Frame:
+    def _request(self, op: Op, channel: str, products: list[str]) -> Message:
         request_id = self._next_id
         self._next_id += 1
         self._requests.append(_Request(request_id, op, channel, [f"{channel}:{p}" for p in products]))
@@ -220,7 +220,7 @@ class CoinbaseSession:
 
     # ---- incoming ------------------------------------------------------------------------
 
-    def decode(self, frame: Frame, received_at: datetime) -> list[Event]:
+    def decode(self, frame: Message, received_at: datetime) -> list[Event]:
         """Every event in one received frame; bad input becomes a :class:`DecodeError`.
 
         A ``sequence_num`` jump comes first, as a :class:`SequenceGap`. One bad trade or ticker
@@ -377,7 +377,7 @@ class CoinbaseSession:
         """Judge the request this reply answers against the subscriptions it lists."""
         if request.channel == HEARTBEATS:
             if request.op == "subscribe" and HEARTBEATS not in channels:
-                events.append(SubscribeError(
+                events.append(SubscribeRejected(
                     request.request_id, (HEARTBEATS,),
                     "heartbeats missing from the subscriptions reply: quiet channels may be closed",
                 ))
@@ -390,7 +390,7 @@ class CoinbaseSession:
         if refused:
             reason = ("not in the subscriptions reply" if subscribing
                       else "still in the subscriptions reply after unsubscribe")
-            events.append(SubscribeError(request.request_id, refused, reason))
+            events.append(SubscribeRejected(request.request_id, refused, reason))
 
     def _error(self, msg: dict[str, Any], events: list[Event]) -> None:
         """Settle the oldest pending request, which the error answers (replies come in order).
@@ -403,20 +403,20 @@ class CoinbaseSession:
         full = ": ".join(parts)
         reason = excerpt(full) or "error without a message"
         if not self._requests:
-            events.append(SubscribeError(None, (), reason))
+            events.append(SubscribeRejected(None, (), reason))
             return
         request = self._requests.popleft()
         if request.channel == HEARTBEATS:
             if request.op == "subscribe":
-                events.append(SubscribeError(request.request_id, (HEARTBEATS,), reason))
+                events.append(SubscribeRejected(request.request_id, (HEARTBEATS,), reason))
             return
         named = set(_PRODUCT_WORDS.findall(full))
         refused = tuple(topic for topic in request.pending if split_topic(topic)[1] in named)
         if not refused:
             # nothing pending (all listed early) is still an error to show, if not a topic's
-            events.append(SubscribeError(request.request_id, tuple(request.pending), reason))
+            events.append(SubscribeRejected(request.request_id, tuple(request.pending), reason))
             return
-        events.append(SubscribeError(request.request_id, refused, reason))
+        events.append(SubscribeRejected(request.request_id, refused, reason))
         again = tuple(topic for topic in request.pending if topic not in refused)
         if again:
             events.append(Retry(request.op, again, reason))

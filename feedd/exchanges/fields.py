@@ -15,7 +15,7 @@ import orjson
 
 from feedd.errors import excerpt
 from feedd.exchanges.base import DecodeError
-from feedd.model import Frame
+from feedd.model import Message
 
 #: What reading a bad payload can raise: a missing key, a wrong type, an unparsable number, or a
 #: timestamp out of datetime's range (``fromtimestamp`` may give OverflowError or OSError).
@@ -28,7 +28,7 @@ PAYLOAD_ERRORS = (KeyError, TypeError, ValueError, AttributeError, OverflowError
 _fromtimestamp = datetime.fromtimestamp
 
 
-def load_object(frame: Frame) -> dict[str, Any] | DecodeError:
+def load_object(frame: Message) -> dict[str, Any] | DecodeError:
     """The JSON object a frame holds, or the :class:`DecodeError` that says why it holds none."""
     try:
         msg = orjson.loads(frame)

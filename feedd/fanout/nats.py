@@ -50,7 +50,7 @@ _SUBJECT_UNSAFE = str.maketrans({".": "_", "*": "_", ">": "_", " ": "_"})
 #: keys (venue, kind, symbol) remembered; more (a symbol churn) starts the cache over
 _MAX_KEYS = 100_000
 
-Message = tuple[bytes, bytes, bytes]
+NatsMessage = tuple[bytes, bytes, bytes]
 #: batches in flight at once: the next is written while the acks of the last are coming, so the
 #: sink is not held to one batch per round trip (nor per turn of a busy event loop)
 WINDOW = 4
@@ -60,7 +60,7 @@ WINDOW = 4
 class _Batch:
     """A batch written (or being written) on the current connection, and its acks."""
 
-    messages: list[Message]
+    messages: list[NatsMessage]
     acks: BatchAcks
     #: trio time by which every ack must be in
     deadline: float
@@ -118,7 +118,7 @@ class NatsSink:
         #: batches written and awaiting their acks, oldest first
         self._inflight: deque[_Batch] = deque()
         #: batches to write again first (they were in flight when a connection was lost)
-        self._resend: deque[list[Message]] = deque()
+        self._resend: deque[list[NatsMessage]] = deque()
         self._wakeup = trio.Event()
         #: set (and replaced) whenever a batch is done with, or a connection ends
         self._progress = trio.Event()
@@ -301,10 +301,10 @@ class NatsSink:
             log.warning("nats: %d record(s) were dropped in that gap; caught up again", self._gap)
             self._gap = 0
 
-    def _messages(self, items: list[tuple[MarketData, bytes]]) -> list[Message]:
+    def _messages(self, items: list[tuple[MarketData, bytes]]) -> list[NatsMessage]:
         """``(subject, message id, payload)`` per record, subjects and id prefixes cached."""
         keys = self._keys
-        out: list[Message] = []
+        out: list[NatsMessage] = []
         for record, line in items:
             key = (record.exchange, record.kind, record.symbol)
             cached = keys.get(key)

@@ -43,18 +43,18 @@ from feedd.exchanges.base import (
     Heartbeat,
     Op,
     Pong,
-    Reconnect,
     Retry,
+    Rotate,
     SequenceGap,
     Session,
     SubscribeAck,
-    SubscribeError,
+    SubscribeRejected,
     Venue,
 )
 from feedd.feed import liveness, rotation
 from feedd.feed.lifecycle import Lifecycle, State, Trigger
 from feedd.feed.ratelimit import SlidingWindowLimiter
-from feedd.model import Batch, Frame, MarketData
+from feedd.model import Batch, MarketData, Message
 from feedd.wire.transport import Transport
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class Attempt:
         self._changed = trio.Event()
         #: stale_after is multiplied by this (the runner's, for a feed found quiet before)
         self.quiet_factor = quiet_factor
-        self.outgoing, self._to_send = trio.open_memory_channel[Frame | None](OUTGOING_BUFFER)
+        self.outgoing, self._to_send = trio.open_memory_channel[Message | None](OUTGOING_BUFFER)
         #: live subscription changes not yet sent, in order
         self.changes: list[tuple[Op, str]] = []
         self.flush_queued = False
@@ -307,7 +307,7 @@ class Attempt:
             if first_of_run(status.decode_errors):
                 log.warning("%s: undecodable frame #%d: %s [%s]",
                             name, status.decode_errors, event.reason, event.frame)
-        elif isinstance(event, SubscribeError):
+        elif isinstance(event, SubscribeRejected):
             if event.topics:
                 status.last_error = f"{name}: subscription refused: {event.reason}"
                 for topic in event.topics:
@@ -344,7 +344,7 @@ class Attempt:
             if first_of_run(status.sequence_gaps):
                 log.warning("%s: sequence gap #%d: %d message(s) missed (%s)",
                             name, status.sequence_gaps, event.missed, event.detail)
-        elif isinstance(event, Reconnect):
+        elif isinstance(event, Rotate):
             # make-before-break: the rotator connects a replacement before this one is cut
             self.rotate_reason = f"venue announced {event.reason}"
             self.rotate_now.set()
@@ -374,7 +374,7 @@ class Attempt:
         except TransportError as exc:
             self.end(str(exc))
 
-    def _build(self, op: Op, names: list[str]) -> list[Frame]:
+    def _build(self, op: Op, names: list[str]) -> list[Message]:
         return self.session.subscribe(names) if op == "subscribe" else self.session.unsubscribe(names)
 
     async def _watchdog(self) -> None:

@@ -21,7 +21,7 @@ from feedd.exchanges.base import Op
 class Reply:
     """The venue's answer to one topic's subscribe or unsubscribe request, for whoever awaits it.
 
-    ``done`` is set by the matching :class:`SubscribeAck` or :class:`SubscribeError`; ``error``
+    ``done`` is set by the matching :class:`SubscribeAck` or :class:`SubscribeRejected`; ``error``
     then holds the venue's reason, or None when it agreed. A subscribe reply stays pending across
     reconnects (the topic is resubscribed on every connect) until the venue answers, or until
     the topic is unsubscribed first: then it is ``withdrawn``, which is no answer of the venue's.

@@ -27,7 +27,7 @@ import trio
 
 from feedd.errors import ConnectionLost, NatsError, NatsProtocolError, NoResponders, describe
 from feedd.nats import protocol
-from feedd.nats.protocol import Err, Info, Msg, Ping, Pong
+from feedd.nats.protocol import Err, Info, Msg, ServerPing, ServerPong
 from feedd.nats.servers import ServerAddress
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,9 @@ class NatsClient:
                 handler = handlers.get(event.sid)
                 if handler is not None:
                     handler(event)
-            elif isinstance(event, Ping):
+            elif isinstance(event, ServerPing):
                 out.append(protocol.PONG)
-            elif isinstance(event, Pong):
+            elif isinstance(event, ServerPong):
                 self._pongs_owed = max(0, self._pongs_owed - 1)
             elif isinstance(event, Err):
                 message = event.message
@@ -238,7 +238,7 @@ async def _handshake(
         answer = await next_event()
     if isinstance(answer, Err):
         raise NatsError(f"{address}: refused: {answer.message}")
-    if not isinstance(answer, Pong):
+    if not isinstance(answer, ServerPong):
         raise NatsError(f"{address}: expected PONG after CONNECT, got {answer!r}")
     return stream, info, parser, queued
 

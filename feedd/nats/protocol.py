@@ -53,12 +53,12 @@ class Msg(NamedTuple):
 
 
 @attrs.frozen
-class Ping:
+class ServerPing:
     """The server checks we are alive: answer :data:`PONG`."""
 
 
 @attrs.frozen
-class Pong:
+class ServerPong:
     """The answer to our ``PING`` (also how the end of the handshake is seen)."""
 
 
@@ -74,7 +74,7 @@ class Err:
     message: str
 
 
-Event = Info | Msg | Ping | Pong | Ok | Err
+Event = Info | Msg | ServerPing | ServerPong | Ok | Err
 
 PING = b"PING\r\n"
 PONG = b"PONG\r\n"
@@ -145,9 +145,9 @@ def _control(line: bytes) -> Event:
     word, _, rest = line.partition(b" ")
     word = word.upper()
     if word == b"PING":
-        return Ping()
+        return ServerPing()
     if word == b"PONG":
-        return Pong()
+        return ServerPong()
     if word == b"+OK":
         return Ok()
     if word == b"-ERR":

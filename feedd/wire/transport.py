@@ -32,7 +32,7 @@ from trio_websocket import (
 )
 
 from feedd.errors import HandshakeError, ProtocolError, TLSError, TransportError, describe
-from feedd.model import Frame
+from feedd.model import Message
 from feedd.wire import wsframe
 from feedd.wire.tls import TLSClient
 from feedd.wire.upgrade import HandshakeRefused
@@ -48,9 +48,9 @@ MAX_MESSAGE = 16 * 1024 * 1024
 
 
 class Transport(Protocol):
-    async def send(self, frame: Frame) -> None: ...
+    async def send(self, frame: Message) -> None: ...
 
-    async def receive_batch(self) -> list[Frame]:
+    async def receive_batch(self) -> list[Message]:
         """Wait for at least one frame; return it with every other frame already read."""
         ...
 
@@ -65,15 +65,15 @@ class TrioWebsocketTransport:
         # trio-websocket exposes one message per get_message(); draining its queue without a
         # wakeup per message is what lets the runner hand frames on in batches. Private, so it
         # is looked up once and the code falls back to one frame per call if it ever moves.
-        self._queue: trio.MemoryReceiveChannel[Frame] | None = getattr(ws, "_recv_channel", None)
+        self._queue: trio.MemoryReceiveChannel[Message] | None = getattr(ws, "_recv_channel", None)
 
-    async def send(self, frame: Frame) -> None:
+    async def send(self, frame: Message) -> None:
         try:
             await self._ws.send_message(frame)
         except ConnectionClosed as exc:
             raise TransportError(_close_text(exc)) from None
 
-    async def receive_batch(self) -> list[Frame]:
+    async def receive_batch(self) -> list[Message]:
         try:
             batch = [await self._ws.get_message()]
         except ConnectionClosed as exc:
@@ -200,14 +200,14 @@ class NativeTransport:
             self._closed = self._closed or f"connection lost: {describe(exc)}"
             raise TransportError(self._closed) from None
 
-    async def send(self, frame: Frame) -> None:
+    async def send(self, frame: Message) -> None:
         if self._closed is not None:
             raise TransportError(self._closed)
         await self._write(
             wsframe.encode_text(frame) if isinstance(frame, str) else wsframe.encode_binary(frame)
         )
 
-    async def receive_batch(self) -> list[Frame]:
+    async def receive_batch(self) -> list[Message]:
         protocol = self._protocol
         while True:
             # parse first: bytes left from the handshake or a deferred error wait in the codec

@@ -25,9 +25,8 @@ import attrs
 import h11
 
 from feedd.errors import HandshakeError, ProtocolError
+from feedd.model import Message
 from feedd.wire.upgrade import HandshakeRefused
-
-Message = str | bytes
 
 #: RFC 6455 §1.3: appended to the client's key before hashing into Sec-WebSocket-Accept
 ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

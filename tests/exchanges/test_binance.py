@@ -15,13 +15,13 @@ from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import (
     DecodeError,
     Event,
-    Frame,
     Heartbeat,
     Ignored,
     InstrumentPage,
-    Reconnect,
+    Message,
+    Rotate,
     SubscribeAck,
-    SubscribeError,
+    SubscribeRejected,
     Subscription,
     Topic,
 )
@@ -62,7 +62,7 @@ def only(events: list[Event]) -> Event:
     return events[0]
 
 
-def one_request(frames: list[Frame]) -> Any:
+def one_request(frames: list[Message]) -> Any:
     """The decoded JSON of the only frame sent; requests go out as text frames."""
     assert len(frames) == 1, frames
     assert isinstance(frames[0], str)
@@ -307,7 +307,7 @@ def test_documented_error_without_id_is_an_unattributed_subscribe_error() -> Non
     s = session()
     s.subscribe(["btcusdt@trade"])
     error = only(s.decode(json.dumps(sample("error.json")), RECEIVED))
-    assert error == SubscribeError(
+    assert error == SubscribeRejected(
         None, (), "code 2: Invalid request: missing field `method` at line 1 column 73"
     )
 
@@ -318,7 +318,7 @@ def test_every_documented_error_becomes_a_subscribe_error_with_code_and_message(
     for line in lines:
         documented = json.loads(line)
         error = only(session().decode(line, RECEIVED))
-        assert isinstance(error, SubscribeError)
+        assert isinstance(error, SubscribeRejected)
         assert error.request_id is None
         assert error.topics == ()
         assert error.reason == f"code {documented['code']}: {documented['msg']}"
@@ -329,7 +329,7 @@ def test_error_with_id_names_the_topics_of_that_request() -> None:
     s.subscribe(["btcusdt@trade"])
     s.subscribe(["ethusdt@trade", "ethusdt@ticker"])
     frame = '{"code": 2, "msg": "Invalid request: too many parameters", "id": 2}'
-    assert only(s.decode(frame, RECEIVED)) == SubscribeError(
+    assert only(s.decode(frame, RECEIVED)) == SubscribeRejected(
         2, ("ethusdt@trade", "ethusdt@ticker"), "code 2: Invalid request: too many parameters"
     )
     # the refused request is no longer pending: a late ack for it is not attributed
@@ -338,7 +338,7 @@ def test_error_with_id_names_the_topics_of_that_request() -> None:
 
 def test_error_with_an_unknown_id_keeps_the_id_but_has_no_topics() -> None:
     error = only(session().decode('{"code": 0, "msg": "Unknown property", "id": 7}', RECEIVED))
-    assert error == SubscribeError(7, (), "code 0: Unknown property")
+    assert error == SubscribeRejected(7, (), "code 0: Unknown property")
 
 
 # ---- server shutdown --------------------------------------------------------------------------
@@ -346,12 +346,12 @@ def test_error_with_an_unknown_id_keeps_the_id_but_has_no_topics() -> None:
 
 def test_combined_server_shutdown_asks_for_reconnect() -> None:
     frame = json.dumps(sample("serverShutdown_combined.json"))
-    assert only(session().decode(frame, RECEIVED)) == Reconnect("serverShutdown")
+    assert only(session().decode(frame, RECEIVED)) == Rotate("serverShutdown")
 
 
 def test_raw_server_shutdown_also_asks_for_reconnect() -> None:
     frame = json.dumps(sample("serverShutdown.json"))
-    assert only(session().decode(frame, RECEIVED)) == Reconnect("serverShutdown")
+    assert only(session().decode(frame, RECEIVED)) == Rotate("serverShutdown")
 
 
 # ---- market data from the documented samples --------------------------------------------------
@@ -659,7 +659,7 @@ def test_malformed_reply_fields_do_not_raise() -> None:
     assert only(s.decode('{"result": null, "id": [1]}', RECEIVED)) == Ignored()
     assert only(s.decode('{"result": null}', RECEIVED)) == Ignored()
     error = only(s.decode('{"code": 2, "msg": "x", "id": {"a": 1}}', RECEIVED))
-    assert error == SubscribeError(None, (), "code 2: x")
+    assert error == SubscribeRejected(None, (), "code 2: x")
 
 
 # ---- instruments ------------------------------------------------------------------------------

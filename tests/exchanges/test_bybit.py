@@ -21,13 +21,13 @@ from feedd.exchanges.base import (
     CHANNELS,
     DecodeError,
     Event,
-    Frame,
     Ignored,
     InstrumentPage,
+    Message,
     Pong,
     Retry,
     SubscribeAck,
-    SubscribeError,
+    SubscribeRejected,
     Subscription,
     Topic,
 )
@@ -91,7 +91,7 @@ def decode_error(events: list[Event]) -> DecodeError:
     return event
 
 
-def requests(frames: list[Frame]) -> list[Any]:
+def requests(frames: list[Message]) -> list[Any]:
     """The decoded JSON of every request sent; requests go out as text frames."""
     assert all(isinstance(f, str) for f in frames)
     return [orjson.loads(f) for f in frames]
@@ -307,7 +307,7 @@ def test_documented_refusal_names_the_bad_topic_and_retries_its_batch_mates() ->
     # the sample carries no req_id: the request is found by the topic the refusal names
     events = s.decode(json.dumps(sample("subscribe_fail.json")), RECEIVED)
     assert events == [
-        SubscribeError("1", ("tickers.XUSDT",), "Invalid symbol :[tickers.XUSDT]"),
+        SubscribeRejected("1", ("tickers.XUSDT",), "Invalid symbol :[tickers.XUSDT]"),
         Retry("subscribe", ("tickers.BTCUSDT", "publicTrade.XUSDT"), "Invalid symbol :[tickers.XUSDT]"),
     ]
     assert s.decode(reply("1"), RECEIVED) == [Ignored()]  # no longer pending
@@ -326,7 +326,7 @@ def test_a_refusal_names_exactly_the_topic_it_mentions(ret_msg: str) -> None:
     s.subscribe(["tickers.XUSDT", "tickers.XUSDTX", "tickers.X"])  # prefixes of the bad one
     events = s.decode(reply("1", success=False, ret_msg=ret_msg), RECEIVED)
     assert events == [
-        SubscribeError("1", ("tickers.XUSDTX",), ret_msg),
+        SubscribeRejected("1", ("tickers.XUSDTX",), ret_msg),
         Retry("subscribe", ("tickers.XUSDT", "tickers.X"), ret_msg),
     ]
 
@@ -336,7 +336,8 @@ def test_a_refusal_of_a_single_topic_request_needs_no_retry() -> None:
     s.subscribe(["tickers.XUSDT"])
     events = s.decode(reply("1", success=False, ret_msg="error:handler not found,topic:tickers.XUSDT"),
                       RECEIVED)
-    assert events == [SubscribeError("1", ("tickers.XUSDT",), "error:handler not found,topic:tickers.XUSDT")]
+    reason = "error:handler not found,topic:tickers.XUSDT"
+    assert events == [SubscribeRejected("1", ("tickers.XUSDT",), reason)]
 
 
 def test_an_already_subscribed_topic_is_acked_and_the_rest_retried() -> None:
@@ -361,7 +362,7 @@ def test_a_refusal_naming_no_topic_retries_each_topic_in_a_request_of_its_own() 
     assert [r["args"] for r in sent] == [["tickers.A"], ["tickers.B"], ["tickers.C"], ["tickers.D"]]
     # so the next refusal is attributed even though it names nothing
     assert s.decode(reply("3", success=False, ret_msg="oops"), RECEIVED) == [
-        SubscribeError("3", ("tickers.B",), "oops")
+        SubscribeRejected("3", ("tickers.B",), "oops")
     ]
     # isolation is one-off: a later subscribe batches again
     assert len(s.subscribe(batch)) == 1
@@ -372,7 +373,7 @@ def test_a_refusal_of_an_unsubscribe_retries_the_unsubscribe_of_the_rest() -> No
     s.unsubscribe(["tickers.A", "tickers.B"])
     ret_msg = "error:handler not found,topic:tickers.B"
     assert s.decode(reply("1", success=False, ret_msg=ret_msg, op="unsubscribe"), RECEIVED) == [
-        SubscribeError("1", ("tickers.B",), ret_msg),
+        SubscribeRejected("1", ("tickers.B",), ret_msg),
         Retry("unsubscribe", ("tickers.A",), ret_msg),
     ]
 
@@ -380,14 +381,14 @@ def test_a_refusal_of_an_unsubscribe_retries_the_unsubscribe_of_the_rest() -> No
 def test_a_refusal_of_no_known_request_is_reported_unattributed() -> None:
     s = session()
     assert s.decode(reply("", success=False, ret_msg="error:invalid op", op=""), RECEIVED) == [
-        SubscribeError(None, (), "error:invalid op")
+        SubscribeRejected(None, (), "error:invalid op")
     ]
     assert s.decode(reply("77", success=False, ret_msg="nope"), RECEIVED) == [
-        SubscribeError("77", (), "nope")
+        SubscribeRejected("77", (), "nope")
     ]
     failure = {"success": False, "conn_id": "c", "op": "subscribe"}
     [error] = s.decode(frame(failure), RECEIVED)
-    assert isinstance(error, SubscribeError) and "refused" in error.reason
+    assert isinstance(error, SubscribeRejected) and "refused" in error.reason
 
 
 def negotiate(
@@ -420,11 +421,11 @@ def test_invalid_symbols_are_refused_by_name_while_their_batch_mates_get_subscri
         for t in venue.topics(Subscription(symbol, channel))
     )
     events = negotiate(protocol, conn, session(venue), topics)
-    refused = {t for e in events if isinstance(e, SubscribeError) for t in e.topics}
+    refused = {t for e in events if isinstance(e, SubscribeRejected) for t in e.topics}
     acked = {t for e in events if isinstance(e, SubscribeAck) for t in e.topics}
     assert refused == {t for t in topics if good not in t}
     assert acked == set(conn.topics) == {t for t in topics if good in t}
-    assert all(e.topics for e in events if isinstance(e, SubscribeError))
+    assert all(e.topics for e in events if isinstance(e, SubscribeRejected))
 
 
 # ---- trades -----------------------------------------------------------------------------------

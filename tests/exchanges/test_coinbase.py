@@ -27,7 +27,7 @@ from feedd.exchanges.base import (
     Retry,
     SequenceGap,
     SubscribeAck,
-    SubscribeError,
+    SubscribeRejected,
     Subscription,
     Topic,
 )
@@ -36,7 +36,7 @@ from feedd.exchanges.fields import parse_rfc3339
 from feedd.feed.runner import ConnectionRunner, RunnerSettings
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
-from feedd.model import Frame, MarketData
+from feedd.model import MarketData, Message
 
 # The recorded frames these tests read (the recorded_*.ndjson fixture) are AGPL-3.0-or-later
 # captures from cryptofeed's `v3` branch: test input only, never shipped; nothing made from them
@@ -81,7 +81,7 @@ def decode_error(events: list[Event]) -> DecodeError:
     return event
 
 
-def requests(frames: list[Frame]) -> list[Any]:
+def requests(frames: list[Message]) -> list[Any]:
     assert all(isinstance(f, str) for f in frames)  # text frames
     return [orjson.loads(f) for f in frames]
 
@@ -266,7 +266,7 @@ def test_subscriptions_reply_acks_the_topics_it_lists() -> None:
     s.subscribe(["ticker:BTC-USD"])
     events = s.decode(json.dumps(sample("subscriptions_unofficial.json")), RECEIVED)
     assert of_type(events, SubscribeAck) == [SubscribeAck(1, ("ticker:BTC-USD",), "subscribe")]
-    assert not of_type(events, SubscribeError)
+    assert not of_type(events, SubscribeRejected)
 
 
 def test_a_product_missing_from_the_reply_is_a_subscription_error_naming_it() -> None:
@@ -275,7 +275,7 @@ def test_a_product_missing_from_the_reply_is_a_subscription_error_naming_it() ->
     events = s.decode(subscriptions_frame({"market_trades": ["BTC-USD"]}), RECEIVED)
     assert events == [
         SubscribeAck(1, ("market_trades:BTC-USD",), "subscribe"),
-        SubscribeError(1, ("market_trades:NOPE-USD",), "not in the subscriptions reply"),
+        SubscribeRejected(1, ("market_trades:NOPE-USD",), "not in the subscriptions reply"),
     ]
     events = s.decode(
         subscriptions_frame({"market_trades": ["BTC-USD"], "ticker": ["BTC-USD"]}), RECEIVED
@@ -293,7 +293,7 @@ def test_heartbeats_missing_from_its_reply_is_reported() -> None:
     s.subscribe(["ticker:BTC-USD"])
     s.decode(subscriptions_frame({"ticker": ["BTC-USD"]}), RECEIVED)
     error = only(s.decode(subscriptions_frame({"ticker": ["BTC-USD"]}), RECEIVED))
-    assert isinstance(error, SubscribeError)
+    assert isinstance(error, SubscribeRejected)
     assert error.topics == ("heartbeats",)
 
 
@@ -309,7 +309,7 @@ def test_unsubscribe_is_acked_when_the_reply_no_longer_lists_the_topic() -> None
     assert ack == SubscribeAck(3, ("ticker:ETH-USD",), "unsubscribe")
     s.unsubscribe(["ticker:BTC-USD"])
     error = only(s.decode(subscriptions_frame({"ticker": ["BTC-USD"]}), RECEIVED))
-    assert error == SubscribeError(
+    assert error == SubscribeRejected(
         4, ("ticker:BTC-USD",), "still in the subscriptions reply after unsubscribe"
     )
 
@@ -337,11 +337,11 @@ def test_an_error_settles_the_request_it_answers_and_the_rest_of_it_is_retried()
     ))
     assert [r["channel"] for r in sent] == ["market_trades", "ticker", "heartbeats"]
     assert s.decode(error_frame(BAD_PRODUCT), RECEIVED) == [
-        SubscribeError(1, ("market_trades:BAD-USD",), BAD_PRODUCT),
+        SubscribeRejected(1, ("market_trades:BAD-USD",), BAD_PRODUCT),
         Retry("subscribe", ("market_trades:BTC-USD",), BAD_PRODUCT),
     ]
     assert s.decode(error_frame(BAD_PRODUCT), RECEIVED) == [
-        SubscribeError(2, ("ticker:BAD-USD",), BAD_PRODUCT),
+        SubscribeRejected(2, ("ticker:BAD-USD",), BAD_PRODUCT),
         Retry("subscribe", ("ticker:BTC-USD",), BAD_PRODUCT),
     ]
     # the heartbeats reply answers the heartbeats request, not one of the refused ones
@@ -367,7 +367,7 @@ def test_an_error_naming_several_products_refuses_each_of_them() -> None:
     s.subscribe(["ticker:A-USD", "ticker:BTC-USD", "ticker:B-USD", "ticker:BTC-USDT"])
     text = "Failed to subscribe: A-USD, B-USD is not a valid product"
     assert s.decode(error_frame(text), RECEIVED) == [
-        SubscribeError(1, ("ticker:A-USD", "ticker:B-USD"), text),
+        SubscribeRejected(1, ("ticker:A-USD", "ticker:B-USD"), text),
         Retry("subscribe", ("ticker:BTC-USD", "ticker:BTC-USDT"), text),  # whole ids, not prefixes
     ]
 
@@ -377,11 +377,11 @@ def test_an_error_naming_none_of_its_products_refuses_the_whole_request() -> Non
     s = session()
     s.subscribe(["market_trades:BTC-USD", "market_trades:ETH-USD"])
     frame = '{"type":"error","message":"Failed to subscribe","reason":"internal error"}'
-    assert s.decode(frame, RECEIVED) == [SubscribeError(
+    assert s.decode(frame, RECEIVED) == [SubscribeRejected(
         1, ("market_trades:BTC-USD", "market_trades:ETH-USD"), "Failed to subscribe: internal error"
     )]
     assert s.decode('{"type":"error"}', RECEIVED) == [
-        SubscribeError(2, ("heartbeats",), "error without a message")
+        SubscribeRejected(2, ("heartbeats",), "error without a message")
     ]
 
 
@@ -394,7 +394,7 @@ def test_an_error_answering_an_unsubscribe_refuses_the_named_product_and_retries
     s.unsubscribe(["ticker:BTC-USD", "ticker:ETH-USD"])
     text = "Failed to unsubscribe: ETH-USD is busy"
     assert s.decode(error_frame(text), RECEIVED) == [
-        SubscribeError(3, ("ticker:ETH-USD",), text),
+        SubscribeRejected(3, ("ticker:ETH-USD",), text),
         Retry("unsubscribe", ("ticker:BTC-USD",), text),
     ]
 
@@ -402,18 +402,18 @@ def test_an_error_answering_an_unsubscribe_refuses_the_named_product_and_retries
 def test_an_error_with_no_request_pending_is_unattributed_with_its_text() -> None:
     s = session()
     frame = '{"type":"error","message":"Failed to subscribe","reason":"XRP-USD is not a valid product"}'
-    assert only(s.decode(frame, RECEIVED)) == SubscribeError(
+    assert only(s.decode(frame, RECEIVED)) == SubscribeRejected(
         None, (), "Failed to subscribe: XRP-USD is not a valid product"
     )
-    assert only(s.decode('{"type":"error"}', RECEIVED)) == SubscribeError(
+    assert only(s.decode('{"type":"error"}', RECEIVED)) == SubscribeRejected(
         None, (), "error without a message"
     )
     # an error in the envelope keeps the message count (no false gap after it)
     enveloped = '{"type":"error","message":"x","sequence_num":0}'
-    assert s.decode(enveloped, RECEIVED) == [SubscribeError(None, (), "x")]
+    assert s.decode(enveloped, RECEIVED) == [SubscribeRejected(None, (), "x")]
     huge = json.dumps({"type": "error", "message": "m" * 10_000})
     error = only(s.decode(huge, RECEIVED))
-    assert isinstance(error, SubscribeError) and len(error.reason) <= 203
+    assert isinstance(error, SubscribeRejected) and len(error.reason) <= 203
 
 
 def test_a_later_request_already_in_a_reply_is_acked_at_once() -> None:
@@ -736,7 +736,7 @@ def test_every_recorded_frame_decodes_and_counts_match_the_recording() -> None:
     for line, msg in recorded():
         events = s.decode(line, RECEIVED)
         assert not of_type(events, DecodeError), events
-        assert not of_type(events, SubscribeError), events
+        assert not of_type(events, SubscribeRejected), events
         missed += sum(g.missed for g in of_type(events, SequenceGap))
         acks += of_type(events, SubscribeAck)
         published += records(events)
@@ -809,7 +809,7 @@ def test_recorded_trades_replayed_on_a_new_connection_are_not_published_again() 
 # ---- bad input never raises -------------------------------------------------------------------
 
 TRADE = trade("1")
-EVENT_TYPES = (MarketData, SubscribeAck, SubscribeError, Heartbeat, SequenceGap, Ignored, DecodeError)
+EVENT_TYPES = (MarketData, SubscribeAck, SubscribeRejected, Heartbeat, SequenceGap, Ignored, DecodeError)
 TICKER = sample("ticker.json")["events"][0]["tickers"][0]
 
 
@@ -984,14 +984,14 @@ class Wire:
     """A connected socket for the runner: the test pushes frames in and reads what was sent."""
 
     def __init__(self) -> None:
-        self.push, self._incoming = trio.open_memory_channel[Frame | Exception](1000)
+        self.push, self._incoming = trio.open_memory_channel[Message | Exception](1000)
         self.sent: list[tuple[float, Any]] = []
         self.opened_at = trio.current_time()
 
-    async def send(self, frame: Frame) -> None:
+    async def send(self, frame: Message) -> None:
         self.sent.append((trio.current_time() - self.opened_at, orjson.loads(frame)))
 
-    async def receive_batch(self) -> list[Frame]:
+    async def receive_batch(self) -> list[Message]:
         item = await self._incoming.receive()
         if isinstance(item, Exception):
             raise item

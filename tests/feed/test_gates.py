@@ -38,7 +38,7 @@ from feedd.feed.gates import (
 from feedd.feed.runner import ConnectionRunner, RunnerSettings
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
-from feedd.model import Frame, MarketData
+from feedd.model import MarketData, Message
 from feedd.wire.upgrade import HandshakeRefused, parse_retry_after
 
 NOW = datetime(2026, 12, 3, 10, 0, 0, tzinfo=UTC)
@@ -182,10 +182,10 @@ async def test_a_ban_is_logged_as_an_error_that_says_so(
 class OpenTransport:
     """A connection that stays open and quiet (the runner's watchdog is set far away)."""
 
-    async def send(self, frame: Frame) -> None:
+    async def send(self, frame: Message) -> None:
         pass
 
-    async def receive_batch(self) -> list[Frame]:
+    async def receive_batch(self) -> list[Message]:
         await trio.sleep_forever()
         raise AssertionError  # pragma: no cover
 

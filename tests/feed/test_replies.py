@@ -23,23 +23,23 @@ from feedd.feed.status import VenueStatus
 from feedd.feed.supervisor import VenueSupervisor
 from feedd.feed.validate import Validator
 from feedd.model import MarketData
-from feedd.wire.transport import Frame
+from feedd.wire.transport import Message
 
 
 class Wire:
     """A connected socket the test answers by hand: it reads what the runner sent, and replies."""
 
     def __init__(self) -> None:
-        self.incoming_send, self.incoming = trio.open_memory_channel[Frame | Exception](100)
+        self.incoming_send, self.incoming = trio.open_memory_channel[Message | Exception](100)
         self.requests: list[dict[str, object]] = []
         self.sent = trio.Event()
 
-    async def send(self, frame: Frame) -> None:
+    async def send(self, frame: Message) -> None:
         self.requests.append(orjson.loads(frame))
         self.sent.set()
         self.sent = trio.Event()
 
-    async def receive_batch(self) -> list[Frame]:
+    async def receive_batch(self) -> list[Message]:
         item = await self.incoming.receive()
         if isinstance(item, Exception):
             raise item

@@ -20,13 +20,13 @@ import trio.testing
 
 from feedd.errors import TransportError
 from feedd.exchanges import make_venue
-from feedd.exchanges.base import Pong, Retry, SubscribeError
+from feedd.exchanges.base import Pong, Retry, SubscribeRejected
 from feedd.feed.backoff import Backoff
 from feedd.feed.runner import ConnectionRunner, RunnerSettings
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
 from feedd.model import Disconnected, MarketData, Reconnected
-from feedd.wire.transport import Frame
+from feedd.wire.transport import Message
 
 
 def trade_frame(trade_id: int, symbol: str = "BTCUSDT") -> str:
@@ -40,17 +40,17 @@ class ScriptedTransport:
     """A connected socket whose incoming frames the test pushes and whose sends it reads."""
 
     def __init__(self) -> None:
-        self.incoming_send, self.incoming = trio.open_memory_channel[Frame | Exception](100)
+        self.incoming_send, self.incoming = trio.open_memory_channel[Message | Exception](100)
         self.sent: list[tuple[float, str]] = []
         self.sent_more = trio.Event()
         self.closed = False
 
-    async def send(self, frame: Frame) -> None:
+    async def send(self, frame: Message) -> None:
         self.sent.append((trio.current_time(), str(frame)))
         self.sent_more.set()
         self.sent_more = trio.Event()
 
-    async def receive_batch(self) -> list[Frame]:
+    async def receive_batch(self) -> list[Message]:
         item = await self.incoming.receive()
         if isinstance(item, Exception):
             raise item
@@ -334,7 +334,7 @@ async def test_an_adapter_bug_is_a_connection_failure_not_a_crash(
     network = FakeNetwork(lambda n: True)
     runner, status, _ = make_runner(network, RunnerSettings(reconnect_interval=1.0))
 
-    def broken_decode(frame: Frame, received_at: datetime) -> list[object]:
+    def broken_decode(frame: Message, received_at: datetime) -> list[object]:
         raise RuntimeError("adapter bug")
 
     original = runner.venue.new_session
@@ -835,16 +835,16 @@ class PingSession:
     def __init__(self, inner: object) -> None:
         self.inner = inner
 
-    def subscribe(self, topics: list[str]) -> list[Frame]:
+    def subscribe(self, topics: list[str]) -> list[Message]:
         return self.inner.subscribe(topics)  # type: ignore[attr-defined, no-any-return]
 
-    def unsubscribe(self, topics: list[str]) -> list[Frame]:
+    def unsubscribe(self, topics: list[str]) -> list[Message]:
         return self.inner.unsubscribe(topics)  # type: ignore[attr-defined, no-any-return]
 
-    def ping(self) -> Frame:
+    def ping(self) -> Message:
         return '{"op": "ping"}'
 
-    def decode(self, frame: Frame, received_at: datetime) -> list[object]:
+    def decode(self, frame: Message, received_at: datetime) -> list[object]:
         if frame == '{"op": "pong"}':
             return [Pong()]
         return self.inner.decode(frame, received_at)  # type: ignore[attr-defined, no-any-return]
@@ -922,19 +922,19 @@ class RefusingSession:
         self.bad = bad
         self.rest = rest
 
-    def subscribe(self, topics: list[str]) -> list[Frame]:
+    def subscribe(self, topics: list[str]) -> list[Message]:
         return self.inner.subscribe(topics)  # type: ignore[attr-defined, no-any-return]
 
-    def unsubscribe(self, topics: list[str]) -> list[Frame]:
+    def unsubscribe(self, topics: list[str]) -> list[Message]:
         return self.inner.unsubscribe(topics)  # type: ignore[attr-defined, no-any-return]
 
-    def ping(self) -> Frame | None:
+    def ping(self) -> Message | None:
         return None
 
-    def decode(self, frame: Frame, received_at: datetime) -> list[object]:
+    def decode(self, frame: Message, received_at: datetime) -> list[object]:
         if frame == "refuse":
             return [
-                SubscribeError(1, (self.bad,), "invalid topic"),
+                SubscribeRejected(1, (self.bad,), "invalid topic"),
                 Retry(self.op, self.rest, "invalid topic"),  # type: ignore[arg-type]
             ]
         return self.inner.decode(frame, received_at)  # type: ignore[attr-defined, no-any-return]

@@ -8,7 +8,7 @@ from feedd.errors import CredentialsError, NatsProtocolError
 from feedd.nats import protocol
 from feedd.nats.auth import decode_seed, encode_public, encode_seed
 from feedd.nats.jetstream import BatchAcks, StreamSettings, encode_batch
-from feedd.nats.protocol import Err, Info, Msg, Ok, Parser, Ping, Pong
+from feedd.nats.protocol import Err, Info, Msg, Ok, Parser, ServerPing, ServerPong
 
 SERVER_BYTES = (
     b'INFO {"server_id":"X","version":"2.15.1","max_payload":1048576,"headers":true}\r\n'
@@ -21,12 +21,12 @@ SERVER_BYTES = (
 )
 EXPECTED = [
     Info({"server_id": "X", "version": "2.15.1", "max_payload": 1048576, "headers": True}),
-    Ping(),
+    ServerPing(),
     Msg(b"feedd.binance.trade.BTCUSDT", 1, None, b"", b"hello"),
     Msg(b"_INBOX.abc.1", 2, b"reply.to", b"", b""),
     Msg(b"_INBOX.abc.2", 2, None, b"NATS/1.0\r\nNats-Msg-Id: a:1\r\n\r\n", b"ok"),
     Msg(b"_INBOX.abc.3", 2, b"$JS.ACK.S.C.1.5.1.0.0", b"NATS/1.0 503\r\n\r\n", b""),
-    Pong(),
+    ServerPong(),
     Ok(),
     Err("Authorization Violation"),
 ]

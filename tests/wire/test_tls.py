@@ -21,7 +21,7 @@ import trustme
 
 from feedd.errors import TLSError
 from feedd.exchanges.binance import BinanceSpot
-from feedd.model import Frame
+from feedd.model import Message
 from feedd.sim.protocol import frame_header
 from feedd.wire import wsframe
 from feedd.wire.tls import Decrypted, TLSClient
@@ -288,7 +288,7 @@ def recorded_frames() -> Iterator[bytes]:
         yield frame_header(len(line)) + line
 
 
-def records_of(messages: list[Frame]) -> list[object]:
+def records_of(messages: list[Message]) -> list[object]:
     session = BinanceSpot().new_session()
     return [event for message in messages for event in session.decode(message, RECEIVED)]
 
@@ -302,7 +302,7 @@ async def test_records_come_out_identical_to_trio_sslstream(ca: trustme.CA) -> N
     today_client = trio.SSLStream(client_stream, client_context(ca), server_hostname="localhost")
     today_server = trio.SSLStream(server_stream, server_context(ca), server_side=True)
     today = wsframe.ClientProtocol()
-    messages_today: list[Frame] = []
+    messages_today: list[Message] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(today_server.do_handshake)
         await today_client.do_handshake()

@@ -26,7 +26,7 @@ from feedd.wire import transport as transport_module
 from feedd.wire import wsframe
 from feedd.wire.transport import (
     TRANSPORTS,
-    Frame,
+    Message,
     OpenTransport,
     Transport,
     native_over,
@@ -64,8 +64,8 @@ async def server(
         nursery.cancel_scope.cancel()
 
 
-async def receive(transport: Transport, count: int) -> list[Frame]:
-    frames: list[Frame] = []
+async def receive(transport: Transport, count: int) -> list[Message]:
+    frames: list[Message] = []
     while len(frames) < count:
         frames += await transport.receive_batch()
     return frames
@@ -79,7 +79,7 @@ def test_default_is_the_native_transport() -> None:
 @each_transport
 async def test_text_frames_arrive_whole_and_in_order(open_: OpenTransport) -> None:
     large = "L" * 200_000
-    sent: list[Frame] = ["first", large, b"\x00binary\xff", "x" * 126, "last"]
+    sent: list[Message] = ["first", large, b"\x00binary\xff", "x" * 126, "last"]
 
     async def handler(ws: WebSocketConnection) -> None:
         for message in sent:
