@@ -62,6 +62,10 @@ def busy(feed: Activity, stale_after: float) -> bool:
     return observed >= stale_after and feed.longest_silence * 3 <= stale_after
 
 
+#: the part of ``stale_after`` before a verdict in which a message shows the socket still alive
+ALIVE_WITHIN = 0.5
+
+
 def deadline(feed: Activity, start: float, stale_after: float) -> float:
     """When the feed, silent since its last data (or proof, unless it is busy), is stale."""
     proof = None if busy(feed, stale_after) else feed.last_proof_at
@@ -84,7 +88,9 @@ def verdict(feed: Activity, *, now: float, stale_after: float, last_message_at: 
     pongs = feed.last_pong_at is not None and now - feed.last_pong_at < stale_after
     if pongs and feed.last_data_at is None and feed.last_proof_at is None and all_acked:
         return Verdict("quiet")
-    socket_alive = last_message_at is not None and now - last_message_at < stale_after
+    # alive: messages kept coming through the silence, the last in its latter half; one stray
+    # heartbeat just after the last data, then nothing, is a dead socket (a half-open one)
+    socket_alive = last_message_at is not None and now - last_message_at < stale_after * ALIVE_WITHIN
     return Verdict("stale", socket_alive)
 
 

@@ -82,3 +82,13 @@ def test_a_quiet_feed_is_checked_ever_less_often_up_to_a_ceiling() -> None:
     for _ in range(5):
         factors.append(next_quiet_factor(factors[-1]))
     assert factors == [1, 2, 4, 8, 8, 8] and QUIET_MAX_FACTOR == 8
+
+
+def test_one_message_just_after_the_last_data_then_nothing_is_a_dead_socket() -> None:
+    """A half-open connection: a heartbeat that came right after the last data, then silence.
+    Messages that kept coming through the silence (its latter half) mean the socket is alive."""
+    feed = Activity(last_data_at=70.0)
+    dead = verdict(feed, now=100.0, stale_after=30.0, last_message_at=70.5, all_acked=True)
+    alive = verdict(feed, now=100.0, stale_after=30.0, last_message_at=95.0, all_acked=True)
+    assert dead == Verdict("stale", socket_alive=False)
+    assert alive == Verdict("stale", socket_alive=True)
