@@ -61,10 +61,15 @@ class HandshakeRefused(TransportError, HandshakeError):
     @classmethod
     def from_headers(cls, url: str, status: int, headers: Iterable[tuple[bytes, bytes]]) -> HandshakeRefused:
         headers = tuple(headers)
-        value = next((v for k, v in headers if k.lower() == b"retry-after"), None)
+        value = _first(headers, b"retry-after")
         return cls(url, status, None if value is None else value.decode("latin-1").strip(), headers)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (matched without regard to case), or None."""
-        name = name.lower()
-        return next((value for key, value in self.headers if key.lower() == name), None)
+        return _first(self.headers, name)
+
+
+def _first(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` in ``headers``, names matched without regard to case."""
+    name = name.lower()
+    return next((value for key, value in headers if key.lower() == name), None)
