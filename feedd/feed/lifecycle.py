@@ -94,10 +94,5 @@ class Lifecycle:
         return self.state
 
     @property
-    def ready(self) -> bool:
-        """It may take over (or already has)."""
-        return self.state is not State.STANDBY and self.state is not State.ABANDONED
-
-    @property
     def final(self) -> bool:
         return self.state in FINAL

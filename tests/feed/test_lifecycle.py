@@ -16,8 +16,8 @@ def test_a_first_connection_starts_current_and_a_replacement_on_standby() -> Non
 
 def test_a_rotation_moves_the_replacement_to_current_and_the_old_connection_to_replaced() -> None:
     old, new = Lifecycle(current=True), Lifecycle(current=False)
-    assert not new.ready
-    assert new.fire(Trigger.READY) is State.READY and new.ready
+    assert new.state is State.STANDBY
+    assert new.fire(Trigger.READY) is State.READY
     assert new.fire(Trigger.READY) is State.READY  # more data: still ready
     assert old.fire(Trigger.HAND_OVER) is State.REPLACED and old.final
     assert new.fire(Trigger.TAKE_OVER) is State.CURRENT and not new.final
