@@ -29,6 +29,8 @@ The exception tree (the module that raises each is in brackets)::
     +-- NatsProtocolError ............ the NATS server sent what is not the NATS protocol [nats]
     +-- PublisherError ............... the subscriber socket's path cannot be taken [fanout.unix]
     +-- TailError .................... ``feedd tail`` cannot go on [cli.tail]
+    +-- RuntimeError
+    |   +-- ServiceNotRunning ........ a WebSocketService call before initialize() or after close() [control]
     +-- ValueError
         +-- FilterError .............. a subscriber's filter line is not acceptable [fanout.lines]
 
@@ -108,6 +110,11 @@ class UnknownVenue(SubscriptionRefused):
 
 class VenueDisabled(SubscriptionRefused):
     """The venue is configured but not running (``enabled = false``, or the feed is off)."""
+
+
+class ServiceNotRunning(RuntimeError):
+    """A call of a :class:`~feedd.control.service.WebSocketService` that is not running: not yet
+    started (``await ws.initialize()`` or ``async with``), or stopped (an instance runs once)."""
 
 
 # ---- the subscriber library (feedd.client) ------------------------------------------------

@@ -12,6 +12,11 @@
         await ws.subscribe_to_symbol("binance", "ETHUSDT")
         ws.add_data_callback(on_record)
 
+or, without the block, started by ``await ws.initialize()`` and stopped by ``await ws.close()``,
+under trio (the task tree is then a system task of the run) or under asyncio (a trio guest run on
+the asyncio loop, :mod:`~feedd.control.guest`; every awaitable call is bridged onto it). The loop
+is the running one, found by sniffio; no config means :mod:`~feedd.control.defaults`' discovery.
+
 The HTTP API and the Python API are the same calls: a live subscribe waits for the venue's
 instrument list, checks the symbol, places the stream on a connection of the venue that has room
 (or a new one), waits until the venue acknowledged it, and saves the change to the state file.
@@ -26,26 +31,30 @@ them live beside it: :mod:`~feedd.control.callbacks` (the callbacks registry),
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+import sniffio
 import trio
 
 from feedd.config import Config, ExchangeConfig, read_token_file
 from feedd.control import report, subscriptions
 from feedd.control.apply import apply_reload, runner_settings
-from feedd.control.callbacks import Callbacks
+from feedd.control.callbacks import Callbacks, LoopCallbackSink
+from feedd.control.defaults import resolve_config
 from feedd.control.history import History
 from feedd.control.metrics import DELAY_BUCKETS, Metrics
 from feedd.control.reload import ReloadOutcome
 from feedd.control.state import StateFile
-from feedd.errors import InvalidRequest, UnknownVenue, VenueDisabled
+from feedd.errors import InvalidRequest, ServiceNotRunning, UnknownVenue, VenueDisabled
 from feedd.exchanges import make_venue
 from feedd.exchanges.base import Channel
-from feedd.fanout.callback import AnyCallback, Callback, CallbackSink
+from feedd.fanout.callback import AnyCallback, Callback, CallbackSink, _is_async
 from feedd.fanout.hub import Hub, SubscriberInfo
 from feedd.fanout.unix import UnixPublisher
 from feedd.feed.gates import HandshakeGates
@@ -55,9 +64,15 @@ from feedd.model import Ingress
 from feedd.wire.transport import TRANSPORTS, OpenTransport
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from feedd.control.guest import GuestRun
     from feedd.fanout.nats import NatsSink
+    from feedd.http.app import App, Handler, Request, Response
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: how long a live subscribe or unsubscribe waits for the venue's answer, by default
 ACK_TIMEOUT = 10.0
@@ -67,6 +82,16 @@ ACK_TIMEOUT = 10.0
 STOP_GRACE = 3.0
 
 
+def _loop() -> str:
+    """``"trio"`` or ``"asyncio"``: the loop of the calling task (sniffio)."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        raise RuntimeError("WebSocketService's awaitable calls run under trio or asyncio: "
+                           "await them inside trio.run(...) or asyncio.run(...)") from None
+    if library not in ("trio", "asyncio"):
+        raise RuntimeError(f"WebSocketService runs under trio or asyncio, not {library}")
+    return library
 
 
 @attrs.define(eq=False)
@@ -92,20 +117,25 @@ class WebSocketService:
     """Market data from every configured venue, to callbacks (and, for the daemon, to the Unix
     socket and the HTTP API), with live subscription changes that survive a restart.
 
-    ``serve_unix`` and ``serve_http`` start the ``[unix]`` publisher and the ``[http]`` API; the
-    daemon turns both on. Runtime subscription changes are saved to ``[feed] state_file`` and
-    restored at start either way. An instance runs once.
+    ``config``: a :class:`~feedd.config.Config`, a config file's path (loaded with the
+    environment's overrides), or None: ``$FEEDD_CONFIG``, else ``/etc/feedd/config.toml`` if it
+    exists, else every venue with no symbols (:mod:`feedd.control.defaults`); a bad file raises
+    :class:`~feedd.config.ConfigError` naming the file and the key. ``serve_unix`` and
+    ``serve_http`` start the ``[unix]`` publisher and the ``[http]`` API; the daemon turns both
+    on. Runtime subscription changes are saved to ``[feed] state_file`` and restored at start
+    either way. An instance runs once.
     """
 
     def __init__(
         self,
-        config: Config,
+        config: Config | str | os.PathLike[str] | None = None,
         *,
         serve_unix: bool = False,
         serve_http: bool = False,
         open_transport: OpenTransport | None = None,
         ack_timeout: float = ACK_TIMEOUT,
     ) -> None:
+        config = resolve_config(config)
         if config.http.token_file is not None and config.http.token is None:
             config = read_token_file(config)
         self.config = config
@@ -155,6 +185,13 @@ class WebSocketService:
         self._hub_done = trio.Event()
         self._publisher_done = trio.Event()
         self._stack: AsyncExitStack | None = None
+        #: run() was entered (an instance runs once), and has returned
+        self._ran = False
+        self._ended = trio.Event()
+        #: under asyncio: the trio guest run holding the task tree
+        self._guest: GuestRun | None = None
+        #: under trio without ``async with``: the system task's start failure or crash
+        self._failure: BaseException | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -188,12 +225,103 @@ class WebSocketService:
             raise
 
     async def initialize(self) -> None:
-        """Wait until every running venue has its instrument list and has placed its configured
-        and restored subscriptions (they are then being connected). Starting is ``async with``."""
+        """Start the service in the background if it is not running, and return once it is
+        ready: every venue started, its instrument list in, its configured and restored
+        subscriptions placed (they are then being connected).
+
+        Inside ``async with`` it only waits. Under trio otherwise the task tree becomes a system
+        task of the run, until :meth:`close` or the end of ``trio.run``; under asyncio it is a
+        trio guest run on the asyncio loop (:mod:`feedd.control.guest`), until :meth:`close` or
+        the end of ``asyncio.run``. Raises what the start raised (a port taken, say), and
+        ServiceNotRunning after the service stopped (an instance runs once).
+        """
+        if _loop() == "asyncio":
+            guest = self._guest
+            if guest is None:
+                self._check_startable()
+                guest = await self._start_guest()
+            await guest.call(self._wait_ready)
+            return
         if self._nursery is None:
-            raise RuntimeError("the service is not running: use `async with WebSocketService(config) as ws`")
+            self._check_startable()
+            await self._start_in_system_task()
+        await self._wait_ready()
+
+    async def close(self) -> None:
+        """Stop gracefully and wait until the task tree has ended; raises what made it fail,
+        if it did. Idempotent; inside ``async with`` the block's end does the same."""
+        if _loop() == "asyncio":
+            if self._guest is not None:
+                failure = await self._guest.stop()
+                if failure is not None:
+                    raise failure
+            return
+        if self._guest is not None:
+            raise RuntimeError("this service runs under asyncio: close it there")
+        self.stop()
+        if self._ran:
+            await self._ended.wait()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def _check_startable(self) -> None:
+        if self._ran or self._guest is not None:
+            raise ServiceNotRunning("the service is not running any more: an instance runs once, "
+                                    "make a new one")
+
+    async def _wait_ready(self) -> None:
+        if self._nursery is None:
+            raise ServiceNotRunning("the service is not running: `await ws.initialize()` starts it "
+                                    "(or `async with WebSocketService(config) as ws`)")
         for supervisor in self.venues.values():
             await supervisor.ready.wait()
+
+    async def _start_in_system_task(self) -> None:
+        """Run the task tree as a system task of the trio run: it outlives the caller's task
+        and ends at :meth:`close` or when ``trio.run``'s main function returns (cancelled)."""
+        started = trio.Event()
+        start_failure: list[Exception] = []
+
+        async def system() -> None:
+            try:
+                async with trio.open_nursery() as nursery:
+                    try:
+                        await nursery.start(self.run)
+                    except Exception as exc:  # noqa: BLE001 (raised by initialize(), below)
+                        start_failure.append(exc)
+                        return
+                    finally:
+                        started.set()
+            except Exception as exc:  # never out of a system task: that would crash the run
+                log.error("feedd's service failed", exc_info=exc)
+                self._failure = exc
+
+        trio.lowlevel.spawn_system_task(system, name="feedd: WebSocketService")
+        await started.wait()
+        if start_failure:
+            raise start_failure[0]
+
+    async def _start_guest(self) -> GuestRun:
+        import asyncio
+
+        from feedd.control.guest import GuestRun
+
+        self._guest = GuestRun(self.run, self.stop, asyncio.get_running_loop())
+        await self._guest.start()
+        return self._guest
+
+    def _asyncio_host(self) -> asyncio.AbstractEventLoop | None:
+        """The asyncio loop the service runs on as a trio guest, if it does."""
+        return None if self._guest is None else self._guest.loop
+
+    def _bridged(self) -> GuestRun | None:
+        """The guest run to bridge a call onto, when called from asyncio; None from trio."""
+        if _loop() == "trio":
+            return None
+        if self._guest is None:
+            raise ServiceNotRunning("the service is not running: `await ws.initialize()` starts it")
+        return self._guest
 
     async def run(
         self, *, task_status: trio.TaskStatus[WebSocketService] = trio.TASK_STATUS_IGNORED
@@ -203,13 +331,15 @@ class WebSocketService:
         A venue counts as started before its instrument list arrives (its supervisor fetches it in
         the background), so a slow or dead REST endpoint delays only its own venue.
         """
-        if self._stop.is_set():
+        if self._stop.is_set() or self._ran:
             return
+        self._ran = True
         try:
             await self._run(task_status)
         finally:
             self._nursery = None
             self.callbacks.stopped()
+            self._ended.set()
 
     async def _run(self, task_status: trio.TaskStatus[WebSocketService]) -> None:
         config = self.config
@@ -367,27 +497,41 @@ class WebSocketService:
         Each callback has its own task and a buffer of ``buffer`` records: a slow one loses its
         oldest records (counted in ``dropped``) and never stalls the feed or the others; an
         exception is logged (rate-limited) and counted in ``errors``, and the next record comes
-        as usual. An ``async def`` callback runs on the event loop and must not block; a plain
-        function runs in a worker thread of its own (one per batch of pending records), since
-        only a thread keeps a blocking function off the loop, so it must be thread-safe with
-        respect to its own state. At stop or removal a call in progress is abandoned, not
-        awaited (see :class:`~feedd.fanout.callback.CallbackSink`). Returns the sink, for
+        as usual. An ``async def`` callback runs on the program's event loop (trio's, or
+        asyncio's when the service runs under asyncio) and must not block; a plain function
+        runs in a worker thread of its own (one per batch of pending records), since only a
+        thread keeps a blocking function off the loop, so it must be thread-safe with respect
+        to its own state. At stop or removal a call in progress is abandoned, not awaited (see
+        :class:`~feedd.fanout.callback.CallbackSink`). Returns the sink, for
         :meth:`remove_data_callback` and its counters.
         """
-        return self.callbacks.add(CallbackSink(
-            callback, buffer, name=self.callbacks.name(callback), events=events
-        ))
+        return self._add_callback(callback, buffer, data=True, events=events)
 
     def add_event_callback(self, callback: AnyCallback, *, buffer: int = 1_000) -> CallbackSink:
         """Call ``callback(event)`` for every feed event only (disconnects and reconnects, see
         :meth:`add_data_callback`); removed with :meth:`remove_data_callback`."""
-        return self.callbacks.add(CallbackSink(
-            callback, buffer, name=self.callbacks.name(callback), data=False, events=True
-        ))
+        return self._add_callback(callback, buffer, data=False, events=True)
+
+    def _add_callback(self, callback: AnyCallback, buffer: int, *, data: bool, events: bool) -> CallbackSink:
+        name = self.callbacks.name(callback)
+        sink = (
+            LoopCallbackSink(callback, buffer, name, host=self._asyncio_host, data=data, events=events)
+            if _is_async(callback)
+            else CallbackSink(callback, buffer, name=name, data=data, events=events)
+        )
+        if self._guest is not None and not trio.lowlevel.in_trio_run():
+            # from asyncio while the guest runs: the registry is the trio side's to change
+            self._guest.soon(lambda: self.callbacks.add(sink))
+            return sink
+        return self.callbacks.add(sink)
 
     def remove_data_callback(self, sink: CallbackSink) -> None:
         """Stop calling the callback: no record is passed to it after this returns (a plain
         callback's call in progress, in its thread, is not waited for)."""
+        if self._guest is not None and not trio.lowlevel.in_trio_run():
+            sink.close()  # now: nothing more is passed to it; its task ends on the trio side
+            self._guest.soon(lambda: self.callbacks.remove(sink))
+            return
         self.callbacks.remove(sink)
 
     # ---- subscriptions (feedd.control.subscriptions) ------------------------------------
@@ -424,8 +568,11 @@ class WebSocketService:
 
         Idempotent. Raises UnknownVenue, VenueDisabled, InvalidRequest, UnknownSymbol,
         UnsupportedSymbol, VenueRefused (rolled back) or NoAnswer (kept, and retried on every
-        reconnect).
+        reconnect); the same classes under asyncio.
         """
+        if (guest := self._bridged()) is not None:
+            return await guest.call(partial(self.subscribe_to_symbol, exchange, symbol, channels,
+                                            ack_timeout=ack_timeout))
         supervisor, symbol, wanted = self._checked(exchange, symbol, channels, every=False)
         assert wanted is not None
         return await subscriptions.subscribe(
@@ -445,15 +592,28 @@ class WebSocketService:
         Raises NotSubscribed when none of the channels is subscribed, NoAnswer when the venue did
         not confirm in time (the stream is gone from feedd's side all the same).
         """
+        if (guest := self._bridged()) is not None:
+            return await guest.call(partial(self.unsubscribe_from_symbol, exchange, symbol, channels,
+                                            ack_timeout=ack_timeout))
         supervisor, symbol, wanted = self._checked(exchange, symbol, channels, every=True)
         return await subscriptions.unsubscribe(
             supervisor, self.state, exchange, symbol, wanted, self._deadline(ack_timeout)
         )
 
-    def list_subscriptions(self) -> list[dict[str, Any]]:
+    async def list_subscriptions(self) -> list[dict[str, Any]]:
         """Every subscription: ``{"exchange", "symbol", "channels", "state"}``, ``state`` being
         ``active`` (acknowledged), ``pending`` (not yet) or ``refused`` (by the venue)."""
+        return await self._sync_call(self.current_subscriptions)
+
+    def current_subscriptions(self) -> list[dict[str, Any]]:
+        """:meth:`list_subscriptions` as a plain call, from trio (the HTTP API's)."""
         return report.list_subscriptions(self)
+
+    async def _sync_call(self, fn: Callable[[], T]) -> T:
+        """``fn()``, in trio's context (bridged when called from asyncio)."""
+        if (guest := self._bridged()) is not None:
+            return await guest.call_sync(fn)
+        return fn()
 
     # ---- status (feedd.control.report) --------------------------------------------------
 
@@ -467,13 +627,46 @@ class WebSocketService:
         an ``ok`` feed ``degraded``: the records still reach the other consumers."""
         return report.health(self)
 
-    def get_connection_status(self) -> dict[str, Any]:
-        """The status document of ``GET /api/v1/websocket/status``."""
+    async def get_connection_status(self) -> dict[str, Any]:
+        """The status document of ``GET /api/v1/websocket/status``: every venue's state and
+        counters, the sinks, the subscribers, the last reload."""
+        return await self._sync_call(self.connection_status)
+
+    def connection_status(self) -> dict[str, Any]:
+        """:meth:`get_connection_status` as a plain call, from trio (the HTTP API's)."""
         return report.connection_status(self)
 
     def summary(self) -> str:
         """The state in one line (systemd's ``STATUS=``), with what the last reload left to do."""
         return report.summary(self)
+
+    # ---- the HTTP API inside the program's own web app ----------------------------------
+
+    def asgi_app(self) -> App:
+        """The HTTP API (``/api/v1/websocket/*``, ``/healthz``, ``/metrics``, the page at ``/``)
+        as an ASGI application for the program's own server, on its own loop: mounted in a
+        Starlette or FastAPI app under asyncio (``app.mount("/", ws.asgi_app())``), or served
+        by hypercorn under trio. The token of ``[http]`` is demanded as by ``feedd run``.
+
+        Each request is answered on the loop it arrives on; under asyncio its handler, which
+        calls the service, runs in the trio guest (bridged, as every awaitable call is). A
+        request while the service is not running is answered 503.
+        """
+        from feedd.http.api import build_app
+
+        app = build_app(self)
+        app.handle_with(self._handle_request)
+        return app
+
+    async def _handle_request(self, handler: Handler, request: Request) -> Response:
+        from feedd.http.app import HttpError
+
+        try:
+            if (guest := self._bridged()) is not None:
+                return await guest.call(handler, request)
+        except ServiceNotRunning as exc:
+            raise HttpError(503, str(exc)) from None
+        return await handler(request)
 
 
 async def _serve_http(
@@ -517,6 +710,7 @@ async def _until_done(
 __all__ = [
     "ACK_TIMEOUT",
     "InvalidRequest",
+    "ServiceNotRunning",
     "UnknownVenue",
     "VenueDisabled",
     "WebSocketService",

@@ -108,10 +108,10 @@ class Api:
         self.service = service
 
     async def status(self, request: Request) -> Response:
-        return json_response(200, self.service.get_connection_status())
+        return json_response(200, self.service.connection_status())
 
     async def subscriptions(self, request: Request) -> Response:
-        return json_response(200, {"subscriptions": self.service.list_subscriptions()})
+        return json_response(200, {"subscriptions": self.service.current_subscriptions()})
 
     async def subscribe(self, request: Request) -> Response:
         if not request.body.strip():

@@ -68,6 +68,12 @@ class HttpError(Exception):
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: how a handler is run: ``await run(handler, request)`` (by default ``await handler(request)``)
+HandlerRunner = Callable[[Handler, Request], Awaitable[Response]]
+
+
+async def _direct(handler: Handler, request: Request) -> Response:
+    return await handler(request)
 
 
 @attrs.frozen
@@ -78,15 +84,26 @@ class Route:
 
 
 class App:
-    """The ASGI callable: routes ``(method, path)`` to handlers; HEAD is GET without a body."""
+    """The ASGI callable: routes ``(method, path)`` to handlers; HEAD is GET without a body.
+
+    Mounted under a prefix by another framework (``root_path`` in the scope), it routes the path
+    below the prefix. The app itself is loop-agnostic (it only awaits ``receive``, ``send`` and
+    the handler), so it runs on whichever loop its server runs; :meth:`handle_with` says how a
+    handler is run (the service, under asyncio, runs it in its trio guest).
+    """
 
     def __init__(self, *, token: str | None = None, max_body: int = MAX_BODY) -> None:
         self._routes: dict[str, dict[str, Route]] = {}
         self._token = None if token is None else token.encode()
         self.max_body = max_body
+        self._run: HandlerRunner = _direct
 
     def route(self, method: str, path: str, handler: Handler, *, protected: bool = False) -> None:
         self._routes.setdefault(path, {})[method] = Route(handler, protected)
+
+    def handle_with(self, run: HandlerRunner) -> None:
+        """Run every handler as ``await run(handler, request)``."""
+        self._run = run
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -118,6 +135,9 @@ class App:
 
     async def _answer(self, scope: Scope, method: str, receive: Receive) -> Response:
         path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root + "/"):  # mounted under root (Starlette keeps the full path)
+            path = path[len(root):]
         methods = self._routes.get(path)
         if methods is None:
             raise HttpError(404, f"no such endpoint: {clipped(path)}")
@@ -135,7 +155,7 @@ class App:
             self._authorize(headers.get("authorization"))
         body = await self._body(headers, receive)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        return await route.handler(Request(method, path, query, headers, body))
+        return await self._run(route.handler, Request(method, path, query, headers, body))
 
     def _authorize(self, header: str | None) -> None:
         if self._token is None:
