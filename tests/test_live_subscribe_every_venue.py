@@ -50,6 +50,6 @@ async def test_a_live_subscribe_is_acknowledged_and_streams(
                 ws.add_data_callback(on_data)
                 await ws.subscribe_to_symbol(venue, added)  # returns once the venue said yes
                 await arrived.wait()
-                listed = ws.list_subscriptions()
+                listed = await ws.list_subscriptions()
     assert records[0].exchange == venue
     assert added in str(listed)

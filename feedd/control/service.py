@@ -196,6 +196,10 @@ class WebSocketService:
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> WebSocketService:
+        if _loop() == "asyncio":  # the block is the guest run's lifetime
+            self._check_startable()
+            await self._start_guest()
+            return self
         stack = AsyncExitStack()
         nursery = await stack.enter_async_context(trio.open_nursery())
         try:
@@ -209,6 +213,9 @@ class WebSocketService:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
+        if self._guest is not None:  # asyncio: a graceful stop, the body's exception as raised
+            await self.close()
+            return None
         stack, self._stack = self._stack, None
         if stack is None:
             return None
@@ -236,10 +243,11 @@ class WebSocketService:
         ServiceNotRunning after the service stopped (an instance runs once).
         """
         if _loop() == "asyncio":
-            guest = self._guest
-            if guest is None:
+            if self._guest is None:
                 self._check_startable()
-                guest = await self._start_guest()
+                await self._start_guest()
+            guest = self._bridged()
+            assert guest is not None
             await guest.call(self._wait_ready)
             return
         if self._nursery is None:
@@ -265,15 +273,20 @@ class WebSocketService:
         if failure is not None:
             raise failure
 
+    def _not_running(self) -> ServiceNotRunning:
+        if self._ran or self._guest is not None:
+            return ServiceNotRunning("the service is not running any more: an instance runs once, "
+                                     "make a new one")
+        return ServiceNotRunning("the service is not running: `await ws.initialize()` starts it "
+                                 "(or `async with WebSocketService(config) as ws`)")
+
     def _check_startable(self) -> None:
         if self._ran or self._guest is not None:
-            raise ServiceNotRunning("the service is not running any more: an instance runs once, "
-                                    "make a new one")
+            raise self._not_running()
 
     async def _wait_ready(self) -> None:
         if self._nursery is None:
-            raise ServiceNotRunning("the service is not running: `await ws.initialize()` starts it "
-                                    "(or `async with WebSocketService(config) as ws`)")
+            raise self._not_running()
         for supervisor in self.venues.values():
             await supervisor.ready.wait()
 
@@ -319,9 +332,10 @@ class WebSocketService:
         """The guest run to bridge a call onto, when called from asyncio; None from trio."""
         if _loop() == "trio":
             return None
-        if self._guest is None:
-            raise ServiceNotRunning("the service is not running: `await ws.initialize()` starts it")
-        return self._guest
+        guest = self._guest
+        if guest is None or guest.done.done():
+            raise self._not_running()
+        return guest
 
     async def run(
         self, *, task_status: trio.TaskStatus[WebSocketService] = trio.TASK_STATUS_IGNORED
@@ -541,6 +555,8 @@ class WebSocketService:
     ) -> tuple[VenueSupervisor, str, list[Channel] | None]:
         """The venue's supervisor, the symbol and the channels of a request, or its refusal;
         no channels mean the configured ones, or with ``every`` None (all the symbol has)."""
+        if self._nursery is None:
+            raise self._not_running()
         supervisor = self.venues.get(exchange)
         if supervisor is None:
             disabled, why = subscriptions.venue_problem(exchange, self.statuses, self.config.feed.enabled)

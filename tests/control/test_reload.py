@@ -55,7 +55,7 @@ async def test_reload_adds_and_removes_symbols_live_while_an_untouched_stream_ne
             seen += await client.until(lambda r: r.symbol == "BNBUSDT")
             for _ in range(20):  # and BTCUSDT goes on
                 seen += await client.until(lambda r: r.symbol == "BTCUSDT")
-        listing = daemon.list_subscriptions()
+        listing = await daemon.list_subscriptions()
         reconnects = [c.reconnects for c in daemon.statuses["binance"].connections.values()]
     assert outcome.ok, outcome
     assert sorted(outcome.applied) == [
@@ -101,7 +101,8 @@ async def test_reload_starts_added_venues_and_stops_removed_or_disabled_ones_wit
                 await client.until(lambda r: r.exchange == "binance-usdm" and r.received_at > stopped_at)
 
                 disabled = await daemon.reload(config(usdm + "enabled = false\n"))
-                assert daemon.get_connection_status()["exchanges"]["binance-usdm"]["state"] == "disabled"
+                status = await daemon.get_connection_status()
+                assert status["exchanges"]["binance-usdm"]["state"] == "disabled"
                 await futures.wait_until(lambda: not futures.connections)
                 enabled = await daemon.reload(config(usdm))
                 await futures.wait_until(lambda: len(futures.connections) > 0)
@@ -201,7 +202,7 @@ async def test_reload_applies_live_settings_and_reports_those_that_need_a_restar
             text += venue_section("binance", sim.ws_url, sim.rest_url, ("BTCUSDT",), 'channels = ["trades"]')
             outcome = await daemon.reload(load_text(workdir, text))
             runner_settings = {r.settings.stale_after for r in daemon.venues["binance"].runners()}
-            status = daemon.get_connection_status()["reload"]
+            status = (await daemon.get_connection_status())["reload"]
             socket_kept = await trio.Path(socket_path).exists()
             socket_kept &= not await trio.Path(workdir / "other.sock").exists()
             summary = daemon.summary()

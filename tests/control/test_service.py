@@ -16,7 +16,7 @@ from tools import DOCS, docs_blocks
 
 from feedd import MarketData, WebSocketService
 from feedd.config import Config, load_config
-from feedd.errors import NotSubscribed, UnknownSymbol, UnknownVenue
+from feedd.errors import NotSubscribed, ServiceNotRunning, UnknownSymbol, UnknownVenue
 from feedd.model import Disconnected, Reconnected
 from feedd.sim import BinanceSimulator
 
@@ -125,7 +125,7 @@ async def test_a_callback_that_raises_or_blocks_does_not_disturb_the_others(work
                     await inside.wait()
                     await enough.wait()
                     await exploded.wait()
-                status = ws.get_connection_status()
+                status = await ws.get_connection_status()
                 ws.remove_data_callback(raising)
                 calls = len(failures)
                 with trio.fail_after(TIMEOUT):
@@ -154,7 +154,7 @@ async def test_the_python_calls_answer_like_the_http_api(workdir: Path) -> None:
             with trio.fail_after(TIMEOUT):
                 await ws.initialize()
                 added = await ws.subscribe_to_symbol("binance", "solusdt", channels=["ticker"])
-                listed = ws.list_subscriptions()
+                listed = await ws.list_subscriptions()
                 with pytest.raises(UnknownSymbol, match="NOPEUSDT"):
                     await ws.subscribe_to_symbol("binance", "NOPEUSDT")
                 with pytest.raises(UnknownVenue, match="unknown venue 'kraken'"):
@@ -182,9 +182,23 @@ async def test_an_exception_in_the_body_comes_out_as_raised_and_stops_the_servic
         await service.initialize()
 
 
-async def test_initialize_outside_async_with_says_how_to_start() -> None:
-    with pytest.raises(RuntimeError, match="async with WebSocketService"):
-        await WebSocketService(Config()).initialize()
+async def test_initialize_outside_async_with_runs_the_service_until_close(workdir: Path) -> None:
+    async with simulator() as spot:
+        ws = WebSocketService(load_config(config_file(workdir, spot), environ={}))
+        with pytest.raises(ServiceNotRunning, match="initialize"):
+            await ws.subscribe_to_symbol("binance", "ETHUSDT")
+        with trio.fail_after(TIMEOUT):
+            await ws.initialize()  # started in the background: a system task of this run
+            await ws.subscribe_to_symbol("binance", "ETHUSDT", channels=["trades"])
+            await spot.wait_until(lambda: len(spot.connections) == 1)
+            await ws.close()
+            await spot.wait_until(lambda: not spot.connections)  # closed gracefully
+        assert (await ws.get_connection_status())["exchanges"]["binance"]["state"] != "connected"
+        await ws.close()  # idempotent
+        with pytest.raises(ServiceNotRunning, match="runs once"):
+            await ws.initialize()
+        with pytest.raises(ServiceNotRunning):
+            await ws.subscribe_to_symbol("binance", "ETHUSDT")
 
 
 async def test_callbacks_hear_of_a_lost_connection_and_of_data_flowing_again(workdir: Path) -> None:

@@ -205,7 +205,7 @@ async def test_a_server_killed_mid_flood_costs_a_counted_gap_and_the_sink_reconn
                 acked = sink.acked
                 await trio.to_thread.run_sync(nats_server.start)
                 await until(sink, lambda: sink.connected and sink.acked > acked + 5000)
-                status = ws.get_connection_status()["sinks"]["nats"]
+                status = (await ws.get_connection_status())["sinks"]["nats"]
                 assert ws.health()[0] == "ok"
     assert status["connected"] is True
     assert status["reconnects"] >= 1 and status["gaps"] >= 1 and status["dropped"] > 0
@@ -276,7 +276,7 @@ async def test_without_a_server_the_feed_streams_and_health_is_degraded(workdir:
                 while sink.last_error is None:
                     await sink.progressed()
                 state, reasons = ws.health()
-                status = ws.get_connection_status()
+                status = await ws.get_connection_status()
                 metrics, _ = ws.metrics.render()
     assert state == "degraded"
     assert any("nats: not connected" in r and "cannot connect" in r for r in reasons)

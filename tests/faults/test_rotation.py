@@ -71,7 +71,7 @@ async def test_scheduled_rotation_loses_and_repeats_nothing(workdir: Path, venue
                 seen = await client.until(lambda r: status.rotations >= ROTATIONS)
                 # and the replacement keeps delivering after the last hand-over
                 seen += await client.until(lambda r: r.exchange == venue and r.kind == "trade")
-                state = daemon.get_connection_status()
+                state = await daemon.get_connection_status()
     assert_each_trade_once_and_in_sequence([r for r in seen if r.exchange == venue])
     assert_each_trade_once_and_in_sequence([r for r in seen if r.exchange == control_venue])
     assert client.notices == []

@@ -162,7 +162,7 @@ async def test_a_refused_live_subscribe_is_an_error_and_the_subscribed_symbols_g
                 await feed.service.subscribe_to_symbol(venue, SPARE[venue])
             await feed.flowing()
     assert len(venue_lines(caplog.records, venue)) == 1  # "subscription refused (...)"
-    assert SPARE[venue] not in str(feed.service.list_subscriptions())  # rolled back
+    assert SPARE[venue] not in str(await feed.service.list_subscriptions())  # rolled back
     for each in VENUES:
         untouched(feed, each, before[each])
 
@@ -210,4 +210,4 @@ async def test_a_subscribe_never_acknowledged_times_out_and_is_sent_again_on_the
             sim.swallow_subscribes(False)
             sim.drop_connections()
             await feed.tape.wait_until(lambda: len(feed.tape.trades[(venue, spare)]) >= 3)
-    assert spare in str(feed.service.list_subscriptions())
+    assert spare in str(await feed.service.list_subscriptions())
