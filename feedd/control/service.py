@@ -474,6 +474,8 @@ class WebSocketService:
         live do; those that need a restart are left as they run and reported. Streams the edit
         does not touch are not reconnected. Reloads run one at a time; a stop cancels one.
         """
+        if (guest := self._bridged()) is not None:
+            return await guest.call(self.reload, config)
         if config.http.token_file is not None and config.http.token is None:
             config = read_token_file(config)
         async with self._reload_lock:
