@@ -1,7 +1,8 @@
 """feedd: stream live crypto market data from exchange WebSocket feeds to local consumers.
 
-``from feedd import WebSocketService`` is the embeddable service (see :mod:`feedd.control.service`); it is
-imported on first use, so ``feedd tail`` and other light commands never load the HTTP server.
+``from feedd import WebSocketService`` is the embeddable service, for a trio or an asyncio program
+(see :mod:`feedd.control.service`); it is imported on first use, so ``feedd tail`` and other light
+commands never load the HTTP server.
 """
 
 from __future__ import annotations

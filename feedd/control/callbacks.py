@@ -103,6 +103,7 @@ class Callbacks:
         self.hub = hub
         self.sinks: dict[CallbackSink, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        self._named = 0
 
     def __iter__(self) -> Iterator[CallbackSink]:
         return iter(self.sinks)
@@ -111,9 +112,11 @@ class Callbacks:
         return len(self.sinks)
 
     def name(self, callback: object) -> str:
-        """``callback#N:qualname``, numbered in the order they were added."""
+        """``callback#N:qualname``, numbered in the order they were added (a number is never
+        given twice, even after a removal, or for adds from asyncio registered later)."""
         name = getattr(callback, "__qualname__", type(callback).__name__)
-        return f"callback#{len(self.sinks) + 1}:{name}"
+        self._named += 1
+        return f"callback#{self._named}:{name}"
 
     def add(self, sink: CallbackSink) -> CallbackSink:
         """Register ``sink``; started now if the service runs, else when it starts."""

@@ -216,6 +216,29 @@ def test_under_asyncio_callbacks_get_records_in_order_and_a_slow_one_loses_its_o
     assert names[out["slow"].name]["dropped"] > 0
 
 
+def test_under_asyncio_a_callback_added_before_the_start_runs_on_the_loop(config: Path) -> None:
+    async def program() -> tuple[list[object], set[str]]:
+        seen: list[object] = []
+        first = asyncio.Event()
+
+        async def on_any(item: object) -> None:
+            assert asyncio.current_task() is not None
+            seen.append(item)
+            first.set()
+
+        ws = WebSocketService()
+        sinks = [ws.add_data_callback(on_any, events=True), ws.add_data_callback(on_any)]
+        await ws.initialize()
+        await ws.subscribe_to_symbol("bybit", "BTCUSDT", channels=["trades"])
+        await asyncio.wait_for(first.wait(), TIMEOUT)
+        await ws.close()
+        return seen, {sink.name for sink in sinks}
+
+    seen, names = asyncio.run(program())
+    assert seen and all(isinstance(item, MarketData) and item.exchange == "bybit" for item in seen)
+    assert sorted(name.partition(":")[0] for name in names) == ["callback#1", "callback#2"]
+
+
 # ---- the same exceptions under both loops -------------------------------------------------
 
 
