@@ -53,14 +53,23 @@ class GuestRun:
     """One service's trio run on ``loop``: started by :meth:`start`, ended by :meth:`stop`
     (or by asyncio's own end of the program, see :meth:`_keep`)."""
 
-    def __init__(self, run: Run, stop: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        run: Run,
+        stop: Callable[[], None],
+        loop: asyncio.AbstractEventLoop,
+        unwrap: Callable[[BaseException], BaseException],
+    ) -> None:
         self._run = run
+        self._unwrap = unwrap
         self._stop = stop
         self.loop = loop
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         #: set when the trio run has ended, with how the service ended (None, or its exception)
         self.done: asyncio.Future[BaseException | None] = loop.create_future()
+        #: set once the service has started, or failed to
+        self.started: asyncio.Future[None] = loop.create_future()
         self._keeper: asyncio.Task[None] | None = None
 
     @property
@@ -69,11 +78,10 @@ class GuestRun:
 
     async def start(self) -> None:
         """Start the trio run and the service in it; returns once the service has started
-        (raises what its start raised, as ``async with`` under trio does)."""
-        started: asyncio.Future[None] = self.loop.create_future()
+        (raises what its start raised, as ``initialize()`` under trio does)."""
         trio.lowlevel.start_guest_run(
             self._main,
-            started,
+            self.started,
             run_sync_soon_threadsafe=self.loop.call_soon_threadsafe,
             run_sync_soon_not_threadsafe=self.loop.call_soon,
             done_callback=self._finished,
@@ -82,7 +90,7 @@ class GuestRun:
             host_uses_signal_set_wakeup_fd=True,
         )
         self._keeper = self.loop.create_task(self._keep(), name="feedd: the guest run's keeper")
-        await started
+        await asyncio.shield(self.started)
 
     async def _main(self, started: asyncio.Future[None]) -> BaseException | None:
         """The trio run: a nursery holding the service and every bridged call."""
@@ -94,7 +102,7 @@ class GuestRun:
                 try:
                     await nursery.start(self._service, nursery)
                 except Exception as exc:  # noqa: BLE001 (the service did not start: its caller hears why)
-                    _settle(started, error=exc)
+                    _settle(started, error=self._unwrap(exc))
                     return None
                 _settle(started)
         except Exception as exc:  # the service failed while it ran: close() raises it
@@ -157,6 +165,8 @@ class GuestRun:
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await fn(*args)`` as a trio task of the guest run, awaited here as an asyncio future."""
+        if not self.started.done():  # called while another task is starting the service
+            await asyncio.shield(self.started)
         future: asyncio.Future[T] = self.loop.create_future()
         scope = trio.CancelScope()
 

@@ -94,6 +94,14 @@ def _loop() -> str:
     return library
 
 
+def start_failure(exc: BaseException) -> BaseException:
+    """What a start raised, out of the nurseries' groups when it is one exception (a port
+    taken is a ListenError, not a group of one), so every form of start raises the same."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 @attrs.define(eq=False)
 class _VenueRun:
     """One venue's supervisor as a task of the service: cancelled by ``scope``, ``done`` once
@@ -190,7 +198,9 @@ class WebSocketService:
         self._ended = trio.Event()
         #: under asyncio: the trio guest run holding the task tree
         self._guest: GuestRun | None = None
-        #: under trio without ``async with``: the system task's start failure or crash
+        #: under trio without ``async with``: set once the system task started (or failed to),
+        #: and its crash
+        self._system_started: trio.Event | None = None
         self._failure: BaseException | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -204,9 +214,12 @@ class WebSocketService:
         nursery = await stack.enter_async_context(trio.open_nursery())
         try:
             await nursery.start(self.run)
-        except BaseException:
+        except BaseException as exc:
             await stack.aclose()
-            raise
+            failure = start_failure(exc)
+            if failure is exc:
+                raise
+            raise failure from None
         self._stack = stack
         return self
 
@@ -251,8 +264,12 @@ class WebSocketService:
             await guest.call(self._wait_ready)
             return
         if self._nursery is None:
-            self._check_startable()
-            await self._start_in_system_task()
+            if self._system_started is None:
+                self._check_startable()
+                self._system_started = trio.Event()
+                await self._start_in_system_task(self._system_started)
+            else:  # another task is starting it
+                await self._system_started.wait()
         await self._wait_ready()
 
     async def close(self) -> None:
@@ -290,11 +307,10 @@ class WebSocketService:
         for supervisor in self.venues.values():
             await supervisor.ready.wait()
 
-    async def _start_in_system_task(self) -> None:
+    async def _start_in_system_task(self, started: trio.Event) -> None:
         """Run the task tree as a system task of the trio run: it outlives the caller's task
         and ends at :meth:`close` or when ``trio.run``'s main function returns (cancelled)."""
-        started = trio.Event()
-        start_failure: list[Exception] = []
+        failed: list[Exception] = []
 
         async def system() -> None:
             try:
@@ -302,7 +318,7 @@ class WebSocketService:
                     try:
                         await nursery.start(self.run)
                     except Exception as exc:  # noqa: BLE001 (raised by initialize(), below)
-                        start_failure.append(exc)
+                        failed.append(exc)
                         return
                     finally:
                         started.set()
@@ -312,15 +328,15 @@ class WebSocketService:
 
         trio.lowlevel.spawn_system_task(system, name="feedd: WebSocketService")
         await started.wait()
-        if start_failure:
-            raise start_failure[0]
+        if failed:
+            raise start_failure(failed[0]) from None
 
     async def _start_guest(self) -> GuestRun:
         import asyncio
 
         from feedd.control.guest import GuestRun
 
-        self._guest = GuestRun(self.run, self.stop, asyncio.get_running_loop())
+        self._guest = GuestRun(self.run, self.stop, asyncio.get_running_loop(), start_failure)
         await self._guest.start()
         return self._guest
 
@@ -682,9 +698,9 @@ class WebSocketService:
         try:
             if (guest := self._bridged()) is not None:
                 return await guest.call(handler, request)
+            return await handler(request)
         except ServiceNotRunning as exc:
             raise HttpError(503, str(exc)) from None
-        return await handler(request)
 
 
 async def _serve_http(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sniffio
 import trio
 from embedded import EXIT_BOUND, Simulated, run_program, simulated, to_trio, write_config
 from tools import ROOT, docs_blocks
@@ -276,6 +278,47 @@ def test_the_same_calls_raise_the_same_exceptions_under_asyncio_and_trio(config:
         InvalidRequest.__name__, InvalidRequest.__name__, NotSubscribed.__name__,
         ServiceNotRunning.__name__, ServiceNotRunning.__name__,
     ]
+
+
+async def start_twice_then_fail_to_start(ws: WebSocketService, taken: WebSocketService) -> list[str]:
+    """Two initialize() at once start one service; a start that fails raises its reason."""
+    await gather(ws.initialize(), ws.initialize())
+    status = await ws.get_connection_status()
+    await ws.close()
+    try:
+        await taken.initialize()
+    except Exception as exc:  # noqa: BLE001 (what is raised is what the test compares)
+        return [*sorted(status["exchanges"]), type(exc).__name__, str(exc)]
+    return ["no exception"]
+
+
+async def gather(*calls: Awaitable[None]) -> None:
+    """``calls`` concurrently, on whichever loop runs."""
+    if sniffio.current_async_library() == "asyncio":
+        await asyncio.gather(*calls)
+        return
+    async with trio.open_nursery() as nursery:
+        for call in calls:
+            nursery.start_soon(lambda c=call: c)
+
+
+def test_concurrent_starts_and_a_failed_start_behave_alike_under_asyncio_and_trio(
+    config: Path, workdir: Path
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        busy = workdir / "busy.toml"
+        busy.write_text(config.read_text(encoding="utf-8") + f'[http]\nlisten = "127.0.0.1:{port}"\n',
+                        encoding="utf-8")
+        under_asyncio = asyncio.run(start_twice_then_fail_to_start(
+            WebSocketService(), WebSocketService(busy, serve_http=True)))
+        under_trio = trio.run(start_twice_then_fail_to_start,
+                              WebSocketService(), WebSocketService(busy, serve_http=True))
+    assert under_asyncio == under_trio
+    assert under_trio[:3] == ["binance", "bybit", "ListenError"]
+    assert f"127.0.0.1:{port}" in under_trio[3]
 
 
 def test_an_asyncio_call_cancelled_while_it_waits_leaves_the_service_running(config: Path) -> None:
