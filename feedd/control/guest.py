@@ -72,10 +72,6 @@ class GuestRun:
         self.started: asyncio.Future[None] = loop.create_future()
         self._keeper: asyncio.Task[None] | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._nursery is not None
-
     async def start(self) -> None:
         """Start the trio run and the service in it; returns once the service has started
         (raises what its start raised, as ``initialize()`` under trio does)."""
@@ -85,8 +81,8 @@ class GuestRun:
             run_sync_soon_threadsafe=self.loop.call_soon_threadsafe,
             run_sync_soon_not_threadsafe=self.loop.call_soon,
             done_callback=self._finished,
-            # asyncio owns the signals: trio neither takes SIGINT (asyncio.run has its own
-            # handler) nor replaces the loop's wakeup fd (add_signal_handler's)
+            # asyncio owns the signals: trio leaves the wakeup fd to the loop (add_signal_handler
+            # sets it), and takes no SIGINT, for which asyncio.run has installed its handler
             host_uses_signal_set_wakeup_fd=True,
         )
         self._keeper = self.loop.create_task(self._keep(), name="feedd: the guest run's keeper")
