@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import trio
 
-from feedd.fanout.callback import _FAILED, CallbackSink
+from feedd.fanout.callback import _FAILED, AnyCallback, CallbackSink
 from feedd.fanout.hub import Hub
 from feedd.model import FeedEvent, MarketData
 
@@ -38,7 +38,7 @@ class LoopCallbackSink(CallbackSink):
 
     def __init__(
         self,
-        callback: Callable[..., object],
+        callback: AnyCallback,
         buffer: int,
         name: str,
         *,
@@ -46,7 +46,7 @@ class LoopCallbackSink(CallbackSink):
         data: bool = True,
         events: bool = False,
     ) -> None:
-        super().__init__(callback, buffer, name, data=data, events=events)  # type: ignore[arg-type]
+        super().__init__(callback, buffer, name, data=data, events=events)
         self._host = host
         self._ready: asyncio.Event | None = None
 
