@@ -382,7 +382,7 @@ def subscribe(
     max_backoff: float = 5.0,
 ) -> Subscription:
     """Records (:class:`~feedd.model.MarketData`, aware UTC datetimes) and events from the
-    daemon's socket at ``path``, for the venues, symbols and kinds (``trade``, ``ticker``) given
+    daemon's socket at ``path``, for the venues, symbols and kinds (``trade``, ``ticker``, ``quote``) given
     (none: all of them).
 
     When the daemon goes away, a :class:`ClientDisconnected` is yielded and the socket is tried

@@ -38,6 +38,8 @@ def _fields(record: MarketData, timestamp: datetime | str, received_at: datetime
         "change_24h": record.change_24h,
         "side": record.side,
         "trade_id": record.trade_id,
+        "bid_size": record.bid_size,
+        "ask_size": record.ask_size,
     }
 
 

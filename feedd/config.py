@@ -21,7 +21,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from feedd.errors import describe, quoted
 from feedd.exchanges import make_venue, venue_ids
-from feedd.exchanges.base import CHANNELS, Channel, Subscription, Venue
+from feedd.exchanges.base import ALL_CHANNELS, CHANNELS, Channel, Subscription, Venue
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +207,13 @@ class ExchangeConfig:
     #: own lifetime (Binance: 23 h 30 min, before its 24 h cut), 0: never (only on a venue's
     #: shutdown notice)
     rotate_after: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))
+    #: seconds: keep only the newest quote per symbol per interval (``quotes`` channel); 0: off
+    conflate: float = attrs.field(default=0.0, validator=_non_negative)
 
     @channels.validator
     def _some_channels(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
         if not value:
-            raise ValueError("channels: must name at least one of " + ", ".join(CHANNELS))
+            raise ValueError("channels: must name at least one of " + ", ".join(ALL_CHANNELS))
 
 
 @attrs.frozen

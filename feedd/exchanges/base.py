@@ -22,8 +22,11 @@ import attrs
 
 from feedd.model import MarketData, Message
 
-Channel = Literal["trades", "ticker"]
+Channel = Literal["trades", "ticker", "quotes"]
+#: the channels a venue streams when its config names none: quotes are opt-in (heavy streams)
 CHANNELS: tuple[Channel, ...] = ("trades", "ticker")
+#: every channel there is
+ALL_CHANNELS: tuple[Channel, ...] = ("trades", "ticker", "quotes")
 #: what a subscribe/unsubscribe request does
 Op = Literal["subscribe", "unsubscribe"]
 #: when the runner sends :meth:`Session.ping`: only after ``ping_interval`` without a frame

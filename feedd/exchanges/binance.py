@@ -39,7 +39,7 @@ from feedd.exchanges.base import (
     Venue,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
-from feedd.model import TICKER, MarketData, Message, trade_record
+from feedd.model import TICKER, MarketData, Message, quote_record, trade_record
 
 _Handler = Callable[[dict[str, Any], datetime], Event]
 
@@ -231,11 +231,14 @@ class BinanceSession:
         bid_text = data.get("b")
         bid: float | None
         ask: float | None
+        bid_size: float | None
+        ask_size: float | None
         if bid_text is None:
             # USD-M tickers carry no best bid/ask (§2.6): use the last @bookTicker, if fresh
-            bid, ask = self._quotes.get(symbol, received_at)
+            bid, ask, bid_size, ask_size = self._quotes.sized(symbol, received_at)
         else:
             bid, ask = float(bid_text), float(data["a"])
+            bid_size, ask_size = float(data["B"]), float(data["A"])
         return MarketData(
             self._venue_id,
             symbol,
@@ -249,11 +252,28 @@ class BinanceSession:
             high_24h=float(data["h"]),
             low_24h=float(data["l"]),
             change_24h=float(data["P"]),
+            bid_size=bid_size,
+            ask_size=ask_size,
         )
 
     def _book_ticker(self, data: dict[str, Any], received_at: datetime) -> Event:
-        self._quotes.put(text(data, "s"), float(data["b"]), float(data["a"]), received_at)
-        return _IGNORED
+        """Cache the quote for tickers; a record of its own for a ``quotes`` subscriber.
+
+        The time is the futures' transaction time ``T``; spot's bookTicker carries no time at
+        all (§2.3), so its quotes are stamped with the receive time.
+        """
+        symbol = text(data, "s")
+        bid, ask = float(data["b"]), float(data["a"])
+        bid_size, ask_size = float(data["B"]), float(data["A"])
+        quotes = self._quotes
+        quotes.put(symbol, bid, ask, received_at, bid_size, ask_size)
+        if symbol not in quotes.streamed:
+            return _IGNORED
+        at = data.get("T")
+        return quote_record(
+            self._venue_id, symbol, bid, bid_size, ask, ask_size,
+            received_at if at is None else _fromtimestamp(at / 1000, UTC), received_at,
+        )
 
     def _server_shutdown(self, data: dict[str, Any], received_at: datetime) -> Event:
         return _SHUTDOWN
@@ -327,6 +347,8 @@ class BinanceSpot(_BinanceVenue):
             return [Topic("", f"{symbol}@trade")]
         if subscription.channel == "ticker":
             return [Topic("", f"{symbol}@ticker")]
+        if subscription.channel == "quotes":
+            return [Topic("", f"{symbol}@bookTicker")]
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def url(self, route: str, base_url: str) -> str:
@@ -355,6 +377,8 @@ class BinanceUsdm(_BinanceVenue):
             return [Topic("market", f"{symbol}@aggTrade")]
         if subscription.channel == "ticker":
             return [Topic("market", f"{symbol}@ticker"), Topic("public", f"{symbol}@bookTicker")]
+        if subscription.channel == "quotes":
+            return [Topic("public", f"{symbol}@bookTicker")]
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def url(self, route: str, base_url: str) -> str:

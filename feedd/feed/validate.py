@@ -41,5 +41,8 @@ class Validator:
         for value in (record.bid, record.ask, record.high_24h, record.low_24h, record.change_24h):
             if value is not None and not math.isfinite(value):
                 return "non_finite_field"
+        for size in (record.bid_size, record.ask_size):
+            if size is not None and not (math.isfinite(size) and size >= 0):
+                return "bad_size"
         return None
 
