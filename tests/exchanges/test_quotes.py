@@ -16,6 +16,7 @@ from feedd.exchanges.base import Ignored, Subscription, Topic
 from feedd.exchanges.binance import BinanceSpot, BinanceUsdm
 from feedd.exchanges.bybit import BybitInverse, BybitLinear, BybitSpot
 from feedd.exchanges.coinbase import Coinbase
+from feedd.exchanges.fields import parse_rfc3339
 from feedd.feed.validate import Validator
 from feedd.model import MarketData
 
@@ -226,3 +227,26 @@ def test_a_quote_with_a_bad_size_is_refused(size: float) -> None:
 
     bad = quote_record("binance", "BTCUSDT", 1.0, size, 2.0, 1.0, RECEIVED, RECEIVED)
     assert Validator({"BTCUSDT"}).reason(bad) == "bad_size"
+
+
+def test_coinbase_recorded_tickers_all_become_valid_quotes_with_their_quantities() -> None:
+    venue = Coinbase()
+    venue.quotes.streamed.update(("BTC-USD", "ETH-USD"))
+    session = venue.new_session()
+    validator = Validator({"BTC-USD", "ETH-USD"})
+    recording = FIXTURES / "coinbase" / "recorded_advanced_trade_2026-08-09.ndjson"
+    quotes = []
+    for line in recording.read_text().splitlines():
+        msg = json.loads(line)
+        if msg.get("channel") != "ticker":
+            continue
+        tickers = [t for e in msg["events"] for t in e["tickers"]]
+        got = records(session.decode(line, parse_rfc3339(msg["timestamp"])))
+        assert [r.kind for r in got] == ["quote"] * len(tickers)  # quotes only: no ticker records
+        for record, ticker in zip(got, tickers, strict=True):
+            assert validator.reason(record) is None
+            assert (record.bid_size, record.ask_size) == (
+                float(ticker["best_bid_quantity"]), float(ticker["best_ask_quantity"])
+            )
+        quotes += got
+    assert len(quotes) >= 160
