@@ -93,6 +93,13 @@ class FeedConfig:
     #: the WebSocket implementation (feedd.wire.transport.TRANSPORTS): feedd's own framing, or
     #: trio-websocket (slower: one task switch per message; kept as the reference)
     transport: Literal["native", "trio-websocket"] = "native"
+    #: trades fetched from the venue's REST per gap in a symbol's trade ids, at most; 0: none
+    #: (gaps are still detected and reported lost)
+    backfill_max: int = attrs.field(default=10_000, validator=_non_negative)
+    #: seconds a symbol's live trades wait for its backfill before they go on without it
+    backfill_hold: float = attrs.field(default=2.0, validator=_positive)
+    #: a gap older than this many seconds is not fetched (exchanges keep little history)
+    backfill_max_age: float = attrs.field(default=600.0, validator=_positive)
 
     @max_backoff.validator
     def _backoff_above_interval(self, attribute: attrs.Attribute[Any], value: float) -> None:

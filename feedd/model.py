@@ -47,6 +47,8 @@ class MarketData:
     trade_id: str | None = None
     bid_size: float | None = None
     ask_size: float | None = None
+    #: fetched from the venue's REST after a gap in its stream, not received live
+    backfilled: bool = False
 
 
 def trade_record(
@@ -111,8 +113,26 @@ class Reconnected:
     type: Literal["reconnect"] = "reconnect"
 
 
+@attrs.frozen(slots=True)
+class Backfilled:
+    """What a gap in a symbol's trades came to: ``recovered`` trades fetched from the venue's
+    REST (delivered with ``backfilled`` set) and ``lost`` ones it could not give, the missing
+    trade ids ``missing`` (first, last) and why any were lost. ``late``: the backfill took longer
+    than the hold bound, so live trades went on first and the recovered ones follow them."""
+
+    exchange: str
+    symbols: tuple[str, ...]
+    at: datetime
+    recovered: int
+    lost: int
+    missing: tuple[int, int]
+    reason: str | None = None
+    late: bool = False
+    type: Literal["backfill"] = "backfill"
+
+
 #: what the feed tells consumers about itself, in order with the records
-FeedEvent = Disconnected | Reconnected
+FeedEvent = Disconnected | Reconnected | Backfilled
 
 #: what producers put on the hub's ingress: a batch of records, or a feed event between them
 Ingress = Batch | FeedEvent

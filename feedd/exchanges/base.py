@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -270,4 +270,27 @@ class Venue(Protocol):
 
         Raises ValueError (naming what is wrong) for a body that is not the expected shape.
         """
+        ...
+
+
+@runtime_checkable
+class TradeHistory(Protocol):
+    """A venue whose trade ids number each symbol's trades one by one (Binance ``t`` and
+    ``a``), and whose public REST gives the trades from an id on: a jump in the ids names
+    exactly the missing trades, and :mod:`feedd.feed.backfill` fetches them. Optional: a venue
+    without it streams as before, its gaps unrecovered."""
+
+    #: trades one history request answers at most
+    history_page: int
+    #: history requests per second feedd allows itself, well inside the venue's weight budget
+    history_rate: float
+
+    def history_path(self, symbol: str, from_id: int, limit: int) -> str:
+        """Path and query under the REST base URL of the trades from ``from_id`` on, oldest
+        first, at most ``limit``."""
+        ...
+
+    def parse_history(self, symbol: str, body: Any, received_at: datetime) -> list[MarketData]:
+        """The trade records of one history response, in id order, with ``received_at`` as
+        their receive time; ValueError (naming what is wrong) for a body of another shape."""
         ...

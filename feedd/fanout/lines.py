@@ -128,7 +128,7 @@ def record_of(obj: dict[str, Any]) -> MarketData:
         obj["exchange"], obj["symbol"], obj["kind"], obj["price"], obj["volume"],
         parse_time(obj["timestamp"]), parse_time(obj["received_at"]), obj.get("bid"), obj.get("ask"),
         obj.get("high_24h"), obj.get("low_24h"), obj.get("change_24h"), obj.get("side"),
-        obj.get("trade_id"), obj.get("bid_size"), obj.get("ask_size"),
+        obj.get("trade_id"), obj.get("bid_size"), obj.get("ask_size"), obj.get("backfilled") is True,
     )
 
 

@@ -229,6 +229,7 @@ class Attempt:
         now = datetime.now
         feed = self.feed
         conflator = runner.conflator
+        backfill = runner.backfill
         lifecycle = self.lifecycle
         standby = State.STANDBY
         stable_at = self.connected_at + runner.settings.stable_after
@@ -280,6 +281,11 @@ class Attempt:
                     self.handed = None
                 if not runner.delivering and (up := runner.announce_up()) is not None:
                     await to_hub(up)
+                if backfill is not None:
+                    # each trade once, and a held symbol's trades behind its backfill (backfill.py)
+                    records = backfill.sift(records)
+                    if not records:
+                        continue
                 if conflator is not None:
                     # quotes wait for the venue's flush (conflate.py); the rest goes on now
                     records = conflator.absorb(records)

@@ -32,6 +32,7 @@ from feedd.errors import (
 )
 from feedd.exchanges.base import ALL_CHANNELS, Channel, Subscription, Topic, Venue
 from feedd.exchanges.fields import QuotedVenue
+from feedd.feed.backfill import BackfillSettings, backfiller_for
 from feedd.feed.conflate import Conflator, flush_every
 from feedd.feed.gates import Gate, HandshakeGates
 from feedd.feed.instruments import Instruments, load_instruments
@@ -63,6 +64,7 @@ class VenueSupervisor:
         open_transport: OpenTransport = open_transport,
         initial: Mapping[str, Sequence[Channel]] | None = None,
         gates: HandshakeGates | None = None,
+        backfill: BackfillSettings | None = None,
     ) -> None:
         self.venue = venue
         venue.quote_max_age = config.quote_max_age
@@ -84,6 +86,11 @@ class VenueSupervisor:
         self._ticked: set[str] = venue.quotes.ticked if isinstance(venue, QuotedVenue) else set()
         #: quotes held for the venue's flush when ``conflate`` is set (None: sent at once)
         self.conflator = Conflator() if config.conflate > 0 else None
+        #: trade-id continuity and the REST backfill of gaps (None: the venue's ids say nothing)
+        self.backfill = backfiller_for(
+            venue, venue.venue_id, self.rest_url, records, self.status, self._validator,
+            backfill or BackfillSettings(),
+        )
         #: which connection carries which topic (channels of one exchange may share a topic)
         self.placement: Placement[ConnectionRunner] = Placement(
             venue.max_streams_per_connection, venue.max_chars_per_connection
@@ -167,6 +174,8 @@ class VenueSupervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            if self.backfill is not None:
+                self.backfill.attach(nursery)
             if self.conflator is not None:
                 nursery.start_soon(
                     flush_every, self.config.conflate, self.conflator, self._records, self.status
@@ -180,7 +189,12 @@ class VenueSupervisor:
                     log.error("%s", exc)
             self.status.started = True  # no connection from now on: nothing subscribed, idle
             self.ready.set()
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:
+                if self.backfill is not None:
+                    with trio.CancelScope(shield=True):
+                        await self.backfill.aclose()
 
     # ---- subscriptions ------------------------------------------------------------------
 
@@ -259,6 +273,8 @@ class VenueSupervisor:
                 self._quoted.discard(symbol)
             elif channel == "ticker":
                 self._ticked.discard(symbol)
+            elif channel == "trades" and self.backfill is not None:
+                self.backfill.forget(symbol)
             for topic in topics:
                 reply = self._displace(topic)
                 if reply is not None:
@@ -408,6 +424,7 @@ class VenueSupervisor:
             rotate_after=self.rotate_after,
             rotate_offset=self._rotate_offset(sum(self._shard_count.values())),
             conflator=self.conflator,
+            backfill=self.backfill,
             symbols=lambda: self._symbols_on(runner),
             gate=self._gate(url),
         )

@@ -6,6 +6,8 @@ import math
 from collections.abc import Set as AbstractSet
 from datetime import timedelta
 
+import attrs
+
 from feedd.model import MarketData
 
 #: how far an exchange timestamp may be from our receive time before the record is refused
@@ -21,6 +23,13 @@ class Validator:
 
     def __init__(self, known_symbols: AbstractSet[str]) -> None:
         self._known = known_symbols
+
+    def historical_reason(self, record: MarketData) -> str | None:
+        """:meth:`reason` for a trade fetched after the fact (a backfill): its exchange time may
+        be long before its receive time, but never after it."""
+        if record.timestamp - record.received_at > MAX_CLOCK_SKEW:
+            return "timestamp_skew"
+        return self.reason(attrs.evolve(record, received_at=record.timestamp))
 
     def reason(self, record: MarketData) -> str | None:
         price = record.price
