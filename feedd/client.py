@@ -32,7 +32,7 @@ import orjson
 from feedd.errors import SubscribeError, SubscriberRefused, SubscriptionRefused, describe
 from feedd.fanout.lines import KINDS, parse_time, record_of
 from feedd.feed.backoff import Backoff
-from feedd.model import Disconnected, MarketData, Reconnected
+from feedd.model import Backfilled, Disconnected, MarketData, Reconnected
 
 _READ_SIZE = 65536
 #: how much of a bad line an event quotes
@@ -53,6 +53,7 @@ class Gap:
 #: socket reader knows them by: a venue's connection lost, and data flowing again
 VenueDisconnected = Disconnected
 VenueReconnected = Reconnected
+VenueBackfilled = Backfilled
 
 
 @attrs.frozen
@@ -97,7 +98,7 @@ class ClientReconnected:
 
 
 Event = (
-    Gap | VenueDisconnected | VenueReconnected | ServerError | UnknownEvent | BadLine
+    Gap | VenueDisconnected | VenueReconnected | VenueBackfilled | ServerError | UnknownEvent | BadLine
     | ClientDisconnected | ClientReconnected
 )
 Item = MarketData | Event
@@ -117,6 +118,12 @@ def _event(kind: Any, obj: dict[str, Any]) -> Event:
     if kind == "reconnect":
         return VenueReconnected(str(obj["exchange"]), tuple(obj["symbols"]), parse_time(obj["at"]),
                                 float(obj["gap_seconds"]))
+    if kind == "backfill":
+        first, last = obj["missing"]
+        return VenueBackfilled(
+            str(obj["exchange"]), tuple(obj["symbols"]), parse_time(obj["at"]), int(obj["recovered"]),
+            int(obj["lost"]), (int(first), int(last)), obj.get("reason"), obj.get("late") is True,
+        )
     return UnknownEvent(str(kind), obj)
 
 
@@ -382,7 +389,7 @@ def subscribe(
     max_backoff: float = 5.0,
 ) -> Subscription:
     """Records (:class:`~feedd.model.MarketData`, aware UTC datetimes) and events from the
-    daemon's socket at ``path``, for the venues, symbols and kinds (``trade``, ``ticker``) given
+    daemon's socket at ``path``, for the venues, symbols and kinds (``trade``, ``ticker``, ``quote``) given
     (none: all of them).
 
     When the daemon goes away, a :class:`ClientDisconnected` is yielded and the socket is tried
@@ -409,6 +416,7 @@ __all__ = [
     "Subscription",
     "SubscriptionRefused",
     "UnknownEvent",
+    "VenueBackfilled",
     "VenueDisconnected",
     "VenueReconnected",
     "filter_line",

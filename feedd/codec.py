@@ -17,13 +17,13 @@ from typing import Any
 
 import orjson
 
-from feedd.model import Disconnected, FeedEvent, MarketData
+from feedd.model import Backfilled, Disconnected, FeedEvent, MarketData
 
 _OPTS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 
 
 def _fields(record: MarketData, timestamp: datetime | str, received_at: datetime | str) -> dict[str, Any]:
-    return {
+    fields = {
         "exchange": record.exchange,
         "symbol": record.symbol,
         "kind": record.kind,
@@ -38,7 +38,12 @@ def _fields(record: MarketData, timestamp: datetime | str, received_at: datetime
         "change_24h": record.change_24h,
         "side": record.side,
         "trade_id": record.trade_id,
+        "bid_size": record.bid_size,
+        "ask_size": record.ask_size,
     }
+    if record.backfilled:  # absent on live records: an additive field
+        fields["backfilled"] = True
+    return fields
 
 
 def record_dict(record: MarketData) -> dict[str, Any]:
@@ -77,6 +82,9 @@ def event_dict(event: FeedEvent, symbols: Sequence[str] | None = None) -> dict[s
     }
     if isinstance(event, Disconnected):
         fields["reason"] = event.reason
+    elif isinstance(event, Backfilled):
+        fields.update(recovered=event.recovered, lost=event.lost, missing=list(event.missing),
+                      reason=event.reason, late=event.late)
     else:
         fields["gap_seconds"] = round(event.gap_seconds, 6)
     return fields

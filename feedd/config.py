@@ -21,7 +21,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from feedd.errors import describe, quoted
 from feedd.exchanges import make_venue, venue_ids
-from feedd.exchanges.base import CHANNELS, Channel, Subscription, Venue
+from feedd.exchanges.base import ALL_CHANNELS, CHANNELS, Channel, Subscription, Venue
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,13 @@ class FeedConfig:
     #: the WebSocket implementation (feedd.wire.transport.TRANSPORTS): feedd's own framing, or
     #: trio-websocket (slower: one task switch per message; kept as the reference)
     transport: Literal["native", "trio-websocket"] = "native"
+    #: trades fetched from the venue's REST per gap in a symbol's trade ids, at most; 0: none
+    #: (gaps are still detected and reported lost)
+    backfill_max: int = attrs.field(default=10_000, validator=_non_negative)
+    #: seconds a symbol's live trades wait for its backfill before they go on without it
+    backfill_hold: float = attrs.field(default=2.0, validator=_positive)
+    #: a gap older than this many seconds is not fetched (exchanges keep little history)
+    backfill_max_age: float = attrs.field(default=600.0, validator=_positive)
 
     @max_backoff.validator
     def _backoff_above_interval(self, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -207,11 +214,13 @@ class ExchangeConfig:
     #: own lifetime (Binance: 23 h 30 min, before its 24 h cut), 0: never (only on a venue's
     #: shutdown notice)
     rotate_after: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))
+    #: seconds: keep only the newest quote per symbol per interval (``quotes`` channel); 0: off
+    conflate: float = attrs.field(default=0.0, validator=_non_negative)
 
     @channels.validator
     def _some_channels(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
         if not value:
-            raise ValueError("channels: must name at least one of " + ", ".join(CHANNELS))
+            raise ValueError("channels: must name at least one of " + ", ".join(ALL_CHANNELS))
 
 
 @attrs.frozen

@@ -7,11 +7,12 @@ from typing import Literal
 
 import attrs
 
-Kind = Literal["trade", "ticker"]
+Kind = Literal["trade", "ticker", "quote"]
 Side = Literal["buy", "sell"]
 
 TRADE: Kind = "trade"
 TICKER: Kind = "ticker"
+QUOTE: Kind = "quote"
 
 #: one whole WebSocket message (text or binary) as the transport hands it over and adapters decode it
 Message = str | bytes
@@ -19,7 +20,12 @@ Message = str | bytes
 
 @attrs.frozen(slots=True)
 class MarketData:
-    """One trade or one ticker update, as design.md fixes it.
+    """One trade, ticker update or best bid/offer (quote), as design.md fixes it.
+
+    A quote's ``price`` is the mid, so every record keeps a positive price; its ``volume`` is 0
+    (sizes are ``bid_size``/``ask_size``, in base units like ``volume``). Fields added after the
+    first release (``bid_size``, ``ask_size``) come last, so the positional calls on the hot
+    path (:func:`trade_record`) stay valid.
 
     No validators here: records are built on the hot path by adapters, and checked once by
     :mod:`feedd.feed.validate` before they leave the connection that produced them.
@@ -39,6 +45,10 @@ class MarketData:
     change_24h: float | None = None
     side: Side | None = None
     trade_id: str | None = None
+    bid_size: float | None = None
+    ask_size: float | None = None
+    #: fetched from the venue's REST after a gap in its stream, not received live
+    backfilled: bool = False
 
 
 def trade_record(
@@ -56,6 +66,23 @@ def trade_record(
     return MarketData(
         exchange, symbol, TRADE, price, volume, timestamp, received_at, None, None, None, None, None,
         side, trade_id,
+    )
+
+
+def quote_record(
+    exchange: str,
+    symbol: str,
+    bid: float,
+    bid_size: float,
+    ask: float,
+    ask_size: float,
+    timestamp: datetime,
+    received_at: datetime,
+) -> MarketData:
+    """A best bid/offer: ``price`` the mid, ``volume`` 0, the sizes in base units."""
+    return MarketData(
+        exchange, symbol, QUOTE, (bid + ask) / 2, 0.0, timestamp, received_at, bid, ask, None, None,
+        None, None, None, bid_size, ask_size,
     )
 
 
@@ -86,8 +113,26 @@ class Reconnected:
     type: Literal["reconnect"] = "reconnect"
 
 
+@attrs.frozen(slots=True)
+class Backfilled:
+    """What a gap in a symbol's trades came to: ``recovered`` trades fetched from the venue's
+    REST (delivered with ``backfilled`` set) and ``lost`` ones it could not give, the missing
+    trade ids ``missing`` (first, last) and why any were lost. ``late``: the backfill took longer
+    than the hold bound, so live trades went on first and the recovered ones follow them."""
+
+    exchange: str
+    symbols: tuple[str, ...]
+    at: datetime
+    recovered: int
+    lost: int
+    missing: tuple[int, int]
+    reason: str | None = None
+    late: bool = False
+    type: Literal["backfill"] = "backfill"
+
+
 #: what the feed tells consumers about itself, in order with the records
-FeedEvent = Disconnected | Reconnected
+FeedEvent = Disconnected | Reconnected | Backfilled
 
 #: what producers put on the hub's ingress: a batch of records, or a feed event between them
 Ingress = Batch | FeedEvent

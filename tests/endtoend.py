@@ -88,7 +88,7 @@ class Subscriber:
         """The next record; disconnect and reconnect lines before it go to :attr:`notices`."""
         while True:
             line = await self.line()
-            if line.startswith((b'{"type":"disconnect"', b'{"type":"reconnect"')):
+            if line.startswith((b'{"type":"disconnect"', b'{"type":"reconnect"', b'{"type":"backfill"')):
                 self.notices.append(orjson.loads(line))
                 continue
             return decode_record(line)

@@ -40,9 +40,9 @@ def test_record_is_one_line_with_every_field() -> None:
     obj = orjson.loads(line)
     assert set(obj) == {
         "exchange", "symbol", "kind", "price", "volume", "timestamp", "received_at",
-        "bid", "ask", "high_24h", "low_24h", "change_24h", "side", "trade_id",
+        "bid", "ask", "high_24h", "low_24h", "change_24h", "side", "trade_id", "bid_size", "ask_size",
     }
-    assert obj["bid"] is None and obj["change_24h"] is None
+    assert obj["bid"] is None and obj["change_24h"] is None and obj["bid_size"] is None
 
 
 @pytest.mark.parametrize("field", ["timestamp", "received_at"])
@@ -84,3 +84,14 @@ def test_decode_inverts_encode_for_every_edge_time() -> None:
         decoded = decode_record(encode_record(record))
         assert decoded == record
         assert decoded.timestamp.tzinfo is UTC and decoded.received_at.tzinfo is UTC
+
+
+def test_a_quote_round_trips_with_its_sizes() -> None:
+    from feedd.fanout.lines import decode_record
+    from feedd.model import quote_record
+
+    quote = quote_record("bybit", "BTCUSDT", 100.5, 1.25, 100.7, 0.5, TS, TS)
+    obj = orjson.loads(encode_record(quote))
+    assert (obj["kind"], obj["price"], obj["volume"]) == ("quote", (100.5 + 100.7) / 2, 0.0)
+    assert (obj["bid"], obj["bid_size"], obj["ask"], obj["ask_size"]) == (100.5, 1.25, 100.7, 0.5)
+    assert decode_record(encode_record(quote)) == quote

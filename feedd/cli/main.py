@@ -13,6 +13,7 @@ import trio
 from feedd import __version__
 from feedd.config import Config, ConfigError, config_warnings, load_config
 from feedd.errors import describe
+from feedd.exchanges.base import ALL_CHANNELS
 from feedd.fanout.lines import KINDS
 
 log = logging.getLogger("feedd")
@@ -334,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         change = command(name, f"{verb} a symbol's streams on the running daemon, live")
         change.add_argument("exchange", metavar="VENUE", help="venue id, e.g. binance")
         change.add_argument("symbol", metavar="SYMBOL", help="the exchange's symbol, e.g. BTCUSDT")
-        change.add_argument("--channels", nargs="+", choices=("trades", "ticker"), metavar="CHANNEL",
-                            help="trades and/or ticker (default: "
+        change.add_argument("--channels", nargs="+", choices=ALL_CHANNELS, metavar="CHANNEL",
+                            help="trades, ticker and/or quotes (default: "
                             + ("the venue's configured channels)" if name == "subscribe" else "all)"))
         _add_api_options(change)
     top = command("top", "a live view of the running daemon, per venue and subscriber (asks its HTTP API)")

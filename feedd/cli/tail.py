@@ -46,6 +46,11 @@ def format_record(record: MarketData) -> str:
         if record.trade_id is not None:
             text += f"  id={record.trade_id}"
         return text
+    if record.kind == "quote":
+        return (
+            f"{head}{_opt(record.bid_size)} @ {_opt(record.bid)} / "
+            f"{_opt(record.ask_size)} @ {_opt(record.ask)}"
+        )
     text = f"{head}{_num(record.price)}  bid {_opt(record.bid)} ask {_opt(record.ask)}"
     if record.change_24h is not None:
         text += f"  24h {record.change_24h:+.2f}%"

@@ -50,6 +50,8 @@ class _ServiceCollector(Collector):
         rejected = counter("rejected_records", "records refused by validation", ["venue", "reason"])
         decode_errors = counter("decode_errors", "messages that could not be decoded")
         gaps = counter("sequence_gaps", "gaps in the venue's message sequence numbers")
+        backfilled = counter("backfilled_trades", "trades missed live and fetched from the venue's REST")
+        lost = counter("lost_trades", "trades missed live that the venue's REST could not give")
         reconnects = counter("reconnects", "connection attempts that ended (each is followed by a reconnect)")
         rotations = counter("rotations", "connections replaced make-before-break (planned, no gap)")
         failures = gauge("consecutive_failures", "failed connection attempts in a row (worst connection)")
@@ -72,6 +74,8 @@ class _ServiceCollector(Collector):
                 rejected.add_metric([name, reason], count)
             decode_errors.add_metric([name], status.decode_errors)
             gaps.add_metric([name], status.sequence_gaps)
+            backfilled.add_metric([name], status.backfilled)
+            lost.add_metric([name], status.lost_trades)
             reconnects.add_metric([name], status.reconnects)
             rotations.add_metric([name], status.rotations)
             failures.add_metric([name], status.consecutive_failures)
@@ -100,8 +104,9 @@ class _ServiceCollector(Collector):
                 if code in THROTTLING:
                     throttled.add_metric([name, str(code)], count)
             throttle_wait.add_metric([name], max((g.wait() for g in status.hosts.values()), default=0.0))
-        yield from (messages, records, rejected, decode_errors, gaps, reconnects, rotations, failures, state,
-                    connections, age, subscriptions, attempts, paced, refused, throttled, throttle_wait)
+        yield from (messages, records, rejected, decode_errors, gaps, backfilled, lost, reconnects, rotations,
+                    failures, state, connections, age, subscriptions, attempts, paced, refused, throttled,
+                    throttle_wait)
 
         who = ["subscriber", "kind"]
         delivered = counter("subscriber_delivered_records", "records handed to a subscriber", who)

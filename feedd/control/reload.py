@@ -31,6 +31,9 @@ RESTART_ONLY = (
     ("feed", "transport"),
     ("feed", "state_file"),
     ("feed", "cache_dir"),
+    ("feed", "backfill_max"),
+    ("feed", "backfill_hold"),
+    ("feed", "backfill_max_age"),
 )
 #: settings applied live, and how far
 LIVE = {
@@ -44,7 +47,7 @@ LIVE = {
     ("unix", "max_clients"): "at once",
 }
 #: per-venue settings whose change restarts that venue (its connections move)
-VENUE_RESTART = ("url", "rest_url", "check_symbols")
+VENUE_RESTART = ("url", "rest_url", "check_symbols", "conflate")
 
 Action = Literal["start", "stop", "restart", "update"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from feedd.control.history import Totals
-from feedd.exchanges.base import CHANNELS, Channel
+from feedd.exchanges.base import ALL_CHANNELS, Channel
 from feedd.fanout.hub import SubscriberInfo
 from feedd.feed.status import overall
 from feedd.feed.supervisor import VenueSupervisor
@@ -22,7 +22,7 @@ def by_symbol(supervisor: VenueSupervisor) -> list[dict[str, Any]]:
     for sub in supervisor.subscriptions():
         groups.setdefault((sub.symbol, supervisor.state_of(sub)), []).append(sub.channel)
     return [
-        {"symbol": symbol, "channels": [c for c in CHANNELS if c in channels], "state": state}
+        {"symbol": symbol, "channels": [c for c in ALL_CHANNELS if c in channels], "state": state}
         for (symbol, state), channels in groups.items()
     ]
 

@@ -57,6 +57,7 @@ from feedd.exchanges.base import Channel
 from feedd.fanout.callback import AnyCallback, Callback, CallbackSink, _is_async
 from feedd.fanout.hub import Hub, SubscriberInfo
 from feedd.fanout.unix import UnixPublisher
+from feedd.feed.backfill import BackfillSettings
 from feedd.feed.gates import HandshakeGates
 from feedd.feed.status import VenueStatus
 from feedd.feed.supervisor import VenueSupervisor
@@ -454,6 +455,9 @@ class WebSocketService:
             open_transport=self._open,
             initial=configured if changes is None else changes.merge(configured),
             gates=self.gates,
+            backfill=BackfillSettings(
+                config.feed.backfill_max, config.feed.backfill_hold, config.feed.backfill_max_age
+            ),
         )
         self.venues[venue_id] = supervisor
         self._runs[venue_id] = _VenueRun(supervisor, records)

@@ -28,7 +28,7 @@ import trio
 
 from feedd.config import symbol_problem
 from feedd.errors import describe
-from feedd.exchanges.base import CHANNELS, Channel, Subscription
+from feedd.exchanges.base import ALL_CHANNELS, Channel, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class VenueChanges:
         subs = (subs | self.subscribed) - self.unsubscribed
         merged: dict[str, tuple[Channel, ...]] = {}
         for symbol in [*configured, *sorted({s.symbol for s in subs} - set(configured))]:
-            channels = tuple(c for c in CHANNELS if Subscription(symbol, c) in subs)
+            channels = tuple(c for c in ALL_CHANNELS if Subscription(symbol, c) in subs)
             if channels:
                 merged[symbol] = channels
         return merged
@@ -78,7 +78,7 @@ class VenueChanges:
 
 def _table(subs: Iterable[Subscription]) -> dict[str, list[str]]:
     table: dict[str, list[str]] = {}
-    for sub in sorted(subs, key=lambda s: (s.symbol, CHANNELS.index(s.channel))):
+    for sub in sorted(subs, key=lambda s: (s.symbol, ALL_CHANNELS.index(s.channel))):
         table.setdefault(sub.symbol, []).append(sub.channel)
     return table
 
@@ -105,7 +105,7 @@ def _subscriptions(value: Any, where: str) -> set[Subscription]:
         if not isinstance(channels, list) or not channels:
             raise StateError(f"{where}.{symbol}: expected a non-empty list of channels")
         for channel in channels:
-            if channel not in CHANNELS:
+            if channel not in ALL_CHANNELS:
                 raise StateError(f"{where}.{symbol}: unknown channel {channel!r}")
             subs.add(Subscription(symbol, channel))
     return subs

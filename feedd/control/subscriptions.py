@@ -19,7 +19,7 @@ from feedd.config import symbol_problem
 from feedd.control.state import StateFile
 from feedd.errors import NotSubscribed, quoted
 from feedd.exchanges import venue_ids
-from feedd.exchanges.base import CHANNELS, Channel, Subscription
+from feedd.exchanges.base import ALL_CHANNELS, Channel, Subscription
 from feedd.feed.supervisor import VenueSupervisor
 
 
@@ -41,11 +41,11 @@ def wanted_channels(supervisor: VenueSupervisor, channels: Sequence[str] | None)
     if channels is None:
         return list(supervisor.config.channels)
     if isinstance(channels, str) or not channels:
-        raise ValueError("channels: expected a non-empty list of " + ", ".join(CHANNELS))
+        raise ValueError("channels: expected a non-empty list of " + ", ".join(ALL_CHANNELS))
     wanted: list[Channel] = []
     for channel in channels:
-        if channel not in CHANNELS:
-            raise ValueError(f"unknown channel {quoted(channel)} (known: {', '.join(CHANNELS)})")
+        if channel not in ALL_CHANNELS:
+            raise ValueError(f"unknown channel {quoted(channel)} (known: {', '.join(ALL_CHANNELS)})")
         wanted.append(channel)
     for channel in wanted:
         try:
@@ -66,9 +66,9 @@ def checked_symbol(symbol: object) -> str:
 
 
 def channel_list(subs: Iterable[Subscription]) -> list[str]:
-    """The channels of ``subs``, each once, in :data:`CHANNELS` order."""
+    """The channels of ``subs``, each once, in :data:`ALL_CHANNELS` order."""
     channels = {s.channel for s in subs}
-    return [c for c in CHANNELS if c in channels]
+    return [c for c in ALL_CHANNELS if c in channels]
 
 
 async def subscribe(

@@ -16,14 +16,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
 from feedd.model import MarketData, Message
 
-Channel = Literal["trades", "ticker"]
+Channel = Literal["trades", "ticker", "quotes"]
+#: the channels a venue streams when its config names none: quotes are opt-in (heavy streams)
 CHANNELS: tuple[Channel, ...] = ("trades", "ticker")
+#: every channel there is
+ALL_CHANNELS: tuple[Channel, ...] = ("trades", "ticker", "quotes")
 #: what a subscribe/unsubscribe request does
 Op = Literal["subscribe", "unsubscribe"]
 #: when the runner sends :meth:`Session.ping`: only after ``ping_interval`` without a frame
@@ -267,4 +270,27 @@ class Venue(Protocol):
 
         Raises ValueError (naming what is wrong) for a body that is not the expected shape.
         """
+        ...
+
+
+@runtime_checkable
+class TradeHistory(Protocol):
+    """A venue whose trade ids number each symbol's trades one by one (Binance ``t`` and
+    ``a``), and whose public REST gives the trades from an id on: a jump in the ids names
+    exactly the missing trades, and :mod:`feedd.feed.backfill` fetches them. Optional: a venue
+    without it streams as before, its gaps unrecovered."""
+
+    #: trades one history request answers at most
+    history_page: int
+    #: history requests per second feedd allows itself, well inside the venue's weight budget
+    history_rate: float
+
+    def history_path(self, symbol: str, from_id: int, limit: int) -> str:
+        """Path and query under the REST base URL of the trades from ``from_id`` on, oldest
+        first, at most ``limit``."""
+        ...
+
+    def parse_history(self, symbol: str, body: Any, received_at: datetime) -> list[MarketData]:
+        """The trade records of one history response, in id order, with ``received_at`` as
+        their receive time; ValueError (naming what is wrong) for a body of another shape."""
         ...

@@ -39,7 +39,7 @@ from feedd.exchanges.base import (
     Venue,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
-from feedd.model import TICKER, MarketData, Message, trade_record
+from feedd.model import TICKER, MarketData, Message, quote_record, trade_record
 
 _Handler = Callable[[dict[str, Any], datetime], Event]
 
@@ -231,11 +231,14 @@ class BinanceSession:
         bid_text = data.get("b")
         bid: float | None
         ask: float | None
+        bid_size: float | None
+        ask_size: float | None
         if bid_text is None:
             # USD-M tickers carry no best bid/ask (§2.6): use the last @bookTicker, if fresh
-            bid, ask = self._quotes.get(symbol, received_at)
+            bid, ask, bid_size, ask_size = self._quotes.sized(symbol, received_at)
         else:
             bid, ask = float(bid_text), float(data["a"])
+            bid_size, ask_size = float(data["B"]), float(data["A"])
         return MarketData(
             self._venue_id,
             symbol,
@@ -249,11 +252,28 @@ class BinanceSession:
             high_24h=float(data["h"]),
             low_24h=float(data["l"]),
             change_24h=float(data["P"]),
+            bid_size=bid_size,
+            ask_size=ask_size,
         )
 
     def _book_ticker(self, data: dict[str, Any], received_at: datetime) -> Event:
-        self._quotes.put(text(data, "s"), float(data["b"]), float(data["a"]), received_at)
-        return _IGNORED
+        """Cache the quote for tickers; a record of its own for a ``quotes`` subscriber.
+
+        The time is the futures' transaction time ``T``; spot's bookTicker carries no time at
+        all (§2.3), so its quotes are stamped with the receive time.
+        """
+        symbol = text(data, "s")
+        bid, ask = float(data["b"]), float(data["a"])
+        bid_size, ask_size = float(data["B"]), float(data["A"])
+        quotes = self._quotes
+        quotes.put(symbol, bid, ask, received_at, bid_size, ask_size)
+        if symbol not in quotes.streamed:
+            return _IGNORED
+        at = data.get("T")
+        return quote_record(
+            self._venue_id, symbol, bid, bid_size, ask, ask_size,
+            received_at if at is None else _fromtimestamp(at / 1000, UTC), received_at,
+        )
 
     def _server_shutdown(self, data: dict[str, Any], received_at: datetime) -> Event:
         return _SHUTDOWN
@@ -284,6 +304,46 @@ class _BinanceVenue(QuotedVenue):
     #: "a connection lives at most 24 hours" (§2.4, spot and USD-M): replaced half an hour before
     rotate_after: float | None = 23.5 * 3600
     _instruments_path: str
+    #: trades per history request at most (both endpoints: "limit: default 500; max 1000")
+    history_page: int = 1000
+    #: history requests per second: historicalTrades weighs 25 of spot's 6,000 per minute (4/s),
+    #: aggTrades 20 of USD-M's 2,400 (2/s); feedd takes half, beside the instrument lists
+    history_rate: float
+    #: the history endpoint and the id field it is paged by (spot ``t`` ids, USD-M ``a`` ids)
+    _history_endpoint: str
+    _history_id: str
+
+    def history_path(self, symbol: str, from_id: int, limit: int) -> str:
+        return f"{self._history_endpoint}?symbol={symbol}&fromId={from_id}&limit={limit}"
+
+    def parse_history(self, symbol: str, body: Any, received_at: datetime) -> list[MarketData]:
+        """Trades of a ``historicalTrades`` answer (``id``, ``price``, ``qty``, ``time``,
+        ``isBuyerMaker``) or an ``aggTrades`` one (``a``, ``p``, ``q``, ``T``, ``m``)."""
+        if not isinstance(body, list):
+            raise ValueError(f"trade history is not a JSON array: {excerpt(repr(body), 100)}")
+        key = self._history_id
+        spot = key == "id"
+        out: list[MarketData] = []
+        for entry in body:
+            try:
+                trade_id = entry[key]
+                maker_buyer = entry["isBuyerMaker" if spot else "m"]
+                if type(trade_id) is not int or type(maker_buyer) is not bool:
+                    raise TypeError(f"{key!r} is not an integer or the maker flag not a boolean")
+                out.append(trade_record(
+                    self.venue_id,
+                    symbol,
+                    float(entry["price" if spot else "p"]),
+                    float(entry["qty" if spot else "q"]),
+                    _fromtimestamp(entry["time" if spot else "T"] / 1000, UTC),
+                    received_at,
+                    "sell" if maker_buyer else "buy",
+                    str(trade_id),
+                ))
+            except (KeyError, *PAYLOAD_ERRORS) as exc:
+                raise ValueError(f"bad trade in the history: {type(exc).__name__}: {exc}: "
+                                 f"{excerpt(repr(entry), 100)}") from None
+        return out
 
     def new_session(self) -> Session:
         return BinanceSession(self.venue_id, self.quotes)
@@ -320,6 +380,10 @@ class BinanceSpot(_BinanceVenue):
     max_streams_per_connection = 1024
     max_messages_per_second = 5.0
     _instruments_path = "/api/v3/exchangeInfo"
+    history_rate = 2.0
+    #: "Get older market trades" (Market Data endpoints), by the ``t`` ids of ``@trade``
+    _history_endpoint = "/api/v3/historicalTrades"
+    _history_id = "id"
 
     def topics(self, subscription: Subscription) -> list[Topic]:
         symbol = subscription.symbol.lower()  # stream names want lower case (§2.1)
@@ -327,6 +391,8 @@ class BinanceSpot(_BinanceVenue):
             return [Topic("", f"{symbol}@trade")]
         if subscription.channel == "ticker":
             return [Topic("", f"{symbol}@ticker")]
+        if subscription.channel == "quotes":
+            return [Topic("", f"{symbol}@bookTicker")]
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def url(self, route: str, base_url: str) -> str:
@@ -348,6 +414,10 @@ class BinanceUsdm(_BinanceVenue):
     max_streams_per_connection = 200
     max_messages_per_second = 10.0
     _instruments_path = "/fapi/v1/exchangeInfo"
+    history_rate = 1.0
+    #: "Compressed/Aggregate Trades List", by the ``a`` ids of ``@aggTrade``
+    _history_endpoint = "/fapi/v1/aggTrades"
+    _history_id = "a"
 
     def topics(self, subscription: Subscription) -> list[Topic]:
         symbol = subscription.symbol.lower()
@@ -355,6 +425,8 @@ class BinanceUsdm(_BinanceVenue):
             return [Topic("market", f"{symbol}@aggTrade")]
         if subscription.channel == "ticker":
             return [Topic("market", f"{symbol}@ticker"), Topic("public", f"{symbol}@bookTicker")]
+        if subscription.channel == "quotes":
+            return [Topic("public", f"{symbol}@bookTicker")]
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def url(self, route: str, base_url: str) -> str:

@@ -53,7 +53,7 @@ from feedd.exchanges.base import (
     Venue,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
-from feedd.model import TICKER, MarketData, Message, trade_record
+from feedd.model import TICKER, MarketData, Message, quote_record, trade_record
 
 _Handler = Callable[[dict[str, Any], str, datetime, Message], list[Event]]
 
@@ -87,14 +87,14 @@ def _percent(value: Any) -> float | None:
         raise ValueError(f"'price24hPcnt' is not a number: {value!r:.50}") from None
 
 
-def _best(levels: Any) -> float | None:
-    """The price of the first (best) ``[price, size]`` level of a book side, if it has one."""
+def _best(levels: Any) -> tuple[float, float] | None:
+    """The first (best) ``[price, size]`` level of a book side, if it has one."""
     if not levels:
         return None
     if type(levels) is not list:
         raise TypeError(f"a book side is not a list: {levels!r:.50}")
-    price, _ = levels[0]
-    return float(price)
+    price, size = levels[0]
+    return float(price), float(size)
 
 
 def _not_a_book(topic: str) -> bool:
@@ -137,8 +137,8 @@ class BybitSession:
         self._alone: set[str] = set()
         #: derivatives: symbol → the ticker as merged so far (snapshot plus deltas)
         self._tickers: dict[str, dict[str, Any]] = {}
-        #: symbol → [best bid, best ask] from orderbook.1, kept for its deltas
-        self._books: dict[str, list[float | None]] = {}
+        #: symbol → [best bid, best ask] as (price, size) from orderbook.1, kept for its deltas
+        self._books: dict[str, list[tuple[float, float] | None]] = {}
         #: symbols whose quotes this connection feeds into the venue's cache
         self._quoted: set[str] = set()
         self._handlers: dict[str, _Handler] = {
@@ -329,8 +329,8 @@ class BybitSession:
         data = msg["data"]
         if type(data) is not dict:
             raise TypeError(f"'data' is not an object: {data!r:.50}")
-        bid, ask = self._quotes.get(symbol, received_at)
-        return [self._ticker(data, symbol, msg["ts"], received_at, bid, ask)]
+        bid, ask, bid_size, ask_size = self._quotes.sized(symbol, received_at)
+        return [self._ticker(data, symbol, msg["ts"], received_at, bid, ask, bid_size, ask_size)]
 
     def _merged_ticker(
         self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Message
@@ -352,7 +352,11 @@ class BybitSession:
         else:
             raise ValueError(f"'type' is neither snapshot nor delta: {kind!r:.50}")
         bid, ask = _optional(state.get("bid1Price")), _optional(state.get("ask1Price"))
-        return [self._ticker(state, symbol, msg["ts"], received_at, bid, ask)]
+        bid_size, ask_size = _optional(state.get("bid1Size")), _optional(state.get("ask1Size"))
+        if self._inverse:  # USD contracts, made base units as the trades' sizes are
+            bid_size = None if bid_size is None or not bid else bid_size / bid
+            ask_size = None if ask_size is None or not ask else ask_size / ask
+        return [self._ticker(state, symbol, msg["ts"], received_at, bid, ask, bid_size, ask_size)]
 
     def _ticker(
         self,
@@ -362,6 +366,8 @@ class BybitSession:
         received_at: datetime,
         bid: float | None,
         ask: float | None,
+        bid_size: float | None = None,
+        ask_size: float | None = None,
     ) -> MarketData:
         # inverse volume24h counts USD contracts; turnover24h is the base coin (market/tickers)
         volume = data["turnover24h" if self._inverse else "volume24h"]
@@ -378,13 +384,18 @@ class BybitSession:
             high_24h=_optional(data.get("highPrice24h")),
             low_24h=_optional(data.get("lowPrice24h")),
             change_24h=_percent(data.get("price24hPcnt")),
+            bid_size=bid_size,
+            ask_size=ask_size,
         )
 
     def _book(self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Message) -> list[Event]:
-        """orderbook.1: the best bid and ask, into the venue's quote cache.
+        """orderbook.1: the best bid and ask, into the venue's quote cache, and a quote record
+        for a ``quotes`` subscriber.
 
         A snapshot sets both sides (an empty side: no quote); a delta replaces a side's level,
-        and a level of size 0 deletes it ([ob]). A one-sided book has no quote to attach.
+        and a level of size 0 deletes it ([ob]). A one-sided book has no quote. Sizes are base
+        units (inverse books count USD contracts: divided by the price, as trades are); the
+        time is the matching engine's ``cts`` where given, else the message's ``ts``.
         """
         data = msg["data"]
         kind = msg["type"]
@@ -396,21 +407,31 @@ class BybitSession:
                 return [DecodeError(f"order book delta for {symbol} before its snapshot", excerpt(frame))]
             top = found
             for index, side in enumerate(("b", "a")):
-                for price_text, size in data[side]:
-                    price = float(price_text)
-                    if float(size) == 0:
-                        if top[index] == price:
+                for price_text, size_text in data[side]:
+                    price, size = float(price_text), float(size_text)
+                    if size == 0:
+                        level = top[index]
+                        if level is not None and level[0] == price:
                             top[index] = None
                     else:
-                        top[index] = price
+                        top[index] = (price, size)
         else:
             raise ValueError(f"'type' is neither snapshot nor delta: {kind!r:.50}")
-        bid, ask = top
-        if bid is not None and ask is not None:
-            self._quotes.put(symbol, bid, ask, received_at)
-        else:
+        best_bid, best_ask = top
+        if best_bid is None or best_ask is None:
             self._quotes.forget((symbol,))
-        return [_IGNORED]
+            return [_IGNORED]
+        (bid, bid_size), (ask, ask_size) = best_bid, best_ask
+        if self._inverse:
+            bid_size, ask_size = bid_size / bid, ask_size / ask
+        quotes = self._quotes
+        quotes.put(symbol, bid, ask, received_at, bid_size, ask_size)
+        if symbol not in quotes.streamed:
+            return [_IGNORED]
+        return [quote_record(
+            self._venue_id, symbol, bid, bid_size, ask, ask_size,
+            _milliseconds(msg.get("cts", msg["ts"]), "cts"), received_at,
+        )]
 
 
 class _BybitVenue(QuotedVenue):
@@ -456,6 +477,8 @@ class _BybitVenue(QuotedVenue):
             return [Topic("", f"publicTrade.{symbol}")]
         if subscription.channel == "ticker":
             return [Topic("", f"tickers.{symbol}")]
+        if subscription.channel == "quotes":
+            return [Topic("", f"orderbook.1.{symbol}")]
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def url(self, route: str, base_url: str) -> str:

@@ -53,8 +53,16 @@ from feedd.exchanges.base import (
     Topic,
     Venue,
 )
-from feedd.exchanges.fields import PAYLOAD_ERRORS, load_object, parse_rfc3339, single_route, text
-from feedd.model import TICKER, MarketData, Message, Side, trade_record
+from feedd.exchanges.fields import (
+    PAYLOAD_ERRORS,
+    QuoteCache,
+    QuotedVenue,
+    load_object,
+    parse_rfc3339,
+    single_route,
+    text,
+)
+from feedd.model import TICKER, MarketData, Message, Side, quote_record, trade_record
 
 MARKET_TRADES = "market_trades"
 TICKER_CHANNEL = "ticker"
@@ -169,9 +177,14 @@ class CoinbaseSession:
     eventually acknowledged or refused.
     """
 
-    def __init__(self, venue_id: str, trade_ids: RecentTradeIds) -> None:
+    def __init__(self, venue_id: str, trade_ids: RecentTradeIds, quotes: QuoteCache | None = None) -> None:
         self._venue_id = venue_id
         self._trade_ids = trade_ids
+        #: which products' ticker messages give quote records (``streamed``) and ticker records
+        #: (``ticked``; while neither set says anything, as for a session made alone in tests,
+        #: every product's)
+        self._cache = QuoteCache() if quotes is None else quotes
+        self._quoted = self._cache.streamed
         self._next_id = 1
         self._requests: deque[_Request] = deque()
         self._heartbeats_asked = False
@@ -318,33 +331,49 @@ class CoinbaseSession:
                     events.append(record)
 
     def _ticker(self, msg: dict[str, Any], received_at: datetime, events: list[Event]) -> None:
+        """Ticker records, and quote records (best bid/ask with their quantities) for products
+        subscribed to ``quotes``: one wire stream carries both."""
         # a ticker has no time of its own: the message's is when Coinbase sent it
         timestamp = parse_rfc3339(msg["timestamp"])
         venue_id = self._venue_id
+        quoted = self._quoted
+        ticked = self._cache.ticked if self._cache.ticked or self._cache.streamed else None
         for event in _events(msg):
             tickers = event["tickers"]
             if type(tickers) is not list:
                 raise TypeError(f"'tickers' is not a list: {tickers!r:.50}")
             for ticker in tickers:
                 try:
-                    record = MarketData(
-                        venue_id,
-                        text(ticker, "product_id"),
-                        TICKER,
-                        float(ticker["price"]),
-                        float(ticker["volume_24_h"]),
-                        timestamp,
-                        received_at,
-                        bid=_optional_number(ticker.get("best_bid")),
-                        ask=_optional_number(ticker.get("best_ask")),
-                        high_24h=_optional_number(ticker.get("high_24_h")),
-                        low_24h=_optional_number(ticker.get("low_24_h")),
-                        change_24h=_optional_number(ticker.get("price_percent_chg_24_h")),
-                    )
+                    product = text(ticker, "product_id")
+                    bid = _optional_number(ticker.get("best_bid"))
+                    ask = _optional_number(ticker.get("best_ask"))
+                    bid_size = _optional_number(ticker.get("best_bid_quantity"))
+                    ask_size = _optional_number(ticker.get("best_ask_quantity"))
+                    if ticked is None or product in ticked:
+                        events.append(MarketData(
+                            venue_id,
+                            product,
+                            TICKER,
+                            float(ticker["price"]),
+                            float(ticker["volume_24_h"]),
+                            timestamp,
+                            received_at,
+                            bid=bid,
+                            ask=ask,
+                            high_24h=_optional_number(ticker.get("high_24_h")),
+                            low_24h=_optional_number(ticker.get("low_24_h")),
+                            change_24h=_optional_number(ticker.get("price_percent_chg_24_h")),
+                            bid_size=bid_size,
+                            ask_size=ask_size,
+                        ))
+                    if product in quoted:
+                        if bid is None or ask is None or bid_size is None or ask_size is None:
+                            raise ValueError("a quote needs best_bid, best_ask and their quantities")
+                        events.append(quote_record(
+                            venue_id, product, bid, bid_size, ask, ask_size, timestamp, received_at
+                        ))
                 except PAYLOAD_ERRORS as exc:
                     events.append(self._error_in_frame(f"bad ticker: {_problem(exc)}"))
-                else:
-                    events.append(record)
 
     def _heartbeats(self, msg: dict[str, Any], received_at: datetime, events: list[Event]) -> None:
         # current_time is Go's time.String(), not RFC 3339, and no record: not parsed
@@ -431,7 +460,7 @@ def _trade_id(trade: dict[str, Any]) -> str:
     raise TypeError(f"'trade_id' is not a string: {trade_id!r:.50}")
 
 
-class Coinbase:
+class Coinbase(QuotedVenue):
     """Coinbase Advanced Trade market data: ``market_trades`` and ``ticker`` per product."""
 
     venue_id = "coinbase"
@@ -461,8 +490,8 @@ class Coinbase:
     products_path = "/api/v3/brokerage/market/products"
 
     def __init__(self) -> None:
-        #: unused: Coinbase tickers carry their own best bid/ask
-        self.quote_max_age = 5.0
+        super().__init__()  # the quote cache is unused (tickers carry their own best bid/ask),
+        # but its ``streamed``/``ticked`` sets say which records the ``ticker`` stream gives
         self.trade_ids = RecentTradeIds()
         #: the offset of the product-list page last asked for (see parse_instruments)
         self._page_offset = 0
@@ -470,7 +499,8 @@ class Coinbase:
     def topics(self, subscription: Subscription) -> list[Topic]:
         if subscription.channel == "trades":
             return [Topic("", f"{MARKET_TRADES}:{subscription.symbol}")]
-        if subscription.channel == "ticker":
+        if subscription.channel in ("ticker", "quotes"):
+            # one wire stream for both: its messages carry the best bid/ask with quantities
             return [Topic("", f"{TICKER_CHANNEL}:{subscription.symbol}")]
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
@@ -496,7 +526,7 @@ class Coinbase:
                 f"of {usd} for it (Advanced Trade WebSocket channels docs); subscribe {usd} instead")
 
     def new_session(self) -> Session:
-        return CoinbaseSession(self.venue_id, self.trade_ids)
+        return CoinbaseSession(self.venue_id, self.trade_ids, self.quotes)
 
     def instruments_path(self, cursor: str | None = None) -> str:
         """The product list; a cursor is the docs' ``pagination.next_cursor`` or the next ``offset``.

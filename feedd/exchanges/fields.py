@@ -123,10 +123,25 @@ class QuoteCache:
 
     def __init__(self, max_age: float = 5.0) -> None:
         self.max_age = timedelta(seconds=max_age)
-        self._quotes: dict[str, tuple[float, float, datetime]] = {}
+        self._quotes: dict[str, tuple[float, float, datetime, float | None, float | None]] = {}
+        #: symbols whose quotes are records of their own (the ``quotes`` channel); kept by the
+        #: venue's supervisor, read by the sessions (a quote stream may also feed only tickers)
+        self.streamed: set[str] = set()
+        #: symbols with the ``ticker`` channel subscribed, kept likewise: for a venue whose one
+        #: wire stream carries both tickers and quotes (Coinbase's ``ticker``), so that a symbol
+        #: subscribed to quotes alone gives no ticker records
+        self.ticked: set[str] = set()
 
-    def put(self, symbol: str, bid: float, ask: float, received_at: datetime) -> None:
-        self._quotes[symbol] = (bid, ask, received_at)
+    def put(
+        self,
+        symbol: str,
+        bid: float,
+        ask: float,
+        received_at: datetime,
+        bid_size: float | None = None,
+        ask_size: float | None = None,
+    ) -> None:
+        self._quotes[symbol] = (bid, ask, received_at, bid_size, ask_size)
 
     def get(self, symbol: str, at: datetime) -> tuple[float, float] | tuple[None, None]:
         """The quote of ``symbol`` if it is at most ``max_age`` old at ``at``, else (None, None)."""
@@ -134,6 +149,15 @@ class QuoteCache:
         if quote is None or at - quote[2] > self.max_age:
             return None, None
         return quote[0], quote[1]
+
+    def sized(
+        self, symbol: str, at: datetime
+    ) -> tuple[float, float, float | None, float | None] | tuple[None, None, None, None]:
+        """Bid, ask and their sizes (None where the stream gave none), fresh as :meth:`get` says."""
+        quote = self._quotes.get(symbol)
+        if quote is None or at - quote[2] > self.max_age:
+            return None, None, None, None
+        return quote[0], quote[1], quote[3], quote[4]
 
     def forget(self, symbols: Iterable[str]) -> None:
         for symbol in symbols:
@@ -147,8 +171,9 @@ class QuoteCache:
 
 
 class QuotedVenue:
-    """A venue whose tickers take best bid/ask from a quote stream: it owns the shared cache,
-    and ``quote_max_age`` (set by the supervisor from the config) is that cache's bound."""
+    """A venue with a quote stream (the ``quotes`` channel, and the bid/ask of tickers that lack
+    them): it owns the shared cache, whose ``streamed`` symbols the supervisor keeps, and
+    ``quote_max_age`` (set by the supervisor from the config) is that cache's bound."""
 
     def __init__(self) -> None:
         self.quotes = QuoteCache()

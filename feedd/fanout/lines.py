@@ -24,7 +24,7 @@ from feedd.errors import FilterError
 from feedd.model import FeedEvent, MarketData
 
 #: what a filter's ``kind`` accepts -> the record kind (the config calls the channel "trades")
-KINDS = {"trade": "trade", "trades": "trade", "ticker": "ticker"}
+KINDS = {"trade": "trade", "trades": "trade", "ticker": "ticker", "quote": "quote", "quotes": "quote"}
 _FILTER_KEYS = ("exchange", "symbol", "kind")
 
 
@@ -87,7 +87,10 @@ def parse_filter(line: bytes) -> ClientFilter:
     if kinds is not None:
         bad = sorted(set(kinds) - KINDS.keys())
         if bad:
-            raise FilterError(f"filter 'kind' has unknown value(s) {bad}; allowed: trade (or trades), ticker")
+            raise FilterError(
+                f"filter 'kind' has unknown value(s) {bad}; allowed: trade (or trades), ticker, "
+                "quote (or quotes)"
+            )
     return ClientFilter(
         exchanges=None if exchanges is None else frozenset(e.lower() for e in exchanges),
         symbols=None if symbols is None else frozenset(s.upper() for s in symbols),
@@ -125,7 +128,7 @@ def record_of(obj: dict[str, Any]) -> MarketData:
         obj["exchange"], obj["symbol"], obj["kind"], obj["price"], obj["volume"],
         parse_time(obj["timestamp"]), parse_time(obj["received_at"]), obj.get("bid"), obj.get("ask"),
         obj.get("high_24h"), obj.get("low_24h"), obj.get("change_24h"), obj.get("side"),
-        obj.get("trade_id"),
+        obj.get("trade_id"), obj.get("bid_size"), obj.get("ask_size"), obj.get("backfilled") is True,
     )
 
 

@@ -73,9 +73,15 @@ def subject_for(prefix: str, venue: str, kind: str, symbol: str) -> str:
 
 
 def message_id(record: MarketData) -> str:
-    """``Nats-Msg-Id``: the same for the same trade (or ticker update) from any daemon."""
+    """``Nats-Msg-Id``: the same for the same trade (or ticker update) from any daemon.
+
+    A quote adds its prices and sizes to its time: a venue's book can move twice within one
+    millisecond of its clock, and JetStream would drop the second as a duplicate.
+    """
     tag = record.trade_id if record.kind == "trade" and record.trade_id is not None else \
         str((record.timestamp - _EPOCH) // _MICROSECOND)
+    if record.kind == "quote":
+        tag = f"{tag}:{record.bid}:{record.bid_size}:{record.ask}:{record.ask_size}"
     if not tag.isprintable():  # an exchange's id must not break the header line
         tag = tag.encode("unicode_escape").decode()
     return f"{record.exchange}:{record.kind}:{record.symbol}:{tag}"

@@ -228,6 +228,8 @@ class Attempt:
         to_hub_now = runner.records.send_nowait
         now = datetime.now
         feed = self.feed
+        conflator = runner.conflator
+        backfill = runner.backfill
         lifecycle = self.lifecycle
         standby = State.STANDBY
         stable_at = self.connected_at + runner.settings.stable_after
@@ -279,6 +281,16 @@ class Attempt:
                     self.handed = None
                 if not runner.delivering and (up := runner.announce_up()) is not None:
                     await to_hub(up)
+                if backfill is not None:
+                    # each trade once, and a held symbol's trades behind its backfill (backfill.py)
+                    records = backfill.sift(records)
+                    if not records:
+                        continue
+                if conflator is not None:
+                    # quotes wait for the venue's flush (conflate.py); the rest goes on now
+                    records = conflator.absorb(records)
+                    if not records:
+                        continue
                 status.records += len(records)
                 # no checkpoint of its own: the next read is one, and the hub runs meanwhile;
                 # a full or closed channel takes the awaiting path (which also sees cancellation)

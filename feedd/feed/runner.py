@@ -30,7 +30,9 @@ from feedd.errors import TransportError, first_of_run
 from feedd.exchanges.base import Op, Venue
 from feedd.feed import liveness, rotation
 from feedd.feed.attempt import Attempt, Outcome, send_limiter
+from feedd.feed.backfill import Backfiller
 from feedd.feed.backoff import Backoff
+from feedd.feed.conflate import Conflator
 from feedd.feed.gates import Gate, HostGate, host_of
 from feedd.feed.lifecycle import State, Trigger
 from feedd.feed.overlap import Overlap
@@ -84,8 +86,14 @@ class ConnectionRunner:
         rotate_offset: float = 0.0,
         symbols: Callable[[], Sequence[str]] | None = None,
         gate: Gate | None = None,
+        conflator: Conflator | None = None,
+        backfill: Backfiller | None = None,
     ) -> None:
         self.venue = venue
+        #: the venue's trade-id tracker and gap fetcher (None: the venue's ids say nothing)
+        self.backfill = backfill
+        #: the venue's quote conflation (None: quotes go to the hub with the other records)
+        self.conflator = conflator
         self.url = url
         self.name = name
         self.topics: set[str] = set(topics)

@@ -101,6 +101,11 @@ class VenueStatus:
     #: gaps in the venue's message sequence numbers, and the messages they skipped
     sequence_gaps: int = 0
     messages_missed: int = 0
+    #: trades fetched from the venue's REST after a gap in their ids, trades it could not give,
+    #: and trades dropped for being delivered already (feedd.feed.backfill)
+    backfilled: int = 0
+    lost_trades: int = 0
+    duplicates: int = 0
     #: subscriptions the venue refused or we refused (unknown symbol), by topic or symbol
     subscription_errors: dict[str, str] = attrs.field(factory=dict)
     last_error: str | None = None
@@ -120,6 +125,9 @@ class VenueStatus:
         self.decode_errors = previous.decode_errors
         self.sequence_gaps = previous.sequence_gaps
         self.messages_missed = previous.messages_missed
+        self.backfilled = previous.backfilled
+        self.lost_trades = previous.lost_trades
+        self.duplicates = previous.duplicates
         self.handshakes = attrs.evolve(previous.handshakes, refused=Counter(previous.handshakes.refused))
 
     @property
@@ -198,6 +206,9 @@ class VenueStatus:
             "decode_errors": self.decode_errors,
             "sequence_gaps": self.sequence_gaps,
             "messages_missed": self.messages_missed,
+            "backfilled_trades": self.backfilled,
+            "lost_trades": self.lost_trades,
+            "duplicate_trades": self.duplicates,
             "reconnects": self.reconnects,
             "rotations": self.rotations,
             "consecutive_failures": self.consecutive_failures,

@@ -30,7 +30,10 @@ from feedd.errors import (
     VenueRefused,
     quoted,
 )
-from feedd.exchanges.base import CHANNELS, Channel, Subscription, Topic, Venue
+from feedd.exchanges.base import ALL_CHANNELS, Channel, Subscription, Topic, Venue
+from feedd.exchanges.fields import QuotedVenue
+from feedd.feed.backfill import BackfillSettings, backfiller_for
+from feedd.feed.conflate import Conflator, flush_every
 from feedd.feed.gates import Gate, HandshakeGates
 from feedd.feed.instruments import Instruments, load_instruments
 from feedd.feed.placement import Placement
@@ -61,6 +64,7 @@ class VenueSupervisor:
         open_transport: OpenTransport = open_transport,
         initial: Mapping[str, Sequence[Channel]] | None = None,
         gates: HandshakeGates | None = None,
+        backfill: BackfillSettings | None = None,
     ) -> None:
         self.venue = venue
         venue.quote_max_age = config.quote_max_age
@@ -76,6 +80,17 @@ class VenueSupervisor:
         self._subscriptions: dict[Subscription, list[Topic]] = {}
         self._symbols: set[str] = set()
         self._validator = Validator(self._symbols)
+        #: symbols whose quotes are records (the ``quotes`` channel), read live by the sessions;
+        #: the venue's own set where it has a quote stream, else one nothing reads
+        self._quoted: set[str] = venue.quotes.streamed if isinstance(venue, QuotedVenue) else set()
+        self._ticked: set[str] = venue.quotes.ticked if isinstance(venue, QuotedVenue) else set()
+        #: quotes held for the venue's flush when ``conflate`` is set (None: sent at once)
+        self.conflator = Conflator() if config.conflate > 0 else None
+        #: trade-id continuity and the REST backfill of gaps (None: the venue's ids say nothing)
+        self.backfill = backfiller_for(
+            venue, venue.venue_id, self.rest_url, records, self.status, self._validator,
+            backfill or BackfillSettings(),
+        )
         #: which connection carries which topic (channels of one exchange may share a topic)
         self.placement: Placement[ConnectionRunner] = Placement(
             venue.max_streams_per_connection, venue.max_chars_per_connection
@@ -134,7 +149,7 @@ class VenueSupervisor:
                 self.initial.pop(symbol, None)
         for symbol, channels in subscribe.items():
             have = self.initial.get(symbol, ())
-            self.initial[symbol] = tuple(c for c in CHANNELS if c in have or c in channels)
+            self.initial[symbol] = tuple(c for c in ALL_CHANNELS if c in have or c in channels)
         return True
 
     def update_settings(self, settings: RunnerSettings) -> None:
@@ -159,6 +174,12 @@ class VenueSupervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            if self.backfill is not None:
+                self.backfill.attach(nursery)
+            if self.conflator is not None:
+                nursery.start_soon(
+                    flush_every, self.config.conflate, self.conflator, self._records, self.status
+                )
             if self.config.check_symbols:
                 self.instruments = await load_instruments(self.venue, self.rest_url, self.cache_dir)
             for symbol, channels in self.initial.items():
@@ -168,7 +189,12 @@ class VenueSupervisor:
                     log.error("%s", exc)
             self.status.started = True  # no connection from now on: nothing subscribed, idle
             self.ready.set()
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:
+                if self.backfill is not None:
+                    with trio.CancelScope(shield=True):
+                        await self.backfill.aclose()
 
     # ---- subscriptions ------------------------------------------------------------------
 
@@ -210,6 +236,10 @@ class VenueSupervisor:
             topics = self.venue.topics(sub)
             self._subscriptions[sub] = topics
             added.append(sub)
+            if channel == "quotes":
+                self._quoted.add(symbol)
+            elif channel == "ticker":
+                self._ticked.add(symbol)
             for topic in topics:
                 self._place(topic)
         if added:
@@ -239,6 +269,12 @@ class VenueSupervisor:
             if topics is None:
                 continue
             removed.append(sub)
+            if channel == "quotes":
+                self._quoted.discard(symbol)
+            elif channel == "ticker":
+                self._ticked.discard(symbol)
+            elif channel == "trades" and self.backfill is not None:
+                self.backfill.forget(symbol)
             for topic in topics:
                 reply = self._displace(topic)
                 if reply is not None:
@@ -254,7 +290,7 @@ class VenueSupervisor:
     def channels_of(self, symbol: str) -> list[Channel]:
         """The channels ``symbol`` is subscribed to (normalized as the venue spells it)."""
         symbol = self.normalize(symbol)
-        return [c for c in CHANNELS if Subscription(symbol, c) in self._subscriptions]
+        return [c for c in ALL_CHANNELS if Subscription(symbol, c) in self._subscriptions]
 
     def _replies(self, subs: Iterable[Subscription]) -> dict[str, Reply]:
         replies = {}
@@ -387,6 +423,8 @@ class VenueSupervisor:
             send_limiter=self._shared_limiter(url),
             rotate_after=self.rotate_after,
             rotate_offset=self._rotate_offset(sum(self._shard_count.values())),
+            conflator=self.conflator,
+            backfill=self.backfill,
             symbols=lambda: self._symbols_on(runner),
             gate=self._gate(url),
         )

@@ -6,6 +6,8 @@ import math
 from collections.abc import Set as AbstractSet
 from datetime import timedelta
 
+import attrs
+
 from feedd.model import MarketData
 
 #: how far an exchange timestamp may be from our receive time before the record is refused
@@ -21,6 +23,13 @@ class Validator:
 
     def __init__(self, known_symbols: AbstractSet[str]) -> None:
         self._known = known_symbols
+
+    def historical_reason(self, record: MarketData) -> str | None:
+        """:meth:`reason` for a trade fetched after the fact (a backfill): its exchange time may
+        be long before its receive time, but never after it."""
+        if record.timestamp - record.received_at > MAX_CLOCK_SKEW:
+            return "timestamp_skew"
+        return self.reason(attrs.evolve(record, received_at=record.timestamp))
 
     def reason(self, record: MarketData) -> str | None:
         price = record.price
@@ -41,5 +50,8 @@ class Validator:
         for value in (record.bid, record.ask, record.high_24h, record.low_24h, record.change_24h):
             if value is not None and not math.isfinite(value):
                 return "non_finite_field"
+        for size in (record.bid_size, record.ask_size):
+            if size is not None and not (math.isfinite(size) and size >= 0):
+                return "bad_size"
         return None
 

@@ -15,6 +15,7 @@ import argparse
 import re
 import ssl
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, Final
@@ -34,6 +35,8 @@ from feedd.sim.spec import SimSpec, symbol_list
 DEFAULT_SYMBOLS: Final = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
 #: listed in exchangeInfo with status "BREAK" (not trading), so clients can test rejecting it
 BREAK_SYMBOL: Final = "BCHSVUSDT"
+#: trades per symbol the REST history keeps (the real one keeps far more; tests need a window)
+HISTORY: Final = 20_000
 #: §2.5: "At most 1024 streams per connection."
 MAX_STREAMS_PER_CONNECTION: Final = 1024
 
@@ -298,6 +301,12 @@ class _Market(Market):
         self.last_qty = self.qty(float(first["q"]))
         self.first_trade_id = self.next_trade_id - 1_200_000
         self.bid = self.bid_qty = self.ask = self.ask_qty = ""
+        #: every trade made, streamed or not, in the REST history's shapes (historicalTrades for
+        #: spot's @trade ids, aggTrades for futures' @aggTrade ids): what a backfill fetches
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.agg_history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        #: trades still to leave out of the stream (made and kept in the history all the same)
+        self.skip = 0
         self.flood_rows: dict[str, list[tuple[str, str, str]]] = {}
 
     def price(self, value: float) -> str:
@@ -459,10 +468,16 @@ class BinanceSimulator(SimServer[BinanceConnection]):
         price = float(rec["p"]) * market.factor
         qty = market.qty(float(rec["q"]))
         market.trade(price, qty)
-        name = market.lower + "@trade"
-        if not self.has_subscribers(name):
-            return
         now = _now_ms()
+        at = now - max(0, int(rec["E"]) - int(rec["T"]))
+        market.history.append({
+            "id": trade_id, "price": market.price(price), "qty": qty,
+            "quoteQty": market.price(price * float(qty)), "time": at, "isBuyerMaker": rec["m"],
+            "isBestMatch": True,
+        })
+        name = market.lower + "@trade"
+        if not self.has_subscribers(name) or self._skipped(market):
+            return
         payload: dict[str, Any] = {
             "e": "trade",
             "E": now,
@@ -470,7 +485,7 @@ class BinanceSimulator(SimServer[BinanceConnection]):
             "t": trade_id,
             "p": market.price(price),
             "q": qty,
-            "T": now - max(0, int(rec["E"]) - int(rec["T"])),
+            "T": at,
             "m": rec["m"],
             "M": True,
         }
@@ -487,10 +502,15 @@ class BinanceSimulator(SimServer[BinanceConnection]):
         price = float(rec["p"]) * self._agg_scale * market.factor
         qty = market.qty(float(rec["q"]))
         market.trade(price, qty)
-        name = market.lower + "@aggTrade"
-        if not self.has_subscribers(name):
-            return
         now = _now_ms()
+        at = now - max(0, int(rec["E"]) - int(rec["T"]))
+        market.agg_history.append({
+            "a": agg_id, "p": market.price(price), "q": qty, "f": first, "l": first + fills - 1,
+            "T": at, "m": rec["m"],
+        })
+        name = market.lower + "@aggTrade"
+        if not self.has_subscribers(name) or self._skipped(market):
+            return
         payload: dict[str, Any] = {
             "e": "aggTrade",
             "E": now,
@@ -500,13 +520,33 @@ class BinanceSimulator(SimServer[BinanceConnection]):
             "q": qty,
             "f": first,
             "l": first + fills - 1,
-            "T": now - max(0, int(rec["E"]) - int(rec["T"])),
+            "T": at,
             "m": rec["m"],
             "M": True,
         }
         if market.futures:
             del payload["M"]  # §2.6: futures aggTrade has no "M"
         self.publish(name, _dumps(payload))
+
+    @staticmethod
+    def _skipped(market: _Market) -> bool:
+        if market.skip <= 0:
+            return False
+        market.skip -= 1
+        return True
+
+    # ---- what a test makes happen to the trades ---------------------------------------------
+
+    def keep_trading(self) -> None:
+        """Every symbol's tapes play from now on whether anybody subscribes or not, so trades
+        are made (and kept in the REST history) while no connection is up."""
+        for market in self._markets.values():
+            market.demand.add(1)
+
+    def skip_trades(self, symbol: str, count: int) -> None:
+        """Leave the next ``count`` trades of ``symbol`` out of the stream (as a lossy path
+        would); they are made, and the REST history has them."""
+        self._markets[symbol.lower()].skip += count
 
     def _emit_book_ticker(self, market: _Market, rec: Mapping[str, Any]) -> None:
         market.book_update_id += 1
@@ -618,9 +658,35 @@ class BinanceSimulator(SimServer[BinanceConnection]):
 
     def _answer_rest(self, request: HttpRequest) -> HttpResponse:
         info_path = "/fapi/v1/exchangeInfo" if self.futures else "/api/v3/exchangeInfo"
+        history_path = "/fapi/v1/aggTrades" if self.futures else "/api/v3/historicalTrades"
         if request.method == "GET" and request.path == info_path:
             return HttpResponse(200, self.exchange_info())
+        if request.method == "GET" and request.path == history_path:
+            return self._history(request)
         return HttpResponse(404, {"code": -1, "msg": f"Not found: {request.method} {request.path}"})
+
+    def _history(self, request: HttpRequest) -> HttpResponse:
+        """historicalTrades (spot) or aggTrades (futures): the trades from ``fromId`` on, oldest
+        first, at most ``limit`` (default 500, max 1000); without ``fromId`` the latest."""
+        query = {k: v[-1] for k, v in request.query.items()}
+        symbol = query.get("symbol", "")
+        if not symbol:
+            return HttpResponse(400, {"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent, "
+                                      "was empty/null, or malformed."})
+        market = self._markets.get(symbol.lower())
+        if market is None or symbol != symbol.upper():
+            return HttpResponse(400, {"code": -1121, "msg": "Invalid symbol."})
+        try:
+            limit = int(query.get("limit", "500"))
+            from_id = int(query["fromId"]) if "fromId" in query else None
+        except ValueError:
+            return HttpResponse(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
+        if not 1 <= limit <= 1000:
+            return HttpResponse(400, {"code": -1130, "msg": "Invalid data sent for a parameter."})
+        history, key = (market.agg_history, "a") if self.futures else (market.history, "id")
+        if from_id is None:
+            return HttpResponse(200, list(history)[-limit:])
+        return HttpResponse(200, [t for t in history if t[key] >= from_id][:limit])
 
     def exchange_info(self) -> dict[str, Any]:
         """The exchangeInfo body: the simulated symbols TRADING, plus :data:`BREAK_SYMBOL`."""

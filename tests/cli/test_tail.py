@@ -83,6 +83,15 @@ def test_format_ticker() -> None:
     )
 
 
+def test_format_quote_shows_both_sides_with_their_sizes() -> None:
+    from feedd.model import quote_record
+
+    quote = quote_record("binance", "BTCUSDT", 61837.63, 3.78826, 61837.64, 1.54698, TS, TS)
+    assert format_record(quote) == (
+        "06:53:02.668 binance      BTCUSDT  quote  3.78826 @ 61837.63 / 1.54698 @ 61837.64"
+    )
+
+
 def test_format_shows_absent_values_and_tiny_numbers_plainly() -> None:
     bare_ticker = MarketData(
         exchange="coinbase",

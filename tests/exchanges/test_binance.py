@@ -417,6 +417,8 @@ def test_spot_ticker_sample_carries_last_price_base_volume_quote_and_percent_cha
         high_24h=0.0025,
         low_24h=0.0010,
         change_24h=250.0,  # P is already percent ("250.00"), not p (absolute 0.0015)
+        bid_size=10.0,  # B
+        ask_size=100.0,  # A
     )
 
 
@@ -474,7 +476,7 @@ def test_book_ticker_request_forgets_the_cached_quote(op: str) -> None:
     venue = BinanceUsdm()
     public = session(venue)
     public.decode(wrapped("bnbusdt@bookTicker", sample("bookTicker.json")), RECEIVED)
-    other = {"s": "ETHUSDT", "b": "1", "a": "2"}
+    other = {"s": "ETHUSDT", "b": "1", "B": "3", "a": "2", "A": "4"}
     public.decode(wrapped("ethusdt@bookTicker", other), RECEIVED)
     getattr(session(venue), op)(["bnbusdt@bookTicker"])  # e.g. a reconnected /public session
     assert "BNBUSDT" not in venue.quotes

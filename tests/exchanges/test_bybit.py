@@ -591,6 +591,8 @@ def test_linear_snapshot_sample_carries_its_own_bid_ask_and_percent() -> None:
         high_24h=79266.3,
         low_24h=65076.9,
         change_24h=-15.8315,  # exactly: "-0.158315" shifted, not -0.158315 * 100
+        bid_size=23789.165,  # bid1Size
+        ask_size=23775.469,  # ask1Size
     )
 
 

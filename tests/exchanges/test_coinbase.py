@@ -467,6 +467,8 @@ def test_documented_ticker_carries_price_24h_volume_range_change_and_quote() -> 
         high_24h=23011.18,
         low_24h=21835.29,
         change_24h=-4.15775596190603,  # price_percent_chg_24_h is already percent
+        bid_size=8000.21,  # best_bid_quantity
+        ask_size=8038.07770938,  # best_ask_quantity
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from feedd.client import LineDecoder
 from feedd.codec import encode_record
-from feedd.fanout.lines import KINDS, decode_record, error_line, gap_line, parse_time
+from feedd.fanout.lines import KINDS, decode_record, error_line, gap_line, parse_filter, parse_time
 from feedd.model import MarketData
 
 RECORD = MarketData(
@@ -56,4 +56,17 @@ def test_decode_record_converts_a_foreign_offset_like_the_client() -> None:
 def test_event_lines() -> None:
     assert gap_line(3) == b'{"type":"gap","dropped":3}\n'
     assert error_line("no") == b'{"type":"error","error":"no"}\n'
-    assert set(KINDS.values()) == {"trade", "ticker"}
+    assert set(KINDS.values()) == {"trade", "ticker", "quote"}
+
+
+def test_a_filter_for_quotes_takes_quote_or_quotes_and_passes_only_quotes() -> None:
+    from datetime import UTC, datetime
+
+    from feedd.model import quote_record, trade_record
+
+    at = datetime(2024, 8, 8, tzinfo=UTC)
+    quote = quote_record("binance", "BTCUSDT", 1.0, 1.0, 2.0, 1.0, at, at)
+    trade = trade_record("binance", "BTCUSDT", 1.0, 1.0, at, at, "buy", "1")
+    for word in ("quote", "quotes"):
+        flt = parse_filter(b'{"kind": ["%s"]}' % word.encode())
+        assert flt.matches(quote) and not flt.matches(trade)

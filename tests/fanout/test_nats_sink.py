@@ -320,6 +320,20 @@ def test_message_ids_name_the_trade_or_the_tickers_exchange_time() -> None:
     assert subject_for("feedd", "coinbase", "trade", "A.B*>") == "feedd.coinbase.trade.A_B__"
 
 
+def test_a_quote_goes_to_its_kinds_subject_and_its_id_tells_two_quotes_of_one_instant_apart() -> None:
+    from datetime import UTC, datetime
+
+    from feedd.fanout.nats import subject_for
+    from feedd.model import quote_record
+
+    at = datetime(2024, 8, 8, 23, 54, 15, 342000, tzinfo=UTC)
+    first = quote_record("bybit", "BTCUSDT", 100.0, 1.0, 100.5, 2.0, at, at)
+    moved = quote_record("bybit", "BTCUSDT", 100.0, 1.5, 100.5, 2.0, at, at)
+    assert subject_for("feedd", "bybit", first.kind, first.symbol) == "feedd.bybit.quote.BTCUSDT"
+    assert message_id(first) == "bybit:quote:BTCUSDT:1723161255342000:100.0:1.0:100.5:2.0"
+    assert message_id(first) != message_id(moved)
+
+
 async def test_a_full_buffer_drops_the_oldest_counts_one_gap_and_never_blocks() -> None:
     from datetime import UTC, datetime
 

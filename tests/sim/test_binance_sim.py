@@ -661,3 +661,27 @@ async def test_a_throttled_handshake_gets_binances_too_many_requests_body(nurser
     assert rejected.value.status_code == 429
     assert dict(rejected.value.headers)[b"retry-after"] == b"60"
     assert orjson.loads(rejected.value.body or b"") == {"code": -1003, "msg": "Too Many Requests"}
+
+
+@pytest.mark.parametrize(("futures", "path", "key"), [
+    (False, "/api/v3/historicalTrades", "id"), (True, "/fapi/v1/aggTrades", "a"),
+])
+async def test_the_rest_history_has_every_trade_made_even_unstreamed_ones(
+    autojump_clock: trio.testing.MockClock, futures: bool, path: str, key: str
+) -> None:
+    sim = BinanceSimulator(futures=futures, speed=20.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.serve)
+        sim.keep_trading()  # nobody subscribes: trades are made all the same
+        await trio.sleep(5)
+        async with httpx.AsyncClient() as http:
+            latest = (await http.get(f"{sim.rest_url}{path}?symbol=BTCUSDT&limit=5")).json()
+            assert len(latest) == 5
+            first = latest[0][key]
+            page = (await http.get(f"{sim.rest_url}{path}?symbol=BTCUSDT&fromId={first}&limit=3")).json()
+            assert [t[key] for t in page] == [first, first + 1, first + 2]
+            unknown = await http.get(f"{sim.rest_url}{path}?symbol=NOPEUSDT")
+            assert (unknown.status_code, unknown.json()["code"]) == (400, -1121)
+            bad = await http.get(f"{sim.rest_url}{path}?symbol=BTCUSDT&limit=5000")
+            assert (bad.status_code, bad.json()["code"]) == (400, -1130)
+        nursery.cancel_scope.cancel()

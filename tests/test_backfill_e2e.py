@@ -1,0 +1,148 @@
+"""No trade lost across a gap, end to end against the Binance simulators (spot ``@trade`` ids and
+USD-M ``@aggTrade`` ids): trades the stream skips and trades made while the connection is down
+reach a socket subscriber exactly once, in id order, the missed ones flagged ``backfilled``; a
+REST endpoint that is down gives ``lost`` and never stalls the symbol beyond the hold bound.
+
+On trio's mock clock (``autojump_clock``), as the fault suite runs: the simulators pace their
+tapes on virtual time, real sockets carry every byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
+
+from feedd.model import MarketData
+from feedd.sim import BinanceSimulator
+
+TIMEOUT = 600  # virtual seconds
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    with short_tempdir("feedd-b-") as path:
+        yield path
+
+
+def config_text(sim: BinanceSimulator, venue: str, *extra: str) -> str:
+    url = sim.ws_url if venue == "binance" else sim.url("/market/stream")
+    return FAST_FEED + "\n".join(extra) + venue_section(
+        venue, url, sim.rest_url, ("BTCUSDT",), 'channels = ["trades"]'
+    )
+
+
+async def trades_until(sub: Subscriber, count: int) -> list[MarketData]:
+    seen: list[MarketData] = []
+    with trio.fail_after(TIMEOUT):
+        while len(seen) < count:
+            record = await sub.record()
+            if record.kind == "trade":
+                seen.append(record)
+    return seen
+
+
+def assert_consecutive(trades: list[MarketData]) -> None:
+    ids = [int(t.trade_id or 0) for t in trades]
+    assert ids == list(range(ids[0], ids[0] + len(ids))), "a trade missing, twice, or out of order"
+
+
+def backfills(sub: Subscriber) -> list[dict[str, Any]]:
+    return [n for n in sub.notices if n["type"] == "backfill"]
+
+
+@pytest.mark.parametrize("venue", ["binance", "binance-usdm"])
+async def test_trades_the_stream_skips_are_fetched_and_delivered_in_order_once(
+    autojump_clock: trio.testing.MockClock, workdir: Path, venue: str
+) -> None:
+    sim = BinanceSimulator(futures=venue != "binance", speed=5.0)
+    async with serving(sim), running(load_text(workdir, config_text(sim, venue))):
+        sub = await Subscriber.connect(str(workdir / "feedd.sock"))
+        before = await trades_until(sub, 20)
+        sim.skip_trades("BTCUSDT", 7)
+        after = await trades_until(sub, 40)
+    trades = before + after
+    assert_consecutive(trades)
+    flagged = [t for t in trades if t.backfilled]
+    assert len(flagged) == 7
+    [event] = backfills(sub)
+    got = (event["exchange"], event["symbols"], event["recovered"], event["lost"])
+    assert got == (venue, ["BTCUSDT"], 7, 0)
+    first, last = event["missing"]
+    assert [int(t.trade_id or 0) for t in flagged] == list(range(first, last + 1))
+    assert event["late"] is False
+
+
+@pytest.mark.parametrize("venue", ["binance", "binance-usdm"])
+async def test_trades_made_while_the_connection_is_down_are_recovered_after_the_reconnect(
+    autojump_clock: trio.testing.MockClock, workdir: Path, venue: str
+) -> None:
+    sim = BinanceSimulator(futures=venue != "binance", speed=5.0)
+    async with serving(sim):
+        sim.keep_trading()  # the tape goes on while no connection is up
+        async with running(load_text(workdir, config_text(sim, venue))) as service:
+            sub = await Subscriber.connect(str(workdir / "feedd.sock"))
+            before = await trades_until(sub, 10)
+            sim.refuse_connections(3)
+            sim.drop_connections()
+            after = await trades_until(sub, 20)
+            while not backfills(sub) or sum(t.backfilled for t in after) < backfills(sub)[0]["recovered"]:
+                after += await trades_until(sub, 1)
+            after += await trades_until(sub, 10)  # and the live ones go on after them
+            status = service.statuses[venue]
+    trades = before + after
+    assert_consecutive(trades)
+    recovered = sum(1 for t in trades if t.backfilled)
+    assert recovered > 0  # the reconnect took a few backoff steps: trades were made meanwhile
+    assert [n["type"] for n in sub.notices][:2] == ["disconnect", "reconnect"]
+    events = backfills(sub)
+    assert sum(e["recovered"] for e in events) == recovered
+    assert sum(e["lost"] for e in events) == 0
+    assert status.backfilled == recovered and status.lost_trades == 0
+
+
+async def test_a_rest_outage_loses_the_gap_names_it_and_the_symbol_streams_on(
+    autojump_clock: trio.testing.MockClock, workdir: Path
+) -> None:
+    sim = BinanceSimulator(speed=5.0)
+    async with serving(sim), running(load_text(workdir, config_text(sim, "binance"))) as service:
+        sub = await Subscriber.connect(str(workdir / "feedd.sock"))
+        before = await trades_until(sub, 10)
+        sim.rest_fail(True)
+        sim.skip_trades("BTCUSDT", 5)
+        started = trio.current_time()
+        after = await trades_until(sub, 30)
+        waited = trio.current_time() - started
+        status = service.statuses["binance"]
+    assert not any(t.backfilled for t in before + after)
+    ids = [int(t.trade_id or 0) for t in before + after]
+    assert ids[10] == ids[9] + 6  # the five skipped ones are missing, nothing else
+    assert ids[11:] == list(range(ids[10] + 1, ids[10] + len(ids) - 10))
+    [event] = backfills(sub)
+    assert (event["recovered"], event["lost"]) == (0, 5)
+    assert event["reason"].startswith("REST refused: HTTP 503")
+    assert status.lost_trades == 5
+    assert waited < 60  # held at most for backfill_hold, then the live trades went on
+
+
+async def test_backfill_off_reports_the_gap_as_lost_without_asking_the_rest(
+    autojump_clock: trio.testing.MockClock, workdir: Path
+) -> None:
+    sim = BinanceSimulator(speed=5.0)
+    async with serving(sim):
+        text = config_text(sim, "binance").replace("[feed]\n", "[feed]\nbackfill_max = 0\n", 1)
+        async with running(load_text(workdir, text)) as service:
+            sub = await Subscriber.connect(str(workdir / "feedd.sock"))
+            await trades_until(sub, 10)
+            sim.rest_fail(True)  # asked anyway, it would answer 503: the reason says it was not
+            sim.skip_trades("BTCUSDT", 3)
+            await trades_until(sub, 10)
+            lost = service.statuses["binance"].lost_trades
+    [event] = backfills(sub)
+    assert (event["recovered"], event["lost"]) == (0, 3)
+    assert "backfill_max = 0" in event["reason"]
+    assert lost == 3
