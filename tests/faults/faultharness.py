@@ -64,16 +64,20 @@ client_buffer = {client_buffer}
 @attrs.define
 class Tape:
     """Everything one Unix-socket subscriber read: trade ids per (venue, symbol), the other
-    lines (gap notices, and disconnect / reconnect lines where the daemon sends them)."""
+    lines (gap notices, and disconnect / reconnect lines where the daemon sends them), and apart
+    from them the ``backfill`` lines saying what a gap in a symbol's trade ids came to."""
 
     trades: dict[tuple[str, str], list[int]] = attrs.field(factory=lambda: defaultdict(list))
     tickers: int = 0
     notices: list[dict[str, Any]] = attrs.field(factory=list)
+    backfills: list[dict[str, Any]] = attrs.field(factory=list)
     _changed: trio.Event = attrs.field(factory=trio.Event)
 
     def add(self, line: bytes) -> None:
         item = orjson.loads(line)
-        if "type" in item:
+        if item.get("type") == "backfill":
+            self.backfills.append(item)
+        elif "type" in item:
             self.notices.append(item)
         elif item["kind"] == "trade":
             self.trades[(item["exchange"], item["symbol"])].append(int(item["trade_id"]))

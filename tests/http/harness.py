@@ -135,7 +135,7 @@ class Subscriber:
                 assert data, "the daemon closed the socket"
                 self.buffer += data
             line, self.buffer = self.buffer.split(b"\n", 1)
-            if line.startswith((b'{"type":"disconnect"', b'{"type":"reconnect"')):
+            if line.startswith((b'{"type":"disconnect"', b'{"type":"reconnect"', b'{"type":"backfill"')):
                 self.notices.append(orjson.loads(line))
                 continue
             assert not line.startswith(b'{"type"'), f"a notice, not a record: {line!r}"
