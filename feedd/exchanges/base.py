@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -267,4 +267,15 @@ class Venue(Protocol):
 
         Raises ValueError (naming what is wrong) for a body that is not the expected shape.
         """
+        ...
+
+
+@runtime_checkable
+class PostedInstruments(Protocol):
+    """A venue whose instrument list is asked for with a POST of a JSON body at
+    :meth:`Venue.instruments_path` rather than a GET (Hyperliquid's ``info`` endpoint): the
+    instrument fetch POSTs this body for the page at ``cursor``."""
+
+    def instruments_body(self, cursor: str | None = None) -> Any:
+        """The JSON body asking for the instrument list's page at ``cursor``."""
         ...
