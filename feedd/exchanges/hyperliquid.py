@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from math import isfinite
 from typing import Any
 
 import orjson
@@ -113,10 +114,13 @@ def _quoted_topic(reason: str) -> str | None:
 
 
 def _number(value: Any, key: str) -> float:
-    """A number the venue writes as a decimal string or a JSON number (not a boolean or null)."""
+    """A finite number the venue writes as a decimal string or a JSON number (not a boolean)."""
     if type(value) is not str and type(value) is not float and type(value) is not int:
         raise TypeError(f"{key!r} is not a number: {value!r:.50}")
-    return float(value)
+    number = float(value)
+    if not isfinite(number):
+        raise ValueError(f"{key!r} is not finite: {value!r:.50}")
+    return number
 
 
 class RecentTrades:
@@ -160,7 +164,7 @@ class HyperliquidSession:
         self._snapshots: set[str] = set()
         #: coins whose quotes this connection feeds into the venue's cache
         self._quoted: set[str] = set()
-        self._handlers: dict[Any, _Handler] = {
+        self._handlers: dict[str, _Handler] = {
             TRADES: self._trades,
             BBO: self._bbo,
             CONTEXT: self._context,
@@ -208,6 +212,8 @@ class HyperliquidSession:
         if isinstance(msg, DecodeError):
             return [msg]
         channel = msg.get("channel")
+        if type(channel) is not str:
+            return [DecodeError("no 'channel' string", excerpt(frame))]
         handler = self._handlers.get(channel)
         if handler is not None:
             try:
@@ -223,8 +229,6 @@ class HyperliquidSession:
             return [self._ack(msg.get("data"), frame)]
         if channel == "error":
             return [self._error(msg.get("data"), frame)]
-        if type(channel) is not str:
-            return [DecodeError("no 'channel' string", excerpt(frame))]
         return [DecodeError(f"unhandled channel {channel!r}", excerpt(frame))]
 
     def _ack(self, data: Any, frame: Message) -> Event:

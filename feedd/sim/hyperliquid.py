@@ -170,7 +170,7 @@ class HyperliquidProtocol:
         shown = orjson.dumps(subscription).decode()
         kind = subscription.get("type") if isinstance(subscription, dict) else None
         coin = subscription.get("coin") if isinstance(subscription, dict) else None
-        if kind not in TYPES or coin not in self._coins or coin in self.refused:
+        if kind not in TYPES or coin not in self._coins or (coin in self.refused and method == "subscribe"):
             return self._fail(f"Invalid subscription {shown}")
         topic = f"{kind}:{coin}"
         ack = envelope("subscriptionResponse", {"method": method, "subscription": subscription})
