@@ -43,7 +43,6 @@ SNAPSHOT_TRADES: Final = 30  # as many as the recorded snapshot held
 TYPES: Final = ("trades", "bbo", "activeAssetCtx")
 PATH: Final = "/ws"
 _MALFORMED_FRAME: Final = '{"channel":"trades","data":[{"coin":"BTC","side":"B","px":"10505'
-_PONG: Final = '{"channel":"pong"}'
 
 
 def _fixed(value: float, places: int) -> str:
@@ -103,11 +102,13 @@ class HyperliquidMarket(Market):
         return self.recent[-1]
 
     def quote(self, recorded: Mapping[str, Any]) -> bool:
-        """Take a recorded best bid/offer at this coin's level; whether it changed."""
-        levels: list[dict[str, Any] | None] = [
-            {**recorded[side], "px": _fixed(self.price(recorded[side]["px"]), self.price_decimals)}
-            for side in ("bid", "ask")
-        ]
+        """Take a recorded best bid/offer at this coin's level (a tick apart at least, as scaling
+        may close the spread); whether it changed."""
+        places = self.price_decimals
+        bid = self.price(recorded["bid"]["px"])
+        ask = max(self.price(recorded["ask"]["px"]), round(bid + 10.0**-places, places))
+        levels: list[dict[str, Any] | None] = [{**recorded["bid"], "px": _fixed(bid, places)},
+                                                {**recorded["ask"], "px": _fixed(ask, places)}]
         changed, self.bbo = levels != self.bbo, levels
         return changed
 
@@ -147,8 +148,7 @@ class HyperliquidProtocol:
         self.refused: frozenset[str] = frozenset()
         self.swallow_subscribes = False
         self.silent_pongs = False
-        #: error messages sent back
-        self.errors_sent = 0
+        self.errors_sent = 0  # error messages sent back
         self._coins = frozenset(coins)
 
     def open(self, path: str, query: str) -> Accept[SimConnection] | Reject:
@@ -162,7 +162,7 @@ class HyperliquidProtocol:
             request = orjson.loads(text)
         method = request.get("method") if isinstance(request, dict) else None
         if method == "ping":
-            return Answer(frames=() if self.silent_pongs else (_PONG,), ping=True)
+            return Answer(frames=() if self.silent_pongs else ('{"channel":"pong"}',), ping=True)
         if method not in ("subscribe", "unsubscribe"):
             return self._fail(f"Error parsing JSON into valid websocket request: {text}")
         assert isinstance(request, dict)
