@@ -10,6 +10,7 @@ import pytest
 import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 
+from feedd import WebSocketService
 from feedd.config import Config
 from feedd.exchanges.hyperliquid import Hyperliquid
 from feedd.model import MarketData
@@ -145,3 +146,24 @@ async def test_a_quiet_feed_is_pinged_and_a_missing_pong_reopens_the_connection(
             sim.set_pong_silent(False)
             second = await sim.wait_subscribed("trades:BTC")
     assert second is not first
+
+
+async def test_a_live_subscribe_returns_once_acknowledged_and_its_coin_streams(workdir: Path) -> None:
+    sim = HyperliquidSimulator(speed=20.0)
+    records: list[MarketData] = []
+    arrived = trio.Event()
+
+    async def on_data(record: MarketData) -> None:
+        if record.symbol == "@107":
+            records.append(record)
+            arrived.set()
+
+    async with serving(sim), WebSocketService(write_config(workdir, sim, ("BTC",))) as ws:
+        with trio.fail_after(TIMEOUT):
+            await ws.initialize()
+            ws.add_data_callback(on_data)
+            await ws.subscribe_to_symbol("hyperliquid", "@107")  # returns once the venue said yes
+            held = set(sim.connections[0].topics)
+            await arrived.wait()
+    assert {"trades:@107", "bbo:@107", "activeAssetCtx:@107"} <= held
+    assert records[0].exchange == "hyperliquid"
