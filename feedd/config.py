@@ -63,10 +63,12 @@ MAX_SYMBOL_LENGTH = 64
 
 
 def symbol_problem(symbol: str) -> str | None:
-    """Why ``symbol`` cannot be one (empty, too long, a space, control or stream-name character)."""
+    """Why ``symbol`` cannot be one (empty, too long, a space or a control character). What a
+    venue's own names cannot hold (Binance's stream-name separators ``@`` and ``/``, which
+    Hyperliquid's spot pairs ``PURR/USDC`` and ``@107`` do hold) is its ``symbol_problem``."""
     if not symbol or len(symbol) > MAX_SYMBOL_LENGTH:
         return f"not a symbol (1 to {MAX_SYMBOL_LENGTH} characters): {quoted(symbol)}"
-    if any(c.isspace() or not c.isprintable() or c in "/@" for c in symbol):
+    if any(c.isspace() or not c.isprintable() for c in symbol):
         return f"not a symbol: {quoted(symbol)}"
     return None
 

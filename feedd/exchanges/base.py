@@ -294,3 +294,14 @@ class TradeHistory(Protocol):
         """The trade records of one history response, in id order, with ``received_at`` as
         their receive time; ValueError (naming what is wrong) for a body of another shape."""
         ...
+
+
+@runtime_checkable
+class PostedInstruments(Protocol):
+    """A venue whose instrument list is asked for with a POST of a JSON body at
+    :meth:`Venue.instruments_path` rather than a GET (Hyperliquid's ``info`` endpoint): the
+    instrument fetch POSTs this body for the page at ``cursor``."""
+
+    def instruments_body(self, cursor: str | None = None) -> Any:
+        """The JSON body asking for the instrument list's page at ``cursor``."""
+        ...

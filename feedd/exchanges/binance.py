@@ -349,6 +349,9 @@ class _BinanceVenue(QuotedVenue):
         return BinanceSession(self.venue_id, self.quotes)
 
     def symbol_problem(self, symbol: str) -> str | None:
+        # '@' and '/' are the separators of Binance stream names (btcusdt@trade/ethusdt@trade)
+        if "@" in symbol or "/" in symbol:
+            return f"not a symbol: {symbol!r:.60} ('@' and '/' separate Binance stream names)"
         return None  # every listed symbol streams as itself
 
     def instruments_path(self, cursor: str | None = None) -> str:

@@ -16,7 +16,7 @@ import httpx
 import orjson
 
 from feedd.errors import describe
-from feedd.exchanges.base import Venue
+from feedd.exchanges.base import PostedInstruments, Venue
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,19 @@ MAX_PAGES = 100
 
 
 async def _fetch(venue: Venue, rest_url: str) -> frozenset[str]:
-    """Every page of the instrument list, following the venue's cursor."""
+    """Every page of the instrument list, following the venue's cursor (GET, or POST of the
+    venue's body for a :class:`PostedInstruments` venue)."""
     base = rest_url.rstrip("/")
     symbols: set[str] = set()
     cursor: str | None = None
     seen: set[str] = set()
     async with httpx.AsyncClient(timeout=REST_TIMEOUT) as http:
         for _ in range(MAX_PAGES):
-            response = await http.get(base + venue.instruments_path(cursor))
+            url = base + venue.instruments_path(cursor)
+            if isinstance(venue, PostedInstruments):
+                response = await http.post(url, json=venue.instruments_body(cursor))
+            else:
+                response = await http.get(url)
             response.raise_for_status()
             page = venue.parse_instruments(response.json())
             symbols.update(page.symbols)

@@ -27,10 +27,11 @@ class Liveness:
 
     ``ping_interval``: the server sends a WebSocket ping this often and closes (1008) a client
     that has not answered within ``pong_timeout``. ``max_incoming_per_second``: more client
-    messages than this within one second closes the connection (1008); with
-    ``incoming_per_address`` the count spans every connection from the client's address (a
-    per-IP limit). ``idle_timeout``: a connection with no client ping (a :class:`Answer` with
-    ``ping``) and no data frame sent for this long is cut without a close frame.
+    messages than this within ``incoming_window`` seconds (one, unless the venue counts per
+    minute) closes the connection (1008); with ``incoming_per_address`` the count spans every
+    connection from the client's address (a per-IP limit). ``idle_timeout``: a connection with
+    no client ping (a :class:`Answer` with ``ping``) and no data frame sent for this long is cut
+    without a close frame.
     ``subscribe_timeout``: a connection that has not come to hold a subscription this long after
     opening is cut without a close frame.
     """
@@ -39,6 +40,7 @@ class Liveness:
     pong_timeout: float = 60.0
     max_incoming_per_second: int | None = None
     incoming_per_address: bool = False
+    incoming_window: float = 1.0
     idle_timeout: float | None = None
     subscribe_timeout: float | None = None
 
@@ -131,10 +133,10 @@ class SimConnection:
         if self._idle_scope is not None:
             self._idle_scope.deadline = trio.current_time() + self._idle_after
 
-    def _over_rate(self, now: float, limit: int) -> bool:
+    def _over_rate(self, now: float, limit: int, window: float = 1.0) -> bool:
         recent = self._recent
         recent.append(now)
-        while recent and recent[0] <= now - 1.0:
+        while recent and recent[0] <= now - window:
             recent.popleft()
         return len(recent) > limit
 

@@ -14,7 +14,7 @@ simulator's business and use the wall clock, because clients validate them again
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -63,11 +63,22 @@ def parse_recording(name: str, frames_text: str, recv_ts_text: str) -> Recording
         raise ValueError(f"recording {name!r}: {len(lines)} frames but {len(stamps)} timestamps")
     if not lines:
         raise ValueError(f"recording {name!r} is empty")
-    payloads = tuple(_payload(orjson.loads(line)) for line in lines)
+    return paced(name, [_payload(orjson.loads(line)) for line in lines], stamps)
+
+
+def paced(name: str, payloads: Sequence[Mapping[str, Any]], times: Sequence[float]) -> Recording:
+    """A :class:`Recording` of ``payloads`` that happened at ``times`` (seconds): paced by their
+    differences, wrapping after the mean gap. A simulator builds one from a recording's frames
+    (a selection of them, or their own exchange times)."""
     # Clamp negative gaps: receive stamps can step back by a few ns when a recorder's clock slews.
-    gaps = [max(0.0, later - earlier) for earlier, later in itertools.pairwise(stamps)]
-    wrap = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else 1.0
-    return Recording(name=name, payloads=payloads, gaps=(max(wrap, 0.0), *gaps))
+    gaps = [max(0.0, later - earlier) for earlier, later in itertools.pairwise(times)]
+    wrap = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1.0
+    return Recording(name=name, payloads=tuple(payloads), gaps=(max(wrap, 0.0), *gaps))
+
+
+def times(recording: Recording) -> list[float]:
+    """Each frame's time in seconds from the first (the running sum of its gaps)."""
+    return list(itertools.accumulate(recording.gaps[1:], initial=0.0))
 
 
 @cache

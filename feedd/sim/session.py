@@ -76,7 +76,8 @@ class Session(Generic[C]):
 
     async def _reader(self) -> None:
         conn, ws = self.conn, self.ws
-        limit = self.server.protocol.liveness.max_incoming_per_second
+        liveness = self.server.protocol.liveness
+        limit, window = liveness.max_incoming_per_second, liveness.incoming_window
         while True:
             try:
                 message = await ws.get_message()
@@ -88,7 +89,7 @@ class Session(Generic[C]):
             if conn._frozen:
                 continue  # half-open: a request the server never reads
             self.server.requests_received += 1
-            if limit is not None and conn._over_rate(trio.current_time(), limit):
+            if limit is not None and conn._over_rate(trio.current_time(), limit, window):
                 self.server.rate_limit_closes += 1
                 self.server.changes.notify()
                 conn.close(1008, "Too many requests")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -81,3 +82,33 @@ async def test_an_error_without_text_still_says_what_happened(
     found = await load_instruments(PagedVenue(), "http://rest", str(tmp_path))
     assert found.source == "unavailable"
     assert found.error is not None and found.error.endswith("unavailable: ReadTimeout")
+
+
+class PostedVenue(PagedVenue):
+    """A venue whose pages are asked for by POSTing a body (Hyperliquid's ``info``)."""
+
+    def instruments_path(self, cursor: str | None = None) -> str:
+        return "/info"
+
+    def instruments_body(self, cursor: str | None = None) -> dict[str, str]:
+        return {"page": cursor or ""}
+
+
+async def test_a_venue_with_a_request_body_has_every_page_posted_with_its_body(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pages = {"": {"symbols": ["A"], "next": "p2"}, "p2": {"symbols": ["B"], "next": ""}}
+    asked: list[tuple[str, str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        asked.append((request.method, request.url.path, body))
+        return httpx.Response(200, json=pages[body["page"]])
+
+    def client(**kwargs: Any) -> httpx.AsyncClient:
+        return REAL_CLIENT(transport=httpx.MockTransport(handler), **kwargs)
+
+    monkeypatch.setattr(instruments.httpx, "AsyncClient", client)
+    found = await load_instruments(PostedVenue(), "http://rest", str(tmp_path))
+    assert (found.symbols, found.source) == (frozenset("AB"), "rest")
+    assert asked == [("POST", "/info", {"page": ""}), ("POST", "/info", {"page": "p2"})]

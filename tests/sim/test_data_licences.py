@@ -44,7 +44,7 @@ def shipped(folder: Path) -> set[str]:
 
 
 def test_the_data_folders_are_the_three_venues() -> None:
-    assert [folder.name for folder in FOLDERS] == ["binance", "bybit", "coinbase"]
+    assert [folder.name for folder in FOLDERS] == ["binance", "bybit", "coinbase", "hyperliquid"]
     assert not [path for path in DATA.iterdir() if path.is_file()]
 
 
