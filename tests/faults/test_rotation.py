@@ -13,7 +13,7 @@ import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 
 from feedd.model import MarketData
-from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
+from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator, simulator_for
 
 TIMEOUT = 30
 ROTATIONS = 3
@@ -30,7 +30,9 @@ def simulator(venue: str) -> Any:
         return BinanceSimulator(futures=venue == "binance-usdm", speed=20.0)
     if venue.startswith("bybit"):
         return BybitSimulator(speed=20.0)
-    return CoinbaseSimulator(speed=20.0)
+    if venue == "coinbase":
+        return CoinbaseSimulator(speed=20.0)
+    return simulator_for(venue).make((venue,), 20.0)  # any other venue: its discovered simulator
 
 
 def section(venue: str, sim: Any, *extra: str) -> str:
@@ -41,7 +43,10 @@ def section(venue: str, sim: Any, *extra: str) -> str:
         category = {"bybit": "spot", "bybit-linear": "linear", "bybit-inverse": "inverse"}[venue]
         symbols = ("BTCUSD", "ETHUSD") if venue == "bybit-inverse" else ("BTCUSDT", "ETHUSDT")
         return venue_section(venue, sim.endpoint(category), sim.rest_url, symbols, *extra)
-    return venue_section(venue, sim.ws_url, sim.rest_url, ("BTC-USD", "ETH-USD"), *extra)
+    if venue == "coinbase":
+        return venue_section(venue, sim.ws_url, sim.rest_url, ("BTC-USD", "ETH-USD"), *extra)
+    spec = simulator_for(venue)
+    return venue_section(venue, spec.url(sim, venue), sim.rest_url, spec.symbols[venue], *extra)
 
 
 def assert_each_trade_once_and_in_sequence(records: list[MarketData]) -> None:
@@ -58,7 +63,9 @@ def assert_each_trade_once_and_in_sequence(records: list[MarketData]) -> None:
             assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), f"{key}: a gap"
 
 
-@pytest.mark.parametrize("venue", ["binance", "binance-usdm", "bybit", "bybit-linear", "coinbase"])
+@pytest.mark.parametrize(
+    "venue", ["binance", "binance-usdm", "bybit", "bybit-linear", "coinbase", "coinbase-exchange"]
+)
 async def test_scheduled_rotation_loses_and_repeats_nothing(workdir: Path, venue: str) -> None:
     control_venue = "coinbase" if venue.startswith("binance") else "binance"
     sim, control = simulator(venue), simulator(control_venue)
