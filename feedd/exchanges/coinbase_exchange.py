@@ -244,13 +244,13 @@ class CoinbaseExchangeSession:
     def _match(self, msg: dict[str, Any], received_at: datetime, events: list[Event]) -> None:
         product = text(msg, "product_id")
         trade_id = _integer(msg, "trade_id")
-        sequence = msg.get("sequence")
+        sequence = None if msg.get("sequence") is None else _integer(msg, "sequence")
         if msg["type"] == "last_match":
             # a past trade, sent on every subscribe: the start of the count, never published
             if MATCHES in self._wanted.get(product, ()) and trade_id > self._last_trade.get(product, -1):
                 self._last_trade[product] = trade_id
                 if sequence is not None:
-                    self._last_match_sequence[product] = _integer(msg, "sequence")
+                    self._last_match_sequence[product] = sequence
             return
         side = _TAKER_SIDE.get(msg["side"])
         if side is None:
@@ -270,7 +270,7 @@ class CoinbaseExchangeSession:
                 events.append(SequenceGap(trade_id - last - 1, f"{product} trade_id {trade_id} after {last}"))
         self._last_trade[product] = trade_id
         if sequence is not None:
-            self._last_match_sequence[product] = _integer(msg, "sequence")
+            self._last_match_sequence[product] = sequence
         events.append(record)
 
     def _ticker(self, msg: dict[str, Any], received_at: datetime, events: list[Event]) -> None:
