@@ -1,27 +1,19 @@
 """A local Coinbase Exchange: the public WebSocket feed and the ``GET /products`` REST call.
 
-Speaks the protocol of protocols/README.md §3b and §10 as checked against Coinbase's Exchange
-WebSocket docs (overview, channels, errors, rate limits): flat messages with a ``type``;
+The protocol of protocols/README.md §3b and §10, checked against Coinbase's Exchange WebSocket
+docs (overview, channels, errors, rate limits): flat messages with a ``type``; requests
 ``{"type": "subscribe" | "unsubscribe", "product_ids": [...], "channels": [name | {"name",
-"product_ids"}, ...]}``, a root ``product_ids`` applying to the channels named by a string. Every
-request is answered by a ``subscriptions`` message listing everything the connection holds; a
-subscribe's new ``matches`` products then get their ``last_match`` (the latest trade, a repeat).
-A refused request subscribes nothing and is answered by ``{"type": "error", "message": "Failed
-to subscribe", "reason": ...}``, the reasons in the words clients record ("BAD-USD is not a valid
-product", "No channels provided", "You need to specify at least one product ID for channel ..."
-[3p]); the other wordings are [unverified].
-
-Data: each product replays a bundled Advanced Trade tape through :mod:`feedd.sim.coinbase_market`
-(same trades, ids counted one by one per product); each trade is a ``match`` (``side`` the
-maker's), each batch of trades one ``ticker`` (``side`` the taker's). A product's ``sequence``
-counts its whole feed, of which ``matches`` and ``ticker`` see a part: it grows by 2 a trade, and a
-trade's ticker carries its match's number (as recorded). ``heartbeat`` sends, every second per
-product, its ``sequence`` and ``last_trade_id``. ``level2_batch``, ``status`` and
-``ticker_batch`` are acknowledged without data; ``full``, ``level2``, ``level3`` and ``user``
-need authentication and are refused.
-
-The rules: no subscription 5 s after opening, and the connection is cut; more than 100 client
-messages within a second from one address close the connection that sent the last (1008).
+"product_ids"}]}`` (the root list for channels named by a string), each answered by a
+``subscriptions`` listing of all the connection holds, then a ``last_match`` (the latest trade)
+per new ``matches`` product; or refused whole by ``{"type": "error", "message": "Failed to
+subscribe", "reason": ...}`` in the words clients record ("BAD-USD is not a valid product", "No
+channels provided", "You need to specify at least one product ID for channel ..." [3p]; others
+[unverified]). Each product replays a bundled tape of :mod:`feedd.sim.coinbase_market`: a trade is
+a ``match`` (``side`` the maker's, ids one by one), a batch of trades one ``ticker`` (the taker's
+side, its match's ``sequence``); ``sequence`` grows by 2 a trade, as the product's full feed, of
+which these channels see a part, would. ``heartbeat``: a second per product, with ``sequence`` and
+``last_trade_id``. Rules: subscribe within 5 s or be cut; over 100 client messages a second from
+one address close the connection (1008).
 """
 
 from __future__ import annotations
@@ -38,7 +30,7 @@ import trio
 
 from feedd.sim.coinbase_market import CoinbaseMarket, rfc3339, source_of
 from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection
-from feedd.sim.replay import play
+from feedd.sim.replay import play_staggered
 from feedd.sim.rest import HttpRequest, HttpResponse
 from feedd.sim.server import SimServer
 from feedd.sim.spec import SimSpec
@@ -55,10 +47,6 @@ DATA_CHANNELS: Final = ("matches", "ticker")
 DATALESS_CHANNELS: Final = ("level2_batch", "status", "ticker_batch")
 PRIVATE_CHANNELS: Final = ("full", "level2", "level3", "user", "balance")
 _MALFORMED_FRAME: Final = '{"type":"match","trade_id":100000001,"maker_order_id":"ac928c66-ca53'
-
-
-def error(message: str, reason: str) -> str:
-    return orjson.dumps({"type": "error", "message": message, "reason": reason}).decode()
 
 
 class CoinbaseExchangeProtocol:
@@ -136,7 +124,8 @@ class CoinbaseExchangeProtocol:
 
     def _fail(self, message: str, reason: str) -> Answer:
         self.errors_sent += 1
-        return Answer(frames=(error(message, reason),), queued=True)
+        text = orjson.dumps({"type": "error", "message": message, "reason": reason}).decode()
+        return Answer(frames=(text,), queued=True)
 
 
 def _channels(request: dict[str, Any]) -> list[tuple[str, list[str] | None]] | str:
@@ -183,11 +172,10 @@ class CoinbaseExchangeSimulator(SimServer[SimConnection]):
         #: per product: its feed's sequence number, and trades still to leave out (a fault)
         self.sequences = {p: 1_000_000 + m.next_trade_id % 1_000_000 for p, m in self._markets.items()}
         self._skipping: dict[str, int] = {}
-        protocol = CoinbaseExchangeProtocol(products=self.products, last_match=self._last_match,
-                                            subscribe_timeout=subscribe_timeout,
-                                            max_messages_per_second=max_messages_per_second)
-        super().__init__(protocol, ssl_context=ssl_context)
-        self._protocol = protocol
+        self._protocol = CoinbaseExchangeProtocol(
+            products=self.products, last_match=self._last_match, subscribe_timeout=subscribe_timeout,
+            max_messages_per_second=max_messages_per_second)
+        super().__init__(self._protocol, ssl_context=ssl_context)
 
     @property
     def errors_sent(self) -> int:
@@ -216,30 +204,21 @@ class CoinbaseExchangeSimulator(SimServer[SimConnection]):
         market = self._markets[product]
         return orjson.dumps(self._match("last_match", market.recent[-1], self.sequences[product])).decode()
 
-    def _on_start(self, conn: SimConnection, channel: str) -> None:
+    def _on_start(self, conn: SimConnection, channel: str, delta: int = 1) -> None:
         name, _, product = channel.partition(":")
         if name in DATA_CHANNELS:
-            self._markets[product].demand.add(1)
+            self._markets[product].demand.add(delta)
 
     def _on_stop(self, conn: SimConnection, channel: str) -> None:
-        name, _, product = channel.partition(":")
-        if name in DATA_CHANNELS:
-            self._markets[product].demand.add(-1)
+        self._on_start(conn, channel, -1)
 
     def _heartbeat(self, channel: str) -> bool:
         return channel.startswith(HEARTBEAT + ":")
 
     def _run_feeds(self, nursery: trio.Nursery) -> None:
-        sharing: dict[str, list[CoinbaseMarket]] = {}
-        for product in self.products:
-            if product not in self.quiet_products:
-                sharing.setdefault(self._markets[product].tape.product, []).append(self._markets[product])
-        for markets in sharing.values():
-            for rank, market in enumerate(markets):
-                tape = market.tape.updates  # products on one tape start at different points of it
-                emit = partial(self._on_frame, market)
-                nursery.start_soon(partial(play, tape, emit, demand=market.demand, speed=self.speed,
-                                           start=rank * len(tape) // len(markets)))
+        active = [self._markets[p] for p in self.products if p not in self.quiet_products]
+        feeds = [(m.tape.updates, partial(self._on_frame, m), m.demand) for m in active]
+        play_staggered(nursery, feeds, speed=self.speed)
         nursery.start_soon(self._beat)
 
     def _on_frame(self, market: CoinbaseMarket, frame: Mapping[str, Any]) -> None:
@@ -268,9 +247,8 @@ class CoinbaseExchangeSimulator(SimServer[SimConnection]):
         price, size = market.price, market.size
         return {"type": "ticker", "sequence": sequence, "product_id": market.product,
                 "price": price(market.last_price), "open_24h": price(market.open_price),
-                "volume_24h": size(market.volume), "low_24h": price(market.low),
-                "high_24h": price(market.high),
-                "volume_30d": size(market.volume * 30), "best_bid": price(market.bid),
+                "volume_24h": size(market.volume), "low_24h": price(market.low), "high_24h":
+                price(market.high), "volume_30d": size(market.volume * 30), "best_bid": price(market.bid),
                 "best_bid_size": size(market.bid_size), "best_ask": price(market.ask),
                 "best_ask_size": size(market.ask_size), "side": taker, "time": trade["time"],
                 "trade_id": int(trade["trade_id"]), "last_size": trade["size"]}
@@ -292,9 +270,6 @@ class CoinbaseExchangeSimulator(SimServer[SimConnection]):
 
     # ---- REST ----------------------------------------------------------------------------
 
-    def _rest_outage(self) -> HttpResponse:
-        return HttpResponse(503, {"message": "service unavailable (simulated outage)"})
-
     def _answer_rest(self, request: HttpRequest) -> HttpResponse:
         if request.method != "GET" or request.path != "/products":
             return HttpResponse(404, {"message": "NotFound"})
@@ -304,19 +279,17 @@ class CoinbaseExchangeSimulator(SimServer[SimConnection]):
         """Every product as ``GET /products`` lists it (the documented and recorded fields)."""
         listed = []
         for product in self.products + self.delisted_products:
-            market, delisted = self._markets[product], product in self.delisted_products
+            market, off = self._markets[product], product in self.delisted_products
             base, _, quote = product.partition("-")
             listed.append({
                 "id": product, "base_currency": base, "quote_currency": quote,
                 "quote_increment": market.price(10.0**-market.price_decimals),
                 "base_increment": market.size(10.0**-market.qty_decimals), "display_name": f"{base}/{quote}",
                 "min_market_funds": "1", "margin_enabled": False, "post_only": False, "limit_only": False,
-                "cancel_only": False, "status": "delisted" if delisted else "online", "status_message": "",
-                "trading_disabled": delisted, "fx_stablecoin": False, "max_slippage_percentage": "0.03",
-                "auction_mode": False, "high_bid_limit_percentage": "",
-            })
+                "cancel_only": False, "status": "delisted" if off else "online", "status_message": "",
+                "trading_disabled": off, "fx_stablecoin": False, "max_slippage_percentage": "0.03",
+                "auction_mode": False, "high_bid_limit_percentage": ""})
         return listed
-
 
 _SPARE: Final = "SOL-USD"
 

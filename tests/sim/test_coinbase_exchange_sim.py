@@ -24,6 +24,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnec
 
 from feedd.sim import Accept, CoinbaseExchangeProtocol, CoinbaseExchangeSimulator, SimConnection
 from feedd.sim.coinbase_exchange import SIMULATOR
+from feedd.sim.replay import Demand, parse_recording, play_staggered
 
 MATCH_FIELDS = ["type", "trade_id", "maker_order_id", "taker_order_id", "side", "size", "price",
                 "product_id", "sequence", "time"]
@@ -382,3 +383,20 @@ async def test_module_entry_point_serves_coinbase_exchange_and_stops_on_sigint(n
     process.send_signal(signal.SIGINT)
     with trio.fail_after(10):
         assert await process.wait() == 0
+
+
+async def test_feeds_sharing_a_tape_start_at_evenly_spaced_points_of_it(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # the core helper the simulator replays its products with (feedd.sim.replay.play_staggered)
+    shared = parse_recording("shared", "\n".join(f'{{"n": {i}}}' for i in range(4)), "1.0\n2.0\n3.0\n4.0\n")
+    alone = parse_recording("alone", '{"n": 10}\n{"n": 11}\n', "1.0\n2.0\n")
+    seen: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+    demand = Demand()
+    demand.add(1)
+    feeds = [(shared, lambda p: seen["a"].append(p["n"]), demand),
+             (shared, lambda p: seen["b"].append(p["n"]), demand),
+             (alone, lambda p: seen["c"].append(p["n"]), demand)]
+    play_staggered(nursery, feeds, speed=2.0)
+    await trio.sleep(1.9)  # 0.5 s a payload at twice the recorded pace
+    assert [s[:3] for s in seen.values()] == [[0, 1, 2], [2, 3, 0], [10, 11, 10]]
