@@ -14,8 +14,8 @@ simulator's business and use the wall clock, because clients validate them again
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
-from functools import cache
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache, partial
 from importlib import resources
 from typing import Any
 
@@ -138,3 +138,20 @@ async def play(
                 since_checkpoint = 0
         emit(recording.payloads[index])
         index = (index + 1) % count
+
+
+def play_staggered(
+    nursery: trio.Nursery,
+    feeds: Iterable[tuple[Recording, Callable[[Mapping[str, Any]], None], Demand]],
+    *,
+    speed: float = 1.0,
+) -> None:
+    """Start :func:`play` for each ``(recording, emit, demand)``; the feeds that share a recording
+    start at evenly spaced points of it, so symbols replaying one tape do not move in lockstep."""
+    sharing: dict[int, list[tuple[Recording, Callable[[Mapping[str, Any]], None], Demand]]] = {}
+    for feed in feeds:
+        sharing.setdefault(id(feed[0]), []).append(feed)
+    for group in sharing.values():
+        for rank, (recording, emit, demand) in enumerate(group):
+            start = rank * len(recording) // len(group)
+            nursery.start_soon(partial(play, recording, emit, demand=demand, speed=speed, start=start))
