@@ -405,6 +405,8 @@ class ConnectionRunner:
         if overlap is None:
             return
         held = overlap.switch()
+        if held and self.backfill is not None:
+            held = self.backfill.sift(held)  # the tracker sees every trade delivered, these too
         if held:
             try:
                 self.records.send_nowait(held)  # before the replacement's next read, in order
