@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from feedd.config import Config, ExchangeConfig, read_token_file
+from feedd.config import Config, ExchangeConfig, proxy_of, read_token_file
 from feedd.control import report, subscriptions
 from feedd.control.apply import apply_reload, runner_settings
 from feedd.control.callbacks import Callbacks
@@ -294,6 +294,7 @@ class WebSocketService:
             open_transport=self._open,
             initial=configured if changes is None else changes.merge(configured),
             gates=self.gates,
+            proxy=proxy_of(config, venue_id),
         )
         self.venues[venue_id] = supervisor
         self._runs[venue_id] = _VenueRun(supervisor, records)

@@ -17,6 +17,7 @@ import orjson
 
 from feedd.errors import describe
 from feedd.exchanges.base import Venue
+from feedd.wire.proxy import ProxyURL
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,24 @@ def _read_cache(path: Path) -> frozenset[str]:
 MAX_PAGES = 100
 
 
-async def _fetch(venue: Venue, rest_url: str) -> frozenset[str]:
+def rest_client(proxy: ProxyURL | None) -> httpx.AsyncClient:
+    """The venue's REST client: through ``proxy`` when given (SOCKS needs httpx's ``socks`` extra),
+    else directly. feedd.wire.proxy chose, from the config and the environment, so httpx must not
+    choose again from the environment: a given proxy overrides it, and a direct client does not
+    trust the environment (only its SSL_CERT_FILE / SSL_CERT_DIR, which is kept)."""
+    if proxy is not None:
+        return httpx.AsyncClient(timeout=REST_TIMEOUT, proxy=proxy.url())
+    verify = httpx.create_ssl_context(trust_env=True)
+    return httpx.AsyncClient(timeout=REST_TIMEOUT, trust_env=False, verify=verify)
+
+
+async def _fetch(venue: Venue, rest_url: str, proxy: ProxyURL | None = None) -> frozenset[str]:
     """Every page of the instrument list, following the venue's cursor."""
     base = rest_url.rstrip("/")
     symbols: set[str] = set()
     cursor: str | None = None
     seen: set[str] = set()
-    async with httpx.AsyncClient(timeout=REST_TIMEOUT) as http:
+    async with rest_client(proxy) as http:
         for _ in range(MAX_PAGES):
             response = await http.get(base + venue.instruments_path(cursor))
             response.raise_for_status()
@@ -80,12 +92,14 @@ async def load_instruments(
     venue: Venue,
     rest_url: str,
     cache_dir: str,
+    *,
+    proxy: ProxyURL | None = None,
 ) -> Instruments:
     """Fetch the venue's symbols over REST (every page), falling back to the on-disk cache."""
     url = rest_url.rstrip("/") + venue.instruments_path()
     cache = _cache_file(cache_dir, venue.venue_id)
     try:
-        symbols = await _fetch(venue, rest_url)
+        symbols = await _fetch(venue, rest_url, proxy)
     except (httpx.HTTPError, ValueError) as exc:
         error = f"instrument list from {url} unavailable: {describe(exc)}"
     else:

@@ -12,7 +12,9 @@ involved, and roll a refused subscription back.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 from urllib.parse import urlsplit
@@ -40,6 +42,7 @@ from feedd.feed.runner import ConnectionRunner, RunnerSettings, send_limiter
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
 from feedd.model import Ingress
+from feedd.wire.proxy import ProxyRoute, ProxySetting, choose_proxy
 from feedd.wire.transport import OpenTransport, open_transport
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ class VenueSupervisor:
         open_transport: OpenTransport = open_transport,
         initial: Mapping[str, Sequence[Channel]] | None = None,
         gates: HandshakeGates | None = None,
+        proxy: ProxySetting = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.venue = venue
         venue.quote_max_age = config.quote_max_age
@@ -97,6 +102,24 @@ class VenueSupervisor:
         #: set once the instrument list is in and the initial subscriptions are placed; live
         #: subscribes wait for it, so a symbol is checked against the list and not let through
         self.ready = trio.Event()
+        #: the venue's proxy (its own, else ``[feed]``'s; None: the environment's, read from
+        #: ``environ``): every connection and REST call of the venue takes its route
+        self.proxy = proxy
+        self._environ = os.environ if environ is None else environ
+        self.status.proxy = self.route(self.base_url).describe()
+        self.status.rest_proxy = self.route(self.rest_url).describe()
+
+    def route(self, url: str) -> ProxyRoute:
+        """How ``url`` is reached: the configured proxy, none, or the environment's choice.
+
+        An environment proxy that is not a usable URL (``feedd run`` refuses it at load; the
+        Python API does not load) is logged, and the connection goes direct.
+        """
+        try:
+            return choose_proxy(url, self.proxy, self._environ)
+        except ValueError as exc:
+            log.warning("%s: ignoring the environment's proxy for %s: %s", self.venue_id, url, exc)
+            return ProxyRoute(None, "unusable environment proxy")
 
     @property
     def venue_id(self) -> str:
@@ -160,7 +183,9 @@ class VenueSupervisor:
             self._nursery = nursery
             task_status.started()
             if self.config.check_symbols:
-                self.instruments = await load_instruments(self.venue, self.rest_url, self.cache_dir)
+                self.instruments = await load_instruments(
+                    self.venue, self.rest_url, self.cache_dir, proxy=self.route(self.rest_url).proxy
+                )
             for symbol, channels in self.initial.items():
                 try:
                     self.subscribe(symbol, channels)
@@ -374,6 +399,7 @@ class VenueSupervisor:
         index = self._shard_count[route] = self._shard_count.get(route, 0) + 1
         name = f"{self.venue_id}/{route or 'stream'}#{index}"
         url = self.venue.url(route, self.base_url)
+        way = self.route(url)
         runner = ConnectionRunner(
             venue=self.venue,
             url=url,
@@ -383,13 +409,16 @@ class VenueSupervisor:
             status=self.status,
             records=self._records,
             validator=self._validator,
-            open_transport=self._open,
+            open_transport=(
+                self._open if way.proxy is None else functools.partial(self._open, proxy=way.proxy)
+            ),
             send_limiter=self._shared_limiter(url),
             rotate_after=self.rotate_after,
             rotate_offset=self._rotate_offset(sum(self._shard_count.values())),
             symbols=lambda: self._symbols_on(runner),
             gate=self._gate(url),
         )
+        runner.conn.proxy = way.describe()
         scope = trio.CancelScope()
         self._scopes[runner] = scope
         self._nursery.start_soon(self._supervise, runner, scope, name=name)

@@ -108,7 +108,9 @@ def parse_proxy_url(text: str, *, default_port: int | None = None, bare_is_http:
         port = 0
     scheme = SCHEMES.get(parts.scheme.lower())
     if scheme is None:
-        raise ValueError(f"expected http://[user:pass@]host:port or socks5://[user:pass@]host:port, got {shown}")
+        raise ValueError(
+            f"expected http://[user:pass@]host:port or socks5://[user:pass@]host:port, got {shown}"
+        )
     host = parts.hostname
     if not host:
         raise ValueError(f"no host in {shown}")
@@ -394,9 +396,10 @@ class Socks5Connect:
                 if version != 5:
                     raise self._error(f"answered the greeting with version {version}: not a SOCKS5 proxy")
                 if method == _NONE_ACCEPTABLE:
+                    unasked = self.proxy.credentials is None
                     raise self._refused(
                         "no acceptable authentication method"
-                        + (" (it wants credentials; none configured)" if self.proxy.credentials is None else "")
+                        + (" (it wants credentials; none configured)" if unasked else "")
                     )
                 if method == _USERNAME and self.proxy.credentials is not None:
                     creds = self.proxy.credentials

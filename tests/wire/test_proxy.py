@@ -91,7 +91,8 @@ def test_wss_and_https_take_https_proxy_lower_case_first_then_all_proxy() -> Non
     assert environment_proxy("wss://x.example/ws", {"ALL_PROXY": "socks5://10.0.0.3:3"}).proxy == (
         ProxyURL("socks5", "10.0.0.3", 3)
     )
-    assert environment_proxy("wss://x.example/ws", {"wss_proxy": "http://10.0.0.4:4", **both}).source == "wss_proxy"
+    first = {"wss_proxy": "http://10.0.0.4:4", **both}
+    assert environment_proxy("wss://x.example/ws", first).source == "wss_proxy"
 
 
 def test_ws_takes_lower_case_http_proxy_only_as_curl_does() -> None:
@@ -161,7 +162,8 @@ def test_connect_request_names_the_target_in_line_and_host_header() -> None:
 def test_connect_request_carries_basic_credentials_when_configured() -> None:
     # base64("alice:s3cret") = YWxpY2U6czNjcmV0
     assert HttpConnect(HTTP_AUTH, "::1", 443).request() == (
-        b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\nProxy-Authorization: Basic YWxpY2U6czNjcmV0\r\n\r\n"
+        b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n"
+        b"Proxy-Authorization: Basic YWxpY2U6czNjcmV0\r\n\r\n"
     )
 
 
@@ -170,7 +172,8 @@ def test_a_200_reply_opens_the_tunnel_whatever_the_pieces() -> None:
     whole = HttpConnect(HTTP, "x.example", 443)
     assert whole.receive_data(reply) == b""
     pieces = HttpConnect(HTTP, "x.example", 443)
-    assert [pieces.receive_data(reply[i:i + 1]) for i in range(len(reply))] == [None] * (len(reply) - 1) + [b""]
+    results = [pieces.receive_data(reply[i:i + 1]) for i in range(len(reply))]
+    assert results == [None] * (len(reply) - 1) + [b""]
 
 
 def test_bytes_behind_the_reply_are_handed_back() -> None:
@@ -191,14 +194,19 @@ def test_a_407_says_whether_credentials_were_sent() -> None:
     with pytest.raises(ProxyError, match=r'407 Proxy Authentication Required; no credentials configured '
                                          r'\(it asks for Basic realm="corp"\)$'):
         HttpConnect(HTTP, "x.example", 443).receive_data(reply)
-    with pytest.raises(ProxyError, match="407 Proxy Authentication Required; the credentials were not accepted$") as caught:
+    rejected = r"407 Proxy Authentication Required; the credentials were not accepted$"
+    with pytest.raises(ProxyError, match=rejected) as caught:
         HttpConnect(HTTP_AUTH, "x.example", 443).receive_data(reply)
     assert "s3cret" not in str(caught.value) and "YWxpY2U6czNjcmV0" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
     "reply",
-    [b"HTTP/1.1 502 Bad Gateway\r\n\r\n", b"HTTP/1.1 503 Service Unavailable\r\n\r\n", b"HTTP/1.1 301 Moved\r\n\r\n"],
+    [
+        b"HTTP/1.1 502 Bad Gateway\r\n\r\n",
+        b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
+        b"HTTP/1.1 301 Moved\r\n\r\n",
+    ],
 )
 def test_every_other_status_is_a_refusal(reply: bytes) -> None:
     with pytest.raises(ProxyError, match=r"refused CONNECT x\.example:443: " + reply[9:12].decode()):
@@ -206,14 +214,14 @@ def test_every_other_status_is_a_refusal(reply: bytes) -> None:
 
 
 def test_what_is_not_an_http_reply_is_an_error() -> None:
-    with pytest.raises(ProxyError, match="not an HTTP reply: 'SSH-2.0-OpenSSH'"):
+    with pytest.raises(ProxyError, match=r"not an HTTP reply: 'SSH-2\.0-OpenSSH'"):
         HttpConnect(HTTP, "x.example", 443).receive_data(b"SSH-2.0-OpenSSH\r\n\r\n")
 
 
 def test_the_proxy_closing_before_its_reply_ends_is_an_error() -> None:
     connect = HttpConnect(HTTP, "x.example", 443)
     assert connect.receive_data(b"HTTP/1.1 200 ") is None
-    with pytest.raises(ProxyError, match="closed the connection before answering CONNECT x.example:443"):
+    with pytest.raises(ProxyError, match=r"closed the connection before answering CONNECT x\.example:443"):
         connect.receive_data(b"")
 
 
@@ -267,7 +275,9 @@ def test_socks5_sends_an_ip_address_as_one() -> None:
 
 
 def test_socks5_replies_in_single_bytes_and_with_every_address_type() -> None:
-    for bound in (SUCCESS_V4, b"\x05\x00\x00\x03\x05proxy\x9c\x40", b"\x05\x00\x00\x04" + b"\x00" * 16 + b"\x9c\x40"):
+    by_name = b"\x05\x00\x00\x03\x05proxy\x9c\x40"
+    by_v6 = b"\x05\x00\x00\x04" + b"\x00" * 16 + b"\x9c\x40"
+    for bound in (SUCCESS_V4, by_name, by_v6):
         socks = Socks5Connect(SOCKS_AUTH, "x.example", 443)
         socks.data_to_send()
         script = b"\x05\x02" + b"\x01\x00" + bound + b"tunnel"
@@ -310,7 +320,8 @@ def test_every_socks5_refusal_is_told_in_rfc_1928_words(code: int, text: str) ->
 def test_socks5_wanting_credentials_when_none_are_configured() -> None:
     socks = Socks5Connect(SOCKS, "x.example", 443)
     socks.data_to_send()
-    with pytest.raises(ProxyError, match="no acceptable authentication method \\(it wants credentials; none configured\\)"):
+    wants = r"no acceptable authentication method \(it wants credentials; none configured\)"
+    with pytest.raises(ProxyError, match=wants):
         socks.receive_data(b"\x05\xff")
 
 
@@ -343,5 +354,6 @@ def test_socks5_proxy_closing_mid_handshake_is_an_error() -> None:
     socks = Socks5Connect(SOCKS_AUTH, "x.example", 443)
     socks.data_to_send()
     socks.receive_data(b"\x05\x02")
-    with pytest.raises(ProxyError, match=r"closed the connection during the handshake \(auth\) for x.example:443"):
+    closed = r"closed the connection during the handshake \(auth\) for x\.example:443"
+    with pytest.raises(ProxyError, match=closed):
         socks.receive_data(b"")
