@@ -101,7 +101,8 @@ async def load_instruments(
     try:
         symbols = await _fetch(venue, rest_url, proxy)
     except (httpx.HTTPError, ValueError) as exc:
-        error = f"instrument list from {url} unavailable: {describe(exc)}"
+        via = "" if proxy is None else f" through proxy {proxy.address}"
+        error = f"instrument list from {url}{via} unavailable: {describe(exc)}"
     else:
         try:
             _write_cache(cache, symbols)

@@ -309,7 +309,7 @@ class HttpConnect:
         if 200 <= code < 300:
             return rest
         why = f"{code} {reason.strip()}".strip()
-        if code == 407:
+        if code in (401, 407):  # 407 is the standard; tinyproxy answers wrong credentials with 401
             wants = next(
                 (line.partition(":")[2].strip() for line in header_lines
                  if line.partition(":")[0].strip().lower() == "proxy-authenticate"), "",

@@ -268,6 +268,17 @@ async def _native_connect(
         raise
 
 
+def _why_not(exc: OSError) -> BaseException:
+    """What made ``trio.open_tcp_stream`` fail: its "all attempts to connect failed" carries the
+    attempts' errors as its cause; one error (one address), or all alike, is told as itself."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        kinds = {(type(e), str(e)) for e in cause.exceptions}
+        if len(kinds) == 1:
+            return cause.exceptions[0]
+    return exc
+
+
 async def open_tunnel(proxy: ProxyURL, host: str, port: int) -> trio.SocketStream:
     """A TCP stream to the proxy, through which ``host:port`` is reached (HTTP CONNECT or SOCKS5,
     the proxy resolving the name); :class:`ProxyError` names the proxy when it cannot be reached,
@@ -275,7 +286,7 @@ async def open_tunnel(proxy: ProxyURL, host: str, port: int) -> trio.SocketStrea
     try:
         stream = await trio.open_tcp_stream(proxy.host, proxy.port)
     except OSError as exc:
-        raise ProxyError(f"cannot reach proxy {proxy.address}: {describe(exc)}") from None
+        raise ProxyError(f"cannot reach proxy {proxy.address}: {describe(_why_not(exc))}") from None
     try:
         if proxy.scheme == "http":
             connect = HttpConnect(proxy, host, port)

@@ -200,6 +200,11 @@ def test_a_407_says_whether_credentials_were_sent() -> None:
     assert "s3cret" not in str(caught.value) and "YWxpY2U6czNjcmV0" not in str(caught.value)
 
 
+def test_a_401_to_credentials_is_told_as_their_rejection_too() -> None:
+    with pytest.raises(ProxyError, match=r": 401 Unauthorized; the credentials were not accepted$"):
+        HttpConnect(HTTP_AUTH, "x.example", 443).receive_data(b"HTTP/1.1 401 Unauthorized\r\n\r\n")
+
+
 @pytest.mark.parametrize(
     "reply",
     [
