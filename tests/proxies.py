@@ -36,7 +36,9 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, log: 
         except OSError:
             if time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} in {START_BOUND:g} s") from None
+                raise RuntimeError(
+                    f"{name} did not listen on 127.0.0.1:{port} in {START_BOUND:g} s"
+                ) from None
             time.sleep(0.02)  # an outside process starting: nothing to wait on but its port
 
 
@@ -49,8 +51,7 @@ class ProxyServer:
         self.address = f"127.0.0.1:{port}"
         self.log_path = log
         self.process = subprocess.Popen(
-            list(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL if log is not None else subprocess.DEVNULL,
+            list(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         _wait_for_port(port, self.process, name, log)
 

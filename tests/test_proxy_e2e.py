@@ -214,7 +214,9 @@ async def test_a_proxy_asking_for_credentials_is_a_failure_that_says_so(
     assert conn.last_error.startswith(f"proxy {proxy.address} refused CONNECT 127.0.0.1:")
 
 
-async def test_a_proxy_that_is_down_is_a_connection_failure_naming_it(workdir: Path, failures: Failures) -> None:
+async def test_a_proxy_that_is_down_is_a_connection_failure_naming_it(
+    workdir: Path, failures: Failures
+) -> None:
     sim = BinanceSimulator(speed=20.0)
     nothing = f"127.0.0.1:{free_port()}"
     async with serving(sim), running(config_for(workdir, sim, f"http://{nothing}")) as daemon:
