@@ -122,7 +122,10 @@ def microsocks(*, auth: tuple[str, str] | None = None, bind: str | None = None) 
 def dante(workdir: Path, *, block: bool = False) -> Iterator[ProxyServer]:
     """Dante's SOCKS5 server on 127.0.0.1, without authentication; ``block`` refuses every CONNECT
     by its rules (RFC 1928 reply 2). Its log names every connection it passed or blocked."""
-    binary = require_tool("danted", "sockd", package="dante-server")
+    # /usr/sbin may be off a user's PATH
+    binary = "/usr/sbin/danted" if os.access("/usr/sbin/danted", os.X_OK) else require_tool(
+        "danted", "sockd", package="dante-server"
+    )
     port = free_port()
     log = workdir / f"dante-{port}.log"
     lines = [
