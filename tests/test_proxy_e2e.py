@@ -41,14 +41,6 @@ def workdir() -> Iterator[Path]:
         yield path
 
 
-@pytest.fixture(autouse=True)
-def no_environment_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The machine's own proxy variables must not steer these tests (one test sets its own)."""
-    for name in ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "ws_proxy",
-                 "WS_PROXY", "wss_proxy", "WSS_PROXY", "no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def config_for(workdir: Path, sim: BinanceSimulator, proxy: str | None, *, url: str | None = None) -> Config:
     extra = () if proxy is None else (f'proxy = "{proxy}"',)
     return load_text(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from pathlib import Path
 
 import attrs
@@ -63,8 +64,18 @@ def rest_client(proxy: ProxyURL | None) -> httpx.AsyncClient:
     trust the environment (only its SSL_CERT_FILE / SSL_CERT_DIR, which is kept)."""
     if proxy is not None:
         return httpx.AsyncClient(timeout=REST_TIMEOUT, proxy=proxy.url())
-    verify = httpx.create_ssl_context(trust_env=True)
-    return httpx.AsyncClient(timeout=REST_TIMEOUT, trust_env=False, verify=verify)
+    return httpx.AsyncClient(timeout=REST_TIMEOUT, trust_env=False, verify=_environment_trust())
+
+
+def _environment_trust() -> ssl.SSLContext | bool:
+    """What httpx trusts when it trusts the environment: SSL_CERT_FILE or SSL_CERT_DIR if set and
+    there, else its own default (True)."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    cafile = cafile if cafile and os.path.isfile(cafile) else None
+    capath = capath if capath and os.path.isdir(capath) else None
+    if cafile is None and capath is None:
+        return True
+    return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
 async def _fetch(venue: Venue, rest_url: str, proxy: ProxyURL | None = None) -> frozenset[str]:

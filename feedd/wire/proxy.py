@@ -255,7 +255,8 @@ def choose_proxy(url: str, setting: ProxySetting, environ: Mapping[str, str]) ->
 
 
 def _authority(host: str, port: int) -> str:
-    return f"{_bracketed(host)}:{port}"
+    name = host if host.isascii() else host.encode("idna").decode("ascii")
+    return f"{_bracketed(name)}:{port}"
 
 
 class HttpConnect:
