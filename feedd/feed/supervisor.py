@@ -106,6 +106,7 @@ class VenueSupervisor:
         #: ``environ``): every connection and REST call of the venue takes its route
         self.proxy = proxy
         self._environ = os.environ if environ is None else environ
+        self._routes: dict[str, ProxyRoute] = {}
         self.status.proxy = self.route(self.base_url).describe()
         self.status.rest_proxy = self.route(self.rest_url).describe()
 
@@ -113,13 +114,19 @@ class VenueSupervisor:
         """How ``url`` is reached: the configured proxy, none, or the environment's choice.
 
         An environment proxy that is not a usable URL (``feedd run`` refuses it at load; the
-        Python API does not load) is logged, and the connection goes direct.
+        Python API does not load) is logged once, and the connection goes direct. Decided once
+        per URL, for the supervisor's life (a reload that changes the proxy restarts the venue).
         """
+        known = self._routes.get(url)
+        if known is not None:
+            return known
         try:
-            return choose_proxy(url, self.proxy, self._environ)
+            route = choose_proxy(url, self.proxy, self._environ)
         except ValueError as exc:
             log.warning("%s: ignoring the environment's proxy for %s: %s", self.venue_id, url, exc)
-            return ProxyRoute(None, "unusable environment proxy")
+            route = ProxyRoute(None, "unusable environment proxy")
+        self._routes[url] = route
+        return route
 
     @property
     def venue_id(self) -> str:
