@@ -22,6 +22,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from feedd.errors import describe, quoted
 from feedd.exchanges import make_venue, venue_ids
 from feedd.exchanges.base import ALL_CHANNELS, CHANNELS, Channel, Subscription, Venue
+from feedd.wire.proxy import ProxySetting, ProxyURL, environment_proxy, parse_proxy_url
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ class FeedConfig:
     backfill_hold: float = attrs.field(default=2.0, validator=_positive)
     #: a gap older than this many seconds is not fetched (exchanges keep little history)
     backfill_max_age: float = attrs.field(default=600.0, validator=_positive)
+    #: every venue's connections (WebSocket and REST) go through this proxy: ``http://`` (HTTP
+    #: CONNECT) or ``socks5://`` (``socks5h://``), ``[user:pass@]host:port``; ``""``: none, not
+    #: even the environment's; absent: the environment's (HTTPS_PROXY, ALL_PROXY, NO_PROXY, ...)
+    proxy: ProxySetting = None
 
     @max_backoff.validator
     def _backoff_above_interval(self, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -218,6 +223,8 @@ class ExchangeConfig:
     rotate_after: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))
     #: seconds: keep only the newest quote per symbol per interval (``quotes`` channel); 0: off
     conflate: float = attrs.field(default=0.0, validator=_non_negative)
+    #: this venue's proxy, instead of ``[feed] proxy``; ``""``: none for this venue
+    proxy: ProxySetting = None
 
     @channels.validator
     def _some_channels(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -289,8 +296,23 @@ def _literal(kind: Any) -> Any:
     return structure
 
 
+def _proxy_setting(value: Any, _: Any) -> ProxySetting:
+    """A proxy URL parsed once, at load; ``""`` stays (none); the error never shows a password."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a proxy URL string, got {type(value).__name__}")
+    return "" if value == "" else parse_proxy_url(value)
+
+
+def proxy_of(config: Config, venue_id: str) -> ProxySetting:
+    """The proxy setting of a venue: its own ``proxy``, else ``[feed] proxy`` (None: neither)."""
+    exchange = config.exchanges.get(venue_id)
+    own = None if exchange is None else exchange.proxy
+    return config.feed.proxy if own is None else own
+
+
 def _converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook_func(lambda kind: kind == ProxySetting, _proxy_setting)
     conv.register_structure_hook_factory(_is_literal, _literal)
     conv.register_structure_hook_factory(_is_tuple, _array_of(conv))
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
@@ -534,13 +556,46 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     config = _resolve_paths(config, file.resolve().parent)
     config = read_token_file(config)
     _check_socket_path(config)
+    _check_proxies(config, os.environ if environ is None else environ)
     for venue_id, exchange in config.exchanges.items():
+        proxy = proxy_of(config, venue_id)
         log.debug(
-            "%s: %s: %d symbol(s), channels %s, url %s, rest_url %s", source, venue_id,
+            "%s: %s: %d symbol(s), channels %s, url %s, rest_url %s, proxy %s", source, venue_id,
             len(exchange.symbols), "+".join(exchange.channels), exchange.url or "default",
             exchange.rest_url or "default",
+            "environment" if proxy is None else "none" if proxy == "" else proxy,
         )
     return config
+
+
+def _check_proxies(config: Config, environ: Mapping[str, str]) -> None:
+    """A proxy the transport cannot use, or an environment proxy that is not a URL, fails at load.
+
+    The environment is only read for a venue with no proxy configured (none of its own, none in
+    ``[feed]``); the error names the variable.
+    """
+    for venue_id, exchange in config.exchanges.items():
+        setting = proxy_of(config, venue_id)
+        key = "proxy" if exchange.proxy is not None else None
+        if isinstance(setting, ProxyURL) and config.feed.transport == "trio-websocket":
+            where = f"exchanges.{venue_id}.proxy" if key else "feed.proxy"
+            raise ConfigError(
+                f"{config.source}: {where}: the trio-websocket transport cannot go through a proxy; "
+                "set feed.transport = \"native\""
+            )
+        if setting is not None or not exchange.enabled:
+            continue
+        venue = make_venue(venue_id)
+        for url in (exchange.url or venue.default_url, exchange.rest_url or venue.default_rest_url):
+            try:
+                route = environment_proxy(url, environ)
+            except ValueError as exc:
+                raise ConfigError(f"environment: {exc} (used by {venue_id}: no proxy configured)") from None
+            if route.proxy is not None and config.feed.transport == "trio-websocket":
+                raise ConfigError(
+                    f"environment: {route.source}: the trio-websocket transport cannot go through a "
+                    f"proxy (used by {venue_id}); set feed.transport = \"native\", or proxy = \"\""
+                )
 
 
 #: sockaddr_un.sun_path holds 108 bytes on Linux, the last one the terminating NUL

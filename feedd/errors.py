@@ -17,7 +17,9 @@ The exception tree (the module that raises each is in brackets)::
     +-- SubscribeError ............... feedd.client cannot subscribe (no socket, lost it) [client]
     +-- TransportError ............... a WebSocket connection could not be opened, or ended [wire]
     |   +-- HandshakeRefused ......... (also a HandshakeError) the upgrade got HTTP status != 101;
-    |                                  defined in feedd.wire.upgrade beside ``parse_retry_after``
+    |   |                              defined in feedd.wire.upgrade beside ``parse_retry_after``
+    |   +-- ProxyError ............... the proxy is unreachable, refused the tunnel (HTTP CONNECT,
+    |                                  SOCKS5), or did not speak its protocol [wire.proxy, wire.transport]
     +-- HandshakeError ............... the answer to the upgrade is not a valid acceptance [wire]
     +-- ProtocolError ................ the WebSocket peer broke RFC 6455 (``code``: close code) [wire]
     +-- TLSError ..................... the TLS session failed [wire.tls]
@@ -138,6 +140,12 @@ class SubscriberRefused(SubscribeError, SubscriptionRefused):
 
 class TransportError(Exception):
     """The connection could not be opened, or it ended; ``str()`` says why, for status."""
+
+
+class ProxyError(TransportError):
+    """The proxy could not be reached, refused the tunnel, or broke its protocol; ``str()`` names
+    the proxy (``host:port``, never its credentials) and the target, e.g. ``proxy 127.0.0.1:3128
+    refused CONNECT stream.binance.com:9443: 403 Forbidden``."""
 
 
 class HandshakeError(Exception):

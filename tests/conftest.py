@@ -8,6 +8,18 @@ import trustme
 
 from feedd.wire import transport as transport_module
 
+#: the variables feedd.wire.proxy reads (when no proxy is configured)
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "ws_proxy",
+                   "WS_PROXY", "wss_proxy", "WSS_PROXY", "no_proxy", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _no_machine_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine's own proxy variables must not steer the tests' connections to the simulators
+    (a test about them sets its own)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
 
 @pytest.fixture
 def autojump_clock() -> trio.testing.MockClock:

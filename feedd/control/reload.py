@@ -19,8 +19,9 @@ from typing import Any, Literal
 import attrs
 
 from feedd.codec import rfc3339
-from feedd.config import Config, ExchangeConfig
+from feedd.config import Config, ExchangeConfig, proxy_of
 from feedd.exchanges.base import CHANNELS, Channel, Subscription
+from feedd.wire.proxy import ProxySetting
 
 #: settings that take effect only at start (what holds them is bound or opened once)
 RESTART_ONLY = (
@@ -98,6 +99,11 @@ def _why_not_running(config: Config, venue: str) -> str:
     return "enabled = false"
 
 
+def _proxy_text(setting: ProxySetting) -> str:
+    """A proxy setting as a reload's log names it: never with its credentials."""
+    return "the environment's" if setting is None else "none" if setting == "" else str(setting)
+
+
 def _change(key: str, old: Any, new: Any) -> str:
     return f"{key}: {old!r} → {new!r}"
 
@@ -114,6 +120,9 @@ def _venue_plan(old: Config, new: Config, venue: str) -> VenuePlan | None:
     before, after = old.exchanges[venue], new.exchanges[venue]
     moved = [_change(key, getattr(before, key), getattr(after, key))
              for key in VENUE_RESTART if getattr(before, key) != getattr(after, key)]
+    old_proxy, new_proxy = proxy_of(old, venue), proxy_of(new, venue)
+    if old_proxy != new_proxy:  # its own or [feed]'s: every connection of the venue moves
+        moved.append(f"proxy: {_proxy_text(old_proxy)} → {_proxy_text(new_proxy)}")
     if moved:
         return VenuePlan(venue, "restart", "; ".join(moved))
     if before == after:

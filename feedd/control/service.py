@@ -42,7 +42,7 @@ import attrs
 import sniffio
 import trio
 
-from feedd.config import Config, ExchangeConfig, read_token_file
+from feedd.config import Config, ExchangeConfig, proxy_of, read_token_file
 from feedd.control import report, subscriptions
 from feedd.control.apply import apply_reload, runner_settings
 from feedd.control.callbacks import Callbacks, LoopCallbackSink
@@ -458,6 +458,7 @@ class WebSocketService:
             backfill=BackfillSettings(
                 config.feed.backfill_max, config.feed.backfill_hold, config.feed.backfill_max_age
             ),
+            proxy=proxy_of(config, venue_id),
         )
         self.venues[venue_id] = supervisor
         self._runs[venue_id] = _VenueRun(supervisor, records)

@@ -24,6 +24,7 @@ reported lost.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -84,8 +85,11 @@ class Backfiller:
         status: VenueStatus,
         validator: Validator,
         settings: BackfillSettings,
+        client: Callable[[], httpx.AsyncClient] | None = None,
     ) -> None:
         self.venue = venue
+        #: makes the REST client, through the venue's proxy (feed.instruments.rest_client)
+        self._make_client = client or (lambda: httpx.AsyncClient(timeout=REST_TIMEOUT))
         self.venue_id = venue_id
         self.rest_url = rest_url.rstrip("/")
         self.settings = settings
@@ -302,7 +306,7 @@ class Backfiller:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=REST_TIMEOUT)
+            self._http = self._make_client()
         return self._http
 
     def _report(self, symbol: str, first: int, last: int, recovered: int, lost: int,
@@ -327,8 +331,9 @@ def backfiller_for(
     status: VenueStatus,
     validator: Validator,
     settings: BackfillSettings,
+    client: Callable[[], httpx.AsyncClient] | None = None,
 ) -> Backfiller | None:
     """A backfiller if the venue's trade ids are consecutive and its REST has them, else None."""
     if not isinstance(venue, TradeHistory):
         return None
-    return Backfiller(venue, venue_id, rest_url, records, status, validator, settings)
+    return Backfiller(venue, venue_id, rest_url, records, status, validator, settings, client)

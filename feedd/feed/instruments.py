@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from pathlib import Path
 
 import attrs
@@ -17,6 +18,7 @@ import orjson
 
 from feedd.errors import describe
 from feedd.exchanges.base import PostedInstruments, Venue
+from feedd.wire.proxy import ProxyURL
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,35 @@ def _read_cache(path: Path) -> frozenset[str]:
 MAX_PAGES = 100
 
 
-async def _fetch(venue: Venue, rest_url: str) -> frozenset[str]:
+def rest_client(proxy: ProxyURL | None) -> httpx.AsyncClient:
+    """The venue's REST client: through ``proxy`` when given (SOCKS needs httpx's ``socks`` extra),
+    else directly. feedd.wire.proxy chose, from the config and the environment, so httpx must not
+    choose again from the environment: a given proxy overrides it, and a direct client does not
+    trust the environment (only its SSL_CERT_FILE / SSL_CERT_DIR, which is kept)."""
+    if proxy is not None:
+        return httpx.AsyncClient(timeout=REST_TIMEOUT, proxy=proxy.url())
+    return httpx.AsyncClient(timeout=REST_TIMEOUT, trust_env=False, verify=_environment_trust())
+
+
+def _environment_trust() -> ssl.SSLContext | bool:
+    """What httpx trusts when it trusts the environment: SSL_CERT_FILE or SSL_CERT_DIR if set and
+    there, else its own default (True)."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    cafile = cafile if cafile and os.path.isfile(cafile) else None
+    capath = capath if capath and os.path.isdir(capath) else None
+    if cafile is None and capath is None:
+        return True
+    return ssl.create_default_context(cafile=cafile, capath=capath)
+
+
+async def _fetch(venue: Venue, rest_url: str, proxy: ProxyURL | None = None) -> frozenset[str]:
     """Every page of the instrument list, following the venue's cursor (GET, or POST of the
     venue's body for a :class:`PostedInstruments` venue)."""
     base = rest_url.rstrip("/")
     symbols: set[str] = set()
     cursor: str | None = None
     seen: set[str] = set()
-    async with httpx.AsyncClient(timeout=REST_TIMEOUT) as http:
+    async with rest_client(proxy) as http:
         for _ in range(MAX_PAGES):
             url = base + venue.instruments_path(cursor)
             if isinstance(venue, PostedInstruments):
@@ -85,14 +108,17 @@ async def load_instruments(
     venue: Venue,
     rest_url: str,
     cache_dir: str,
+    *,
+    proxy: ProxyURL | None = None,
 ) -> Instruments:
     """Fetch the venue's symbols over REST (every page), falling back to the on-disk cache."""
     url = rest_url.rstrip("/") + venue.instruments_path()
     cache = _cache_file(cache_dir, venue.venue_id)
     try:
-        symbols = await _fetch(venue, rest_url)
+        symbols = await _fetch(venue, rest_url, proxy)
     except (httpx.HTTPError, ValueError) as exc:
-        error = f"instrument list from {url} unavailable: {describe(exc)}"
+        via = "" if proxy is None else f" through proxy {proxy.address}"
+        error = f"instrument list from {url}{via} unavailable: {describe(exc)}"
     else:
         try:
             _write_cache(cache, symbols)

@@ -51,6 +51,9 @@ class ConnectionStatus:
     rotating: bool = False
     #: when it last became ``connected`` (trio clock); None while it is not
     connected_since: float | None = None
+    #: how it reaches its URL: ``direct``, ``http://127.0.0.1:3128`` (configured), ``env
+    #: HTTPS_PROXY: http://...``; never with credentials (feedd.wire.proxy.ProxyRoute.describe)
+    proxy: str = "direct"
 
     def uptime(self, now: float) -> float | None:
         return None if self.connected_since is None else now - self.connected_since
@@ -60,6 +63,7 @@ class ConnectionStatus:
         return {
             "name": self.name,
             "url": self.url,
+            "proxy": self.proxy,
             "state": self.state,
             "streams": self.topics,
             "reconnects": self.reconnects,
@@ -113,6 +117,9 @@ class VenueStatus:
     handshakes: GateCounters = attrs.field(factory=GateCounters)
     #: the hosts the venue's connections go to, whose gates say whether they are throttled
     hosts: dict[str, HostGate] = attrs.field(factory=dict)
+    #: how its streams and its REST calls reach the exchange (see ConnectionStatus.proxy)
+    proxy: str = "direct"
+    rest_proxy: str = "direct"
 
     def carry_totals(self, previous: VenueStatus) -> None:
         """Continue ``previous``'s counters: a venue restarted (or disabled and enabled again)
@@ -198,6 +205,8 @@ class VenueStatus:
         handshakes = self.handshakes
         return {
             "state": self.state,
+            "proxy": self.proxy,
+            "rest_proxy": self.rest_proxy,
             "connections": [conn.snapshot(now) for conn in self.connections.values()],
             "subscriptions": subscriptions or [],
             "messages": self.messages,

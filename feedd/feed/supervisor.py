@@ -12,7 +12,9 @@ involved, and roll a refused subscription back.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 from urllib.parse import urlsplit
@@ -35,7 +37,7 @@ from feedd.exchanges.fields import QuotedVenue
 from feedd.feed.backfill import BackfillSettings, backfiller_for
 from feedd.feed.conflate import Conflator, flush_every
 from feedd.feed.gates import Gate, HandshakeGates
-from feedd.feed.instruments import Instruments, load_instruments
+from feedd.feed.instruments import Instruments, load_instruments, rest_client
 from feedd.feed.placement import Placement
 from feedd.feed.ratelimit import SlidingWindowLimiter
 from feedd.feed.replies import Reply
@@ -43,6 +45,7 @@ from feedd.feed.runner import ConnectionRunner, RunnerSettings, send_limiter
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
 from feedd.model import Ingress
+from feedd.wire.proxy import ProxyRoute, ProxySetting, choose_proxy
 from feedd.wire.transport import OpenTransport, open_transport
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ class VenueSupervisor:
         initial: Mapping[str, Sequence[Channel]] | None = None,
         gates: HandshakeGates | None = None,
         backfill: BackfillSettings | None = None,
+        proxy: ProxySetting = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.venue = venue
         venue.quote_max_age = config.quote_max_age
@@ -90,6 +95,7 @@ class VenueSupervisor:
         self.backfill = backfiller_for(
             venue, venue.venue_id, self.rest_url, records, self.status, self._validator,
             backfill or BackfillSettings(),
+            lambda: rest_client(self.route(self.rest_url).proxy),
         )
         #: which connection carries which topic (channels of one exchange may share a topic)
         self.placement: Placement[ConnectionRunner] = Placement(
@@ -112,6 +118,31 @@ class VenueSupervisor:
         #: set once the instrument list is in and the initial subscriptions are placed; live
         #: subscribes wait for it, so a symbol is checked against the list and not let through
         self.ready = trio.Event()
+        #: the venue's proxy (its own, else ``[feed]``'s; None: the environment's, read from
+        #: ``environ``): every connection and REST call of the venue takes its route
+        self.proxy = proxy
+        self._environ = os.environ if environ is None else environ
+        self._routes: dict[str, ProxyRoute] = {}
+        self.status.proxy = self.route(self.base_url).describe()
+        self.status.rest_proxy = self.route(self.rest_url).describe()
+
+    def route(self, url: str) -> ProxyRoute:
+        """How ``url`` is reached: the configured proxy, none, or the environment's choice.
+
+        An environment proxy that is not a usable URL (``feedd run`` refuses it at load; the
+        Python API does not load) is logged once, and the connection goes direct. Decided once
+        per URL, for the supervisor's life (a reload that changes the proxy restarts the venue).
+        """
+        known = self._routes.get(url)
+        if known is not None:
+            return known
+        try:
+            route = choose_proxy(url, self.proxy, self._environ)
+        except ValueError as exc:
+            log.warning("%s: ignoring the environment's proxy for %s: %s", self.venue_id, url, exc)
+            route = ProxyRoute(None, "unusable environment proxy")
+        self._routes[url] = route
+        return route
 
     @property
     def venue_id(self) -> str:
@@ -181,7 +212,9 @@ class VenueSupervisor:
                     flush_every, self.config.conflate, self.conflator, self._records, self.status
                 )
             if self.config.check_symbols:
-                self.instruments = await load_instruments(self.venue, self.rest_url, self.cache_dir)
+                self.instruments = await load_instruments(
+                    self.venue, self.rest_url, self.cache_dir, proxy=self.route(self.rest_url).proxy
+                )
             for symbol, channels in self.initial.items():
                 try:
                     self.subscribe(symbol, channels)
@@ -410,6 +443,7 @@ class VenueSupervisor:
         index = self._shard_count[route] = self._shard_count.get(route, 0) + 1
         name = f"{self.venue_id}/{route or 'stream'}#{index}"
         url = self.venue.url(route, self.base_url)
+        way = self.route(url)
         runner = ConnectionRunner(
             venue=self.venue,
             url=url,
@@ -419,7 +453,9 @@ class VenueSupervisor:
             status=self.status,
             records=self._records,
             validator=self._validator,
-            open_transport=self._open,
+            open_transport=(
+                self._open if way.proxy is None else functools.partial(self._open, proxy=way.proxy)
+            ),
             send_limiter=self._shared_limiter(url),
             rotate_after=self.rotate_after,
             rotate_offset=self._rotate_offset(sum(self._shard_count.values())),
@@ -428,6 +464,7 @@ class VenueSupervisor:
             symbols=lambda: self._symbols_on(runner),
             gate=self._gate(url),
         )
+        runner.conn.proxy = way.describe()
         scope = trio.CancelScope()
         self._scopes[runner] = scope
         self._nursery.start_soon(self._supervise, runner, scope, name=name)

@@ -31,9 +31,10 @@ from trio_websocket import (
     HandshakeError as TrioWebsocketHandshakeError,
 )
 
-from feedd.errors import HandshakeError, ProtocolError, TLSError, TransportError, describe
+from feedd.errors import HandshakeError, ProtocolError, ProxyError, TLSError, TransportError, describe
 from feedd.model import Message
 from feedd.wire import wsframe
+from feedd.wire.proxy import HttpConnect, ProxyURL, Socks5Connect
 from feedd.wire.tls import TLSClient
 from feedd.wire.upgrade import HandshakeRefused
 
@@ -249,17 +250,70 @@ class NativeTransport:
         await self._wire.aclose()
 
 
-async def _native_connect(url: str, ssl_context: ssl.SSLContext | None) -> NativeTransport:
+async def _native_connect(
+    url: str, ssl_context: ssl.SSLContext | None, proxy: ProxyURL | None = None
+) -> NativeTransport:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise TransportError(f"not a WebSocket URL: {url!r}")
     port = parts.port or (443 if parts.scheme == "wss" else 80)
-    stream = await trio.open_tcp_stream(parts.hostname, port)
+    if proxy is None:
+        stream = await trio.open_tcp_stream(parts.hostname, port)
+    else:
+        stream = await open_tunnel(proxy, parts.hostname, port)
     try:
         return await native_over(stream, url, ssl_context)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+def _why_not(exc: OSError) -> BaseException:
+    """What made ``trio.open_tcp_stream`` fail: its "all attempts to connect failed" carries the
+    attempts' errors as its cause; one error (one address), or all alike, is told as itself."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        kinds = {(type(e), str(e)) for e in cause.exceptions}
+        if len(kinds) == 1:
+            return cause.exceptions[0]
+    return exc
+
+
+async def open_tunnel(proxy: ProxyURL, host: str, port: int) -> trio.SocketStream:
+    """A TCP stream to the proxy, through which ``host:port`` is reached (HTTP CONNECT or SOCKS5,
+    the proxy resolving the name); :class:`ProxyError` names the proxy when it cannot be reached,
+    refuses, or breaks its protocol. What runs through it (TLS, WebSocket) is the caller's."""
+    try:
+        stream = await trio.open_tcp_stream(proxy.host, proxy.port)
+    except OSError as exc:
+        raise ProxyError(f"cannot reach proxy {proxy.address}: {describe(_why_not(exc))}") from None
+    try:
+        if proxy.scheme == "http":
+            connect = HttpConnect(proxy, host, port)
+            await stream.send_all(connect.request())
+            while (rest := connect.receive_data(await stream.receive_some(RECEIVE_BYTES))) is None:
+                pass
+        else:
+            socks = Socks5Connect(proxy, host, port)
+            while True:
+                if out := socks.data_to_send():
+                    await stream.send_all(out)
+                if (rest := socks.receive_data(await stream.receive_some(RECEIVE_BYTES))) is not None:
+                    break
+        if rest:  # neither TLS nor the WebSocket upgrade lets the server speak first
+            raise ProxyError(
+                f"proxy {proxy.address} sent {len(rest)} bytes through the tunnel to {host}:{port} "
+                "before anything was sent"
+            )
+    except (OSError, trio.BrokenResourceError) as exc:
+        await trio.aclose_forcefully(stream)
+        raise ProxyError(
+            f"proxy {proxy.address}: connection lost in the handshake: {describe(exc)}"
+        ) from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
 
 
 async def native_over(
@@ -296,18 +350,27 @@ def _default_ssl_context() -> ssl.SSLContext:
 
 
 @asynccontextmanager
-async def open_native(url: str, *, connect_timeout: float) -> AsyncIterator[Transport]:
-    """Connect (TCP, TLS, WebSocket handshake) within ``connect_timeout``; close on exit."""
+async def open_native(
+    url: str, *, connect_timeout: float, proxy: ProxyURL | None = None
+) -> AsyncIterator[Transport]:
+    """Connect (TCP, TLS, WebSocket handshake) within ``connect_timeout``; close on exit.
+
+    With ``proxy``, the TCP stream is a tunnel through it, and TLS (for ``wss``) runs end to end
+    through the tunnel: the certificate checked, and the name sent (SNI), are the exchange's.
+    """
     ssl_context = _default_ssl_context() if url.startswith("wss:") else None
+    via = "" if proxy is None else f" through proxy {proxy.address}"
     try:
         with trio.fail_after(connect_timeout):
-            transport = await _native_connect(url, ssl_context)
+            transport = await _native_connect(url, ssl_context, proxy)
     except trio.TooSlowError:
-        raise TransportError(f"cannot connect to {url}: timed out after {connect_timeout:g} s") from None
-    except HandshakeRefused:
+        raise TransportError(
+            f"cannot connect to {url}{via}: timed out after {connect_timeout:g} s"
+        ) from None
+    except (HandshakeRefused, ProxyError):
         raise
     except (OSError, ssl.SSLError, TLSError, trio.BrokenResourceError, HandshakeError) as exc:
-        raise TransportError(f"cannot connect to {url}: {describe(exc)}") from None
+        raise TransportError(f"cannot connect to {url}{via}: {describe(exc)}") from None
     try:
         yield transport
     finally:
@@ -315,8 +378,19 @@ async def open_native(url: str, *, connect_timeout: float) -> AsyncIterator[Tran
 
 
 @asynccontextmanager
-async def open_trio_websocket(url: str, *, connect_timeout: float) -> AsyncIterator[Transport]:
-    """Connect (TCP, TLS, WebSocket handshake) within ``connect_timeout``; close on exit."""
+async def open_trio_websocket(
+    url: str, *, connect_timeout: float, proxy: ProxyURL | None = None
+) -> AsyncIterator[Transport]:
+    """Connect (TCP, TLS, WebSocket handshake) within ``connect_timeout``; close on exit.
+
+    trio-websocket opens its own TCP stream, so it cannot go through a proxy: with one, this
+    raises :class:`TransportError` saying so (the config check refuses the combination first).
+    """
+    if proxy is not None:
+        raise TransportError(
+            f"cannot connect to {url} through proxy {proxy.address}: the trio-websocket transport "
+            "does not support proxies (use transport = \"native\")"
+        )
     ssl_context = _default_ssl_context() if url.startswith("wss:") else None
     timed_out = f"cannot connect to {url}: timed out after {connect_timeout:g} s"
     phase = "connecting"
