@@ -31,6 +31,8 @@ RESTART_ONLY = (
     ("feed", "transport"),
     ("feed", "state_file"),
     ("feed", "cache_dir"),
+    ("feed", "instruments_wait"),
+    ("feed", "instruments_refresh"),
 )
 #: settings applied live, and how far
 LIVE = {

@@ -294,6 +294,8 @@ class WebSocketService:
             open_transport=self._open,
             initial=configured if changes is None else changes.merge(configured),
             gates=self.gates,
+            instruments_wait=config.feed.instruments_wait,
+            instruments_refresh=config.feed.instruments_refresh or None,
         )
         self.venues[venue_id] = supervisor
         self._runs[venue_id] = _VenueRun(supervisor, records)
@@ -452,7 +454,8 @@ class WebSocketService:
 
     def list_subscriptions(self) -> list[dict[str, Any]]:
         """Every subscription: ``{"exchange", "symbol", "channels", "state"}``, ``state`` being
-        ``active`` (acknowledged), ``pending`` (not yet) or ``refused`` (by the venue)."""
+        ``active`` (acknowledged), ``pending`` (not yet), ``refused`` (by the venue) or
+        ``delisted`` (the venue's instrument list no longer has the symbol; still subscribed)."""
         return report.list_subscriptions(self)
 
     # ---- status (feedd.control.report) --------------------------------------------------
