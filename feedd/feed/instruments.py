@@ -128,12 +128,15 @@ async def fetch_instruments(venue: Venue, rest_url: str) -> frozenset[str] | Fet
     url = rest_url.rstrip("/") + venue.instruments_path()
     with trio.move_on_after(ATTEMPT_TIMEOUT):
         try:
-            return await _fetch(venue, rest_url)
+            symbols = await _fetch(venue, rest_url)
         except httpx.HTTPStatusError as exc:
             failed = _refusal(exc.response)
             return attrs.evolve(failed, error=f"instrument list from {url} unavailable: {failed.error}")
         except (httpx.HTTPError, ValueError) as exc:
             return FetchFailed(f"instrument list from {url} unavailable: {describe(exc)}")
+        if not symbols:  # no exchange lists nothing: a glitch, not every symbol delisted
+            return FetchFailed(f"instrument list from {url} unavailable: the list is empty")
+        return symbols
     return FetchFailed(f"instrument list from {url} unavailable: no whole answer in {ATTEMPT_TIMEOUT:g} s")
 
 

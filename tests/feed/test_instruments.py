@@ -269,6 +269,17 @@ async def test_a_throttled_fetch_waits_as_long_as_the_answer_says_before_asking_
     assert rest.asked[1] - rest.asked[0] == pytest.approx(waited)  # not the 5 s backoff
 
 
+async def test_an_empty_list_is_a_failed_fetch_and_keeps_the_cache(
+    rest: Rest, tmp_path: Path, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    cached(tmp_path, ["A"], age=60)
+    rest.serve([])
+    first: Instruments = await nursery.start(keeper(tmp_path, Changes()).run)
+    assert (first.source, first.symbols) == ("cache", frozenset("A"))
+    assert first.error is not None and first.error.endswith("unavailable: the list is empty")
+    assert cache_contents(tmp_path) == ["A"]
+
+
 async def test_a_list_that_comes_within_the_wait_is_used_at_start(
     rest: Rest, tmp_path: Path, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
