@@ -420,6 +420,7 @@ class VenueSupervisor:
         symbol = self.normalize(symbol)
         wanted = self.channels_of(symbol) if channels is None else list(channels)
         if not wanted:
+            self._awaiting_listing.pop(symbol, None)  # not to be subscribed later either
             raise NotSubscribed(f"{self.venue_id}: {symbol} is not subscribed")
         removed, replies = self._unsubscribe(symbol, wanted)
         await self._await_replies(replies, deadline, "the unsubscription of")

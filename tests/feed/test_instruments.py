@@ -20,6 +20,7 @@ import trio.testing
 
 from feedd.config import ExchangeConfig
 from feedd.control.report import by_symbol
+from feedd.errors import NotSubscribed
 from feedd.exchanges.base import InstrumentPage, Subscription
 from feedd.exchanges.binance import BinanceSpot
 from feedd.feed import instruments
@@ -374,16 +375,20 @@ async def test_a_configured_symbol_the_cached_list_lacks_is_subscribed_once_the_
 ) -> None:
     cached(tmp_path, ["BTCUSDT"], age=FIVE_HOURS)  # written before NEWUSDT was listed
     rest.fail(503)
-    venue = supervisor(tmp_path, ("BTCUSDT", "NEWUSDT", "TYPOUSDT"), refresh=None)
+    venue = supervisor(tmp_path, ("BTCUSDT", "NEWUSDT", "LATERUSDT", "TYPOUSDT"), refresh=None)
     await nursery.start(venue.run)
     await venue.ready.wait()
     assert venue.instruments.source == "cache"
     assert venue.status.snapshot()["instruments"]["summary"] == "cached (5 h old)"
     assert [s.symbol for s in venue.subscriptions()] == ["BTCUSDT"]
-    assert set(venue.status.subscription_errors) == {"NEWUSDT", "TYPOUSDT"}
+    assert set(venue.status.subscription_errors) == {"NEWUSDT", "LATERUSDT", "TYPOUSDT"}
 
-    rest.serve(["BTCUSDT", "NEWUSDT"])
+    with pytest.raises(NotSubscribed):  # the operator drops another one meanwhile
+        await venue.unsubscribe_confirmed("LATERUSDT", None, trio.current_time() + 10)
+    rest.serve(["BTCUSDT", "NEWUSDT", "LATERUSDT"])
     await trio.sleep(600)
     assert venue.instruments.source == "rest"
     assert [s.symbol for s in venue.subscriptions()] == ["BTCUSDT", "NEWUSDT"]
-    assert set(venue.status.subscription_errors) == {"TYPOUSDT"}  # unknown to the fresh list too
+    # NEWUSDT's error cleared; TYPOUSDT is unknown to the fresh list too; LATERUSDT's stays
+    # as it was at start (dropped before the list came, it never was subscribed)
+    assert set(venue.status.subscription_errors) == {"LATERUSDT", "TYPOUSDT"}
