@@ -43,6 +43,11 @@ def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: floa
         raise ValueError(f"{attribute.name}: must be 0 or more, got {value!r}")
 
 
+def _finite_non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attribute.name}: must be 0 or a positive number, got {value!r}")
+
+
 def _listen_address(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     host, sep, port = value.rpartition(":")
     bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
@@ -93,6 +98,11 @@ class FeedConfig:
     state_file: str = "subscriptions.json"
     #: instrument lists are cached here, so a restart during a REST outage still streams
     cache_dir: str = "cache"
+    #: seconds a venue's start waits for its instrument list over REST before it takes the
+    #: cached one (the fetch goes on in the background); 0: the cache at once
+    instruments_wait: float = attrs.field(default=3.0, validator=_finite_non_negative)
+    #: seconds between fetches of a good instrument list (new listings, delistings); 0: never
+    instruments_refresh: float = attrs.field(default=6 * 3600.0, validator=_finite_non_negative)
     #: the WebSocket implementation (feedd.wire.transport.TRANSPORTS): feedd's own framing, or
     #: trio-websocket (slower: one task switch per message; kept as the reference)
     transport: Literal["native", "trio-websocket"] = "native"

@@ -90,6 +90,8 @@ def test_example_config_is_valid() -> None:
         ("[feed]\nenabled = 'yes'\n", "feed.enabled: expected bool"),
         ("[feed]\nreconnect_interval = -1\n", "feed.reconnect_interval: must be a positive number"),
         ("[feed]\nmax_retries = -1\n", "feed.max_retries: must be 0 or more"),
+        ("[feed]\ninstruments_wait = -1\n", "feed.instruments_wait: must be 0 or a positive number"),
+        ("[feed]\ninstruments_refresh = nan\n", "feed.instruments_refresh: must be 0 or a positive"),
         ("[feed]\nreconnect_interval = 10\nmax_backoff = 5\n", "max_backoff: must be at least"),
         ("[http]\nlisten = 'localhost'\n", "http.listen: expected HOST:PORT"),
         ("[exchanges.kraken]\nsymbols = ['XBTUSD']\n", "exchanges.kraken: unknown venue id"),

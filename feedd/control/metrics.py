@@ -89,7 +89,7 @@ class _ServiceCollector(Collector):
             seconds = status.seconds_since_last_message()
             if seconds is not None:
                 age.add_metric([name], seconds)
-            counts = {"active": 0, "pending": 0, "refused": 0}
+            counts = {"active": 0, "pending": 0, "refused": 0, "delisted": 0}
             supervisor = service.venues.get(name)
             if supervisor is not None:
                 for sub in supervisor.subscriptions():

@@ -35,6 +35,8 @@ RESTART_ONLY = (
     ("feed", "backfill_max"),
     ("feed", "backfill_hold"),
     ("feed", "backfill_max_age"),
+    ("feed", "instruments_wait"),
+    ("feed", "instruments_refresh"),
 )
 #: settings applied live, and how far
 LIVE = {

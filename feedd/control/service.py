@@ -459,6 +459,8 @@ class WebSocketService:
                 config.feed.backfill_max, config.feed.backfill_hold, config.feed.backfill_max_age
             ),
             proxy=proxy_of(config, venue_id),
+            instruments_wait=config.feed.instruments_wait,
+            instruments_refresh=config.feed.instruments_refresh or None,
         )
         self.venues[venue_id] = supervisor
         self._runs[venue_id] = _VenueRun(supervisor, records)
@@ -641,7 +643,8 @@ class WebSocketService:
 
     async def list_subscriptions(self) -> list[dict[str, Any]]:
         """Every subscription: ``{"exchange", "symbol", "channels", "state"}``, ``state`` being
-        ``active`` (acknowledged), ``pending`` (not yet) or ``refused`` (by the venue)."""
+        ``active`` (acknowledged), ``pending`` (not yet), ``refused`` (by the venue) or
+        ``delisted`` (the venue's instrument list no longer has the symbol; still subscribed)."""
         return await self._sync_call(self.current_subscriptions)
 
     def current_subscriptions(self) -> list[dict[str, Any]]:

@@ -5,6 +5,8 @@ Plain mutable objects updated in place by the one trio thread: no locks, no copi
 
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
@@ -79,6 +81,56 @@ class ConnectionStatus:
 
 
 @attrs.define
+class InstrumentsStatus:
+    """Where the venue's instrument list came from and how old it is, the background fetches,
+    and the subscribed symbols it no longer lists."""
+
+    #: ``loading`` (the first fetch under way), ``rest``, ``cache``, ``unavailable`` (neither
+    #: REST nor a cache: symbols go unchecked) or ``unchecked`` (``check_symbols = false``)
+    source: str = "unchecked"
+    #: symbols in the list in use; None without one
+    symbols: int | None = None
+    #: when the list in use was fetched (wall clock, Unix seconds): a cached one, the file's time
+    listed_at: float | None = None
+    #: fetches tried and failed in all, failed in a row now, and the last failure's reason
+    fetches: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    #: when the next fetch is due (trio clock): a retry, or the next refresh; None: none planned
+    next_fetch_at: float | None = None
+    #: subscribed symbols the list in use lacks (still subscribed: the exchange decides)
+    delisted: list[str] = attrs.field(factory=list)
+
+    def age(self, wall_now: float) -> float | None:
+        return None if self.listed_at is None else max(0.0, wall_now - self.listed_at)
+
+    def summary(self, wall_now: float) -> str:
+        """``cached (5 h old)``, ``fetched (12 min old)``, ``unavailable (symbols unchecked)``."""
+        age = self.age(wall_now)
+        if self.source in ("rest", "cache") and age is not None:
+            return f"{'cached' if self.source == 'cache' else 'fetched'} ({age_text(age)} old)"
+        if self.source == "unavailable":
+            return "unavailable (symbols unchecked)"
+        return self.source
+
+    def snapshot(self, now: float, wall_now: float) -> dict[str, Any]:
+        age = self.age(wall_now)
+        return {
+            "summary": self.summary(wall_now),
+            "source": self.source,
+            "symbols": self.symbols,
+            "age": None if age is None else round(age),
+            "fetches": self.fetches,
+            "failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+            "next_fetch_in": None if self.next_fetch_at is None else _age(max(0.0, self.next_fetch_at - now)),
+            "delisted": list(self.delisted),
+        }
+
+
+@attrs.define
 class VenueStatus:
     """A venue's state, and its counters: running totals kept here, not sums over the current
     connections, so they never go backwards when a connection is closed (its last symbol
@@ -120,6 +172,8 @@ class VenueStatus:
     #: how its streams and its REST calls reach the exchange (see ConnectionStatus.proxy)
     proxy: str = "direct"
     rest_proxy: str = "direct"
+    #: the instrument list: its source and age, the background fetches, delisted symbols
+    instruments: InstrumentsStatus = attrs.field(factory=InstrumentsStatus)
 
     def carry_totals(self, previous: VenueStatus) -> None:
         """Continue ``previous``'s counters: a venue restarted (or disabled and enabled again)
@@ -230,7 +284,18 @@ class VenueStatus:
             "paced_attempts": handshakes.paced,
             "handshakes_refused": {str(code): n for code, n in sorted(handshakes.refused.items())},
             "uptime": _age(self.uptime(now)),
+            "instruments": self.instruments.snapshot(now, time.time()),
         }
+
+
+def age_text(seconds: float) -> str:
+    """``25 min``, ``5 h``, ``3 d``: how old an instrument list is, as a person says it."""
+    seconds = max(0.0, seconds)
+    if seconds < 3600:
+        return f"{math.floor(seconds / 60)} min"
+    if seconds < 72 * 3600:
+        return f"{math.floor(seconds / 3600)} h"
+    return f"{math.floor(seconds / 86400)} d"
 
 
 def _age(seconds: float | None) -> float | None:

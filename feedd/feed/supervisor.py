@@ -37,7 +37,7 @@ from feedd.exchanges.fields import QuotedVenue
 from feedd.feed.backfill import BackfillSettings, backfiller_for
 from feedd.feed.conflate import Conflator, flush_every
 from feedd.feed.gates import Gate, HandshakeGates
-from feedd.feed.instruments import Instruments, load_instruments, rest_client
+from feedd.feed.instruments import InstrumentKeeper, Instruments, KeeperSettings, rest_client
 from feedd.feed.placement import Placement
 from feedd.feed.ratelimit import SlidingWindowLimiter
 from feedd.feed.replies import Reply
@@ -51,7 +51,8 @@ from feedd.wire.transport import OpenTransport, open_transport
 log = logging.getLogger(__name__)
 
 
-SubscriptionState = Literal["active", "pending", "refused"]
+#: ``delisted``: subscribed, and the venue's instrument list no longer has the symbol
+SubscriptionState = Literal["active", "pending", "refused", "delisted"]
 
 
 class VenueSupervisor:
@@ -70,6 +71,8 @@ class VenueSupervisor:
         backfill: BackfillSettings | None = None,
         proxy: ProxySetting = None,
         environ: Mapping[str, str] | None = None,
+        instruments_wait: float = 3.0,
+        instruments_refresh: float | None = 6 * 3600.0,
     ) -> None:
         self.venue = venue
         venue.quote_max_age = config.quote_max_age
@@ -78,6 +81,13 @@ class VenueSupervisor:
         self.cache_dir = cache_dir
         self.status = status or VenueStatus(venue.venue_id)
         self.instruments = Instruments(None, "unchecked")
+        #: how long the start waits for the list over REST, how often a good one is fetched again
+        self.instruments_wait = instruments_wait
+        self.instruments_refresh = instruments_refresh
+        #: configured symbols a cached list lacked at start: subscribed if a fresh list has them
+        self._awaiting_listing: dict[str, tuple[Channel, ...]] = {}
+        #: subscribed symbols the list in use no longer has (they stay subscribed)
+        self._delisted: set[str] = set()
         self.base_url = config.url or venue.default_url
         self.rest_url = config.rest_url or venue.default_rest_url
         self._records = records
@@ -199,8 +209,10 @@ class VenueSupervisor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Report started, check symbols, open the configured subscriptions, supervise until cancelled.
 
-        Started comes first: the instrument list may take up to its REST timeout, and only this
-        venue waits for it (the fetch is cancelled with the venue).
+        Started comes first: the instrument list may take up to ``instruments_wait`` seconds,
+        and only this venue waits for it; then the cached list is used and the fetch goes on in
+        the background (:class:`~feedd.feed.instruments.InstrumentKeeper`, cancelled with the
+        venue), whose later lists replace it (:meth:`_instruments_changed`).
         """
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -212,12 +224,31 @@ class VenueSupervisor:
                     flush_every, self.config.conflate, self.conflator, self._records, self.status
                 )
             if self.config.check_symbols:
-                self.instruments = await load_instruments(
-                    self.venue, self.rest_url, self.cache_dir, proxy=self.route(self.rest_url).proxy
+                keeper = InstrumentKeeper(
+                    self.venue,
+                    self.rest_url,
+                    self.cache_dir,
+                    KeeperSettings(
+                        wait=self.instruments_wait,
+                        refresh=self.instruments_refresh,
+                        retry_initial=self.settings.reconnect_interval,
+                        retry_ceiling=self.settings.max_backoff,
+                    ),
+                    status=self.status.instruments,
+                    on_change=self._instruments_changed,
+                    proxy=self.route(self.rest_url).proxy,
                 )
+                self.instruments = await nursery.start(keeper.run, name=f"{self.venue_id} instruments")
             for symbol, channels in self.initial.items():
                 try:
                     self.subscribe(symbol, channels)
+                except UnknownSymbol as exc:
+                    if self.instruments.source != "cache":
+                        log.error("%s", exc)
+                        continue
+                    # the cached list may predate the symbol's listing: the fresh list decides
+                    self._awaiting_listing[self.normalize(symbol)] = tuple(channels)
+                    log.error("%s (the cached list; subscribed if the fresh list has it)", exc)
                 except SubscriptionRefused as exc:
                     log.error("%s", exc)
             self.status.started = True  # no connection from now on: nothing subscribed, idle
@@ -228,6 +259,44 @@ class VenueSupervisor:
                 if self.backfill is not None:
                     with trio.CancelScope(shield=True):
                         await self.backfill.aclose()
+
+    # ---- the instrument list ---------------------------------------------------------------
+
+    def _instruments_changed(self, instruments: Instruments) -> None:
+        """A later list (the background fetch succeeded, or a refresh): symbols are checked
+        against it from now on; configured symbols the cached list lacked are subscribed if it
+        has them, and subscribed symbols it lacks are reported as delisted."""
+        self.instruments = instruments
+        known = instruments.symbols
+        if known is None:
+            return
+        awaiting, self._awaiting_listing = self._awaiting_listing, {}
+        for symbol, channels in awaiting.items():
+            if symbol not in known:
+                continue  # still unknown: the error stays in the status
+            try:
+                self.subscribe(symbol, channels)
+            except SubscriptionRefused as exc:
+                log.error("%s", exc)
+            else:
+                log.info("%s: %s is listed by %s: subscribed", self.venue_id, symbol, self.rest_url)
+        self._note_delisted()
+
+    def _note_delisted(self) -> None:
+        """Compare the subscribed symbols with the list in use: one log line for each symbol
+        that left it (and one if it comes back), the venue's status, and the state of its
+        subscriptions (``delisted``). Nothing is unsubscribed: the exchange decides."""
+        known = self.instruments.symbols
+        now = set() if known is None else {s for s in self._symbols if s not in known}
+        for symbol in sorted(now - self._delisted):
+            log.warning(
+                "%s: %s is subscribed but not listed by %s (delisted?); it stays subscribed "
+                "(the exchange decides whether it streams)", self.venue_id, symbol, self.rest_url,
+            )
+        for symbol in sorted((self._delisted - now) & self._symbols):
+            log.info("%s: %s is listed again by %s", self.venue_id, symbol, self.rest_url)
+        self._delisted = now
+        self.status.instruments.delisted = sorted(now)
 
     # ---- subscriptions ------------------------------------------------------------------
 
@@ -312,10 +381,17 @@ class VenueSupervisor:
                 reply = self._displace(topic)
                 if reply is not None:
                     replies[topic.name] = reply
+        if symbol in self._awaiting_listing:  # nor is it to be once the fresh list has it
+            kept = tuple(c for c in self._awaiting_listing.pop(symbol) if c not in channels)
+            if kept:
+                self._awaiting_listing[symbol] = kept
         if not removed:
             raise NotSubscribed(f"{self.venue_id}: {symbol} is not subscribed to {', '.join(channels)}")
         if not any(s.symbol == symbol for s in self._subscriptions):
             self._symbols.discard(symbol)
+            if symbol in self._delisted:
+                self._delisted.discard(symbol)
+                self.status.instruments.delisted = sorted(self._delisted)
         return removed, replies
 
     # ---- changes confirmed by the venue --------------------------------------------------
@@ -336,7 +412,10 @@ class VenueSupervisor:
         return replies
 
     def state_of(self, sub: Subscription) -> SubscriptionState:
-        """``active`` once the venue acknowledged every topic, ``refused`` if it refused one."""
+        """``active`` once the venue acknowledged every topic, ``refused`` if it refused one;
+        ``delisted`` whatever the venue said, once its instrument list lacks the symbol."""
+        if sub.symbol in self._delisted:
+            return "delisted"
         replies = self._replies([sub]).values()
         if any(r.error is not None for r in replies):
             return "refused"
@@ -409,6 +488,7 @@ class VenueSupervisor:
         symbol = self.normalize(symbol)
         wanted = self.channels_of(symbol) if channels is None else list(channels)
         if not wanted:
+            self._awaiting_listing.pop(symbol, None)  # not to be subscribed later either
             raise NotSubscribed(f"{self.venue_id}: {symbol} is not subscribed")
         removed, replies = self._unsubscribe(symbol, wanted)
         await self._await_replies(replies, deadline, "the unsubscription of")

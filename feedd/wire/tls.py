@@ -48,6 +48,14 @@ class TLSClient:
     every socket read to :meth:`receive_data`; then :meth:`read` after each socket read and
     :meth:`send` for each outgoing message. ``b""`` fed to :meth:`receive_data` is the end of the
     socket's stream.
+
+    The peer's ``close_notify`` and a truncated stream are told apart here, not by OpenSSL's
+    errors: a context with ``ssl.OP_IGNORE_UNEXPECTED_EOF`` (CPython sets it by default on some
+    releases with OpenSSL 3, e.g. Debian 12's 3.11.2) makes OpenSSL report the end of the stream
+    without ``close_notify`` as a clean close, an empty read like the alert's. So the end of the
+    socket's stream is not handed to OpenSSL while it still has bytes to read: an empty read
+    before that is the alert, found in the bytes themselves; the stream ending once every byte
+    was read without one is truncation. The handshake alone is told of the end (it fails then).
     """
 
     def __init__(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
@@ -58,13 +66,15 @@ class TLSClient:
         self.handshake_done = False
         self._error: TLSError | None = None
         self._end: End | None = None
+        #: the socket's stream has ended (kept from OpenSSL's BIO: see the class's notes)
+        self._stream_ended = False
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Bytes read from the socket; ``b""`` when the socket's stream has ended."""
         if data:
             self._incoming.write(data)
         else:
-            self._incoming.write_eof()
+            self._stream_ended = True
 
     def data_to_send(self) -> bytes:
         """Everything TLS produced for the wire so far and the caller has not taken yet."""
@@ -79,9 +89,14 @@ class TLSClient:
         if self.handshake_done:
             return True
         try:
-            self._ssl.do_handshake()
-        except ssl.SSLWantReadError:
-            return False
+            try:
+                self._ssl.do_handshake()
+            except ssl.SSLWantReadError:
+                if not self._stream_ended:
+                    return False
+                # it wants more and there is none: let OpenSSL see the end, and fail on it
+                self._incoming.write_eof()
+                self._ssl.do_handshake()
         except ssl.SSLError as exc:
             raise _error(exc) from exc
         self.handshake_done = True
@@ -105,20 +120,25 @@ class TLSClient:
         try:
             # Read while the BIO holds bytes: the last complete record leaves it empty, which
             # spares the SSLWantReadError (an exception per read) when records arrived whole.
-            while incoming.pending or incoming.eof:
+            while incoming.pending:
                 if not (chunk := read(_READ_SIZE)):
-                    self._end = "close_notify"  # an empty read is the peer's close_notify
+                    # OpenSSL has not been told the stream ended (receive_data keeps it), so
+                    # this is the alert itself, whatever OP_IGNORE_UNEXPECTED_EOF says
+                    self._end = "close_notify"
                     break
                 append(chunk)
         except ssl.SSLWantReadError:
             pass
-        except ssl.SSLEOFError:
-            self._end = "eof"
+        except ssl.SSLZeroReturnError:
+            self._end = "close_notify"  # what an empty read means, should OpenSSL raise it
         except ssl.SSLError as exc:
             error = _error(exc)
             if not chunks:
                 raise error from exc
             self._error = error
+        if self._end is None and self._error is None and self._stream_ended:
+            # every byte received is read, no close_notify among them, and no more will come
+            self._end = "eof"
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return Decrypted(data, self._end, self._outgoing.pending > 0)
 

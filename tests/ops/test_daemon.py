@@ -168,7 +168,8 @@ async def test_a_venue_whose_instrument_list_hangs_delays_only_itself(workdir: P
     gate = GatedRest()
     async with simulators() as (spot, futures), trio.open_nursery() as nursery:
         await nursery.start(gate.serve)
-        config = write_config(workdir, spot, futures)
+        # a start waits this long for a list before it takes the cache (there is none here)
+        config = write_config(workdir, spot, futures, instruments_wait=60.0)
         config = attrs.evolve(config, exchanges={
             **config.exchanges,
             "binance": attrs.evolve(config.exchanges["binance"], rest_url=gate.url),

@@ -202,6 +202,112 @@ def test_stream_ending_without_close_notify_is_reported_as_truncated(pair: tuple
     assert client.read() == Decrypted(b"", end="eof")
 
 
+# How the peer ended must not depend on the context's OP_IGNORE_UNEXPECTED_EOF: CPython sets it
+# by default on some releases (Debian 12's 3.11.2 with OpenSSL 3.0) and not on others (3.11.7,
+# 3.12, 3.13), and with it set OpenSSL reports a truncated stream as a clean close. Each test
+# below runs with the option set and cleared, so every Python checks both.
+IGNORE_UNEXPECTED_EOF = {"set": True, "cleared": False}
+Pair = tuple[TLSClient, Server]
+
+
+@pytest.fixture(params=list(IGNORE_UNEXPECTED_EOF))
+def either_eof_option(request: pytest.FixtureRequest, ca: trustme.CA) -> Pair:
+    context = client_context(ca)
+    if IGNORE_UNEXPECTED_EOF[request.param]:
+        context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
+    else:
+        context.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+    server = Server(server_context(ca))
+    client = TLSClient(context, "localhost")
+    connect(client, server)
+    return client, server
+
+
+def close_notify(server: Server) -> bytes:
+    with pytest.raises(ssl.SSLWantReadError):
+        server.ssl.unwrap()  # writes close_notify, then would wait for ours
+    return server.outgoing.read()
+
+
+@pytest.mark.parametrize("cut", [4, 0], ids=["inside-a-record", "at-a-record-boundary"])
+def test_truncation_with_the_end_in_the_same_batch_as_the_data_is_eof(
+    either_eof_option: Pair, cut: int
+) -> None:
+    client, server = either_eof_option
+    wire = server.records(b"whole", b"last")
+    client.receive_data(wire[: len(wire) - cut])
+    client.receive_data(b"")
+    expected = b"whole" if cut else b"wholelast"
+    assert client.read() == Decrypted(expected, end="eof")
+    assert client.read() == Decrypted(b"", end="eof")
+
+
+@pytest.mark.parametrize("cut", [4, 0], ids=["inside-a-record", "at-a-record-boundary"])
+def test_truncation_after_the_data_was_read_is_eof(either_eof_option: Pair, cut: int) -> None:
+    client, server = either_eof_option
+    wire = server.records(b"whole", b"last")
+    client.receive_data(wire[: len(wire) - cut])
+    assert client.read() == Decrypted(b"whole" if cut else b"wholelast")
+    client.receive_data(b"")  # the TCP close comes with the next socket read
+    assert client.read() == Decrypted(b"", end="eof")
+
+
+def test_the_end_right_after_the_handshake_is_eof(either_eof_option: Pair) -> None:
+    client, _ = either_eof_option
+    client.receive_data(b"")
+    assert client.read() == Decrypted(b"", end="eof")
+
+
+def test_close_notify_and_the_end_in_one_batch_is_close_notify(either_eof_option: Pair) -> None:
+    client, server = either_eof_option
+    wire = server.records(b"one", b"two") + close_notify(server)
+    client.receive_data(wire)
+    client.receive_data(b"")
+    assert client.read() == Decrypted(b"onetwo", end="close_notify")
+    assert client.read() == Decrypted(b"", end="close_notify")
+
+
+def test_close_notify_read_before_the_end_stays_close_notify(either_eof_option: Pair) -> None:
+    client, server = either_eof_option
+    client.receive_data(server.records(b"one"))
+    assert client.read() == Decrypted(b"one")
+    client.receive_data(close_notify(server))
+    assert client.read() == Decrypted(b"", end="close_notify")
+    client.receive_data(b"")  # and then the TCP close
+    assert client.read() == Decrypted(b"", end="close_notify")
+
+
+def test_close_notify_fed_a_byte_at_a_time_is_close_notify(either_eof_option: Pair) -> None:
+    client, server = either_eof_option
+    wire = server.records(b"one") + close_notify(server)
+    ends = []
+    for i in range(len(wire)):
+        client.receive_data(wire[i : i + 1])
+        ends.append(client.read().end)
+    client.receive_data(b"")
+    assert ends[-1] == "close_notify"
+    assert set(ends[:-1]) == {None}
+    assert client.read() == Decrypted(b"", end="close_notify")
+
+
+def test_the_stream_ending_in_the_handshake_fails_it_whatever_the_eof_option(ca: trustme.CA) -> None:
+    for ignore in IGNORE_UNEXPECTED_EOF.values():
+        context = client_context(ca)
+        if ignore:
+            context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
+        else:
+            context.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+        server = Server(server_context(ca))
+        client = TLSClient(context, "localhost")
+        client.handshake()
+        server.incoming.write(client.data_to_send())
+        server.step()
+        client.receive_data(server.outgoing.read()[:-1])
+        client.receive_data(b"")
+        with pytest.raises(TLSError):
+            client.handshake()
+
+
 def test_a_corrupt_record_after_good_ones_is_raised_after_they_are_returned(
     pair: tuple[TLSClient, Server],
 ) -> None:
