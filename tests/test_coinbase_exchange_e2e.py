@@ -133,7 +133,7 @@ async def test_a_live_subscribe_is_acknowledged_and_a_live_unsubscribe_drops_its
                 await ws.unsubscribe_from_symbol(VENUE, "SOL-USD")
                 await sim.wait_until(lambda: not any("SOL-USD" in t for t in conn.topics))
             assert set(conn.topics) == {"matches:BTC-USD", "ticker:BTC-USD", "heartbeat:BTC-USD"}
-            assert "SOL-USD" not in str(ws.list_subscriptions())
+            assert "SOL-USD" not in str(await ws.list_subscriptions())
 
 
 async def test_a_quiet_product_is_kept_alive_by_its_heartbeat(

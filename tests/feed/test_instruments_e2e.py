@@ -80,7 +80,7 @@ async def test_a_start_with_every_rest_endpoint_down_streams_every_venue_from_it
                 await every_venue_streams(client, venues)
             for venue_id, supervisor in daemon.venues.items():
                 assert supervisor.instruments.source == "cache", venue_id
-                shown = daemon.get_connection_status()["exchanges"][venue_id]["instruments"]
+                shown = (await daemon.get_connection_status())["exchanges"][venue_id]["instruments"]
                 assert shown["summary"] == "cached (0 min old)"
                 assert "503" in shown["last_error"]
 
@@ -90,5 +90,5 @@ async def test_a_start_with_every_rest_endpoint_down_streams_every_venue_from_it
             with trio.fail_after(TIMEOUT):  # the background fetch is retried within max_backoff
                 await client.until(lambda r: all(s.instruments.source == "rest" for s in supervisors))
             for venue_id in venues:
-                shown = daemon.get_connection_status()["exchanges"][venue_id]["instruments"]
+                shown = (await daemon.get_connection_status())["exchanges"][venue_id]["instruments"]
                 assert (shown["summary"], shown["last_error"]) == ("fetched (0 min old)", None)
