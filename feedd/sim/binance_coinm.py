@@ -143,7 +143,9 @@ SIMULATOR: Final = SimSpec(
     make=lambda venue_ids, speed: BinanceCoinmSimulator(speed=speed),
     symbols={"binance-coinm": ("BTCUSD_PERP", "BTCUSD_261225")},
     spare="ETHUSD_PERP",
-    speed=0.1,  # the recorded tape is dense
+    # the aggTrade tape pauses up to 0.95 s: at full speed a subscribed symbol never waits over
+    # a second for a trade, so a feed that stops is a stall, heartbeats or not (tests/faults)
+    speed=1.0,
     add_arguments=_add_arguments,
     from_args=_from_args,
 )
