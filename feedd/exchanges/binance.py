@@ -62,6 +62,8 @@ class BinanceSession:
     #: streams per SUBSCRIBE/UNSUBSCRIBE request; Binance answers "too many parameters" past its
     #: (undocumented) limit, and 200 is USD-M's whole per-connection budget.
     MAX_PARAMS_PER_REQUEST = 200
+    #: the ticker field holding the 24 h volume in base units (COIN-M: ``q``; its ``v`` counts contracts)
+    _volume_key = "v"
 
     def __init__(self, venue_id: str, quotes: QuoteCache) -> None:
         self._venue_id = venue_id
@@ -205,6 +207,10 @@ class BinanceSession:
             raise TypeError(f"aggregate trade id 'a' is not an integer: {trade_id!r}")
         return self._trade_record(data, str(trade_id), received_at)
 
+    def _quantity(self, symbol: str, price: float, quantity: Any) -> float:
+        """A trade's size in base units: ``q`` as sent (COIN-M's session turns contracts into coins)."""
+        return float(quantity)
+
     def _trade_record(self, data: dict[str, Any], trade_id: str, received_at: datetime) -> Event:
         symbol = text(data, "s")
         # m: "is the buyer the market maker?"; true means the taker sold (§2.3, §4)
@@ -215,11 +221,12 @@ class BinanceSession:
             side = "buy"
         else:
             raise TypeError(f"'m' is not a boolean: {maker_buyer!r}")
+        price = float(data["p"])
         return trade_record(
             self._venue_id,
             symbol,
-            float(data["p"]),
-            float(data["q"]),
+            price,
+            self._quantity(symbol, price, data["q"]),
             _fromtimestamp(data["T"] / 1000, UTC),
             received_at,
             side,
@@ -244,7 +251,7 @@ class BinanceSession:
             symbol,
             TICKER,
             float(data["c"]),
-            float(data["v"]),
+            float(data[self._volume_key]),
             _fromtimestamp(data["E"] / 1000, UTC),
             received_at,
             bid=bid,

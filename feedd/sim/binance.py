@@ -187,16 +187,20 @@ class BinanceProtocol:
     case) has its symbol and the connection's route carries its kind.
     """
 
-    def __init__(self, *, futures: bool, symbols: Iterable[str], liveness: Liveness) -> None:
+    def __init__(
+        self, *, futures: bool, symbols: Iterable[str], liveness: Liveness, routed: bool | None = None
+    ) -> None:
         self.futures = futures
+        #: futures streams split over /public and /market (USD-M; COIN-M's dstream has no routes)
+        self.routed = futures if routed is None else routed
         self.liveness = liveness
-        self.default_path = "/market/stream" if futures else "/stream"
+        self.default_path = "/market/stream" if self.routed else "/stream"
         self.malformed_frame = _MALFORMED_FRAME
         #: faults: symbols whose SUBSCRIBE gets an error reply; SUBSCRIBEs dropped unanswered
         self.refused: frozenset[str] = frozenset()
         self.swallow_subscribes = False
         self._symbols = frozenset(symbols)
-        self._endpoints = _FUTURES_ENDPOINTS if futures else _SPOT_ENDPOINTS
+        self._endpoints = _FUTURES_ENDPOINTS if self.routed else _SPOT_ENDPOINTS
 
     def open(self, path: str, query: str) -> Accept[BinanceConnection] | Reject:
         resolved = self._resolve(path)
@@ -260,7 +264,7 @@ class BinanceProtocol:
         # Stream names must be lower case (§2.1): "BTCUSDT@trade" matches no market.
         if symbol not in self._symbols:
             return False
-        if self.futures:
+        if self.routed:
             return _FUTURES_KIND_ROUTE.get(kind) == conn.route
         return kind in _SPOT_KINDS
 
@@ -308,6 +312,8 @@ class _Market(Market):
         #: trades still to leave out of the stream (made and kept in the history all the same)
         self.skip = 0
         self.flood_rows: dict[str, list[tuple[str, str, str]]] = {}
+        #: fields a venue adds to every bookTicker and 24hrTicker payload (COIN-M's pair, "ps")
+        self.extra: dict[str, Any] = {}
 
     def price(self, value: float) -> str:
         # Spot prints 8 decimals whatever the tick ("61837.63000000"); futures prints the tick's.
@@ -357,6 +363,7 @@ class _Market(Market):
             # [unverified, 3p type definitions].
             for key in ("x", "b", "B", "a", "A"):
                 del payload[key]
+        payload.update(self.extra)
         return payload
 
 
@@ -367,6 +374,9 @@ class BinanceSimulator(SimServer[BinanceConnection]):
     :attr:`rest_url`. Only symbols in ``symbols`` carry data; any other well-formed stream is
     acked and stays silent, as the real exchange does (§2.2).
     """
+
+    #: futures streams take the /public and /market routes (USD-M); a subclass may say not
+    _routed = True
 
     def __init__(
         self,
@@ -400,7 +410,9 @@ class BinanceSimulator(SimServer[BinanceConnection]):
             max_incoming_per_second=self.max_incoming_per_second,
         )
         lower = (s.lower() for s in self.symbols)
-        protocol = BinanceProtocol(futures=futures, symbols=lower, liveness=liveness)
+        protocol = BinanceProtocol(
+            futures=futures, symbols=lower, liveness=liveness, routed=futures and self._routed
+        )
         extra = {} if frames_per_write is None else {"frames_per_write": frames_per_write}
         super().__init__(protocol, ssl_context=ssl_context, flood=flood, **extra)
 
@@ -410,7 +422,11 @@ class BinanceSimulator(SimServer[BinanceConnection]):
         # The aggTrade tape is from another day (2021); rescale it onto the trade tape's level so
         # a symbol's @trade, @aggTrade and @ticker prices agree.
         self._agg_scale = float(self._trades.payloads[0]["p"]) / float(self._agg_trades.payloads[0]["p"])
-        self._markets = {s.lower(): _Market(s, i, futures, self._trades) for i, s in enumerate(self.symbols)}
+        self._markets = {s.lower(): self._new_market(s, i) for i, s in enumerate(self.symbols)}
+
+    def _new_market(self, symbol: str, index: int) -> _Market:
+        """One symbol's state (a subclass's venue may keep more of it)."""
+        return _Market(symbol, index, self.futures, self._trades)
 
     def last_trade_id(self, symbol: str) -> int:
         """The id of ``symbol``'s latest @trade trade, paced or flooded (one id per trade, no
@@ -572,7 +588,7 @@ class BinanceSimulator(SimServer[BinanceConnection]):
         if market.futures:
             # §2.6: futures bookTicker adds the event type, event time and transaction time.
             now = _now_ms()
-            quote = {"e": "bookTicker", "u": quote["u"], "E": now, "T": now - 1, **quote}
+            quote = {"e": "bookTicker", "u": quote["u"], "E": now, "T": now - 1, **quote, **market.extra}
         # §2.3: spot bookTicker has no "e"/"E"; only the stream name identifies it.
         self.publish(name, _dumps(quote))
 

@@ -389,7 +389,7 @@ class BybitSimulator(SimServer[BybitConnection]):
         category = query.get("category")
         if category is None:
             return "params error: category is required"
-        if category not in CATEGORIES:
+        if category not in self.symbols:
             return f"params error: category {category} is not supported"
         entries = self.instruments(category)
         if "symbol" in query:

@@ -30,7 +30,8 @@ def workdir() -> Iterator[Path]:
 
 def simulator(venue: str) -> Any:
     if venue not in BY_HAND:
-        return simulator_for(venue).make((venue,), 20.0)
+        spec = simulator_for(venue)
+        return spec.make(next(group for group in spec.groups if venue in group), 20.0)
     if venue.startswith("binance"):
         return BinanceSimulator(futures=venue == "binance-usdm", speed=20.0)
     if venue.startswith("bybit"):

@@ -89,7 +89,9 @@ def test_the_bundled_simulators_are_found_with_the_venue_ids_they_serve() -> Non
     found = {name: spec.groups for name, spec in feedd.sim.registry().items()}
     assert found == {
         "binance": (("binance",), ("binance-usdm",)),
+        "binance-coinm": (("binance-coinm",),),
         "bybit": (("bybit", "bybit-linear", "bybit-inverse"),),
+        "bybit-option": (("bybit-option",),),
         "coinbase": (("coinbase",),),
         "hyperliquid": (("hyperliquid",),),
         "coinbase-exchange": (("coinbase-exchange",),),
