@@ -271,7 +271,8 @@ class BinanceSession:
         """
         symbol = text(data, "s")
         bid, ask = float(data["b"]), float(data["a"])
-        bid_size, ask_size = float(data["B"]), float(data["A"])
+        # sizes in base units (COIN-M's are contracts: made coins at their own side's price)
+        bid_size, ask_size = self._quantity(symbol, bid, data["B"]), self._quantity(symbol, ask, data["A"])
         quotes = self._quotes
         quotes.put(symbol, bid, ask, received_at, bid_size, ask_size)
         if symbol not in quotes.streamed:
@@ -320,6 +321,10 @@ class _BinanceVenue(QuotedVenue):
     _history_endpoint: str
     _history_id: str
 
+    def _history_quantity(self, symbol: str, price: float, quantity: float) -> float:
+        """A history trade's size in base units (COIN-M: contracts made coins)."""
+        return quantity
+
     def history_path(self, symbol: str, from_id: int, limit: int) -> str:
         return f"{self._history_endpoint}?symbol={symbol}&fromId={from_id}&limit={limit}"
 
@@ -337,11 +342,12 @@ class _BinanceVenue(QuotedVenue):
                 maker_buyer = entry["isBuyerMaker" if spot else "m"]
                 if type(trade_id) is not int or type(maker_buyer) is not bool:
                     raise TypeError(f"{key!r} is not an integer or the maker flag not a boolean")
+                price = float(entry["price" if spot else "p"])
                 out.append(trade_record(
                     self.venue_id,
                     symbol,
-                    float(entry["price" if spot else "p"]),
-                    float(entry["qty" if spot else "q"]),
+                    price,
+                    self._history_quantity(symbol, price, float(entry["qty" if spot else "q"])),
                     _fromtimestamp(entry["time" if spot else "T"] / 1000, UTC),
                     received_at,
                     "sell" if maker_buyer else "buy",

@@ -88,6 +88,10 @@ class BinanceCoinm(_BinanceVenue):
     #: "WebSocket connections have a limit of 10 incoming messages per second", per connection
     max_messages_per_second = 10.0
     _instruments_path = "/dapi/v1/exchangeInfo"
+    history_rate = 1.0
+    #: "Compressed/Aggregate Trades List" (dapi), by the ``a`` ids of ``@aggTrade``
+    _history_endpoint = "/dapi/v1/aggTrades"
+    _history_id = "a"
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,12 +101,19 @@ class BinanceCoinm(_BinanceVenue):
     def new_session(self) -> Session:
         return CoinmSession(self.venue_id, self.quotes, self.contract_sizes)
 
+    def _history_quantity(self, symbol: str, price: float, quantity: float) -> float:
+        if price <= 0:
+            raise ValueError(f"price {price!r} is not positive: contracts cannot be made coins")
+        return quantity * self.contract_sizes.get(symbol, default_contract_size(symbol)) / price
+
     def topics(self, subscription: Subscription) -> list[Topic]:
         symbol = subscription.symbol.lower()  # stream names want lower case (§6.1)
         if subscription.channel == "trades":
             return [Topic("", f"{symbol}@aggTrade")]
         if subscription.channel == "ticker":
             return [Topic("", f"{symbol}@ticker"), Topic("", f"{symbol}@bookTicker")]
+        if subscription.channel == "quotes":
+            return [Topic("", f"{symbol}@bookTicker")]
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def url(self, route: str, base_url: str) -> str:

@@ -92,6 +92,8 @@ class BinanceCoinmSimulator(BinanceSimulator):
     def _answer_rest(self, request: HttpRequest) -> HttpResponse:
         if request.method == "GET" and request.path == INFO_PATH:
             return HttpResponse(200, self.exchange_info())
+        if request.method == "GET" and request.path == "/dapi/v1/aggTrades":
+            return self._history(request)
         return HttpResponse(404, {"code": -1, "msg": f"Not found: {request.method} {request.path}"})
 
     def exchange_info(self) -> dict[str, Any]:
