@@ -30,7 +30,8 @@ class Liveness:
     messages than this within one second closes the connection (1008); with
     ``incoming_per_address`` the count spans every connection from the client's address (a
     per-IP limit). ``idle_timeout``: a connection with no client ping (a :class:`Answer` with
-    ``ping``) and no data frame sent for this long is cut without a close frame.
+    ``ping``) and no data frame sent for this long is cut: with ``idle_close``, a close frame of
+    that code and reason (OKX: 4004), else without a close frame.
     ``subscribe_timeout``: a connection that has not come to hold a subscription this long after
     opening is cut without a close frame.
     """
@@ -40,6 +41,7 @@ class Liveness:
     max_incoming_per_second: int | None = None
     incoming_per_address: bool = False
     idle_timeout: float | None = None
+    idle_close: tuple[int, str] | None = None
     subscribe_timeout: float | None = None
 
 
