@@ -156,7 +156,8 @@ async def test_the_481st_request_within_an_hour_is_too_frequent(
         for _ in range(145):  # an hour, kept open by pings
             await trio.sleep(25)
             await ws.send_message("ping")
-            assert await ws.get_message() == "pong"
+            while await ws.get_message() != "pong":
+                pass
         await send(ws, request("unsubscribe", ("tickers", "BTC-USDT")))
         [ack] = await replies(ws, 1)
         assert ack["event"] == "unsubscribe"
