@@ -111,7 +111,7 @@ def code(cell: str) -> str:
 def test_the_contracts_venues_are_the_adapters_with_their_default_endpoints() -> None:
     rows = contract_table("Venues")
     assert [code(row[0]) for row in rows] == [
-        "binance", "binance-usdm", "bybit", "bybit-linear", "bybit-inverse", "coinbase"
+        "binance", "binance-usdm", "bybit", "bybit-linear", "bybit-inverse", "coinbase", "okx"
     ]
     assert sorted(code(row[0]) for row in rows) == venue_ids()
     for row in rows:
