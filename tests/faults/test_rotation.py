@@ -13,10 +13,13 @@ import trio
 from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 
 from feedd.model import MarketData
-from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
+from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator, registry, simulator_for
 
 TIMEOUT = 30
 ROTATIONS = 3
+#: the main venue of every simulator found beyond the three first exchanges' (by discovery, so
+#: a venue added later is rotated too, through its SimSpec)
+ADDED = [spec.main for spec in registry().values() if spec.name not in ("binance", "bybit", "coinbase")]
 
 
 @pytest.fixture
@@ -26,6 +29,8 @@ def workdir() -> Iterator[Path]:
 
 
 def simulator(venue: str) -> Any:
+    if venue in ADDED:
+        return simulator_for(venue).make((venue,), 20.0)
     if venue.startswith("binance"):
         return BinanceSimulator(futures=venue == "binance-usdm", speed=20.0)
     if venue.startswith("bybit"):
@@ -34,7 +39,10 @@ def simulator(venue: str) -> Any:
 
 
 def section(venue: str, sim: Any, *extra: str) -> str:
-    """The venue's config table pointing at its (serving) simulator, two symbols subscribed."""
+    """The venue's config table pointing at its (serving) simulator, two symbols subscribed (an
+    added venue: its spec's symbols)."""
+    if venue in ADDED:
+        return simulator_for(venue).config_section(venue, sim, None, *extra)
     if venue.startswith("binance"):
         return venue_section(venue, sim.ws_url, sim.rest_url, ("BTCUSDT", "ETHUSDT"), *extra)
     if venue.startswith("bybit"):
@@ -58,7 +66,7 @@ def assert_each_trade_once_and_in_sequence(records: list[MarketData]) -> None:
             assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), f"{key}: a gap"
 
 
-@pytest.mark.parametrize("venue", ["binance", "binance-usdm", "bybit", "bybit-linear", "coinbase"])
+@pytest.mark.parametrize("venue", ["binance", "binance-usdm", "bybit", "bybit-linear", "coinbase", *ADDED])
 async def test_scheduled_rotation_loses_and_repeats_nothing(workdir: Path, venue: str) -> None:
     control_venue = "coinbase" if venue.startswith("binance") else "binance"
     sim, control = simulator(venue), simulator(control_venue)
