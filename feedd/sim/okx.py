@@ -1,41 +1,30 @@
 """A local OKX v5: the public WebSocket (``/ws/v5/public``) and ``GET /api/v5/public/instruments``.
 
-Speaks protocols/README.md §8 as checked against OKX's v5 docs: ``{"id", "op", "args": [{"channel",
-"instId"}]}`` answered per arg, ``{"id", "event": "subscribe" | "unsubscribe", "arg", "connId"}``,
-or ``{"id", "event": "error", "code", "msg", "connId"}`` (no ``arg``): 60012 for a request that
-is not one, 60019 for another op, 60018 for a channel or instrument that does not exist (its
-``msg`` naming ``channel:<c>,instId:<i>``, the wording clients record [3p]), 60014 past 480
-requests an hour on one connection. A bad arg is refused alone; the request's other args are
-acknowledged [unverified: the docs do not say]. The client's text ``ping`` is answered ``pong``;
-a connection with no subscription, or that neither pinged nor was sent data, for 30 s is closed
-with 4004 ("No data received in 30s", the docs' close-frame table). ``notice`` 64008 announces a
-service upgrade (:meth:`OkxSimulator.send_server_shutdown`).
-
-Market data is generated, not replayed (no recording with a licence to ship covers today's
-shapes): each instrument's trades, numbered one by one, at ``speed`` x 2 a second while someone
-subscribes, each also moving its ticker, pushed on change as OKX does ("trade, best ask/bid
-change"); a new ``tickers`` subscription gets the current ticker at once. Derivatives count in
-contracts: ``sz`` and ``vol24h`` in contracts of the instrument's ``ctVal``, ``volCcy24h`` in
-base currency.
+As protocols/README.md §8 and OKX's v5 docs say: ``{"id", "op", "args": [{"channel", "instId"}]}``
+acked per arg (``{"id", "event", "arg", "connId"}``) or refused by ``{"id", "event": "error",
+"code", "msg", "connId"}`` without an ``arg``: 60012 (no request), 60019 (another op), 60018 (no such
+channel or instrument, named in ``msg`` as clients record [3p]; the other args are acked
+[unverified]), 60014 past 480 requests an hour on a connection. ``ping`` gets ``pong``; 30 s without
+a subscription, or without a ping or data, closes with 4004; notice 64008 announces an upgrade.
+Market data is generated (:class:`~feedd.sim.market.RandomWalk`: no recording with a licence to ship
+has today's shapes), ticker pushed with each trade; derivatives in contracts of ``ctVal``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import random
 import secrets
 import ssl
 import time
-import zlib
-from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, Final
 
 import orjson
 import trio
 
-from feedd.sim.market import Market, price_factor
+from feedd.sim.market import Market, RandomWalk, generate, price_factor
 from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection, status_phrase
 from feedd.sim.rest import HttpRequest, HttpResponse
 from feedd.sim.server import SimServer
@@ -52,11 +41,11 @@ REQUESTS_PER_HOUR: Final = 480
 TRADES_PER_SECOND: Final = 2.0
 BTC_LEVEL: Final = 97_000.0
 _EXPIRY_MS: Final = 1_798_185_600_000  # 2026-12-25 08:00 UTC, a Friday (futures settle at 08:00)
+_NOTICE: Final = {"event": "notice", "code": "64008",
+                  "msg": "The connection will soon be closed for a service upgrade. Please reconnect."}
+_NO_SUCH: Final = ("Wrong URL or channel:{},instId:{} doesn't exist. Please use the correct URL, channel "
+                   "and parameters referring to API document.")
 _MALFORMED_FRAME: Final = '{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"instId":"BTC-US'
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _fixed(value: float, places: int) -> str:
@@ -77,28 +66,23 @@ class Instrument(Market):
         self.ct_val = 10.0 ** round(math.log10(500 / self.last_price))
         if self.inverse:
             self.ct_val = 100.0 if self.base == "BTC" else 10.0
-        self.rng = random.Random(inst_id)
-        self.next_trade_id = 100_000_000 + zlib.crc32(inst_id.encode()) % 900_000_000
+        self.walk = RandomWalk(self)
 
     def contracts(self, base: float, price: float) -> float:
         return base * price / self.ct_val if self.inverse else base / self.ct_val
 
     def trade(self, now_ms: int) -> dict[str, Any]:
-        """The next trade: a small random step, at the ask for a buy or the bid for a sell."""
-        rng, tick = self.rng, 10.0**-self.price_decimals
-        mid = max(tick, self.last_price * (1 + rng.gauss(0, 0.0003)))
-        side = rng.choice(("buy", "sell"))
-        price = round(mid + tick / 2 if side == "buy" else mid - tick / 2, self.price_decimals)
+        """The next trade: spot in base currency, derivatives in whole contracts."""
+        trade_id, price, side = self.walk.step()
         if self.inst_type == "SPOT":
-            size = round(rng.uniform(0.2, 3.0) * 10.0**-self.qty_decimals * 100, self.qty_decimals)
+            size = round(self.walk.rng.uniform(0.2, 3.0) * 10.0 ** (2 - self.qty_decimals), self.qty_decimals)
             sz, base = _fixed(size, self.qty_decimals), size
         else:
-            count = rng.randint(1, 40)
+            count = self.walk.rng.randint(1, 40)
             sz, base = str(count), count * self.ct_val / price if self.inverse else count * self.ct_val
         self.on_trade(price, base)
-        self.trade_id, self.next_trade_id = self.next_trade_id, self.next_trade_id + 1
-        return {"instId": self.symbol, "tradeId": str(self.trade_id), "px": _fixed(price, self.price_decimals),
-                "sz": sz, "side": side, "ts": str(now_ms), "count": "1", "seqId": self.trade_id}
+        return {"instId": self.symbol, "tradeId": str(trade_id), "px": _fixed(price, self.price_decimals),
+                "sz": sz, "side": side, "ts": str(now_ms), "count": "1", "seqId": trade_id}
 
     def ticker(self, now_ms: int) -> dict[str, str]:
         places, tick, last = self.price_decimals, 10.0**-self.price_decimals, self.last_price
@@ -115,37 +99,30 @@ class Instrument(Market):
         }
 
     def listing(self) -> dict[str, Any]:
-        """The instrument as ``GET /api/v5/public/instruments`` lists it."""
-        spot, places = self.inst_type == "SPOT", self.price_decimals
-        family = "" if spot else f"{self.base}-{self.quote}"
-        lot = _fixed(10.0**-self.qty_decimals, self.qty_decimals) if spot else "1"
-        return {
-            "instType": self.inst_type, "instId": self.symbol, "uly": family, "instFamily": family,
-            "baseCcy": self.base if spot else "", "quoteCcy": self.quote if spot else "",
-            "settleCcy": "" if spot else self.base if self.inverse else self.quote,
-            "ctVal": "" if spot else f"{self.ct_val:g}", "ctMult": "" if spot else "1",
-            "ctValCcy": "" if spot else self.quote if self.inverse else self.base,
-            "ctType": "" if spot else "inverse" if self.inverse else "linear", "optType": "", "stk": "",
-            "listTime": "1606468572000", "expTime": str(_EXPIRY_MS) if self.inst_type == "FUTURES" else "",
-            "lever": "" if spot else "100", "tickSz": _fixed(10.0**-places, places), "lotSz": lot,
-            "minSz": lot, "alias": "quarter" if self.inst_type == "FUTURES" else "", "state": "live",
-        }
+        """The instrument as ``GET /api/v5/public/instruments`` lists it (other types' fields "")."""
+        spot, places, step = self.inst_type == "SPOT", self.price_decimals, self.qty_decimals
+        contract = {"instFamily": f"{self.base}-{self.quote}", "ctVal": f"{self.ct_val:g}", "ctMult": "1",
+                    "settleCcy": self.base if self.inverse else self.quote,
+                    "ctValCcy": self.quote if self.inverse else self.base,
+                    "ctType": "inverse" if self.inverse else "linear"}
+        lot, expiry = _fixed(10.0**-step, step) if spot else "1", self.inst_type == "FUTURES"
+        return {"instType": self.inst_type, "instId": self.symbol, "baseCcy": self.base if spot else "",
+                "quoteCcy": self.quote if spot else "", **(dict.fromkeys(contract, "") if spot else contract),
+                "listTime": "1606468572000", "expTime": str(_EXPIRY_MS) if expiry else "",
+                "tickSz": _fixed(10.0**-places, places), "lotSz": lot, "minSz": lot, "state": "live"}
 
 
 class OkxConnection(SimConnection):
-    """A connection to the public endpoint: its ``connId`` and its requests of the last hour."""
+    """A connection to the public endpoint, with its ``connId``."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.conn_id = secrets.token_hex(4)
-        self.requests: deque[float] = deque()
 
 
 class OkxProtocol:
-    """OKX's public v5 WebSocket protocol, pure: one path, per-arg replies, limits.
-
-    A channel (and topic) is ``"<channel>:<instId>"``; ``clock`` counts requests per hour.
-    """
+    """OKX's public v5 WebSocket protocol, pure: one path, per-arg replies, limits. A channel
+    (and topic) is ``"<channel>:<instId>"``; ``clock`` counts requests per hour."""
 
     def __init__(self, *, instruments: Iterable[str], idle_timeout: float = IDLE_TIMEOUT,
                  requests_per_hour: int = REQUESTS_PER_HOUR,
@@ -156,8 +133,7 @@ class OkxProtocol:
         self.malformed_frame = _MALFORMED_FRAME
         self.refused: frozenset[str] = frozenset()
         self.swallow_subscribes = False
-        #: a fault: the text ping goes unanswered
-        self.silent_pongs = False
+        self.silent_pongs = False  # a fault: the text ping goes unanswered
         self.errors_sent = 0
         self.requests_per_hour = requests_per_hour
         self._instruments = frozenset(instruments)
@@ -183,12 +159,8 @@ class OkxProtocol:
             return self._fail(conn, req_id, "60019", f"Invalid op: {op}")
         if not isinstance(args, list) or not args or not all(isinstance(a, dict) for a in args):
             return self._fail(conn, req_id, "60012", f"Invalid request: {text[:200]}")
-        now, recent = self._clock(), conn.requests
-        while recent and recent[0] <= now - 3600:
-            recent.popleft()
-        if len(recent) >= self.requests_per_hour:
+        if not conn.within_budget("requests", self._clock(), self.requests_per_hour, 3600.0):
             return self._fail(conn, req_id, "60014", "Requests too frequent.")
-        recent.append(now)
         if op == "subscribe" and self.swallow_subscribes:
             return Answer()
         frames: list[str] = []
@@ -198,34 +170,30 @@ class OkxProtocol:
             topic = f"{channel}:{inst_id}"
             if op == "subscribe" and (channel not in CHANNELS or inst_id not in self._instruments
                                       or inst_id in self.refused):
-                frames.append(self._error(conn, req_id, "60018", f"Wrong URL or channel:{channel},instId:"
-                                          f"{inst_id} doesn't exist. Please use the correct URL, channel "
-                                          "and parameters referring to API document."))
+                frames.append(self._error(conn, req_id, "60018", _NO_SUCH.format(channel, inst_id)))
                 continue
-            if (topic in conn.topics) != (op == "subscribe"):
+            if op == "subscribe" and topic not in conn.topics:
+                conn.topics[topic] = None
                 changed.append(topic)
-                if op == "subscribe":
-                    conn.topics[topic] = None
-                else:
-                    del conn.topics[topic]
-            reply = {"event": op, "arg": {"channel": channel, "instId": inst_id}, "connId": conn.conn_id}
-            frames.append(orjson.dumps({"id": req_id, **reply} if req_id is not None else reply).decode())
+            elif op == "unsubscribe" and topic in conn.topics:
+                del conn.topics[topic]
+                changed.append(topic)
+            frames.append(_reply(req_id, {"event": op, "arg": {"channel": channel, "instId": inst_id},
+                                          "connId": conn.conn_id}))
         start, stop = (tuple(changed), ()) if op == "subscribe" else ((), tuple(changed))
         return Answer(frames=tuple(frames), start=start, stop=stop)
 
     def _error(self, conn: OkxConnection, req_id: str | None, code: str, msg: str) -> str:
         self.errors_sent += 1
-        body = {"event": "error", "code": code, "msg": msg, "connId": conn.conn_id}
-        return orjson.dumps({"id": req_id, **body} if req_id is not None else body).decode()
+        return _reply(req_id, {"event": "error", "code": code, "msg": msg, "connId": conn.conn_id})
 
     def _fail(self, conn: OkxConnection, req_id: str | None, code: str, msg: str) -> Answer:
         return Answer(frames=(self._error(conn, req_id, code, msg),))
 
 
 class OkxSimulator(SimServer[OkxConnection]):
-    """OKX's public WebSocket and the instruments REST call on localhost, for ``instruments``
-    (spot ``BTC-USDT``, swaps ``BTC-USDT-SWAP``, futures ``BTC-USD-261225``; linear when quoted
-    in USDT, inverse in USD)."""
+    """OKX's public WebSocket and instruments REST call on localhost, for ``instruments`` (spot
+    ``BTC-USDT``, swaps ``BTC-USDT-SWAP``, futures ``BTC-USD-261225``; inverse when in USD)."""
 
     def __init__(self, *, instruments: Iterable[str] = DEFAULT_INSTRUMENTS, speed: float = 1.0,
                  idle_timeout: float = IDLE_TIMEOUT, requests_per_hour: int = REQUESTS_PER_HOUR,
@@ -255,67 +223,56 @@ class OkxSimulator(SimServer[OkxConnection]):
         """[ws-notification] notice 64008 on every connection, then close them ``close_after``
         seconds later (60 s ahead, the docs say). New connections are accepted meanwhile."""
         for conn in self.connections:
-            notice = {"event": "notice", "code": "64008", "msg": "The connection will soon be closed for "
-                      "a service upgrade. Please reconnect.", "connId": conn.conn_id}
-            conn.offer(orjson.dumps(notice).decode())
-            self.nursery.start_soon(self._close_later, conn, close_after)
-
-    async def _close_later(self, conn: OkxConnection, delay: float) -> None:
-        await trio.sleep(delay)
-        conn.close(1001, "Service upgrade")
+            conn.offer(orjson.dumps({**_NOTICE, "connId": conn.conn_id}).decode())
+            self.close_later(conn, close_after, 1001, "Service upgrade")
 
     def _refusal(self, status: int) -> Reject:
         return Reject(status, {"code": "50011" if status == 429 else "50001", "msg": status_phrase(status)})
 
-    # ---- market data ---------------------------------------------------------------------
-
     def _run_feeds(self, nursery: trio.Nursery) -> None:
-        for instrument in self.instruments.values():
-            nursery.start_soon(self._feed, instrument)
+        for inst in self.instruments.values():
+            nursery.start_soon(partial(generate, partial(self._on_trade, inst), demand=inst.demand,
+                                       rate=TRADES_PER_SECOND * self.speed, rng=inst.walk.rng))
 
-    async def _feed(self, inst: Instrument) -> None:
-        gap = 1 / (TRADES_PER_SECOND * self.speed)
-        while True:
-            if not inst.demand.wanted.is_set():
-                await inst.demand.wanted.wait()
-            await trio.sleep(gap * inst.rng.uniform(0.5, 1.5))
-            now = _now_ms()
-            trade = inst.trade(now)
-            self._push("trades", inst, trade)
-            self._push("tickers", inst, inst.ticker(now))
-
-    def _push(self, channel: str, inst: Instrument, row: dict[str, Any]) -> None:
-        key = f"{channel}:{inst.symbol}"
-        if self.has_subscribers(key):
-            self.publish(key, _push(channel, inst.symbol, row))
+    def _on_trade(self, inst: Instrument) -> None:
+        now = time.time_ns() // 1_000_000
+        for channel, row in (("trades", inst.trade(now)), ("tickers", inst.ticker(now))):
+            if self.has_subscribers(key := f"{channel}:{inst.symbol}"):
+                self.publish(key, _push(channel, inst.symbol, row))
 
     def _on_start(self, conn: OkxConnection, channel: str) -> None:
         name, _, inst_id = channel.partition(":")
         inst = self.instruments[inst_id]
         inst.demand.add(1)
         if name == "tickers":
-            self.deliver(conn, _push(name, inst_id, inst.ticker(_now_ms())))
+            self.deliver(conn, _push(name, inst_id, inst.ticker(time.time_ns() // 1_000_000)))
 
     def _on_stop(self, conn: OkxConnection, channel: str) -> None:
         self.instruments[channel.partition(":")[2]].demand.add(-1)
 
-    # ---- REST ----------------------------------------------------------------------------
-
     def _rest_outage(self) -> HttpResponse:
-        return HttpResponse(503, {"code": "50001", "msg": "Service temporarily unavailable", "data": []})
+        return _rest(503, "50001", "Service temporarily unavailable")
 
     def _answer_rest(self, request: HttpRequest) -> HttpResponse:
-        if request.method != "GET" or request.path != INSTRUMENTS_PATH:
-            return HttpResponse(404, {"code": "404", "msg": f"Not found: {request.path}", "data": []})
         inst_type = request.query.get("instType", [""])[-1]
-        if not inst_type:
-            return HttpResponse(400, {"code": "50014", "msg": "Parameter instType can not be empty.", "data": []})
+        if request.method != "GET" or request.path != INSTRUMENTS_PATH:
+            return _rest(404, "404", f"Not found: {request.path}")
         if inst_type not in ("SPOT", "MARGIN", "SWAP", "FUTURES", "OPTION"):
-            return HttpResponse(400, {"code": "51000", "msg": "Parameter instType error", "data": []})
+            return _rest(400, "50014", "Parameter instType can not be empty.") if not inst_type else \
+                _rest(400, "51000", "Parameter instType error")
         wanted = request.query.get("instId", [None])[-1]
         data = [i.listing() for i in self.instruments.values()
                 if i.inst_type == inst_type and wanted in (None, i.symbol)]
         return HttpResponse(200, {"code": "0", "msg": "", "data": data})
+
+
+def _reply(req_id: str | None, body: dict[str, Any]) -> str:
+    """A reply, with the request's ``id`` first when it had one."""
+    return orjson.dumps(body if req_id is None else {"id": req_id, **body}).decode()
+
+
+def _rest(status: int, code: str, msg: str) -> HttpResponse:
+    return HttpResponse(status, {"code": code, "msg": msg, "data": []})
 
 
 def _push(channel: str, inst_id: str, row: dict[str, Any]) -> str:
@@ -327,8 +284,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated OKX instrument ids (spot, -SWAP, -YYMMDD futures)")
 
 
-SPARE: Final = "ETH-USDT"
-
 #: what the tools need to run this simulator (found by :func:`feedd.sim.registry`)
 SIMULATOR: Final = SimSpec(
     name="okx",
@@ -336,8 +291,7 @@ SIMULATOR: Final = SimSpec(
     groups=(("okx",),),
     make=lambda venue_ids, speed: OkxSimulator(speed=speed),
     symbols={"okx": ("BTC-USDT", "BTC-USDT-SWAP", "BTC-USD-261225")},
-    spare=SPARE,
-    speed=1.0,
+    spare="ETH-USDT",
     add_arguments=_add_arguments,
     from_args=lambda args: OkxSimulator(instruments=symbol_list(args.instruments), speed=args.speed),
 )

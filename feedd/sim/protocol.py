@@ -91,6 +91,7 @@ class SimConnection:
         self._flood: dict[str, None] = {}
         self._flood_changed = trio.Event()
         self._recent: deque[float] = deque()
+        self._budgets: dict[str, deque[float]] = {}
         self._subscribed = trio.Event()
         self._idle_scope: trio.CancelScope | None = None
         self._idle_after = 0.0
@@ -139,6 +140,18 @@ class SimConnection:
         while recent and recent[0] <= now - 1.0:
             recent.popleft()
         return len(recent) > limit
+
+    def within_budget(self, key: str, now: float, limit: int, window: float) -> bool:
+        """Count one ``key`` request at ``now`` if fewer than ``limit`` were counted in the last
+        ``window`` seconds, and say whether it was: a venue's per-connection request quota
+        (OKX's 480 subscribes an hour), refused with the venue's reply rather than a close."""
+        recent = self._budgets.setdefault(key, deque())
+        while recent and recent[0] <= now - window:
+            recent.popleft()
+        if len(recent) >= limit:
+            return False
+        recent.append(now)
+        return True
 
     def _flood_updated(self) -> None:
         self._flood_changed.set()
