@@ -53,7 +53,7 @@ def _fixed(value: float, places: int) -> str:
 
 
 class Instrument(Market):
-    """One instrument: its contract, book top, next trade id and the payloads it makes."""
+    """One instrument: its contract, its generated trades and the payloads it makes."""
 
     def __init__(self, inst_id: str, index: int) -> None:
         parts = inst_id.split("-")
@@ -62,7 +62,7 @@ class Instrument(Market):
         super().__init__(inst_id, index, BTC_LEVEL * price_factor(self.base + "USDT"))
         self.inverse = self.inst_type != "SPOT" and self.quote == "USD"
         #: base units per contract (linear: about 500 USD, as OKX's 0.01 BTC), quote units per
-        #: contract (inverse: OKX's 100 USD for BTC, 10 USD for the others); spot: 1
+        #: contract (inverse: OKX's 100 USD for BTC, 10 USD for the others); unused on spot
         self.ct_val = 10.0 ** round(math.log10(500 / self.last_price))
         if self.inverse:
             self.ct_val = 100.0 if self.base == "BTC" else 10.0
