@@ -112,7 +112,7 @@ def test_the_contracts_venues_are_the_adapters_with_their_default_endpoints() ->
     rows = contract_table("Venues")
     assert [code(row[0]) for row in rows] == [
         "binance", "binance-usdm", "binance-coinm", "bybit", "bybit-linear", "bybit-inverse", "bybit-option",
-        "coinbase", "coinbase-exchange", "hyperliquid",
+        "coinbase", "coinbase-exchange", "hyperliquid", "okx",
     ]
     assert sorted(code(row[0]) for row in rows) == venue_ids()
     for row in rows:

@@ -2,15 +2,20 @@
 
 Each venue replays a recorded tape of one or a few symbols; every simulated symbol plays that
 tape scaled to a price level of its own (:func:`price_factor`), with tick and size decimals
-that suit the level, and keeps the rolling statistics a ticker reports. Payload shapes are the
-venue module's business.
+that suit the level, and keeps the rolling statistics a ticker reports. A venue without a
+recording to replay generates its trades instead (:class:`RandomWalk`, :func:`generate`).
+Payload shapes are the venue module's business.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import zlib
+from collections.abc import Callable
 from typing import Final
+
+import trio
 
 from feedd.sim.replay import Demand
 
@@ -76,3 +81,36 @@ class Market:
         self.low = min(self.low, price)
         self.volume += size
         self.quote_volume += size * price
+
+
+class RandomWalk:
+    """Generated trades of ``market``, for a venue with no recording to replay: each a small
+    random step from the last price (reproducible: the generator is seeded with the symbol), at
+    half a tick above it for a buy and below it for a sell, with a trade id counted up one by one
+    (how the fault suite checks that no trade was lost)."""
+
+    def __init__(self, market: Market, *, volatility: float = 0.0003) -> None:
+        self.market = market
+        self.volatility = volatility
+        self.rng = random.Random(market.symbol)
+        self.next_id = 100_000_000 + zlib.crc32(market.symbol.encode()) % 900_000_000
+
+    def step(self) -> tuple[int, float, str]:
+        """The next trade's id, price and taker side; the caller sizes it and records it
+        (:meth:`Market.on_trade`)."""
+        market, rng = self.market, self.rng
+        tick = 10.0**-market.price_decimals
+        mid = max(tick, market.last_price * (1 + rng.gauss(0, self.volatility)))
+        side = rng.choice(("buy", "sell"))
+        price = round(mid + tick / 2 if side == "buy" else mid - tick / 2, market.price_decimals)
+        trade_id, self.next_id = self.next_id, self.next_id + 1
+        return trade_id, max(price, tick), side
+
+
+async def generate(emit: Callable[[], None], *, demand: Demand, rate: float, rng: random.Random) -> None:
+    """Call ``emit`` ``rate`` times a second on average (gaps of 0.5 to 1.5 times the mean), only
+    while ``demand`` wants it: a tape nobody listens to stands still and costs nothing."""
+    while True:
+        await demand.wanted.wait()
+        await trio.sleep(rng.uniform(0.5, 1.5) / rate)
+        emit()

@@ -30,8 +30,9 @@ class Liveness:
     messages than this within ``incoming_window`` seconds (one, unless the venue counts per
     minute) closes the connection (1008); with ``incoming_per_address`` the count spans every
     connection from the client's address (a per-IP limit). ``idle_timeout``: a connection with
-    no client ping (a :class:`Answer` with ``ping``) and no data frame sent for this long is cut
-    without a close frame.
+    no client ping (a :class:`Answer` with ``ping``) and no data frame sent for this long is cut:
+    with ``idle_close``, a close frame of that code and reason (OKX: 4004), else without a close
+    frame.
     ``subscribe_timeout``: a connection that has not come to hold a subscription this long after
     opening is cut without a close frame.
     """
@@ -42,6 +43,7 @@ class Liveness:
     incoming_per_address: bool = False
     incoming_window: float = 1.0
     idle_timeout: float | None = None
+    idle_close: tuple[int, str] | None = None
     subscribe_timeout: float | None = None
 
 
@@ -91,6 +93,7 @@ class SimConnection:
         self._flood: dict[str, None] = {}
         self._flood_changed = trio.Event()
         self._recent: deque[float] = deque()
+        self._budgets: dict[str, deque[float]] = {}
         self._subscribed = trio.Event()
         self._idle_scope: trio.CancelScope | None = None
         self._idle_after = 0.0
@@ -139,6 +142,18 @@ class SimConnection:
         while recent and recent[0] <= now - window:
             recent.popleft()
         return len(recent) > limit
+
+    def within_budget(self, key: str, now: float, limit: int, window: float) -> bool:
+        """Count one ``key`` request at ``now`` if fewer than ``limit`` were counted in the last
+        ``window`` seconds, and say whether it was: a venue's per-connection request quota
+        (OKX's 480 subscribes an hour), refused with the venue's reply rather than a close."""
+        recent = self._budgets.setdefault(key, deque())
+        while recent and recent[0] <= now - window:
+            recent.popleft()
+        if len(recent) >= limit:
+            return False
+        recent.append(now)
+        return True
 
     def _flood_updated(self) -> None:
         self._flood_changed.set()

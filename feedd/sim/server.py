@@ -238,6 +238,16 @@ class SimServer(Generic[C]):
     def swallow_subscribes(self, swallowing: bool) -> None:
         self.faults.swallow_subscribes(swallowing)
 
+    def close_later(self, conn: C, delay: float, code: int | None, reason: str) -> None:
+        """Close ``conn`` ``delay`` seconds from now (a venue's announced end: OKX's 64008 notice
+        comes 60 s before the cut); new connections are accepted meanwhile."""
+
+        async def close() -> None:
+            await trio.sleep(delay)
+            conn.close(code, reason)
+
+        self.nursery.start_soon(close)
+
     # ---- market data ---------------------------------------------------------------------
 
     def has_subscribers(self, channel: str) -> bool:

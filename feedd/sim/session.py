@@ -55,7 +55,7 @@ class Session(Generic[C]):
                 if liveness.ping_interval is not None:
                     nursery.start_soon(self._pinger, liveness, nursery)
                 if liveness.idle_timeout is not None:
-                    await nursery.start(self._idle_watch, liveness.idle_timeout)
+                    await nursery.start(self._idle_watch, liveness.idle_timeout, liveness.idle_close)
                 if liveness.subscribe_timeout is not None:
                     nursery.start_soon(self._subscribe_watch, liveness.subscribe_timeout)
                 if self.server.flood:
@@ -188,7 +188,8 @@ class Session(Generic[C]):
         conn.close(1008, "Pong timeout")
 
     async def _idle_watch(
-        self, idle_after: float, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, idle_after: float, close: tuple[int, str] | None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         conn = self.conn
         # The idle cut is a cancel scope whose deadline every ping and data frame pushes back.
@@ -199,7 +200,7 @@ class Session(Generic[C]):
         conn._idle_scope = None
         self.server.idle_closes += 1
         self.server.changes.notify()
-        conn.close(None, "idle timeout")
+        conn.close(*(close or (None, "idle timeout")))
 
     async def _subscribe_watch(self, within: float) -> None:
         conn = self.conn

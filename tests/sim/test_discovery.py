@@ -95,6 +95,7 @@ def test_the_bundled_simulators_are_found_with_the_venue_ids_they_serve() -> Non
         "coinbase": (("coinbase",),),
         "hyperliquid": (("hyperliquid",),),
         "coinbase-exchange": (("coinbase-exchange",),),
+        "okx": (("okx",),),
     }
     assert feedd.sim.simulator_for("bybit-inverse").name == "bybit"
     with pytest.raises(KeyError, match="no simulator serves venue id 'kraken'"):
