@@ -56,6 +56,7 @@ from feedd.wire.transport import TRANSPORTS, OpenTransport
 
 if TYPE_CHECKING:
     from feedd.fanout.nats import NatsSink
+    from feedd.record.writer import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,12 @@ class WebSocketService:
 
             self.nats = NatsSink(config.nats, connect_timeout=config.feed.connect_timeout)
         self._nats_done = trio.Event()
+        #: the recorder, with a ``[record]`` table (feedd.record): taps every connection
+        self.recorder: Recorder | None = None
+        if config.record is not None:
+            from feedd.record.writer import Recorder
+
+            self.recorder = Recorder.from_config(config.record)
         self.serve_http = serve_http
         #: the HTTP API's bound address (``HOST:PORT``) once it listens
         self.http_address: str | None = None
@@ -224,6 +231,8 @@ class WebSocketService:
             if self.nats is not None:
                 self.hub.attach(self.nats)
                 await nursery.start(_until_done, self.nats.run, self._nats_done)
+            if self.recorder is not None:
+                await nursery.start(self.recorder.run)  # cancelled last: closes its files
             restored = self.state.load()
             for venue_id, exchange in config.exchanges.items():
                 enabled = config.feed.enabled and exchange.enabled
@@ -294,6 +303,7 @@ class WebSocketService:
             open_transport=self._open,
             initial=configured if changes is None else changes.merge(configured),
             gates=self.gates,
+            tap=self.recorder,
         )
         self.venues[venue_id] = supervisor
         self._runs[venue_id] = _VenueRun(supervisor, records)

@@ -38,6 +38,7 @@ from feedd.feed.ratelimit import SlidingWindowLimiter
 from feedd.feed.replies import Reply
 from feedd.feed.runner import ConnectionRunner, RunnerSettings, send_limiter
 from feedd.feed.status import VenueStatus
+from feedd.feed.tap import Tap
 from feedd.feed.validate import Validator
 from feedd.model import Ingress
 from feedd.wire.transport import OpenTransport, open_transport
@@ -61,6 +62,7 @@ class VenueSupervisor:
         open_transport: OpenTransport = open_transport,
         initial: Mapping[str, Sequence[Channel]] | None = None,
         gates: HandshakeGates | None = None,
+        tap: Tap | None = None,
     ) -> None:
         self.venue = venue
         venue.quote_max_age = config.quote_max_age
@@ -76,6 +78,8 @@ class VenueSupervisor:
         self._subscriptions: dict[Subscription, list[Topic]] = {}
         self._symbols: set[str] = set()
         self._validator = Validator(self._symbols)
+        #: the recorder, told of every connection and of every change to the symbols accepted
+        self._tap = tap
         #: which connection carries which topic (channels of one exchange may share a topic)
         self.placement: Placement[ConnectionRunner] = Placement(
             venue.max_streams_per_connection, venue.max_chars_per_connection
@@ -215,6 +219,8 @@ class VenueSupervisor:
         if added:
             self._symbols.add(symbol)
             self.status.subscription_errors.pop(symbol, None)
+            if self._tap is not None:
+                self._tap.known(self.venue_id, sorted(self._symbols))
         return added
 
     def unsubscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
@@ -247,6 +253,8 @@ class VenueSupervisor:
             raise NotSubscribed(f"{self.venue_id}: {symbol} is not subscribed to {', '.join(channels)}")
         if not any(s.symbol == symbol for s in self._subscriptions):
             self._symbols.discard(symbol)
+            if self._tap is not None:
+                self._tap.known(self.venue_id, sorted(self._symbols))
         return removed, replies
 
     # ---- changes confirmed by the venue --------------------------------------------------
@@ -389,6 +397,7 @@ class VenueSupervisor:
             rotate_offset=self._rotate_offset(sum(self._shard_count.values())),
             symbols=lambda: self._symbols_on(runner),
             gate=self._gate(url),
+            tap=None if self._tap is None else self._tap.connection(self.venue, name, url),
         )
         scope = trio.CancelScope()
         self._scopes[runner] = scope

@@ -1,0 +1,125 @@
+"""End to end: the simulators' live traffic recorded by the daemon, then ``feedd replay`` gives
+back, byte for byte, what the Unix socket carried."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from endtoend import FAST_FEED, load_text, running, serving, short_tempdir, venue_section
+
+from feedd.cli.replay import run_replay
+from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
+
+TIMEOUT = 30
+RECORDS = 600
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    with short_tempdir("feedd-r-") as path:
+        yield path
+
+
+def replayed(paths: list[str], *options: str) -> tuple[bytes, str, int]:
+    out = io.BytesIO()
+    errors: list[str] = []
+    args = {"venues": [], "symbols": [], "kinds": [], "since": None, "until": None}
+    code = run_replay(paths, **args, speed=None, socket=None, nats=None, out=out, err=errors.append)
+    return out.getvalue(), "\n".join(errors), code
+
+
+async def record_live(workdir: Path, compress: str = "zstd") -> bytes:
+    """Run the daemon with a recorder against three venues' simulators; everything one Unix
+    subscriber was sent, from its first line to the daemon's stop."""
+    coinbase, bybit, spot = CoinbaseSimulator(speed=20.0), BybitSimulator(speed=20.0), BinanceSimulator(speed=20.0)
+    async with serving(coinbase, bybit, spot):
+        config = load_text(
+            workdir,
+            FAST_FEED
+            + f'\n[record]\ndir = "rec"\ncompress = "{compress}"\n'
+            + venue_section("coinbase", coinbase.ws_url, coinbase.rest_url, ("BTC-USD", "ETH-USD"))
+            + venue_section("binance", spot.ws_url, spot.rest_url, ("BTCUSDT", "ETHUSDT"))
+            + venue_section("bybit", bybit.endpoint("spot"), bybit.rest_url, ("BTCUSDT",)),
+        )
+        received = b""
+        async with running(config) as daemon:
+            stream = await trio.open_unix_socket(daemon.config.unix.path)
+            await stream.send_all(b"{}\n")
+            with trio.fail_after(TIMEOUT):
+                while received.count(b"\n") < RECORDS:
+                    received += await stream.receive_some(65536)
+        # the daemon stopped: the publisher wrote what it held, then closed
+        with trio.fail_after(TIMEOUT):
+            while data := await stream.receive_some(65536):
+                received += data
+    return received
+
+
+def the_recording_matches(received: bytes, replay_out: bytes) -> None:
+    lines = replay_out.splitlines(keepends=True)
+    first = received.splitlines(keepends=True)[0]
+    assert first in lines, "the socket's first line is not among the replayed ones"
+    start = lines.index(first)
+    assert b"".join(lines[start:]) == received  # byte for byte, to the daemon's stop
+    assert received.count(b"\n") >= RECORDS
+    assert received.count(b'"exchange":"coinbase"') and received.count(b'"exchange":"binance"')
+
+
+async def test_replay_prints_byte_for_byte_what_the_socket_carried_live(workdir: Path) -> None:
+    received = await record_live(workdir)
+    out, errors, code = replayed([str(workdir / "rec")])
+    assert code == 0, errors
+    assert errors == ""
+    the_recording_matches(received, out)
+
+
+async def test_a_gzip_recording_replays_the_same(workdir: Path) -> None:
+    received = await record_live(workdir, compress="gzip")
+    assert list((workdir / "rec").rglob("*.jsonl.gz"))
+    out, errors, code = replayed([str(workdir / "rec")])
+    assert code == 0 and errors == ""
+    the_recording_matches(received, out)
+
+
+async def test_the_command_line_and_zstdcat_read_the_recording(workdir: Path) -> None:
+    received = await record_live(workdir)
+    done = subprocess.run([sys.executable, "-m", "feedd", "replay", str(workdir / "rec")],
+                          capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    the_recording_matches(received, done.stdout)
+    some = sorted((workdir / "rec").rglob("*.zst"))[0]
+    head = subprocess.run(["zstdcat", str(some)], capture_output=True, check=True).stdout.splitlines()[0]
+    assert head.startswith(b'{"feedd_recording":1')
+
+
+async def test_a_damaged_file_is_named_and_skipped_and_the_rest_replayed(workdir: Path) -> None:
+    received = await record_live(workdir)
+    files = sorted((workdir / "rec").rglob("*.zst"))
+    coinbase = [f for f in files if f.parent.name == "coinbase"]
+    assert coinbase
+    for file in coinbase:
+        file.write_bytes(b"\x00garbage" * 100)
+    out, errors, code = replayed([str(workdir / "rec")])
+    assert code == 0
+    for file in coinbase:
+        assert str(file) in errors and "skipped" in errors
+    assert b'"exchange":"coinbase"' not in out and b'"exchange":"binance"' in out
+    # what the other venues sent is there, in the order the socket had it
+    others = b"".join(line for line in received.splitlines(keepends=True) if b'"coinbase"' not in line)
+    lines = out.splitlines(keepends=True)
+    start = lines.index(others.splitlines(keepends=True)[0])
+    assert b"".join(lines[start:]) == others
+
+
+def test_nothing_readable_exits_1_naming_each_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl.zst"
+    bad.write_bytes(b"not a recording\n")
+    out, errors, code = replayed([str(bad), str(tmp_path / "missing.jsonl")])
+    assert code == 1 and out == b""
+    assert str(bad) in errors and "missing.jsonl" in errors and "nothing could be read" in errors
