@@ -35,6 +35,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -207,7 +208,7 @@ class Recorder:
         max_bytes: int = 0,
         venues: Sequence[str] = (),
         buffer: int = 100_000,
-        opener: Opener = _open,
+        opener: Opener | None = None,
         version: str = "",
     ) -> None:
         self.directory = directory
@@ -216,7 +217,7 @@ class Recorder:
         self.max_bytes = max_bytes
         self.venues = frozenset(venues)
         self.buffer = buffer
-        self.opener = opener
+        self.opener = opener or _open
         self.version = version
         self.run_id = f"{time.time_ns():x}-{os.getpid()}"
         #: (connection, kind, sequence, time, attempt, payload) in the order they happened
@@ -246,10 +247,12 @@ class Recorder:
 
     @classmethod
     def from_config(cls, config: RecordConfig) -> Recorder:
-        from feedd import __version__
-
+        try:  # feedd's own __version__ would be an import of the package above every layer
+            version = metadata.version("feedd")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
         return cls(config.dir, rotate=config.rotate, compress=config.compress, max_bytes=config.max_bytes,
-                   venues=config.venues, buffer=config.buffer, version=__version__)
+                   venues=config.venues, buffer=config.buffer, version=version)
 
     # ---- the tap ----------------------------------------------------------------------------
 

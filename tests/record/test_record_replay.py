@@ -4,7 +4,6 @@ back, byte for byte, what the Unix socket carried."""
 from __future__ import annotations
 
 import io
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,8 @@ def replayed(paths: list[str], *options: str) -> tuple[bytes, str, int]:
 async def record_live(workdir: Path, compress: str = "zstd") -> bytes:
     """Run the daemon with a recorder against three venues' simulators; everything one Unix
     subscriber was sent, from its first line to the daemon's stop."""
-    coinbase, bybit, spot = CoinbaseSimulator(speed=20.0), BybitSimulator(speed=20.0), BinanceSimulator(speed=20.0)
+    coinbase, bybit = CoinbaseSimulator(speed=20.0), BybitSimulator(speed=20.0)
+    spot = BinanceSimulator(speed=20.0)
     async with serving(coinbase, bybit, spot):
         config = load_text(
             workdir,
@@ -89,12 +89,13 @@ async def test_a_gzip_recording_replays_the_same(workdir: Path) -> None:
 
 async def test_the_command_line_and_zstdcat_read_the_recording(workdir: Path) -> None:
     received = await record_live(workdir)
-    done = subprocess.run([sys.executable, "-m", "feedd", "replay", str(workdir / "rec")],
-                          capture_output=True, check=False)
+    done = await trio.run_process([sys.executable, "-m", "feedd", "replay", str(workdir / "rec")],
+                                  capture_stdout=True, capture_stderr=True, check=False)
     assert done.returncode == 0, done.stderr
     the_recording_matches(received, done.stdout)
     some = sorted((workdir / "rec").rglob("*.zst"))[0]
-    head = subprocess.run(["zstdcat", str(some)], capture_output=True, check=True).stdout.splitlines()[0]
+    zstdcat = await trio.run_process(["zstdcat", str(some)], capture_stdout=True)
+    head = zstdcat.stdout.splitlines()[0]
     assert head.startswith(b'{"feedd_recording":1')
 
 
