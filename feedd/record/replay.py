@@ -58,9 +58,15 @@ class _Stream:
         self.dropped = 0
         self.header: dict[str, Any] = files[0].header
 
-    def items(self) -> Iterator[tuple[int, int, int, str, Any]]:
-        """(t, n, stream, kind, payload): a batch's frames grouped as one ``"f"`` item."""
+    def items(self) -> Iterator[tuple[int, int, int, str, Any, int]]:
+        """(order, n, stream, kind, payload, t): a batch's frames grouped as one ``"f"`` item.
+
+        ``order`` is the highest time so far in the stream: the merge key, which keeps the
+        stream in the order it was recorded (its sequence) even where the wall clock stepped
+        back, or where a frame's receive time came a moment before the line recorded before it.
+        """
         index = self.index
+        high = 0
         for file in self.files:
             self.header = file.header
             batch: list[Message] = []
@@ -74,18 +80,23 @@ class _Stream:
                         batch.append(frame)
                         continue
                     if batch:
-                        yield key[0], key[1], index, "f", (key[2], batch)
+                        high = max(high, key[0])
+                        yield high, key[1], index, "f", (key[2], batch), key[0]
                     batch, key = [frame], this
                     continue
                 if batch:
-                    yield key[0], key[1], index, "f", (key[2], batch)
+                    high = max(high, key[0])
+                    yield high, key[1], index, "f", (key[2], batch), key[0]
                     batch = []
                 if "dropped" in obj:
                     self.dropped += int(obj["dropped"])
                     continue
-                yield obj["t"], obj["n"], index, "c", obj
+                t = obj["t"]
+                high = max(high, t)
+                yield high, obj["n"], index, "c", obj, t
             if batch:
-                yield key[0], key[1], index, "f", (key[2], batch)
+                high = max(high, key[0])
+                yield high, key[1], index, "f", (key[2], batch), key[0]
             if file.problem is not None:
                 self.warn(f"{file.path}: {file.problem}; what came before it is replayed")
 
@@ -208,7 +219,7 @@ def replay(
     ready: Batch = []
     ready_t = 0
     ready_stream = -1
-    for t, _, index, kind, payload in merged:
+    for _, _, index, kind, payload, t in merged:
         stream = streams[index]
         if kind == "f":
             attempt, frames = payload

@@ -171,7 +171,13 @@ class Connection:
         count = len(frames)
         if recorder.queued_frames + count > recorder.buffer:
             recorder.dropped += count
-            self.gap += count
+            queue = recorder.queue
+            last = queue[-1] if queue else None
+            if last is not None and last[0] is self and last[1] == "gap":
+                last[5][0] += count
+            else:  # marks the place in the stream: written there
+                recorder.sequence += 1
+                queue.append((self, "gap", recorder.sequence, 0, 0, [count]))
             return
         recorder.queued_frames += count
         recorder.sequence += 1
@@ -243,7 +249,6 @@ class Recorder:
         #: closed files (path, size), oldest first, for max_bytes
         self._closed: deque[tuple[str, int]] = deque()
         self._closed_bytes = 0
-        self._running = False
 
     @classmethod
     def from_config(cls, config: RecordConfig) -> Recorder:
@@ -300,7 +305,6 @@ class Recorder:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write until cancelled; then write what is queued and close every file."""
         self._scan()
-        self._running = True
         task_status.started()
         try:
             while True:
@@ -310,7 +314,7 @@ class Recorder:
                 self.woken = False
                 self.write_out(trio.current_time())
         finally:
-            self.close()
+            self.close(trio.current_time())
 
     def write_out(self, now: float, *, final: bool = False) -> None:
         """Turn the queue into lines, and write every file whose flush (or rotation) is due."""
@@ -325,10 +329,9 @@ class Recorder:
                             finish=rotate)
         self._prune()
 
-    def close(self) -> None:
-        """Write what is queued, finish and close every file (rotation's end, the daemon's stop)."""
-        self.write_out(trio.current_time() if self._running else 0.0, final=True)
-        self._running = False
+    def close(self, now: float) -> None:
+        """Write what is queued, finish and close every file (the daemon's stop)."""
+        self.write_out(now, final=True)
 
     # ---- lines ---------------------------------------------------------------------------------
 
@@ -338,6 +341,9 @@ class Recorder:
         ns_of = fmt.ns_of
         while queue:
             conn, kind, n, t, attempt, payload = queue.popleft()
+            if kind == "gap":
+                conn.gap += payload[0]
+                continue
             if kind == "f":
                 self.queued_frames -= len(payload)
             file = self._file_of(conn, now)
