@@ -3,16 +3,20 @@ back, byte for byte, what the Unix socket carried."""
 
 from __future__ import annotations
 
+import errno
 import io
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
-from endtoend import FAST_FEED, load_text, running, serving, short_tempdir, venue_section
+from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_tempdir, venue_section
 
 from feedd.cli.replay import run_replay
+from feedd.record import writer
 from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
 
 TIMEOUT = 30
@@ -33,9 +37,10 @@ def replayed(paths: list[str], *options: str) -> tuple[bytes, str, int]:
     return out.getvalue(), "\n".join(errors), code
 
 
-async def record_live(workdir: Path, compress: str = "zstd") -> bytes:
+async def record_live(workdir: Path, compress: str = "zstd", *extra: str, records: int = RECORDS) -> bytes:
     """Run the daemon with a recorder against three venues' simulators; everything one Unix
-    subscriber was sent, from its first line to the daemon's stop."""
+    subscriber was sent, from its first line to the daemon's stop (``extra``: lines for each
+    venue's table)."""
     coinbase, bybit = CoinbaseSimulator(speed=20.0), BybitSimulator(speed=20.0)
     spot = BinanceSimulator(speed=20.0)
     async with serving(coinbase, bybit, spot):
@@ -43,16 +48,16 @@ async def record_live(workdir: Path, compress: str = "zstd") -> bytes:
             workdir,
             FAST_FEED
             + f'\n[record]\ndir = "rec"\ncompress = "{compress}"\n'
-            + venue_section("coinbase", coinbase.ws_url, coinbase.rest_url, ("BTC-USD", "ETH-USD"))
-            + venue_section("binance", spot.ws_url, spot.rest_url, ("BTCUSDT", "ETHUSDT"))
-            + venue_section("bybit", bybit.endpoint("spot"), bybit.rest_url, ("BTCUSDT",)),
+            + venue_section("coinbase", coinbase.ws_url, coinbase.rest_url, ("BTC-USD", "ETH-USD"), *extra)
+            + venue_section("binance", spot.ws_url, spot.rest_url, ("BTCUSDT", "ETHUSDT"), *extra)
+            + venue_section("bybit", bybit.endpoint("spot"), bybit.rest_url, ("BTCUSDT",), *extra),
         )
         received = b""
         async with running(config) as daemon:
             stream = await trio.open_unix_socket(daemon.config.unix.path)
             await stream.send_all(b"{}\n")
             with trio.fail_after(TIMEOUT):
-                while received.count(b"\n") < RECORDS:
+                while received.count(b"\n") < records:
                     received += await stream.receive_some(65536)
         # the daemon stopped: the publisher wrote what it held, then closed
         with trio.fail_after(TIMEOUT):
@@ -77,6 +82,23 @@ async def test_replay_prints_byte_for_byte_what_the_socket_carried_live(workdir:
     assert code == 0, errors
     assert errors == ""
     the_recording_matches(received, out)
+
+
+async def test_replay_reproduces_the_records_of_rotations_with_their_overlap(workdir: Path) -> None:
+    # every connection replaced make-before-break every second: the socket had each record once
+    received = await record_live(workdir, "zstd", "rotate_after = 1.0", records=3 * RECORDS)
+    out, errors, code = replayed([str(workdir / "rec")])
+    assert code == 0 and errors == ""
+    assert b'"overlap":"switch"' in b"".join(
+        decompressed(p) for p in (workdir / "rec").rglob("*.zst"))
+    the_recording_matches(received, out)
+
+
+def decompressed(path: Path) -> bytes:
+    import zstandard
+
+    with path.open("rb") as handle:
+        return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read()
 
 
 async def test_a_gzip_recording_replays_the_same(workdir: Path) -> None:
@@ -124,3 +146,40 @@ def test_nothing_readable_exits_1_naming_each_file(tmp_path: Path) -> None:
     out, errors, code = replayed([str(bad), str(tmp_path / "missing.jsonl")])
     assert code == 1 and out == b""
     assert str(bad) in errors and "missing.jsonl" in errors and "nothing could be read" in errors
+
+
+class FullDisk:
+    """A recording file on a full disk: every write fails."""
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self) -> None:
+        pass
+
+
+def no_space(path: str) -> Any:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("opener", [no_space, lambda path: FullDisk()], ids=["open-fails", "writes-fail"])
+async def test_a_full_disk_and_a_full_recorder_buffer_never_hold_up_the_socket(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, opener: Any
+) -> None:
+    monkeypatch.setattr(writer, "_open", opener)
+    spot = BinanceSimulator(speed=20.0)
+    async with serving(spot):
+        config = load_text(workdir, FAST_FEED + '\n[record]\ndir = "rec"\nbuffer = 1\n'
+                           + venue_section("binance", spot.ws_url, spot.rest_url, ("BTCUSDT", "ETHUSDT")))
+        async with running(config) as daemon:
+            client = await Subscriber.connect(daemon.config.unix.path)
+            with trio.fail_after(TIMEOUT):
+                records = [await client.record() for _ in range(RECORDS)]
+                late = [datetime.now(UTC) - r.received_at for r in records[-50:]]
+                recorder = daemon.recorder
+                assert recorder is not None
+                while not (recorder.errors and recorder.dropped):
+                    await trio.sleep(0.05)
+    assert max(late) < timedelta(seconds=2)  # delivered as they came, the recorder failing
+    assert recorder.frames == 0 and "No space left on device" in (recorder.last_error or "")
+    assert daemon.get_connection_status()["sinks"]["recorder"]["dropped"] == recorder.dropped

@@ -27,7 +27,8 @@ TOPICS = ["btcusdt@trade"]
 
 def trade(number: int, at: datetime = AT) -> str:
     ms = int(at.timestamp() * 1000)
-    data = {"e": "trade", "E": ms, "s": "BTCUSDT", "t": number, "p": "58001.03", "q": "0.5", "T": ms, "m": True}
+    data = {"e": "trade", "E": ms, "s": "BTCUSDT", "t": number, "p": "58001.03", "q": "0.5", "T": ms,
+            "m": True}
     return orjson.dumps({"stream": "btcusdt@trade", "data": data}).decode()
 
 
@@ -52,7 +53,9 @@ def files(recorder: Recorder) -> list[str]:
     return sorted(str(p) for p in Path(recorder.directory).rglob("*.zst"))
 
 
-def test_a_batch_beyond_the_buffer_is_dropped_whole_counted_and_marked_where_it_was(recorder: Recorder) -> None:
+def test_a_batch_beyond_the_buffer_is_dropped_whole_counted_and_marked_where_it_was(
+    recorder: Recorder,
+) -> None:
     conn = binance(recorder)
     attempt = conn.connected(TOPICS, ['{"method":"SUBSCRIBE"}'])
     conn.received(attempt, AT, [trade(1), trade(2)])
@@ -107,7 +110,8 @@ def test_a_full_disk_is_counted_logged_once_and_never_reaches_the_tap(
 
 
 def test_dev_full_is_a_write_error_like_any_other(tmp_path: Path) -> None:
-    rec = Recorder(str(tmp_path / "rec"), opener=lambda path: open("/dev/full", "wb", buffering=0))
+    rec = Recorder(str(tmp_path / "rec"),
+                   opener=lambda path: open("/dev/full", "wb", buffering=0))  # noqa: SIM115
     conn = binance(rec)
     attempt = conn.connected(TOPICS, [])
     conn.received(attempt, AT, [trade(1)])
