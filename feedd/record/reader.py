@@ -162,6 +162,12 @@ class RecordingFile:
     def lines(self) -> Iterator[dict[str, Any]]:
         """The lines after the header, parsed; stops at a truncated or damaged stretch (see
         :attr:`problem`). Closes the file when done."""
+        for parsed in self.parsed():
+            yield from parsed
+
+    def parsed(self) -> Iterator[list[dict[str, Any]]]:
+        """:meth:`lines` a decompressed chunk's worth at a time (a generator step per chunk, not
+        per line: replay's hot loop)."""
         loads = orjson.loads
         rest = b""
         try:
@@ -172,16 +178,21 @@ class RecordingFile:
                     rest = data
                     continue
                 rest = data[end + 1:]
+                out = []
+                keep = out.append
                 for raw in data[:end].split(b"\n"):
                     try:
                         obj = loads(raw)
                     except orjson.JSONDecodeError:
                         self.problem = "damaged (a line that is not JSON)"
+                        yield out
                         return
                     if type(obj) is not dict or "t" not in obj:
                         self.problem = "damaged (a line without its time)"
+                        yield out
                         return
-                    yield obj
+                    keep(obj)
+                yield out
             self.problem = self._chunks.problem
             if rest.strip() and self.problem is None:
                 self.problem = "truncated (its last line is incomplete)"

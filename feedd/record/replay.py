@@ -67,36 +67,44 @@ class _Stream:
         """
         index = self.index
         high = 0
+        b64decode = base64.b64decode
         for file in self.files:
             self.header = file.header
+            # the batch being gathered: its frames share one sequence number (bn), time, attempt
             batch: list[Message] = []
-            key: tuple[int, int, int] = (0, 0, 0)
-            for obj in file.lines():
-                text = obj.get("f")
-                if text is not None or "b" in obj:
-                    frame: Message = text if text is not None else base64.b64decode(obj["b"])
-                    this = (obj["t"], obj["n"], obj.get("a", 0))
-                    if batch and this == key:
-                        batch.append(frame)
+            bn = bt = ba = -1
+            for parsed in file.parsed():
+                for obj in parsed:
+                    frame: Message | None = obj.get("f")
+                    if frame is None and "b" in obj:
+                        frame = b64decode(obj["b"])
+                    if frame is not None:
+                        n = obj["n"]
+                        if n == bn:
+                            batch.append(frame)
+                            continue
+                        if batch:
+                            if bt > high:
+                                high = bt
+                            yield high, bn, index, "f", (ba, batch), bt
+                        batch, bn, bt, ba = [frame], n, obj["t"], obj.get("a", 0)
                         continue
                     if batch:
-                        high = max(high, key[0])
-                        yield high, key[1], index, "f", (key[2], batch), key[0]
-                    batch, key = [frame], this
-                    continue
-                if batch:
-                    high = max(high, key[0])
-                    yield high, key[1], index, "f", (key[2], batch), key[0]
-                    batch = []
-                if "dropped" in obj:
-                    self.dropped += int(obj["dropped"])
-                    continue
-                t = obj["t"]
-                high = max(high, t)
-                yield high, obj["n"], index, "c", obj, t
+                        if bt > high:
+                            high = bt
+                        yield high, bn, index, "f", (ba, batch), bt
+                        batch, bn = [], -1
+                    if "dropped" in obj:
+                        self.dropped += int(obj["dropped"])
+                        continue
+                    t = obj["t"]
+                    if t > high:
+                        high = t
+                    yield high, obj["n"], index, "c", obj, t
             if batch:
-                high = max(high, key[0])
-                yield high, key[1], index, "f", (key[2], batch), key[0]
+                if bt > high:
+                    high = bt
+                yield high, bn, index, "f", (ba, batch), bt
             if file.problem is not None:
                 self.warn(f"{file.path}: {file.problem}; what came before it is replayed")
 
@@ -211,7 +219,8 @@ def replay(
         if not venue.told:
             venue.known.update(first.header.get("known", ()))
         streams.append(_Stream(len(streams), chain, venue, warn))
-    merged = heapq.merge(*(stream.items() for stream in streams))
+    merged = heapq.merge(*(stream.items() for stream in streams)) if len(streams) > 1 else (
+        streams[0].items() if streams else iter(()))
     lo = since if since is not None else -1
     hi = until if until is not None else 1 << 80
     # a batch's records wait for the next item: a reconnect event its reader announced after
