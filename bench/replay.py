@@ -75,7 +75,9 @@ def replay_once(folder: Path, errors: list[str]) -> tuple[int, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window of each flood")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--symbols", type=int, default=2, choices=range(1, len(SYMBOLS) + 1))

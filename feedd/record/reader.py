@@ -178,7 +178,7 @@ class RecordingFile:
                     rest = data
                     continue
                 rest = data[end + 1:]
-                out = []
+                out: list[dict[str, Any]] = []
                 keep = out.append
                 for raw in data[:end].split(b"\n"):
                     try:
