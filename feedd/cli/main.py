@@ -273,7 +273,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from feedd.cli.demo import run_demo
 
-    trio.run(lambda: run_demo(duration=args.duration, show=args.show))
+    trio.run(lambda: run_demo(duration=args.duration, show=args.show, recording=args.recording))
     return 0
 
 
@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after this many seconds (default: run until Ctrl-C)")
     demo.add_argument("--show", type=int, default=10, metavar="N",
                       help="print the first N records received over the socket (default 10)")
+    demo.add_argument("--recording", action="append", default=[], metavar="PATH",
+                      help="play a feedd recording (files or folders, see docs/recording.md) instead of "
+                      "the bundled tapes, where it has frames (repeatable)")
     demo.set_defaults(func=_cmd_demo)
 
     replay = command("replay", "print a recording's records exactly as the socket carried them live "
