@@ -159,7 +159,8 @@ class _Stream:
 
     def decode(self, t: int, attempt: int, frames: list[Message]) -> Batch:
         received_at = fmt.datetime_of(t)
-        decode = self.session(attempt).decode
+        session = self.sessions.get(attempt)
+        decode = (session if session is not None else self.session(attempt)).decode
         check = self.venue.check
         records: Batch = []
         keep = records.append
