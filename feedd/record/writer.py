@@ -196,7 +196,9 @@ class Connection:
         self.recorder.put((self, "close", attempt, reason))
 
     def event(self, event: FeedEvent) -> None:
-        self.recorder.put((self, "event", 0, fmt.event_fields(event)))
+        # at its own time (the datetime its line carries), which is when it was made
+        fields = fmt.event_fields(event)
+        self.recorder.put((self, "event", 0, fields), at=fields["at"])
 
     def overlap(self, step: OverlapStep, old: int = 0, new: int = 0) -> None:
         self.recorder.put((self, "overlap", old, step))
@@ -276,11 +278,11 @@ class Recorder:
             if conn.venue.venue_id == venue:
                 self.put((conn, "known", 0, list(symbols)))
 
-    def put(self, item: tuple[Any, ...]) -> None:
-        """A control item: never dropped."""
+    def put(self, item: tuple[Any, ...], at: int | None = None) -> None:
+        """A control item (at ``at`` ns, else now): never dropped."""
         self.sequence += 1
         conn, kind, attempt, payload = item
-        self.queue.append((conn, kind, self.sequence, time.time_ns(), attempt, payload))
+        self.queue.append((conn, kind, self.sequence, time.time_ns() if at is None else at, attempt, payload))
 
     # ---- status ------------------------------------------------------------------------------
 
