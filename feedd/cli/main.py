@@ -320,28 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
                       "the bundled tapes, where it has frames (repeatable)")
     demo.set_defaults(func=_cmd_demo)
 
-    replay = command("replay", "print a recording's records exactly as the socket carried them live "
-                     "(docs/recording.md)")
-    replay.add_argument("paths", nargs="+", metavar="PATH", help="recording files, or folders of them")
-    replay.add_argument("--venue", "--exchange", action="append", default=[], metavar="VENUE",
-                        help="only this venue id (repeatable)")
-    replay.add_argument("--symbol", action="append", default=[], metavar="SYMBOL",
-                        help="only this symbol (repeatable)")
-    replay.add_argument("--kind", action="append", default=[], choices=tuple(KINDS),
-                        help="only trades or only tickers (repeatable)")
-    replay.add_argument("--since", metavar="TIME", default=None,
-                        help="only what was received at or after this RFC 3339 time")
-    replay.add_argument("--until", metavar="TIME", default=None,
-                        help="only what was received at or before this RFC 3339 time")
-    replay.add_argument("--speed", type=float, default=None, metavar="N",
-                        help="pace at N times the recorded time (default: stdout as fast as possible, "
-                        "--socket and --nats 1)")
-    replay.add_argument("--socket", metavar="PATH", default=None,
-                        help="serve the records on this Unix socket (to its first subscriber on) instead")
-    replay.add_argument("--nats", metavar="URL", default=None,
-                        help="publish the records to NATS JetStream at this server instead")
-    replay.set_defaults(func=_cmd_replay)
-
     tail = command("tail", "print records from the daemon's Unix socket, one line each")
     tail.add_argument("--socket", default=os.environ.get("FEEDD_SOCKET", DEFAULT_SOCKET), metavar="PATH",
                       help=f"the daemon's socket (default: $FEEDD_SOCKET, else {DEFAULT_SOCKET})")
@@ -366,6 +344,28 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--nats-credentials", metavar="FILE", default=None,
                       help="with --nats: a .creds file to log in with")
     tail.set_defaults(func=_cmd_tail)
+
+    replay = command("replay", "print a recording's records exactly as the socket carried them live "
+                     "(docs/recording.md)")
+    replay.add_argument("paths", nargs="+", metavar="PATH", help="recording files, or folders of them")
+    replay.add_argument("--venue", "--exchange", action="append", default=[], metavar="VENUE",
+                        help="only this venue id (repeatable)")
+    replay.add_argument("--symbol", action="append", default=[], metavar="SYMBOL",
+                        help="only this symbol (repeatable)")
+    replay.add_argument("--kind", action="append", default=[], choices=tuple(KINDS),
+                        help="only trades or only tickers (repeatable)")
+    replay.add_argument("--since", metavar="TIME", default=None,
+                        help="only what was received at or after this RFC 3339 time")
+    replay.add_argument("--until", metavar="TIME", default=None,
+                        help="only what was received at or before this RFC 3339 time")
+    replay.add_argument("--speed", type=float, default=None, metavar="N",
+                        help="pace at N times the recorded time (default: stdout as fast as possible, "
+                        "--socket and --nats 1)")
+    replay.add_argument("--socket", metavar="PATH", default=None,
+                        help="serve the records on this Unix socket (to its first subscriber on) instead")
+    replay.add_argument("--nats", metavar="URL", default=None,
+                        help="publish the records to NATS JetStream at this server instead")
+    replay.set_defaults(func=_cmd_replay)
 
     status = command("status", "show the running daemon's state, per venue (asks its HTTP API)")
     _add_api_options(status)
