@@ -235,7 +235,9 @@ class Recorder:
         self.wake = trio.Event()
         self.woken = False
         self.sequence = 0
-        self.connections: list[Connection] = []
+        #: the connections with a file open or an attempt live (an idle one is let go at its
+        #: rotation and taken back when it records again), in the order they came
+        self.connections: dict[Connection, None] = {}
         #: per venue, the symbols its validation accepts (the latest ``known`` line)
         self._known: dict[str, list[str]] = {}
         # counters, for the status and metrics
@@ -267,7 +269,7 @@ class Recorder:
         if self.venues and venue.venue_id not in self.venues:
             return None
         conn = Connection(self, venue, name, url)
-        self.connections.append(conn)
+        self.connections[conn] = None
         return conn
 
     def known(self, venue: str, symbols: Sequence[str]) -> None:
@@ -321,9 +323,11 @@ class Recorder:
     def write_out(self, now: float, *, final: bool = False) -> None:
         """Turn the queue into lines, and write every file whose flush (or rotation) is due."""
         self._drain(now)
-        for conn in self.connections:
+        for conn in list(self.connections):
             file = conn.file
             if file is None:
+                if not conn.attempts:
+                    del self.connections[conn]  # a shard gone, or one long disconnected
                 continue
             rotate = final or now - file.opened_at >= self.rotate
             if rotate or now - file.flushed_at >= FLUSH_INTERVAL or len(file.lines) > 4096:
@@ -408,6 +412,7 @@ class Recorder:
             return None
         file = _File(path, handle, self.compress, now)
         conn.file = file
+        self.connections[conn] = None
         self.files += 1
         latest = max(conn.attempts) if conn.attempts else None
         file.lines.append(fmt.header_line(

@@ -219,3 +219,23 @@ def test_an_unrecorded_venue_gets_no_tap(tmp_path: Path) -> None:
     rec = Recorder(str(tmp_path), venues=["coinbase"])
     assert rec.connection(make_venue("binance"), "binance/stream#1", "ws://x") is None
     assert rec.connection(make_venue("coinbase"), "coinbase/stream#1", "ws://x") is not None
+
+
+def test_a_connection_gone_is_let_go_at_its_rotation_and_taken_back_when_it_records_again(
+    recorder: Recorder,
+) -> None:
+    recorder.rotate = 10.0
+    conn = binance(recorder)
+    attempt = conn.connected(TOPICS, [])
+    conn.received(attempt, AT, [trade(1)])
+    conn.closed(attempt, "shard closed")
+    recorder.write_out(0.0)
+    recorder.write_out(11.0)  # rotated: no file, no attempt
+    recorder.write_out(12.0)
+    assert conn not in recorder.connections
+    again = conn.connected(TOPICS, [])
+    conn.received(again, AT + timedelta(seconds=12), [trade(2)])
+    recorder.write_out(13.0)
+    assert conn in recorder.connections and conn.file is not None
+    recorder.close(14.0)
+    assert len(files(recorder)) == 2 and recorder.frames == 2
