@@ -215,6 +215,31 @@ class NatsConfig:
             raise ValueError("token: set credentials or token, not both")
 
 
+def _venue_list(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    known = venue_ids()
+    for index, venue_id in enumerate(value):
+        if venue_id not in known:
+            raise ValueError(f"{attribute.name}: item {index}: unknown venue id {venue_id!r} "
+                             f"(known: {', '.join(known)})")
+
+
+@attrs.frozen
+class RecordConfig:
+    """``[record]``: record every frame each connection receives (feedd.record, docs/recording.md)."""
+
+    #: where the files go (a folder per venue); relative to the config file
+    dir: str = "recordings"
+    #: seconds after which each connection's file is closed and a new one begun
+    rotate: float = attrs.field(default=3600.0, validator=_positive)
+    compress: Literal["zstd", "gzip", "none"] = "zstd"
+    #: bytes of recordings kept in ``dir`` in total, the oldest files deleted first (0: no limit)
+    max_bytes: int = attrs.field(default=0, validator=_non_negative)
+    #: the venues recorded (empty: all)
+    venues: tuple[str, ...] = attrs.field(default=(), validator=_venue_list)
+    #: frames the recorder holds for its task; beyond, the newest are dropped (counted)
+    buffer: int = attrs.field(default=100_000, validator=_positive)
+
+
 @attrs.frozen
 class ExchangeConfig:
     symbols: tuple[str, ...] = ()
@@ -250,6 +275,8 @@ class Config:
     exchanges: Mapping[str, ExchangeConfig] = attrs.field(factory=dict)
     #: the NATS JetStream sink; None (no ``[nats]`` table): no sink, nothing of NATS imported
     nats: NatsConfig | None = None
+    #: the recorder; None (no ``[record]`` table): nothing is recorded
+    record: RecordConfig | None = None
     #: where the configuration came from (for messages and relative paths)
     source: str = "<defaults>"
 
@@ -333,7 +360,7 @@ def _converter() -> cattrs.Converter:
 
 
 _CONVERTER = _converter()
-_FILE_KEYS = ("feed", "http", "unix", "exchanges", "nats")
+_FILE_KEYS = ("feed", "http", "unix", "exchanges", "nats", "record")
 
 
 def _describe(exc: BaseException, path: str) -> list[str]:
@@ -404,7 +431,10 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
         _check_endpoints(venue, exchange, f"{source}: {key}")
         exchanges[venue_id] = attrs.evolve(exchange, symbols=tuple(dict.fromkeys(symbols)))
     nats = None if "nats" not in data else structure_section(data["nats"], NatsConfig, "nats", source)
-    return Config(feed=feed, http=http, unix=unix, exchanges=exchanges, nats=nats, source=source)
+    record = (None if "record" not in data
+              else structure_section(data["record"], RecordConfig, "record", source))
+    return Config(feed=feed, http=http, unix=unix, exchanges=exchanges, nats=nats, record=record,
+                  source=source)
 
 
 #: config key -> (accepted schemes, how the error names them)
@@ -514,6 +544,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     nats = config.nats
     if nats is not None and nats.credentials is not None:
         nats = attrs.evolve(nats, credentials=resolve("nats.credentials", nats.credentials))
+    record = config.record
+    if record is not None:
+        record = attrs.evolve(record, dir=resolve("record.dir", record.dir))
     return attrs.evolve(
         config,
         feed=attrs.evolve(
@@ -527,6 +560,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         ),
         unix=attrs.evolve(config.unix, path=resolve("unix.path", config.unix.path)),
         nats=nats,
+        record=record,
     )
 
 

@@ -27,7 +27,9 @@ LAYERS: list[set[str]] = [
     {"ops"},  # the daemon composing the service, notify, logs
     {"control"},  # the service's task tree and registries, reload, state, metrics, history
     {"http"},  # the API over a service object it is handed (control only under TYPE_CHECKING)
-    {"fanout"},  # hub, sinks, the drop-oldest buffer, the subscriber line protocol
+    # hub, sinks, the drop-oldest buffer, the subscriber line protocol | the recorder (it taps the
+    # feed's frames, not the hub's records) and replay (feed's adapters, validation, overlap)
+    {"fanout", "record"},
     {"feed"},  # runner, supervisor, host gates, status counters, backoff, ...
     {"config"},
     {"exchanges", "nats"},  # independent of each other

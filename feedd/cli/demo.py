@@ -15,16 +15,19 @@ import signal
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 import trio
 
 from feedd.cli.tail import tail
 from feedd.config import load_config
 from feedd.ops.daemon import Daemon
-from feedd.sim import registry
+from feedd.sim import Recording, parse_recording, registry
+from feedd.sim.replay import supply
 from feedd.sim.server import SimServer
 from feedd.sim.spec import SimSpec
 
@@ -59,6 +62,45 @@ def demo_simulators() -> list[Served]:
     return [
         Served(spec, spec.make(group, 1.0), group) for spec in registry().values() for group in spec.groups
     ]
+
+
+def recorded_tapes(paths: Iterable[str], warn: Callable[[str], None]) -> dict[tuple[str, str], Recording]:
+    """The simulators' tapes a feedd recording's frames make (``feedd demo --recording``): each
+    frame goes to the tape its venue's simulator says (:attr:`SimSpec.tape_of`), paced by its
+    recorded receive time; a tape of one instrument takes the instrument with the most frames."""
+    from feedd.record.replay import open_files
+
+    specs = {venue_id: spec for spec in registry().values() for venue_id in spec.venue_ids}
+    found: dict[tuple[str, str], dict[str, list[tuple[int, str]]]] = {}
+    for file in open_files(paths, warn):
+        spec = specs.get(file.venue)
+        if spec is None or spec.tape_of is None:
+            warn(f"{file.path}: no simulator plays {file.venue} recordings; skipped")
+            file.close()
+            continue
+        for line in file.lines():
+            text = line.get("f")
+            if not isinstance(text, str):
+                continue
+            try:
+                frame = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue
+            where = spec.tape_of(file.venue, frame) if isinstance(frame, dict) else None
+            if where is not None:
+                folder, name, instrument = where
+                found.setdefault((folder, name), {}).setdefault(instrument, []).append((line["t"], text))
+        if file.problem is not None:
+            warn(f"{file.path}: {file.problem}; what came before it is played")
+    tapes = {}
+    for (folder, name), instruments in found.items():
+        longest: list[tuple[int, str]] = max(instruments.values(), key=len)
+        frames = sorted(longest)
+        tapes[(folder, name)] = parse_recording(
+            f"{folder}/{name} (recorded)", "\n".join(text for _, text in frames),
+            "\n".join(str(t) for t, _ in frames),
+        )
+    return tapes
 
 
 def demo_config(served: list[Served], workdir: Path) -> str:
@@ -106,7 +148,17 @@ async def report(daemon: Daemon, every: float = 5.0) -> None:
         print("  ".join(parts) + f"; {daemon.publisher.clients} subscriber(s)", file=sys.stderr, flush=True)
 
 
-async def run_demo(*, duration: float | None = None, show: int = 10) -> None:
+async def run_demo(*, duration: float | None = None, show: int = 10, recording: Sequence[str] = ()) -> None:
+    """The demo; with ``recording`` (feedd recording files or folders), the simulators play its
+    frames in place of their bundled tapes, where it has some."""
+    if recording:
+        tapes = recorded_tapes(recording, lambda text: print(f"feedd demo: {text}", file=sys.stderr))
+        for (folder, name), tape in sorted(tapes.items()):
+            supply(folder, name, tape)
+            print(f"feedd demo: {folder} {name}: {len(tape)} recorded frame(s)", file=sys.stderr)
+        if not tapes:
+            print("feedd demo: the recording holds no frame a simulator plays; the bundled tapes play",
+                  file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="feedd-demo-") as tmp:
         workdir = Path(tmp)
         async with trio.open_nursery() as nursery:

@@ -257,10 +257,24 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_cmd_api)
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from feedd.cli.replay import run_replay
+
+    try:
+        return run_replay(args.paths, venues=args.venue, symbols=args.symbol, kinds=args.kind,
+                          since=args.since, until=args.until, speed=args.speed, socket=args.socket,
+                          nats=args.nats)
+    except BrokenPipeError:
+        _stdout_gone()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from feedd.cli.demo import run_demo
 
-    trio.run(lambda: run_demo(duration=args.duration, show=args.show))
+    trio.run(lambda: run_demo(duration=args.duration, show=args.show, recording=args.recording))
     return 0
 
 
@@ -302,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after this many seconds (default: run until Ctrl-C)")
     demo.add_argument("--show", type=int, default=10, metavar="N",
                       help="print the first N records received over the socket (default 10)")
+    demo.add_argument("--recording", action="append", default=[], metavar="PATH",
+                      help="play a feedd recording (files or folders, see docs/recording.md) instead of "
+                      "the bundled tapes, where it has frames (repeatable)")
     demo.set_defaults(func=_cmd_demo)
 
     tail = command("tail", "print records from the daemon's Unix socket, one line each")
@@ -328,6 +345,28 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--nats-credentials", metavar="FILE", default=None,
                       help="with --nats: a .creds file to log in with")
     tail.set_defaults(func=_cmd_tail)
+
+    replay = command("replay", "print a recording's records exactly as the socket carried them live "
+                     "(docs/recording.md)")
+    replay.add_argument("paths", nargs="+", metavar="PATH", help="recording files, or folders of them")
+    replay.add_argument("--venue", "--exchange", action="append", default=[], metavar="VENUE",
+                        help="only this venue id (repeatable)")
+    replay.add_argument("--symbol", action="append", default=[], metavar="SYMBOL",
+                        help="only this symbol (repeatable)")
+    replay.add_argument("--kind", action="append", default=[], choices=tuple(KINDS),
+                        help="only trades or only tickers (repeatable)")
+    replay.add_argument("--since", metavar="TIME", default=None,
+                        help="only what was received at or after this RFC 3339 time")
+    replay.add_argument("--until", metavar="TIME", default=None,
+                        help="only what was received at or before this RFC 3339 time")
+    replay.add_argument("--speed", type=float, default=None, metavar="N",
+                        help="pace at N times the recorded time (default: stdout as fast as possible, "
+                        "--socket and --nats 1)")
+    replay.add_argument("--socket", metavar="PATH", default=None,
+                        help="serve the records on this Unix socket (to its first subscriber on) instead")
+    replay.add_argument("--nats", metavar="URL", default=None,
+                        help="publish the records to NATS JetStream at this server instead")
+    replay.set_defaults(func=_cmd_replay)
 
     status = command("status", "show the running daemon's state, per venue (asks its HTTP API)")
     _add_api_options(status)

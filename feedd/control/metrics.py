@@ -23,6 +23,7 @@ from feedd.feed.status import VenueState
 if TYPE_CHECKING:
     from feedd.control.service import WebSocketService
     from feedd.fanout.nats import NatsSink
+    from feedd.record.writer import Recorder
 
 #: seconds; exchange → receive delays span sub-millisecond (colocated) to seconds (a stalled venue)
 DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -135,6 +136,9 @@ class _ServiceCollector(Collector):
                                       value=service.publisher.records_dropped)
         if service.nats is not None:
             yield from _nats_metrics(service.nats)
+        recorder = getattr(service, "recorder", None)  # a service object without one: none
+        if recorder is not None:
+            yield from _recorder_metrics(recorder)
 
 
 #: the NATS sink's counters: (status key, metric name, help)
@@ -156,6 +160,30 @@ def _nats_metrics(sink: NatsSink) -> Iterator[Metric]:
                             "records waiting for NATS (buffer and batch in flight)", value=sink.buffered)
     for key, name, doc in _NATS_COUNTERS:
         yield CounterMetricFamily(f"feedd_{name}", doc, value=getattr(sink, key))
+
+
+#: the recorder's counters: (status key, metric name, help)
+_RECORDER_COUNTERS = (
+    ("files", "record_files", "recording files opened"),
+    ("bytes", "record_bytes", "bytes written to recording files (compressed)"),
+    ("frames", "record_frames", "frames written to recording files"),
+    ("dropped", "record_dropped_frames",
+     "frames not recorded (the recorder's buffer full, or a write error)"),
+    ("errors", "record_errors", "failed opens, writes and deletes of recording files"),
+    ("deleted", "record_deleted_files", "recording files deleted to stay within max_bytes"),
+)
+
+
+def _recorder_metrics(recorder: Recorder) -> Iterator[Metric]:
+    snapshot = recorder.snapshot()
+    yield GaugeMetricFamily("feedd_record_open_files", "recording files open now",
+                            value=snapshot["open_files"])
+    yield GaugeMetricFamily("feedd_record_kept_bytes", "bytes of recordings kept in the directory",
+                            value=snapshot["kept_bytes"])
+    yield GaugeMetricFamily("feedd_record_queued_frames", "frames waiting for the recorder's task",
+                            value=snapshot["queued"])
+    for key, name, doc in _RECORDER_COUNTERS:
+        yield CounterMetricFamily(f"feedd_{name}", doc, value=snapshot[key])
 
 
 class Metrics:

@@ -168,9 +168,14 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     if old.nats != new.nats:  # the sink's connection and stream are set up once, at start
         needs_restart.append("nats: changed")
         nats = old.nats
+    record = new.record
+    if old.record != new.record:  # the recorder is made once, at start
+        needs_restart.append("record: changed")
+        record = old.record
     config = attrs.evolve(
         new,
         nats=nats,
+        record=record,
         feed=attrs.evolve(new.feed, **kept["feed"]),
         http=attrs.evolve(new.http, **kept["http"]),
         unix=attrs.evolve(new.unix, **kept["unix"]),

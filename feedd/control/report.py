@@ -88,7 +88,11 @@ def connection_status(service: WebSocketService) -> dict[str, Any]:
              "pending": s.pending, **({"errors": s.errors} if s.kind == "callback" else {})}
             for s in subscribers(service)
         ],
-        "sinks": {} if nats is None else {"nats": nats.snapshot()},
+        "sinks": {
+            **({} if nats is None else {"nats": nats.snapshot()}),
+            **({} if (recorder := getattr(service, "recorder", None)) is None
+               else {"recorder": recorder.snapshot()}),
+        },
         "http": {"listen": service.http_address, "token": service.config.http.token is not None},
         "state_file": {"path": str(service.state.path), "problem": service.state.problem},
         "reload": None if last_reload is None else last_reload.snapshot(),

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from feedd.control.guest import GuestRun
     from feedd.fanout.nats import NatsSink
     from feedd.http.app import App, Handler, Request, Response
+    from feedd.record.writer import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,12 @@ class WebSocketService:
 
             self.nats = NatsSink(config.nats, connect_timeout=config.feed.connect_timeout)
         self._nats_done = trio.Event()
+        #: the recorder, with a ``[record]`` table (feedd.record): taps every connection
+        self.recorder: Recorder | None = None
+        if config.record is not None:
+            from feedd.record.writer import Recorder
+
+            self.recorder = Recorder.from_config(config.record)
         self.serve_http = serve_http
         #: the HTTP API's bound address (``HOST:PORT``) once it listens
         self.http_address: str | None = None
@@ -385,6 +392,8 @@ class WebSocketService:
             if self.nats is not None:
                 self.hub.attach(self.nats)
                 await nursery.start(_until_done, self.nats.run, self._nats_done)
+            if self.recorder is not None:
+                await nursery.start(self.recorder.run)  # cancelled last: closes its files
             restored = self.state.load()
             for venue_id, exchange in config.exchanges.items():
                 enabled = config.feed.enabled and exchange.enabled
@@ -461,6 +470,7 @@ class WebSocketService:
             proxy=proxy_of(config, venue_id),
             instruments_wait=config.feed.instruments_wait,
             instruments_refresh=config.feed.instruments_refresh or None,
+            tap=self.recorder,
         )
         self.venues[venue_id] = supervisor
         self._runs[venue_id] = _VenueRun(supervisor, records)

@@ -141,6 +141,8 @@ class Attempt:
         self.handed: trio.Event | None = None
         #: while the reader waits for room in the hub's ingress with a batch: set once it is in
         self.in_flight: trio.Event | None = None
+        #: this attempt's number at the runner's tap (0: not recorded)
+        self.tap_id = 0
 
     async def delivered(self) -> None:
         """Once no batch of this attempt's waits for room in the hub (what it read is in)."""
@@ -195,7 +197,10 @@ class Attempt:
         conn.stable = False
         topics = sorted(runner.topics)
         log.info("%s: connected to %s; subscribing %d stream(s)", runner.name, runner.url, len(topics))
-        for frame in self.session.subscribe(topics):
+        frames = self.session.subscribe(topics)
+        if runner.tap is not None:
+            self.tap_id = runner.tap.connected(topics, frames)
+        for frame in frames:
             self.outgoing.send_nowait(frame)
         venue = runner.venue
         with self.scope:
@@ -233,6 +238,8 @@ class Attempt:
         lifecycle = self.lifecycle
         standby = State.STANDBY
         stable_at = self.connected_at + runner.settings.stable_after
+        tap = runner.tap
+        tap_id = self.tap_id
         while True:
             try:
                 batch = await receive()
@@ -242,6 +249,8 @@ class Attempt:
                 return
             conn.last_message_at = trio.current_time()
             received_at = now(UTC)
+            if tap is not None:  # the recorder: one non-blocking put per batch
+                tap.received(tap_id, received_at, batch)
             records: Batch = []
             keep = records.append
             data = False
@@ -387,7 +396,11 @@ class Attempt:
             self.end(str(exc))
 
     def _build(self, op: Op, names: list[str]) -> list[Message]:
-        return self.session.subscribe(names) if op == "subscribe" else self.session.unsubscribe(names)
+        frames = self.session.subscribe(names) if op == "subscribe" else self.session.unsubscribe(names)
+        tap = self.runner.tap
+        if tap is not None:
+            tap.requested(self.tap_id, op, names, frames)
+        return frames
 
     async def _watchdog(self) -> None:
         """End the attempt when the feed has been silent for ``stale_after`` (times the quiet
@@ -454,6 +467,8 @@ class Attempt:
             frame = self.session.ping()
             if frame is None:
                 return
+            if (tap := self.runner.tap) is not None:
+                tap.pinged(self.tap_id, frame)
             last_ping = trio.current_time()
             self.pong = trio.Event()
             try:

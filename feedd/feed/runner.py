@@ -39,6 +39,7 @@ from feedd.feed.overlap import Overlap
 from feedd.feed.ratelimit import SlidingWindowLimiter
 from feedd.feed.replies import Reply, ReplyLedger
 from feedd.feed.status import ConnectionStatus, VenueStatus
+from feedd.feed.tap import ConnectionTap
 from feedd.feed.validate import Validator
 from feedd.model import Batch, Disconnected, Ingress, Reconnected
 from feedd.wire.transport import OpenTransport, Transport, open_transport
@@ -88,12 +89,15 @@ class ConnectionRunner:
         gate: Gate | None = None,
         conflator: Conflator | None = None,
         backfill: Backfiller | None = None,
+        tap: ConnectionTap | None = None,
     ) -> None:
         self.venue = venue
         #: the venue's trade-id tracker and gap fetcher (None: the venue's ids say nothing)
         self.backfill = backfill
         #: the venue's quote conflation (None: quotes go to the hub with the other records)
         self.conflator = conflator
+        #: the recorder's tap of this connection (None: not recorded)
+        self.tap = tap
         self.url = url
         self.name = name
         self.topics: set[str] = set(topics)
@@ -126,7 +130,7 @@ class ConnectionRunner:
         self._ended = trio.Event()
         self._final: Outcome | None = None
         #: while two connections overlap (and shortly after): one gap-free stream of both
-        self.overlap: Overlap | None = None
+        self._overlap: Overlap | None = None
         #: the connection being replaced, and the event its reader sets once it has caught up
         #: with its replacement
         self.overlap_old: Attempt | None = None
@@ -145,6 +149,16 @@ class ConnectionRunner:
         #: the host's handshake gate (Retry-After, connect pacing), shared with every connection
         #: to the host when its owner passes one; else one of its own
         self.gate = gate or Gate(HostGate(host_of(url)), venue.venue_id, counters=status.handshakes)
+
+    @property
+    def overlap(self) -> Overlap | None:
+        return self._overlap
+
+    @overlap.setter
+    def overlap(self, overlap: Overlap | None) -> None:
+        if overlap is None and self._overlap is not None and self.tap is not None:
+            self.tap.overlap("end")
+        self._overlap = overlap
 
     # ---- live subscription changes ----------------------------------------------------
 
@@ -290,6 +304,8 @@ class ConnectionRunner:
                 finally:
                     self._attempts.remove(attempt)
                     attempt.session.connection_lost()
+                    if self.tap is not None:
+                        self.tap.closed(attempt.tap_id, outcome.reason)
                     if not self._attempts:
                         # unsubscribes still awaited are done: the connection carrying them is
                         self.ledger.connection_gone()
@@ -340,6 +356,8 @@ class ConnectionRunner:
         self.conn.rotating = True
         overlap = self.overlap = Overlap()
         self.overlap_old = old
+        if self.tap is not None:
+            self.tap.overlap("start", old=old.tap_id)
         self.caught_up = trio.Event()
         try:
             try:
@@ -407,6 +425,8 @@ class ConnectionRunner:
         held = overlap.switch()
         if held and self.backfill is not None:
             held = self.backfill.sift(held)  # the tracker sees every trade delivered, these too
+        if self.tap is not None:
+            self.tap.overlap("switch")
         if held:
             try:
                 self.records.send_nowait(held)  # before the replacement's next read, in order
@@ -439,6 +459,8 @@ class ConnectionRunner:
         self.delivering = False
         self.down_since = trio.current_time()
         event = Disconnected(self.venue.venue_id, tuple(self._symbols()), datetime.now(UTC), reason)
+        if self.tap is not None:
+            self.tap.event(event)
         await self.records.send(event)
 
     def announce_up(self) -> Reconnected | None:
@@ -448,8 +470,11 @@ class ConnectionRunner:
         down, self.down_since = self.down_since, None
         if down is None:
             return None
-        return Reconnected(self.venue.venue_id, tuple(self._symbols()), datetime.now(UTC),
-                           trio.current_time() - down)
+        event = Reconnected(self.venue.venue_id, tuple(self._symbols()), datetime.now(UTC),
+                            trio.current_time() - down)
+        if self.tap is not None:
+            self.tap.event(event)
+        return event
 
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[Transport]:

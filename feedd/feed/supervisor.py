@@ -43,6 +43,7 @@ from feedd.feed.ratelimit import SlidingWindowLimiter
 from feedd.feed.replies import Reply
 from feedd.feed.runner import ConnectionRunner, RunnerSettings, send_limiter
 from feedd.feed.status import VenueStatus
+from feedd.feed.tap import Tap
 from feedd.feed.validate import Validator
 from feedd.model import Ingress
 from feedd.wire.proxy import ProxyRoute, ProxySetting, choose_proxy
@@ -73,6 +74,7 @@ class VenueSupervisor:
         environ: Mapping[str, str] | None = None,
         instruments_wait: float = 3.0,
         instruments_refresh: float | None = 6 * 3600.0,
+        tap: Tap | None = None,
     ) -> None:
         self.venue = venue
         venue.quote_max_age = config.quote_max_age
@@ -107,6 +109,8 @@ class VenueSupervisor:
             backfill or BackfillSettings(),
             lambda: rest_client(self.route(self.rest_url).proxy),
         )
+        #: the recorder, told of every connection and of every change to the symbols accepted
+        self._tap = tap
         #: which connection carries which topic (channels of one exchange may share a topic)
         self.placement: Placement[ConnectionRunner] = Placement(
             venue.max_streams_per_connection, venue.max_chars_per_connection
@@ -347,6 +351,8 @@ class VenueSupervisor:
         if added:
             self._symbols.add(symbol)
             self.status.subscription_errors.pop(symbol, None)
+            if self._tap is not None:
+                self._tap.known(self.venue_id, sorted(self._symbols))
         return added
 
     def unsubscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
@@ -392,6 +398,8 @@ class VenueSupervisor:
             if symbol in self._delisted:
                 self._delisted.discard(symbol)
                 self.status.instruments.delisted = sorted(self._delisted)
+            if self._tap is not None:
+                self._tap.known(self.venue_id, sorted(self._symbols))
         return removed, replies
 
     # ---- changes confirmed by the venue --------------------------------------------------
@@ -543,6 +551,7 @@ class VenueSupervisor:
             backfill=self.backfill,
             symbols=lambda: self._symbols_on(runner),
             gate=self._gate(url),
+            tap=None if self._tap is None else self._tap.connection(self.venue, name, url),
         )
         runner.conn.proxy = way.describe()
         scope = trio.CancelScope()

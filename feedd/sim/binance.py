@@ -738,6 +738,17 @@ def _from_args(args: argparse.Namespace) -> BinanceSimulator:
 
 
 #: what the tools need to run this simulator (found by :func:`feedd.sim.registry`)
+def _tape_of(venue_id: str, frame: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """A combined-stream frame's tape: ``<symbol>@trade`` frames are the trade tape (one
+    symbol's: the tapes move every simulated symbol alike), and so on."""
+    del venue_id  # spot and USD-M share their tapes
+    stream = frame.get("stream")
+    if not isinstance(stream, str) or not isinstance(frame.get("data"), Mapping):
+        return None
+    symbol, _, kind = stream.partition("@")
+    return ("binance", kind, symbol) if kind in ("trade", "aggTrade", "bookTicker") else None
+
+
 SIMULATOR: Final = SimSpec(
     name="binance",
     help="Binance spot, or USD-M futures with --futures",
@@ -748,6 +759,7 @@ SIMULATOR: Final = SimSpec(
     speed=0.1,  # the recorded tape is dense
     add_arguments=_add_arguments,
     from_args=_from_args,
+    tape_of=_tape_of,
 )
 
 __all__ = [

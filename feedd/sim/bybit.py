@@ -520,6 +520,25 @@ def _from_args(args: argparse.Namespace) -> BybitSimulator:
 _CATEGORY_OF: Final = {"bybit": "spot", "bybit-linear": "linear", "bybit-inverse": "inverse"}
 
 #: what the tools need to run this simulator (found by :func:`feedd.sim.registry`)
+#: a recorded topic's prefix -> its tape, per category (inverse plays linear's tapes)
+_TAPES: Final = {
+    "spot": {"publicTrade": "spot_trades", "tickers": "spot_tickers", "orderbook": "spot_book"},
+    "linear": {"publicTrade": "linear_trades", "tickers": "linear_tickers"},
+}
+
+
+def _tape_of(venue_id: str, frame: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """A data frame's tape, by its topic (``publicTrade.BTCUSDT`` on spot: ``spot_trades``);
+    a tape holds every symbol's frames."""
+    topic = frame.get("topic")
+    if not isinstance(topic, str) or "data" not in frame:
+        return None
+    name = _TAPES.get(_CATEGORY_OF.get(venue_id, ""), {}).get(topic.partition(".")[0])
+    if name == "spot_book" and not topic.startswith("orderbook.1."):
+        return None
+    return None if name is None else ("bybit", name, "")
+
+
 SIMULATOR: Final = SimSpec(
     name="bybit",
     help="Bybit v5 public spot, linear and inverse streams",
@@ -535,6 +554,7 @@ SIMULATOR: Final = SimSpec(
     url=lambda sim, venue_id: sim.endpoint(_CATEGORY_OF[venue_id]),
     add_arguments=_add_arguments,
     from_args=_from_args,
+    tape_of=_tape_of,
 )
 
 __all__ = ["SIMULATOR", "BybitConnection", "BybitProtocol", "BybitSimulator"]

@@ -543,6 +543,21 @@ def _from_args(args: argparse.Namespace) -> CoinbaseSimulator:
 _SPARE: Final = "SOL-USD"
 
 #: what the tools need to run this simulator (found by :func:`feedd.sim.registry`)
+def _tape_of(venue_id: str, frame: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """A ``market_trades`` or ``ticker`` frame's tape: its product's (``btc_usd``)."""
+    del venue_id
+    channel = frame.get("channel")
+    events = frame.get("events")
+    if channel not in DATA_CHANNELS or not isinstance(events, list) or not events:
+        return None
+    items = events[0].get("trades" if channel == "market_trades" else "tickers") if isinstance(
+        events[0], Mapping) else None
+    if not isinstance(items, list) or not items or not isinstance(items[0], Mapping):
+        return None
+    product = str(items[0].get("product_id", ""))
+    return ("coinbase", product.lower().replace("-", "_"), "") if product else None
+
+
 SIMULATOR: Final = SimSpec(
     name="coinbase",
     help="Coinbase Advanced Trade market data",
@@ -552,6 +567,7 @@ SIMULATOR: Final = SimSpec(
     spare=_SPARE,
     add_arguments=_add_arguments,
     from_args=_from_args,
+    tape_of=_tape_of,
 )
 
 __all__ = ["SIMULATOR", "CoinbaseConnection", "CoinbaseProtocol", "CoinbaseSimulator"]

@@ -81,8 +81,28 @@ def times(recording: Recording) -> list[float]:
     return list(itertools.accumulate(recording.gaps[1:], initial=0.0))
 
 
-@cache
+#: tapes supplied in place of bundled ones, by (data folder, name): ``feedd demo --recording``
+#: turns a feedd recording's frames into them (:func:`supply`)
+_SUPPLIED: dict[tuple[str, str], Recording] = {}
+
+
+def supply(venue: str, name: str, recording: Recording | None) -> None:
+    """From now on, :func:`load_recording` of ``venue``/``name`` gives ``recording`` (None: the
+    bundled one again). Simulators made afterwards play it; supply before making them."""
+    if recording is None:
+        _SUPPLIED.pop((venue, name), None)
+    else:
+        _SUPPLIED[(venue, name)] = recording
+
+
 def load_recording(venue: str, name: str) -> Recording:
+    """The tape ``venue``/``name``: one :func:`supply` gave, else the bundled one."""
+    supplied = _SUPPLIED.get((venue, name))
+    return supplied if supplied is not None else bundled_recording(venue, name)
+
+
+@cache
+def bundled_recording(venue: str, name: str) -> Recording:
     """The bundled recording ``feedd/sim/data/<venue>/<name>.{ndjson,recv_ts}`` (read once)."""
     folder = resources.files("feedd.sim").joinpath("data").joinpath(venue)
     frames_text = folder.joinpath(f"{name}.ndjson").read_text(encoding="utf-8")

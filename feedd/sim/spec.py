@@ -59,6 +59,11 @@ class SimSpec:
     from_args: Callable[[argparse.Namespace], SimServer[Any]] | None = None
     #: extra TOML lines of a venue id's ``[exchanges.<id>]`` section, if the venue needs any
     config_lines: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    #: which of the module's tapes a frame one of its venue ids sent belongs to: (data folder,
+    #: tape name, instrument), the instrument naming the frames that form one tape when the tape
+    #: is one instrument's (else ""); None for a frame no tape holds. ``feedd demo --recording``
+    #: plays a feedd recording's frames so (None here: the venue's recordings cannot be played)
+    tape_of: Callable[[str, Mapping[str, Any]], tuple[str, str, str] | None] | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.groups or not all(self.groups):

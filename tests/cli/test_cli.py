@@ -191,7 +191,7 @@ def test_every_command_and_option_has_a_help_text_in_plain_words() -> None:
         for action in parser._actions:
             assert action.help, f"{parser.prog}: {action.option_strings or action.dest} has no help"
     assert seen == ["feedd", "feedd run", "feedd check-config", "feedd demo", "feedd tail",
-                    "feedd status", "feedd subscribe", "feedd unsubscribe", "feedd top"]
+                    "feedd replay", "feedd status", "feedd subscribe", "feedd unsubscribe", "feedd top"]
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The recorder and the replay of its files (docs/recording.md)."""
