@@ -52,7 +52,7 @@ from feedd.exchanges.base import (
 )
 from feedd.exchanges.bybit import _WORDS, BybitSession, _BybitVenue, _milliseconds, _optional
 from feedd.exchanges.fields import QuoteCache
-from feedd.model import TICKER, MarketData, Message
+from feedd.model import TICKER, MarketData, Message, quote_record
 
 _TRADES = "publicTrade."
 _IGNORED = Ignored()
@@ -227,23 +227,43 @@ class BybitOptionSession(BybitSession):
     def _option_ticker(
         self, msg: dict[str, Any], symbol: str, received_at: datetime, frame: Message
     ) -> list[Event]:
+        """A ticker record, and a quote record (``bidPrice``/``bidSize``, ``askPrice``/``askSize``)
+        for an option subscribed to ``quotes``: one wire stream carries both (an option's
+        ``orderbook`` has no level 1)."""
         data = msg["data"]
         if type(data) is not dict:
             raise TypeError(f"'data' is not an object: {data!r:.50}")
-        return [MarketData(
-            self._venue_id,
-            symbol,
-            TICKER,
-            float(data["lastPrice"]),
-            float(data["volume24h"]),  # in the base coin: one option contract is one coin
-            _milliseconds(msg["ts"], "ts"),
-            received_at,
-            bid=_quote_price(data.get("bidPrice")),
-            ask=_quote_price(data.get("askPrice")),
-            high_24h=_optional(data.get("highPrice24h")),
-            low_24h=_optional(data.get("lowPrice24h")),
-            change_24h=_fraction_percent(data.get("change24h")),
-        )]
+        bid, ask = _quote_price(data.get("bidPrice")), _quote_price(data.get("askPrice"))
+        bid_size = None if bid is None else _optional(data.get("bidSize"))
+        ask_size = None if ask is None else _optional(data.get("askSize"))
+        timestamp = _milliseconds(msg["ts"], "ts")
+        cache = self._quotes
+        events: list[Event] = []
+        if not (cache.ticked or cache.streamed) or symbol in cache.ticked:
+            events.append(MarketData(
+                self._venue_id,
+                symbol,
+                TICKER,
+                float(data["lastPrice"]),
+                float(data["volume24h"]),  # in the base coin: one option contract is one coin
+                timestamp,
+                received_at,
+                bid=bid,
+                ask=ask,
+                high_24h=_optional(data.get("highPrice24h")),
+                low_24h=_optional(data.get("lowPrice24h")),
+                change_24h=_fraction_percent(data.get("change24h")),
+                bid_size=bid_size,
+                ask_size=ask_size,
+            ))
+        if symbol in cache.streamed:
+            if bid is None or ask is None or bid_size is None or ask_size is None:
+                events.append(_IGNORED)  # one side empty: no best bid/offer to give
+            else:
+                events.append(quote_record(
+                    self._venue_id, symbol, bid, bid_size, ask, ask_size, timestamp, received_at
+                ))
+        return events or [_IGNORED]
 
 
 class BybitOption(_BybitVenue):
@@ -269,6 +289,8 @@ class BybitOption(_BybitVenue):
         symbol = subscription.symbol
         if subscription.channel == "trades":
             return [Topic("", f"{_TRADES}{symbol}")]
+        if subscription.channel == "quotes":  # from the ticker stream, which has the sizes
+            return [Topic("", f"tickers.{symbol}")]
         return super().topics(subscription)
 
     def symbol_problem(self, symbol: str) -> str | None:

@@ -182,7 +182,7 @@ async def test_a_full_disk_and_a_full_recorder_buffer_never_hold_up_the_socket(
                 recorder.write_out(trio.current_time() + 60)
     assert max(late) < timedelta(seconds=2)  # delivered as they came, the recorder failing
     assert recorder.frames == 0 and "No space left on device" in (recorder.last_error or "")
-    assert daemon.get_connection_status()["sinks"]["recorder"]["dropped"] == recorder.dropped
+    assert (await daemon.get_connection_status())["sinks"]["recorder"]["dropped"] == recorder.dropped
     metrics, _ = daemon.metrics.render()
     assert f"feedd_record_dropped_frames_total {float(recorder.dropped)}".encode() in metrics
     assert f"feedd_record_errors_total {float(recorder.errors)}".encode() in metrics
