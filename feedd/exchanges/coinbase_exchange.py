@@ -63,8 +63,16 @@ from feedd.exchanges.base import (
     Topic,
     Venue,
 )
-from feedd.exchanges.fields import PAYLOAD_ERRORS, load_object, parse_rfc3339, single_route, text
-from feedd.model import TICKER, MarketData, Message, Side, trade_record
+from feedd.exchanges.fields import (
+    PAYLOAD_ERRORS,
+    QuoteCache,
+    QuotedVenue,
+    load_object,
+    parse_rfc3339,
+    single_route,
+    text,
+)
+from feedd.model import TICKER, MarketData, Message, Side, quote_record, trade_record
 
 MATCHES = "matches"
 TICKER_CHANNEL = "ticker"
@@ -136,8 +144,11 @@ class CoinbaseExchangeSession:
     subscribing, such as a slow-consumer notice) is reported tied to no request.
     """
 
-    def __init__(self, venue_id: str) -> None:
+    def __init__(self, venue_id: str, quotes: QuoteCache | None = None) -> None:
         self._venue_id = venue_id
+        #: which products' tickers give quote records (``streamed``) and ticker records
+        #: (``ticked``; while neither says anything, as for a session made alone, every product's)
+        self._cache = QuoteCache() if quotes is None else quotes
         self._next_id = 1
         self._requests: deque[_Request] = deque()
         #: products → channels asked for on this connection (by request, not yet by reply)
@@ -282,15 +293,29 @@ class CoinbaseExchangeSession:
             self._ticker_sequence[product] = sequence
         price = float(msg["price"])
         opened = _optional_number(msg.get("open_24h"))
-        events.append(MarketData(
-            self._venue_id, product, TICKER, price, float(msg["volume_24h"]),
-            parse_rfc3339(msg["time"]), received_at,
-            bid=_optional_number(msg.get("best_bid")),
-            ask=_optional_number(msg.get("best_ask")),
-            high_24h=_optional_number(msg.get("high_24h")),
-            low_24h=_optional_number(msg.get("low_24h")),
-            change_24h=(price - opened) / opened * 100 if opened else None,
-        ))
+        timestamp = parse_rfc3339(msg["time"])
+        bid, ask = _optional_number(msg.get("best_bid")), _optional_number(msg.get("best_ask"))
+        bid_size = _optional_number(msg.get("best_bid_size"))
+        ask_size = _optional_number(msg.get("best_ask_size"))
+        cache = self._cache
+        if not (cache.ticked or cache.streamed) or product in cache.ticked:
+            events.append(MarketData(
+                self._venue_id, product, TICKER, price, float(msg["volume_24h"]),
+                timestamp, received_at,
+                bid=bid,
+                ask=ask,
+                high_24h=_optional_number(msg.get("high_24h")),
+                low_24h=_optional_number(msg.get("low_24h")),
+                change_24h=(price - opened) / opened * 100 if opened else None,
+                bid_size=bid_size,
+                ask_size=ask_size,
+            ))
+        if product in cache.streamed:  # the quotes channel rides the ticker stream
+            if bid is None or ask is None or bid_size is None or ask_size is None:
+                raise ValueError("a quote needs best_bid, best_ask and their sizes")
+            events.append(quote_record(
+                self._venue_id, product, bid, bid_size, ask, ask_size, timestamp, received_at
+            ))
 
     def _heartbeat(self, msg: dict[str, Any], received_at: datetime, events: list[Event]) -> None:
         product = text(msg, "product_id")
@@ -370,7 +395,7 @@ def _chunks(topics: list[str]) -> Iterable[list[str]]:
         yield topics[start : start + MAX_TOPICS_PER_REQUEST]
 
 
-class CoinbaseExchange:
+class CoinbaseExchange(QuotedVenue):
     """Coinbase Exchange market data: ``matches`` and ``ticker`` per product, ``heartbeat`` each."""
 
     venue_id = "coinbase-exchange"
@@ -395,13 +420,14 @@ class CoinbaseExchange:
     products_path = "/products"
 
     def __init__(self) -> None:
-        #: unused: tickers carry their own best bid/ask
-        self.quote_max_age = 5.0
+        super().__init__()  # the cache is unused (tickers carry their own best bid/ask), but its
+        # ``streamed``/``ticked`` sets say which records the ``ticker`` stream gives
 
     def topics(self, subscription: Subscription) -> list[Topic]:
         if subscription.channel == "trades":
             return [Topic("", f"{MATCHES}:{subscription.symbol}")]
-        if subscription.channel == "ticker":
+        if subscription.channel in ("ticker", "quotes"):
+            # one wire stream for both: a ticker carries the best bid/ask with their sizes
             return [Topic("", f"{TICKER_CHANNEL}:{subscription.symbol}")]
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
@@ -414,7 +440,7 @@ class CoinbaseExchange:
         return None
 
     def new_session(self) -> Session:
-        return CoinbaseExchangeSession(self.venue_id)
+        return CoinbaseExchangeSession(self.venue_id, self.quotes)
 
     def instruments_path(self, cursor: str | None = None) -> str:
         """``GET /products``: every product in one answer (the list is not paged)."""

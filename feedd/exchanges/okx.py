@@ -54,7 +54,7 @@ from feedd.exchanges.base import (
     Venue,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, load_object, single_route, text
-from feedd.model import TICKER, MarketData, Message, trade_record
+from feedd.model import TICKER, MarketData, Message, quote_record, trade_record
 
 _IGNORED = Ignored()
 _PONG = Pong()
@@ -62,6 +62,8 @@ _SIDES: dict[str, Literal["buy", "sell"]] = {"buy": "buy", "sell": "sell"}
 #: the channels of feedd's two channels
 TRADES = "trades"
 TICKERS = "tickers"
+#: best bid/offer, tick by tick ([ws-public] "bbo-tbt": one level a side, pushed on change)
+BBO = "bbo-tbt"
 #: the instrument types the venue lists, in the order the instrument walk pages through them
 INST_TYPES = ("SPOT", "SWAP", "FUTURES")
 #: [ws-subscribe] "the total length of multiple channels cannot exceed 64 KB" (one request);
@@ -293,6 +295,8 @@ class OkxSession:
                 return self._trades(data, symbol, received_at, frame)
             if channel == TICKERS:
                 return [self._ticker(row, symbol, received_at) for row in data]
+            if channel == BBO:
+                return [self._bbo(row, symbol, received_at) for row in data]
         except KeyError as exc:
             return [DecodeError(f"bad {channel!r:.30} push: missing field {exc}", excerpt(frame))]
         except PAYLOAD_ERRORS as exc:
@@ -326,6 +330,33 @@ class OkxSession:
                 append(DecodeError(f"bad trade of {symbol}: {type(exc).__name__}: {exc}", excerpt(frame)))
         return events
 
+    def _size(self, symbol: str, size: float, price: float) -> float:
+        """A size in base units (a derivative's contracts converted; LookupError if unknown)."""
+        if not is_derivative(symbol):
+            return size
+        if symbol not in self._contracts:
+            raise LookupError(f"contract value of {symbol} unknown (the instrument list was not "
+                              "loaded): its size in contracts is not base units")
+        return self._contracts.base_units(symbol, size, price)
+
+    def _bbo(self, row: Any, symbol: str, received_at: datetime) -> Event:
+        """A quote from one ``bbo-tbt`` row (``bids``/``asks`` of ``[px, sz, "0", orders]``)."""
+        if type(row) is not dict:
+            raise TypeError(f"a bbo-tbt row is not an object: {row!r:.50}")
+        bids, asks = row["bids"], row["asks"]
+        if type(bids) is not list or type(asks) is not list:
+            raise TypeError("'bids' or 'asks' is not a list")
+        if not bids or not asks:
+            return _IGNORED  # one side empty: no best bid/offer
+        bid, ask = float(bids[0][0]), float(asks[0][0])
+        try:
+            bid_size = self._size(symbol, float(bids[0][1]), bid)
+            ask_size = self._size(symbol, float(asks[0][1]), ask)
+        except (LookupError, ZeroDivisionError) as exc:
+            raise ValueError(str(exc)) from None
+        return quote_record(self._venue_id, symbol, bid, bid_size, ask, ask_size, _ms(row["ts"], "ts"),
+                            received_at)
+
     def _ticker(self, row: Any, symbol: str, received_at: datetime) -> MarketData:
         if type(row) is not dict:
             raise TypeError(f"a ticker is not an object: {row!r:.50}")
@@ -333,6 +364,7 @@ class OkxSession:
         last = float(last_text)
         inst_type = row.get("instType")
         derivative = inst_type in ("SWAP", "FUTURES") if inst_type else is_derivative(symbol)
+        bid, ask = _optional(row.get("bidPx")), _optional(row.get("askPx"))
         return MarketData(
             self._venue_id,
             symbol,
@@ -341,12 +373,25 @@ class OkxSession:
             float(row["volCcy24h" if derivative else "vol24h"]),
             _ms(row["ts"], "ts"),
             received_at,
-            bid=_optional(row.get("bidPx")),
-            ask=_optional(row.get("askPx")),
+            bid=bid,
+            ask=ask,
             high_24h=_optional(row.get("high24h")),
             low_24h=_optional(row.get("low24h")),
             change_24h=_change(last_text, row.get("open24h")),
+            bid_size=self._ticker_size(symbol, row.get("bidSz"), bid),
+            ask_size=self._ticker_size(symbol, row.get("askSz"), ask),
         )
+
+    def _ticker_size(self, symbol: str, size: Any, price: float | None) -> float | None:
+        """A ticker's best size in base units, None where OKX gives none (or the contract value
+        is not known: a ticker still streams without it)."""
+        value = _optional(size)
+        if value is None or not price:
+            return None
+        try:
+            return self._size(symbol, value, price)
+        except LookupError:
+            return None
 
 
 class Okx:
@@ -389,6 +434,8 @@ class Okx:
             return [Topic("", topic_name(TRADES, subscription.symbol))]
         if subscription.channel == "ticker":
             return [Topic("", topic_name(TICKERS, subscription.symbol))]
+        if subscription.channel == "quotes":
+            return [Topic("", topic_name(BBO, subscription.symbol))]
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def url(self, route: str, base_url: str) -> str:

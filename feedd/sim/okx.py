@@ -33,7 +33,7 @@ from feedd.sim.spec import SimSpec, symbol_list
 PATH: Final = "/ws/v5/public"
 INSTRUMENTS_PATH: Final = "/api/v5/public/instruments"
 DEFAULT_INSTRUMENTS: Final = ("BTC-USDT", "ETH-USDT", "BTC-USDT-SWAP", "BTC-USD-SWAP", "BTC-USD-261225")
-CHANNELS: Final = ("trades", "tickers")
+CHANNELS: Final = ("trades", "tickers", "bbo-tbt")
 #: [ws-overview] no subscription, or no data pushed, for 30 s: the connection breaks
 IDLE_TIMEOUT: Final = 30.0
 #: [ws-overview] "480 times per hour" per connection (subscribe, unsubscribe, login)
@@ -97,6 +97,13 @@ class Instrument(Market):
             "vol24h": _fixed(volume, 8 if spot else 0), "sodUtc0": _fixed(self.open_price, places),
             "sodUtc8": _fixed(self.open_price, places), "ts": str(now_ms),
         }
+
+    def bbo(self, now_ms: int) -> dict[str, Any]:
+        """A ``bbo-tbt`` row: the ticker's best levels as ``[px, sz, "0", orders]`` (sizes in
+        contracts for derivatives, as on the tickers)."""
+        places, tick, last = self.price_decimals, 10.0**-self.price_decimals, self.last_price
+        return {"asks": [[_fixed(last + tick, places), "12", "0", "3"]],
+                "bids": [[_fixed(last - tick, places), "7", "0", "2"]], "ts": str(now_ms), "seqId": now_ms}
 
     def listing(self) -> dict[str, Any]:
         """The instrument as ``GET /api/v5/public/instruments`` lists it (other types' fields "")."""
@@ -236,7 +243,8 @@ class OkxSimulator(SimServer[OkxConnection]):
 
     def _on_trade(self, inst: Instrument) -> None:
         now = time.time_ns() // 1_000_000
-        for channel, row in (("trades", inst.trade(now)), ("tickers", inst.ticker(now))):
+        rows = (("trades", inst.trade(now)), ("tickers", inst.ticker(now)), ("bbo-tbt", inst.bbo(now)))
+        for channel, row in rows:
             if self.has_subscribers(key := f"{channel}:{inst.symbol}"):
                 self.publish(key, _push(channel, inst.symbol, row))
 
@@ -246,6 +254,8 @@ class OkxSimulator(SimServer[OkxConnection]):
         inst.demand.add(1)
         if name == "tickers":
             self.deliver(conn, _push(name, inst_id, inst.ticker(time.time_ns() // 1_000_000)))
+        elif name == "bbo-tbt":  # [ws-public] pushed once on subscribe, then on every change
+            self.deliver(conn, _push(name, inst_id, inst.bbo(time.time_ns() // 1_000_000)))
 
     def _on_stop(self, conn: OkxConnection, channel: str) -> None:
         self.instruments[channel.partition(":")[2]].demand.add(-1)

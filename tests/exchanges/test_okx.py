@@ -237,6 +237,7 @@ def test_the_documented_spot_ticker_decodes_base_volume_bid_ask_and_percent() ->
     assert record == MarketData(
         "okx", "BTC-USDT", "ticker", 9999.99, 2222.0, datetime(2020, 8, 10, 2, 26, 23, 85000, tzinfo=UTC),
         RECEIVED, bid=8888.88, ask=9999.99, high_24h=10000.0, low_24h=8888.88, change_24h=11.111,
+        bid_size=5.0, ask_size=11.0,  # bidSz, askSz: base currency on spot
     )
 
 
@@ -385,3 +386,23 @@ async def test_the_instrument_list_of_the_simulator_holds_every_type_and_its_con
     assert len(venue.contracts) == 3
     assert venue.contracts.base_units("BTC-USDT-SWAP", 10, 50_000) == pytest.approx(0.1)
     assert venue.contracts.base_units("BTC-USD-SWAP", 5, 50_000) == pytest.approx(0.01)
+
+
+def test_a_bbo_tbt_push_is_a_quote_in_base_units_at_okx_time() -> None:
+    venue = with_contracts(contract("BTC-USDT-SWAP", "0.01", "linear"))
+    frame = {"arg": {"channel": "bbo-tbt", "instId": "BTC-USDT-SWAP"}, "data": [{
+        "asks": [["8476.98", "415", "0", "13"]], "bids": [["8476.97", "256", "0", "12"]],
+        "ts": "1597026383085", "seqId": 123}]}
+    record = one(session(venue).decode(orjson.dumps(frame), RECEIVED))
+    assert isinstance(record, MarketData)
+    assert (record.kind, record.bid, record.ask) == ("quote", 8476.97, 8476.98)
+    # contracts times ctVal (0.01)
+    assert (record.bid_size, record.ask_size) == (pytest.approx(2.56), pytest.approx(4.15))
+    assert record.timestamp == datetime(2020, 8, 10, 2, 26, 23, 85000, tzinfo=UTC)
+
+
+def test_a_bbo_tbt_push_of_an_unknown_contract_is_a_decode_error_not_contracts() -> None:
+    frame = {"arg": {"channel": "bbo-tbt", "instId": "BTC-USDT-SWAP"}, "data": [{
+        "asks": [["2", "1", "0", "1"]], "bids": [["1", "1", "0", "1"]], "ts": "1"}]}
+    [event] = session().decode(orjson.dumps(frame), RECEIVED)
+    assert "contract value of BTC-USDT-SWAP unknown" in getattr(event, "reason", "")
