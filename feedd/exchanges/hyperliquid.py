@@ -63,7 +63,7 @@ from feedd.exchanges.base import (
     Venue,
 )
 from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
-from feedd.model import TICKER, MarketData, Message, Side, trade_record
+from feedd.model import TICKER, MarketData, Message, Side, quote_record, trade_record
 
 TRADES = "trades"
 BBO = "bbo"
@@ -291,14 +291,24 @@ class HyperliquidSession:
         return events
 
     def _bbo(self, data: Any, received_at: datetime, frame: Message) -> list[Event]:
-        """The best bid and offer into the venue's quote cache; a side may be null (no quote)."""
+        """The best bid and offer into the venue's quote cache, and a quote record (at the
+        message's ``time``) for a ``quotes`` subscriber; a side may be null (no quote)."""
         coin = text(data, "coin")
         bid, ask = data["bbo"]
+        quotes = self._quotes
         if bid is None or ask is None:
-            self._quotes.forget((coin,))
-        else:
-            self._quotes.put(coin, _number(bid["px"], "px"), _number(ask["px"], "px"), received_at)
-        return [_IGNORED]
+            quotes.forget((coin,))
+            return [_IGNORED]
+        bid_px, ask_px = _number(bid["px"], "px"), _number(ask["px"], "px")
+        bid_sz, ask_sz = _number(bid["sz"], "sz"), _number(ask["sz"], "sz")
+        quotes.put(coin, bid_px, ask_px, received_at, bid_sz, ask_sz)
+        if coin not in quotes.streamed:
+            return [_IGNORED]
+        ms = data["time"]
+        if type(ms) is not int:
+            raise TypeError(f"'time' is not integer milliseconds: {ms!r:.50}")
+        return [quote_record(self._venue_id, coin, bid_px, bid_sz, ask_px, ask_sz,
+                             datetime.fromtimestamp(ms / 1000, UTC), received_at)]
 
     def _context(self, data: Any, received_at: datetime, frame: Message) -> list[Event]:
         coin = text(data, "coin")
@@ -315,10 +325,10 @@ class HyperliquidSession:
             volume = _number(base, "dayBaseVlm")
         previous = _number(ctx["prevDayPx"], "prevDayPx")
         change = (mark - previous) / previous * 100 if previous > 0 else None
-        bid, ask = self._quotes.get(coin, received_at)
+        bid, ask, bid_size, ask_size = self._quotes.sized(coin, received_at)
         return [MarketData(
             self._venue_id, coin, TICKER, price, volume, received_at, received_at,
-            bid=bid, ask=ask, change_24h=change,
+            bid=bid, ask=ask, change_24h=change, bid_size=bid_size, ask_size=ask_size,
         )]
 
 
@@ -359,6 +369,8 @@ class Hyperliquid(QuotedVenue):
             return [Topic("", topic_name(TRADES, coin))]
         if subscription.channel == "ticker":
             return [Topic("", topic_name(CONTEXT, coin)), Topic("", topic_name(BBO, coin))]
+        if subscription.channel == "quotes":
+            return [Topic("", topic_name(BBO, coin))]
         raise ValueError(f"unknown channel {subscription.channel!r}")
 
     def symbol_problem(self, symbol: str) -> str | None:

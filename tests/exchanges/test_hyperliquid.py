@@ -338,7 +338,19 @@ def test_the_documented_context_is_a_ticker_with_the_quote_of_the_best_bid_offer
     assert record == MarketData(
         "hyperliquid", "BTC", "ticker", 14.314, 1169046.29406 / 14.314, RECEIVED, RECEIVED,
         bid=14.31, ask=14.318, change_24h=(14.3161 - 15.322) / 15.322 * 100,
+        bid_size=1.5, ask_size=1.5,  # the bbo's sizes
     )
+
+
+def test_a_bbo_of_a_coin_subscribed_to_quotes_is_a_quote_at_its_time() -> None:
+    venue = Hyperliquid()
+    venue.quotes.streamed.add("BTC")
+    [record] = venue.new_session().decode(bbo("BTC", "14.31", "14.318"), RECEIVED)
+    assert isinstance(record, MarketData)
+    assert (record.kind, record.bid, record.bid_size, record.ask, record.ask_size) == (
+        "quote", 14.31, 1.5, 14.318, 1.5)
+    assert record.timestamp == datetime.fromtimestamp(1737918843542 / 1000, UTC)
+    assert only(venue.new_session().decode(bbo("BTC", None, "14.318"), RECEIVED)) == Ignored()
 
 
 def test_base_volume_is_taken_as_sent_and_numbers_may_be_json_numbers() -> None:
