@@ -351,9 +351,15 @@ class VenueSupervisor:
         if added:
             self._symbols.add(symbol)
             self.status.subscription_errors.pop(symbol, None)
-            if self._tap is not None:
-                self._tap.known(self.venue_id, sorted(self._symbols))
+            self._tell_tap()
         return added
+
+    def _tell_tap(self) -> None:
+        """The recorder learns what decoding depends on beyond the frames: the symbols accepted,
+        and which ones' quote streams give quote or ticker records."""
+        if self._tap is not None:
+            self._tap.known(self.venue_id, sorted(self._symbols),
+                            {"quotes": sorted(self._quoted), "ticker": sorted(self._ticked)})
 
     def unsubscribe(self, symbol: str, channels: Iterable[Channel]) -> list[Subscription]:
         """Unsubscribe live; raises NotSubscribed when none of the channels was subscribed."""
@@ -398,8 +404,7 @@ class VenueSupervisor:
             if symbol in self._delisted:
                 self._delisted.discard(symbol)
                 self.status.instruments.delisted = sorted(self._delisted)
-            if self._tap is not None:
-                self._tap.known(self.venue_id, sorted(self._symbols))
+        self._tell_tap()
         return removed, replies
 
     # ---- changes confirmed by the venue --------------------------------------------------

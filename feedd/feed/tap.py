@@ -11,7 +11,7 @@ attempts of one connection overlap while a rotation runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -62,6 +62,7 @@ class Tap(Protocol):
         """The tap of one connection (None: this venue is not recorded)."""
         ...
 
-    def known(self, venue: str, symbols: Sequence[str]) -> None:
-        """The symbols the venue's validation accepts, after a change."""
+    def known(self, venue: str, symbols: Sequence[str], channels: Mapping[str, Sequence[str]]) -> None:
+        """The symbols the venue's validation accepts, after a change, and per channel that
+        shares a wire stream (``quotes``, ``ticker``) the symbols subscribed to it."""
         ...

@@ -22,6 +22,7 @@ from typing import Any
 
 from feedd.exchanges import make_venue
 from feedd.exchanges.base import Session, Venue
+from feedd.exchanges.fields import QuotedVenue
 from feedd.feed.overlap import Overlap
 from feedd.feed.validate import Validator
 from feedd.model import Batch, FeedEvent, MarketData, Message, Reconnected
@@ -40,6 +41,15 @@ class _Venue:
         self.known: set[str] = set()
         self.check = Validator(self.known).reason
         self.told = False
+
+    def channels(self, recorded: Any) -> None:
+        """Which symbols' quote streams gave quote and ticker records (the supervisor's sets)."""
+        venue = self.venue
+        if not isinstance(venue, QuotedVenue) or not isinstance(recorded, dict):
+            return
+        for key, kept in (("quotes", venue.quotes.streamed), ("ticker", venue.quotes.ticked)):
+            kept.clear()
+            kept.update(str(s) for s in recorded.get(key, ()))
 
 
 class _Stream:
@@ -143,6 +153,7 @@ class _Stream:
             known = self.venue.known
             known.clear()
             known.update(obj["known"])
+            self.venue.channels(obj.get("channels", {}))
             self.venue.told = True
         elif "event" in obj:
             return fmt.event_of(obj["event"])
@@ -219,6 +230,7 @@ def replay(
             continue
         if not venue.told:
             venue.known.update(first.header.get("known", ()))
+            venue.channels(first.header.get("channels", {}))
         streams.append(_Stream(len(streams), chain, venue, warn))
     merged = heapq.merge(*(stream.items() for stream in streams)) if len(streams) > 1 else (
         streams[0].items() if streams else iter(()))

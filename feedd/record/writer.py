@@ -33,7 +33,7 @@ import os
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -240,6 +240,8 @@ class Recorder:
         self.connections: dict[Connection, None] = {}
         #: per venue, the symbols its validation accepts (the latest ``known`` line)
         self._known: dict[str, list[str]] = {}
+        #: per venue, the symbols of each channel sharing a wire stream (quotes, ticker)
+        self._channels: dict[str, dict[str, list[str]]] = {}
         # counters, for the status and metrics
         self.files = 0
         self.bytes = 0
@@ -272,13 +274,14 @@ class Recorder:
         self.connections[conn] = None
         return conn
 
-    def known(self, venue: str, symbols: Sequence[str]) -> None:
+    def known(self, venue: str, symbols: Sequence[str], channels: Mapping[str, Sequence[str]]) -> None:
         if self.venues and venue not in self.venues:
             return
         self._known[venue] = list(symbols)
+        self._channels[venue] = {k: list(v) for k, v in channels.items()}
         for conn in self.connections:
             if conn.venue.venue_id == venue:
-                self.put((conn, "known", 0, list(symbols)))
+                self.put((conn, "known", 0, (list(symbols), self._channels[venue])))
 
     def put(self, item: tuple[Any, ...], at: int | None = None) -> None:
         """A control item (at ``at`` ns, else now): never dropped."""
@@ -387,7 +390,7 @@ class Recorder:
             elif kind == "overlap":
                 fields = {"overlap": payload, "old": attempt} if payload == "start" else {"overlap": payload}
             else:  # known
-                fields = {"known": payload}
+                fields = {"known": payload[0], "channels": payload[1]}
             if file is not None:
                 if conn.gap:
                     file.lines.append(fmt.line(t, n, {"dropped": conn.gap}))
@@ -422,6 +425,7 @@ class Recorder:
             subscriptions=conn.attempts[latest] if latest is not None else [],
             attempts={str(a): topics for a, topics in conn.attempts.items()},
             known=self._known.get(conn.venue.venue_id, []),
+            channels=self._channels.get(conn.venue.venue_id, {}),
             quote_max_age=conn.venue.quote_max_age,
         ))
         return file

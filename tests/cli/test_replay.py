@@ -42,7 +42,7 @@ def recording(tmp_path: Path) -> Iterator[Path]:
     rec = Recorder(str(tmp_path / "rec"))
     conn = rec.connection(make_venue("binance"), "binance/stream#1", "ws://sim")
     assert conn is not None
-    rec.known("binance", ["BTCUSDT", "ETHUSDT"])
+    rec.known("binance", ["BTCUSDT", "ETHUSDT"], {})
     attempt = conn.connected(TOPICS, [])
     for second in range(4):
         at = AT + timedelta(seconds=second)

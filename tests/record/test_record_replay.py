@@ -94,6 +94,16 @@ async def test_replay_reproduces_the_records_of_rotations_with_their_overlap(wor
     the_recording_matches(received, out)
 
 
+async def test_replay_reproduces_quotes_and_the_tickers_that_share_their_stream(workdir: Path) -> None:
+    # Coinbase's ticker stream carries both kinds, Binance's bookTicker only quotes here: which
+    # records a frame gives depends on the channels subscribed, which the recording keeps
+    received = await record_live(workdir, "zstd", 'channels = ["trades", "quotes"]')
+    out, errors, code = replayed([str(workdir / "rec")])
+    assert code == 0 and errors == ""
+    assert b'"kind":"quote"' in received and b'"kind":"ticker"' not in received
+    the_recording_matches(received, out)
+
+
 def decompressed(path: Path) -> bytes:
     import zstandard
 

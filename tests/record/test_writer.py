@@ -45,7 +45,7 @@ def recorder(tmp_path: Path) -> Iterator[Recorder]:
 def binance(recorder: Recorder) -> Any:
     conn = recorder.connection(make_venue("binance"), "binance/stream#1", "ws://sim/stream")
     assert conn is not None
-    recorder.known("binance", ["BTCUSDT"])
+    recorder.known("binance", ["BTCUSDT"], {})
     return conn
 
 
