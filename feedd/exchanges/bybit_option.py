@@ -239,7 +239,7 @@ class BybitOptionSession(BybitSession):
         timestamp = _milliseconds(msg["ts"], "ts")
         cache = self._quotes
         events: list[Event] = []
-        if not (cache.ticked or cache.streamed) or symbol in cache.ticked:
+        if cache.gives_ticker(symbol):
             events.append(MarketData(
                 self._venue_id,
                 symbol,

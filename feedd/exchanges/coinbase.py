@@ -337,7 +337,7 @@ class CoinbaseSession:
         timestamp = parse_rfc3339(msg["timestamp"])
         venue_id = self._venue_id
         quoted = self._quoted
-        ticked = self._cache.ticked if self._cache.ticked or self._cache.streamed else None
+        gives_ticker = self._cache.gives_ticker
         for event in _events(msg):
             tickers = event["tickers"]
             if type(tickers) is not list:
@@ -349,7 +349,7 @@ class CoinbaseSession:
                     ask = _optional_number(ticker.get("best_ask"))
                     bid_size = _optional_number(ticker.get("best_bid_quantity"))
                     ask_size = _optional_number(ticker.get("best_ask_quantity"))
-                    if ticked is None or product in ticked:
+                    if gives_ticker(product):
                         events.append(MarketData(
                             venue_id,
                             product,

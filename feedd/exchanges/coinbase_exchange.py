@@ -298,7 +298,7 @@ class CoinbaseExchangeSession:
         bid_size = _optional_number(msg.get("best_bid_size"))
         ask_size = _optional_number(msg.get("best_ask_size"))
         cache = self._cache
-        if not (cache.ticked or cache.streamed) or product in cache.ticked:
+        if cache.gives_ticker(product):
             events.append(MarketData(
                 self._venue_id, product, TICKER, price, float(msg["volume_24h"]),
                 timestamp, received_at,

@@ -132,6 +132,11 @@ class QuoteCache:
         #: subscribed to quotes alone gives no ticker records
         self.ticked: set[str] = set()
 
+    def gives_ticker(self, symbol: str) -> bool:
+        """Does a stream shared by both channels give ``symbol`` a ticker record? Yes when it is
+        subscribed to ``ticker``, or while neither set says anything (a session made alone)."""
+        return symbol in self.ticked or not (self.ticked or self.streamed)
+
     def put(
         self,
         symbol: str,
