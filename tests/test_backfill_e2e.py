@@ -1,5 +1,6 @@
-"""No trade lost across a gap, end to end against the Binance simulators (spot ``@trade`` ids and
-USD-M ``@aggTrade`` ids): trades the stream skips and trades made while the connection is down
+"""No trade lost across a gap, end to end against the simulators of the venues whose trade ids
+are consecutive (Binance spot ``@trade`` ids, USD-M and COIN-M ``@aggTrade`` ids, Coinbase
+Exchange ``trade_id``): trades the stream skips and trades made while the connection is down
 reach a socket subscriber exactly once, in id order, the missed ones flagged ``backfilled``; a
 REST endpoint that is down gives ``lost`` and never stalls the symbol beyond the hold bound.
 
@@ -9,6 +10,7 @@ tapes on virtual time, real sockets carry every byte.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from endtoend import FAST_FEED, Subscriber, load_text, running, serving, short_t
 from feedd.model import MarketData
 from feedd.sim import BinanceSimulator
 from feedd.sim.binance_coinm import BinanceCoinmSimulator
+from feedd.sim.coinbase_exchange import CoinbaseExchangeSimulator
 
 TIMEOUT = 600  # virtual seconds
 
@@ -31,17 +34,30 @@ def workdir() -> Iterator[Path]:
 
 
 #: the venues whose trade ids are consecutive: each one's simulator and the symbol streamed
-ID_VENUES = ["binance", "binance-usdm", "binance-coinm"]
-SYMBOL = {"binance": "BTCUSDT", "binance-usdm": "BTCUSDT", "binance-coinm": "BTCUSD_PERP"}
+ID_VENUES = ["binance", "binance-usdm", "binance-coinm", "coinbase-exchange"]
+SYMBOL = {"binance": "BTCUSDT", "binance-usdm": "BTCUSDT", "binance-coinm": "BTCUSD_PERP",
+          "coinbase-exchange": "BTC-USD"}
+
+IdSimulator = BinanceSimulator | CoinbaseExchangeSimulator
 
 
-def simulator(venue: str) -> BinanceSimulator:
+def simulator(venue: str) -> IdSimulator:
+    if venue == "coinbase-exchange":
+        return CoinbaseExchangeSimulator(products=["BTC-USD"], speed=5.0)
     if venue == "binance-coinm":
         return BinanceCoinmSimulator(speed=5.0)
     return BinanceSimulator(futures=venue != "binance", speed=5.0)
 
 
-def config_text(sim: BinanceSimulator, venue: str, *extra: str) -> str:
+def skip(sim: IdSimulator, venue: str, count: int) -> None:
+    """Leave the next ``count`` trades of the venue's symbol out of its stream."""
+    if isinstance(sim, CoinbaseExchangeSimulator):
+        sim.skip_trades(count, SYMBOL[venue])
+    else:
+        sim.skip_trades(SYMBOL[venue], count)
+
+
+def config_text(sim: IdSimulator, venue: str, *extra: str) -> str:
     url = sim.url("/market/stream") if venue == "binance-usdm" else sim.ws_url
     return FAST_FEED + "\n".join(extra) + venue_section(
         venue, url, sim.rest_url, (SYMBOL[venue],), 'channels = ["trades"]'
@@ -75,7 +91,7 @@ async def test_trades_the_stream_skips_are_fetched_and_delivered_in_order_once(
     async with serving(sim), running(load_text(workdir, config_text(sim, venue))):
         sub = await Subscriber.connect(str(workdir / "feedd.sock"))
         before = await trades_until(sub, 20)
-        sim.skip_trades(SYMBOL[venue], 7)
+        skip(sim, venue, 7)
         after = await trades_until(sub, 40)
     trades = before + after
     assert_consecutive(trades)
@@ -121,23 +137,26 @@ async def test_trades_made_while_the_connection_is_down_are_recovered_after_the_
     assert status.backfilled == recovered and status.lost_trades == 0
 
 
+@pytest.mark.parametrize("venue", ["binance", "coinbase-exchange"])
 async def test_a_rest_outage_loses_the_gap_names_it_and_the_symbol_streams_on(
-    autojump_clock: trio.testing.MockClock, workdir: Path
+    autojump_clock: trio.testing.MockClock, workdir: Path, venue: str
 ) -> None:
-    sim = BinanceSimulator(speed=5.0)
-    async with serving(sim), running(load_text(workdir, config_text(sim, "binance"))) as service:
+    sim = simulator(venue)
+    async with serving(sim), running(load_text(workdir, config_text(sim, venue))) as service:
         sub = await Subscriber.connect(str(workdir / "feedd.sock"))
         before = await trades_until(sub, 10)
         sim.rest_fail(True)
-        sim.skip_trades("BTCUSDT", 5)
+        skip(sim, venue, 5)
         started = trio.current_time()
         after = await trades_until(sub, 30)
         waited = trio.current_time() - started
-        status = service.statuses["binance"]
+        status = service.statuses[venue]
     assert not any(t.backfilled for t in before + after)
     ids = [int(t.trade_id or 0) for t in before + after]
-    assert ids[10] == ids[9] + 6  # the five skipped ones are missing, nothing else
-    assert ids[11:] == list(range(ids[10] + 1, ids[10] + len(ids) - 10))
+    steps = [later - earlier for earlier, later in itertools.pairwise(ids)]
+    assert steps.count(6) == 1 and set(steps) == {1, 6}  # the five skipped ones are missing, nothing else
+    if venue == "binance":  # one trade a frame: the skip begins right after the tenth
+        assert ids[10] == ids[9] + 6
     [event] = backfills(sub)
     assert (event["recovered"], event["lost"]) == (0, 5)
     assert event["reason"].startswith("REST refused: HTTP 503")
