@@ -276,6 +276,10 @@ class BybitSimulator(SimServer[BybitConnection]):
         """The WebSocket URL of ``category``'s public endpoint."""
         return self.url(_PATH_PREFIX + category)
 
+    def market(self, category: str, symbol: str) -> BybitMarket:
+        """The state of ``symbol`` in ``category`` (its ``history`` is every trade it made)."""
+        return self._markets[(category, symbol)]
+
     def ticker(self, category: str, symbol: str) -> dict[str, str]:
         """The full ticker of ``symbol`` as last pushed (what a snapshot would hold now)."""
         return dict(self._markets[(category, symbol)].published)

@@ -299,6 +299,10 @@ class CoinbaseSimulator(SimServer[CoinbaseConnection]):
         """Whether envelopes carry the prose docs' ``"client_id": ""`` (production's do not)."""
         return self._protocol.client_id
 
+    def market(self, product: str) -> CoinbaseMarket:
+        """The state of ``product`` (its ``history`` is every trade it made)."""
+        return self._markets[product]
+
     def ticker(self, product: str) -> dict[str, str]:
         """The ticker of ``product`` as last pushed (what a snapshot would hold now)."""
         return dict(self._markets[product].published)
