@@ -216,7 +216,9 @@ def tape_ids(sim: TimeSimulator, venue: str) -> list[str]:
 
 
 def time_config(sim: TimeSimulator, venue: str) -> str:
-    url = sim.endpoint("spot" if venue == "bybit" else "linear") if isinstance(sim, BybitSimulator) else sim.ws_url
+    url = sim.ws_url
+    if isinstance(sim, BybitSimulator):
+        url = sim.endpoint("spot" if venue == "bybit" else "linear")
     return FAST_FEED + venue_section(venue, url, sim.rest_url, (TIME_SYMBOL[venue],), 'channels = ["trades"]')
 
 
