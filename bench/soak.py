@@ -8,12 +8,14 @@ every kind its simulator supports (see ``feedd/sim/faults.py``), at exponentiall
 mean ``--mean-interval`` seconds, reproducible from ``--seed``.
 
 The subscriber reads the Unix socket and checks, per symbol, that trade ids follow on (every
-simulator numbers a symbol's trades one by one). A jump is a loss; it is *announced* when the
-daemon said, since the symbol's previous trade, that its connection was lost (a
-``{"type": "disconnect", ...}`` line naming the symbol, or the venue with no symbols) or that
-this subscriber fell behind (``{"type": "gap", ...}``); otherwise it is *unannounced*. An id at
-or below the last one is a duplicate. Until the daemon sends disconnect lines, every loss of a
-connection cut counts as unannounced.
+simulator numbers a symbol's trades one by one). Trades the daemon fetched from the REST after
+a gap (``"backfilled": true``) count as delivered, also when they come after later live ones (a
+late backfill fills its hole then). A hole still open at the end is a trade *unrecovered*; one a
+``{"type": "backfill", ...}`` line said it could not fetch (its ``lost``, ``missing`` ids) is
+*lost (backfill)*. Unrecovered trades are further *announced* when the daemon said, since the
+symbol's previous trade, that its connection was lost (a ``disconnect`` line naming the symbol,
+or the venue with no symbols) or that this subscriber fell behind (``gap``); otherwise
+*unannounced*. An id at or below the last one that fills no hole is a duplicate.
 
     .venv/bin/python bench/soak.py [--minutes 2] [--seed 1] [--mean-interval 15] [--in-process]
 """
@@ -40,16 +42,24 @@ import trio
 from feedd import WebSocketService
 from feedd.config import load_config
 from feedd.sim import BinanceSimulator, BybitSimulator, CoinbaseSimulator
+from feedd.sim.coinbase_exchange import CoinbaseExchangeSimulator
 from feedd.sim.faults import FAULTS, Fault, FaultSchedule, supports
+from feedd.sim.okx import OkxSimulator
 from feedd.sim.server import SimServer
 
 SYMBOLS = {
     "binance": ("BTCUSDT", "ETHUSDT"),
     "bybit": ("BTCUSDT", "ETHUSDT"),
     "coinbase": ("BTC-USD", "ETH-USD"),
+    "coinbase-exchange": ("BTC-USD", "ETH-USD"),
+    "okx": ("BTC-USDT", "ETH-USDT"),
 }
 #: tape speeds: a few trades per symbol per second on each venue
-SPEEDS = {"binance": 0.5, "bybit": 5.0, "coinbase": 2.0}
+SPEEDS = {"binance": 0.5, "bybit": 5.0, "coinbase": 2.0, "coinbase-exchange": 2.0, "okx": 1.0}
+#: the venues whose trade ids are consecutive on the wire too (the others' the simulators make so)
+ID_VENUES = ("binance", "coinbase-exchange")
+#: holes tracked id by id per symbol at most (a larger jump is counted, not tracked)
+MAX_HOLE = 100_000
 #: how long lasting faults last here (the daemon's stale_after is STALE_AFTER)
 STALE_AFTER = 5.0
 PARAMS: dict[str, dict[str, Any]] = {
@@ -67,13 +77,17 @@ SETTLE = 10.0
 
 @attrs.define
 class Checker:
-    """Every line of one subscriber, checked: per-symbol trade-id continuity, duplicates, and
-    whether each loss fell in an interval the daemon announced."""
+    """Every line of one subscriber, checked: per-symbol trade-id continuity, duplicates, the
+    holes backfills filled or named lost, and whether each remaining loss fell in an interval
+    the daemon announced."""
 
     trades: Counter[str] = attrs.field(factory=Counter)
     tickers: Counter[str] = attrs.field(factory=Counter)
-    lost_announced: Counter[str] = attrs.field(factory=Counter)
-    lost_unannounced: Counter[str] = attrs.field(factory=Counter)
+    #: trades delivered ``backfilled``, and trades backfill events said were lost
+    recovered: Counter[str] = attrs.field(factory=Counter)
+    lost_backfill: Counter[str] = attrs.field(factory=Counter)
+    #: holes too large to track id by id, by venue and announced or not
+    untracked: Counter[tuple[str, bool]] = attrs.field(factory=Counter)
     duplicates: Counter[str] = attrs.field(factory=Counter)
     notices: Counter[str] = attrs.field(factory=Counter)
     gap_dropped: int = 0
@@ -81,11 +95,16 @@ class Checker:
     #: each venue's faults as (start, end, kind) on time.monotonic(), and the unannounced losses
     #: by the kinds that were in play since the symbol's previous trade
     faults: dict[str, list[tuple[float, float, str]]] = attrs.field(factory=lambda: defaultdict(list))
-    unannounced_during: Counter[str] = attrs.field(factory=Counter)
     _last_at: dict[tuple[str, str], float] = attrs.field(factory=dict)
     #: set once a trade of every venue arrived
     every_venue: trio.Event = attrs.field(factory=trio.Event)
     _last: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    #: per symbol, the ids still missing: whether the loss was announced, and the fault kinds then
+    _holes: dict[tuple[str, str], dict[int, tuple[bool, str]]] = attrs.field(
+        factory=lambda: defaultdict(dict))
+    #: per symbol, the id ranges backfill events said were lost
+    _lost_ranges: dict[tuple[str, str], list[tuple[int, int]]] = attrs.field(
+        factory=lambda: defaultdict(list))
     #: symbols the daemon said were cut (or this subscriber behind) since their last trade
     _announced: set[tuple[str, str]] = attrs.field(factory=set)
     #: between a disconnect line and its reconnect line
@@ -101,7 +120,8 @@ class Checker:
         if kind is not None:
             self._notice(kind, item)
         elif item.get("kind") == "trade":
-            self._trade(item["exchange"], item["symbol"], int(item["trade_id"]))
+            self._trade(item["exchange"], item["symbol"], int(item["trade_id"]),
+                        item.get("backfilled") is True)
         else:
             self.tickers[item.get("exchange", "?")] += 1
 
@@ -121,29 +141,60 @@ class Checker:
             self._down |= keys
         elif kind == "reconnect":
             self._down -= self._keys(item)
+        elif kind == "backfill":
+            self.lost_backfill[str(item.get("exchange"))] += int(item.get("lost", 0))
+            first, last = item.get("missing", (0, 0))
+            if item.get("lost") and (first, last) != (0, 0):
+                for key in self._keys(item):
+                    self._lost_ranges[key].append((first, last))
+                    holes = self._holes[key]
+                    for trade_id in [i for i in holes if first <= i <= last]:  # a late event
+                        del holes[trade_id]
 
-    def _trade(self, venue: str, symbol: str, trade_id: int) -> None:
+    def _named_lost(self, key: tuple[str, str], trade_id: int) -> bool:
+        return any(first <= trade_id <= last for first, last in self._lost_ranges[key])
+
+    def _trade(self, venue: str, symbol: str, trade_id: int, backfilled: bool) -> None:
         key = (venue, symbol)
         self.trades[venue] += 1
+        if backfilled:
+            self.recovered[venue] += 1
         if len(self.trades) == len(SYMBOLS):
             self.every_venue.set()
         last = self._last.get(key)
         if last is not None:
             if trade_id <= last:
-                self.duplicates[venue] += 1
-                return
+                if self._holes[key].pop(trade_id, None) is None:
+                    self.duplicates[venue] += 1
+                return  # else a late backfill filled its hole
             missing = trade_id - last - 1
             if missing:
-                if key in self._announced or key in self._down:
-                    self.lost_announced[venue] += missing
+                announced = key in self._announced or key in self._down
+                since = self._last_at[key]
+                kinds = "+".join(sorted({kind for start, end, kind in self.faults[venue] if end >= since}))
+                if missing > MAX_HOLE:
+                    self.untracked[(venue, announced)] += missing
                 else:
-                    self.lost_unannounced[venue] += missing
-                    since = self._last_at[key]
-                    kinds = sorted({kind for start, end, kind in self.faults[venue] if end >= since})
-                    self.unannounced_during["+".join(kinds) or "(no fault)"] += missing
+                    holes = self._holes[key]
+                    for hole in range(last + 1, trade_id):
+                        if not self._named_lost(key, hole):
+                            holes[hole] = (announced, kinds or "(no fault)")
         self._last[key] = trade_id
         self._last_at[key] = time.monotonic()
         self._announced.discard(key)
+
+    def unrecovered(self, venue: str, announced: bool | None = None) -> int:
+        """Holes still open (of one kind: announced or not; None: both)."""
+        count = sum(1 for (v, _), holes in self._holes.items() if v == venue
+                    for was, _ in holes.values() if announced is None or was is announced)
+        return count + sum(n for (v, was), n in self.untracked.items()
+                           if v == venue and (announced is None or was is announced))
+
+    def unannounced_by_fault(self) -> Counter[str]:
+        counted: Counter[str] = Counter()
+        for holes in self._holes.values():
+            counted.update(kinds for was, kinds in holes.values() if not was)
+        return counted
 
 
 def rss_kib(pid: int) -> int:
@@ -176,6 +227,8 @@ listen = "127.0.0.1:0"
         listed = ", ".join(f'"{s}"' for s in SYMBOLS[venue])
         text += f'\n[exchanges.{venue}]\nsymbols = [{listed}]\n'
         text += f'url = "{sim.ws_url}"\nrest_url = "{sim.rest_url}"\n'
+        if venue != "coinbase-exchange":
+            text += 'channels = ["trades", "ticker"]\n'
     return text
 
 
@@ -224,11 +277,16 @@ async def read_lines(stream: trio.SocketStream, checker: Checker) -> None:
 
 
 async def soak(args: argparse.Namespace, workdir: Path) -> None:
-    sims: dict[str, SimServer[Any]] = {
+    sims: dict[str, Any] = {
         "binance": BinanceSimulator(speed=SPEEDS["binance"]),
         "bybit": BybitSimulator(speed=SPEEDS["bybit"]),
         "coinbase": CoinbaseSimulator(speed=SPEEDS["coinbase"]),
+        "coinbase-exchange": CoinbaseExchangeSimulator(speed=SPEEDS["coinbase-exchange"]),
+        "okx": OkxSimulator(instruments=SYMBOLS["okx"], speed=SPEEDS["okx"]),
     }
+    for sim in sims.values():
+        # trades go on while a venue's connection is down, as on the exchange: the REST keeps them
+        sim.keep_trading()
     checker = Checker()
     injected: dict[str, list[Fault]] = defaultdict(list)
     async with trio.open_nursery() as nursery:
@@ -300,20 +358,23 @@ def report(
           + ", ".join(f"{kind} {count}" for kind, count in sorted(by_kind.items())))
     for venue in venues:
         kinds = Counter(f.kind for f in injected.get(venue, []))
-        print(f"  {venue:9s} " + ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items())))
-    print(f"{'venue':9s} {'trades':>8s} {'tickers':>8s} {'lost (announced)':>17s} "
-          f"{'lost (unannounced)':>19s} {'duplicates':>10s}")
+        print(f"  {venue:17s} " + ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items())))
+    print(f"{'venue':17s} {'trades':>7s} {'tickers':>7s} {'recovered':>9s} {'lost (backfill)':>15s} "
+          f"{'unrecovered':>11s} {'(announced':>10s} {'unannounced)':>12s} {'duplicates':>10s}")
     for venue in venues:
-        print(f"{venue:9s} {checker.trades[venue]:8d} {checker.tickers[venue]:8d} "
-              f"{checker.lost_announced[venue]:17d} {checker.lost_unannounced[venue]:19d} "
-              f"{checker.duplicates[venue]:10d}")
+        print(f"{venue:17s} {checker.trades[venue]:7d} {checker.tickers[venue]:7d} "
+              f"{checker.recovered[venue]:9d} {checker.lost_backfill[venue]:15d} "
+              f"{checker.unrecovered(venue):11d} {checker.unrecovered(venue, True):10d} "
+              f"{checker.unrecovered(venue, False):12d} {checker.duplicates[venue]:10d}")
     total = sum(checker.trades.values()) + sum(checker.tickers.values())
     print(f"records checked: {total} ({sum(checker.trades.values())} trades checked for sequence); "
-          f"lost: {sum(checker.lost_announced.values())} announced, "
-          f"{sum(checker.lost_unannounced.values())} unannounced; "
+          f"recovered: {sum(checker.recovered.values())}; lost (backfill): "
+          f"{sum(checker.lost_backfill.values())}; unrecovered: "
+          f"{sum(checker.unrecovered(v) for v in venues)} (id venues {', '.join(ID_VENUES)}: "
+          f"{sum(checker.unrecovered(v) for v in ID_VENUES)}); "
           f"duplicates: {sum(checker.duplicates.values())}")
     print("unannounced losses by the venue's faults in play since the symbol's previous trade: "
-          + (", ".join(f"{k} {v}" for k, v in checker.unannounced_during.most_common()) or "none"))
+          + (", ".join(f"{k} {v}" for k, v in checker.unannounced_by_fault().most_common()) or "none"))
     print("notices: " + (", ".join(f"{k} {v}" for k, v in sorted(checker.notices.items())) or "none")
           + f" (gap notices dropped {checker.gap_dropped} records); undecodable lines {checker.undecodable}")
     print(f"daemon RSS: start {rss_start / 1024:.1f} MiB, peak {rss_peak / 1024:.1f} MiB, "

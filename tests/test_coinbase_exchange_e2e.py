@@ -64,7 +64,7 @@ async def test_trades_and_tickers_stream_beside_coinbase_advanced_trade(workdir:
     assert sim.subscribe_timeouts == 0 and sim.rate_limit_closes == 0
 
 
-async def test_trades_the_feed_drops_are_counted_as_sequence_gaps(workdir: Path) -> None:
+async def test_trades_the_feed_drops_are_counted_as_sequence_gaps_and_fetched_back(workdir: Path) -> None:
     sim = CoinbaseExchangeSimulator(speed=20.0)
     async with serving(sim), running(exchange_config(workdir, sim, products=("BTC-USD",))) as daemon:
         status = daemon.statuses[VENUE]
@@ -74,10 +74,14 @@ async def test_trades_the_feed_drops_are_counted_as_sequence_gaps(workdir: Path)
             sim.skip_trades(3, "BTC-USD")
             after = await client.until(lambda r: status.sequence_gaps > 0)
             after += await client.until(lambda r: True)
+            while sum(r.backfilled for r in after) < 3:
+                after += await client.until(lambda r: True)
+            after += await client.until(lambda r: True)
     assert (status.sequence_gaps, status.messages_missed) == (1, 3)
     ids = trade_ids(before + after, "BTC-USD")
     jumps = [b - a for a, b in itertools.pairwise(ids) if b != a + 1]
-    assert jumps == [4]  # three ids left out, and counted
+    assert jumps == []  # the three left out are fetched from the REST (feedd.feed.backfill)
+    assert sum(r.backfilled for r in before + after) == 3 and status.backfilled == 3
     assert status.reconnects == 0
 
 

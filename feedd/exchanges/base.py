@@ -297,6 +297,29 @@ class TradeHistory(Protocol):
 
 
 @runtime_checkable
+class RecentTrades(Protocol):
+    """A venue whose trade ids are unique but not consecutive (Bybit, OKX, Coinbase Advanced
+    Trade), and whose public REST gives a symbol's latest trades: a break in a connection (a
+    reconnect, or a :class:`SequenceGap` of the venue's message sequence) is recovered by time,
+    the REST's trades between the last one delivered before the break and the ones after it
+    (:mod:`feedd.feed.backfill`). Optional, like :class:`TradeHistory`."""
+
+    #: trades one latest-trades request answers at most
+    recent_page: int
+    #: latest-trades requests per second feedd allows itself, well inside the venue's budget
+    recent_rate: float
+
+    def recent_path(self, symbol: str, limit: int) -> str:
+        """Path and query under the REST base URL of the symbol's latest ``limit`` trades."""
+        ...
+
+    def parse_recent(self, symbol: str, body: Any, received_at: datetime) -> list[MarketData]:
+        """The trade records of one latest-trades response in exchange order, oldest first,
+        with ``received_at`` as their receive time; ValueError for a body of another shape."""
+        ...
+
+
+@runtime_checkable
 class PostedInstruments(Protocol):
     """A venue whose instrument list is asked for with a POST of a JSON body at
     :meth:`Venue.instruments_path` rather than a GET (Hyperliquid's ``info`` endpoint): the

@@ -25,6 +25,13 @@ rate limits):
 - Limits (websocket rate-limits page): 8 connection requests a second per IP (bursts to 20), 100
   client messages a second per IP, at most 10 subscriptions per product and channel per account.
 
+Backfill (:class:`~feedd.exchanges.base.TradeHistory`): ``GET /products/{id}/trades`` lists a
+product's trades newest first, paged by cursors (the pagination page: ``after`` asks for older
+ones than the id, ``before`` for newer ones, ``limit`` at most 1000, the default); the cursor of
+this endpoint is the ``trade_id``, so ``?after=<from_id + limit>&limit=<limit>`` answers the ids
+``from_id`` .. ``from_id + limit - 1`` that the REST still keeps. Public endpoints allow 10
+requests a second per IP (bursts to 15): feedd asks at most 3 a second.
+
 Gaps: a ``match`` whose ``trade_id`` is more than one past the product's last, or a heartbeat
 whose ``last_trade_id`` is past it (and whose ``sequence`` is not older than that last match), is a
 :class:`SequenceGap` of the trades missed. Topics are ``<channel>:<product>``, e.g.
@@ -418,6 +425,10 @@ class CoinbaseExchange(QuotedVenue):
     #: no connection lifetime is documented
     rotate_after: float | None = None
     products_path = "/products"
+    #: trades per history request at most (pagination: "Maximum 1000 (default 1000)")
+    history_page = 1000
+    #: history requests per second: public endpoints allow 10 per IP (rest rate-limits page)
+    history_rate = 3.0
 
     def __init__(self) -> None:
         super().__init__()  # the cache is unused (tickers carry their own best bid/ask), but its
@@ -463,6 +474,33 @@ class CoinbaseExchange(QuotedVenue):
                 continue
             listed.add(product["id"])
         return InstrumentPage(frozenset(listed))
+
+    def history_path(self, symbol: str, from_id: int, limit: int) -> str:
+        """The trades ``from_id`` .. ``from_id + limit - 1``: the page older than the cursor
+        ``from_id + limit`` (this endpoint's cursors are trade ids)."""
+        return f"/products/{symbol}/trades?after={from_id + limit}&limit={limit}"
+
+    def parse_history(self, symbol: str, body: Any, received_at: datetime) -> list[MarketData]:
+        """Trades of a ``/products/{id}/trades`` answer (``trade_id``, ``price``, ``size``,
+        ``time``, ``side`` the maker's), newest first on the wire, returned in id order."""
+        if not isinstance(body, list):
+            raise ValueError(f"trade history is not a JSON array: {excerpt(repr(body), 100)}")
+        out: list[MarketData] = []
+        for entry in reversed(body):
+            try:
+                side = _TAKER_SIDE.get(entry["side"])
+                if side is None:
+                    raise ValueError(f"'side' is not buy or sell: {entry['side']!r:.50}")
+                out.append(trade_record(
+                    self.venue_id, symbol, float(entry["price"]), float(entry["size"]),
+                    parse_rfc3339(entry["time"]), received_at, side,
+                    str(_integer(entry, "trade_id")),
+                ))
+            except PAYLOAD_ERRORS as exc:
+                raise ValueError(f"bad trade in the history: {_problem(exc)}: "
+                                 f"{excerpt(repr(entry), 100)}") from None
+        out.sort(key=lambda record: int(record.trade_id or 0))
+        return out
 
 
 VENUES: dict[str, Callable[[], Venue]] = {"coinbase-exchange": CoinbaseExchange}

@@ -362,6 +362,8 @@ class Attempt:
         elif isinstance(event, SequenceGap):
             status.sequence_gaps += 1
             status.messages_missed += event.missed
+            if runner.backfill is not None:
+                runner.backfill.broken(runner.symbols())  # recovered by time (backfill.py)
             if first_of_run(status.sequence_gaps):
                 log.warning("%s: sequence gap #%d: %d message(s) missed (%s)",
                             name, status.sequence_gaps, event.missed, event.detail)

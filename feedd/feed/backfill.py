@@ -19,12 +19,24 @@ trades go on, and what the REST gives later still follows, its event marked ``la
 slow REST endpoint therefore delays only the held symbol, and never beyond the bound; a gap whose
 trades are older than ``backfill_max_age`` is not fetched (the REST keeps little history) and is
 reported lost.
+
+A venue whose ids are not consecutive (:class:`~feedd.exchanges.base.RecentTrades`: Bybit, OKX,
+Coinbase Advanced Trade) is recovered by time instead. Its readers' cost stays one dict store per
+trade (the symbol's last trade delivered, the *anchor*); the connection says when it broke
+(:meth:`Backfiller.broken`: a reconnect after a disconnect, or the venue's message sequence
+skipped), and the symbol's next trade then holds it and asks the REST for its latest trades.
+What lies after the anchor in the REST's exchange order, up to the newest trade held, is the
+break's: the held live trades take their places in that order (so duplicates are dropped by trade
+id, against the ids held) and the others are delivered ``backfilled``. Where the REST no longer
+has the anchor (it keeps only the latest few hundred), the trades after the anchor's time are
+taken, and the event says older ones may be lost; what was lost is not counted (those ids say
+nothing), and ``missing`` is ``[0, 0]``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -32,11 +44,11 @@ import httpx
 import trio
 
 from feedd.errors import describe, excerpt
-from feedd.exchanges.base import TradeHistory
+from feedd.exchanges.base import RecentTrades, TradeHistory
 from feedd.feed.ratelimit import SlidingWindowLimiter
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
-from feedd.model import TRADE, Backfilled, Batch, Ingress
+from feedd.model import TRADE, Backfilled, Batch, Ingress, MarketData
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +83,10 @@ class _Hold:
     pending: int = 0
     #: the hold ended (all fetched, or the bound passed): later fetches are delivered as late
     released: bool = False
+    #: ``fetched`` is in exchange order already (a recovery by time), not to be sorted by id
+    ordered: bool = False
+    #: trade ids of the live trades held (recovery by time: the ones the REST's answer repeats)
+    seen: set[str] = attrs.Factory(set)
 
 
 class Backfiller:
@@ -78,7 +94,7 @@ class Backfiller:
 
     def __init__(
         self,
-        venue: TradeHistory,
+        venue: TradeHistory | RecentTrades,
         venue_id: str,
         rest_url: str,
         records: trio.MemorySendChannel[Ingress],
@@ -99,7 +115,15 @@ class Backfiller:
         #: per symbol, the last trade id delivered and its exchange time
         self._last: dict[str, tuple[int, datetime]] = {}
         self._held: dict[str, _Hold] = {}
-        self._limiter = SlidingWindowLimiter(max(1, round(venue.history_rate)), 1.0)
+        #: recovery by time: per symbol the last trade delivered, and the symbols whose
+        #: connection broke since, with the trade delivered last before the break
+        self._anchor: dict[str, MarketData] = {}
+        self._broken: dict[str, MarketData] = {}
+        self._by_id = isinstance(venue, TradeHistory)
+        #: the readers' entry (see the module docstring): by trade id, or by time
+        self.sift: Callable[[Batch], Batch] = self._sift_ids if self._by_id else self._sift_times
+        rate = venue.history_rate if isinstance(venue, TradeHistory) else venue.recent_rate
+        self._limiter = SlidingWindowLimiter(max(1, round(rate)), 1.0)
         self._nursery: trio.Nursery | None = None
         self._http: httpx.AsyncClient | None = None
 
@@ -116,13 +140,28 @@ class Backfiller:
         """The symbol's trades were unsubscribed: a later subscribe starts afresh, not with a
         backfill of everything since."""
         self._last.pop(symbol, None)
+        self._anchor.pop(symbol, None)
+        self._broken.pop(symbol, None)
+
+    def broken(self, symbols: Iterable[str]) -> None:
+        """The connection carrying ``symbols`` broke (a reconnect after a disconnect, or the
+        venue's message sequence skipped): trades may be missing after each one's last. Venues
+        with consecutive ids need not be told (their ids say it); for the others, each symbol's
+        next trade starts a recovery by time."""
+        if self._by_id:
+            return
+        anchors, held = self._anchor, self._held
+        for symbol in symbols:
+            anchor = anchors.get(symbol)
+            if anchor is not None and symbol not in held:
+                self._broken.setdefault(symbol, anchor)
 
     def holding(self, symbol: str) -> bool:
         return symbol in self._held
 
     # ---- the readers' side (synchronous, per batch) -------------------------------------------
 
-    def sift(self, records: Batch) -> Batch:
+    def _sift_ids(self, records: Batch) -> Batch:
         """The records to deliver now, in order: duplicates dropped, a held symbol's trades kept
         back, a jump's fetch started."""
         last_of = self._last
@@ -179,6 +218,60 @@ class Backfiller:
         hold.pending += 1
         self._start(self._recover, symbol, first, last, hold)
 
+    def _sift_times(self, records: Batch) -> Batch:
+        """:meth:`sift` for a venue recovered by time: each trade noted as its symbol's anchor;
+        the first trade of a broken symbol holds it and starts the recovery."""
+        anchors = self._anchor
+        held = self._held
+        broken = self._broken
+        out: Batch = []
+        keep = out.append
+        for record in records:
+            if record.kind != TRADE:
+                keep(record)
+                continue
+            symbol = record.symbol
+            if held or broken:
+                anchor = broken.pop(symbol, None)
+                if anchor is not None:
+                    self._break(symbol, anchor, record)
+                hold = held.get(symbol)
+                if hold is not None:
+                    trade_id = record.trade_id
+                    if trade_id is not None:
+                        if trade_id in hold.seen:
+                            self._status.duplicates += 1
+                            continue
+                        hold.seen.add(trade_id)
+                    anchors[symbol] = record
+                    hold.live.append(record)
+                    if len(hold.live) >= MAX_HELD and not hold.released:
+                        self._start(self._release, symbol, hold, "held trades at their bound")
+                    continue
+            anchors[symbol] = record
+            keep(record)
+        return out
+
+    def _break(self, symbol: str, anchor: MarketData, first: MarketData) -> None:
+        """A broken symbol's first trade since: hold it and fetch the REST's latest trades."""
+        settings = self.settings
+        reason: str | None = None
+        if settings.max_trades <= 0:
+            return  # backfill is off: nothing to fetch, and what was lost is not known
+        if first.timestamp - anchor.timestamp > timedelta(seconds=settings.max_age):
+            reason = f"older than backfill_max_age ({settings.max_age:g} s)"
+        if reason is not None or self._nursery is None:
+            if self._nursery is not None:
+                log.warning("%s: %s: a break of %s not recovered (%s)", self.venue_id, symbol,
+                            first.timestamp - anchor.timestamp, reason)
+                self._start(self._send, Backfilled(
+                    self.venue_id, (symbol,), datetime.now(UTC), 0, 0, (0, 0), reason
+                ))
+            return
+        hold = self._held[symbol] = _Hold(ordered=True, pending=1)
+        self._start(self._bound, symbol, hold)
+        self._start(self._recover_times, symbol, anchor, hold)
+
     def _start(self, fn: object, *args: object) -> None:
         nursery = self._nursery
         assert nursery is not None
@@ -216,6 +309,102 @@ class Backfiller:
         if hold.pending == 0:
             await self._release(symbol, hold, None)
 
+    async def _recover_times(self, symbol: str, anchor: MarketData, hold: _Hold) -> None:
+        latest, reason = await self._fetch_recent(symbol)
+        window, incomplete = self._window(latest, anchor, hold)
+        seen = hold.seen
+        recovered = [attrs.evolve(r, backfilled=True) for r in window if r.trade_id not in seen]
+        if incomplete and reason is None:
+            reason = (f"the REST keeps only its latest {len(latest)} trades: older ones of the break "
+                      "may be lost")
+        late = hold.released
+        event = Backfilled(self.venue_id, (symbol,), datetime.now(UTC), len(recovered), 0, (0, 0),
+                           reason, late)
+        self._status.backfilled += len(recovered)
+        if reason is not None:
+            log.warning("%s: %s: a break recovered %d trade(s) (%s)", self.venue_id, symbol,
+                        len(recovered), reason)
+        else:
+            log.info("%s: %s: a break recovered %d trade(s)%s", self.venue_id, symbol, len(recovered),
+                     " (after the live trades that followed them)" if late else "")
+        hold.pending -= 1
+        if late:
+            await self._records.send(event)
+            if recovered:
+                await self._records.send(recovered)
+            return
+        # the live trades held take their places in the REST's order; the others follow them
+        live = {r.trade_id: r for r in hold.live}
+        placed = [live.get(r.trade_id) or attrs.evolve(r, backfilled=True) for r in window]
+        taken = {r.trade_id for r in window}
+        hold.live = [r for r in hold.live if r.trade_id not in taken]
+        hold.events.append(event)
+        hold.fetched.extend(placed)
+        await self._release(symbol, hold, None)
+
+    @staticmethod
+    def _window(latest: Batch, anchor: MarketData, hold: _Hold) -> tuple[Batch, bool]:
+        """The trades of ``latest`` (exchange order) after ``anchor`` up to the newest one held;
+        and whether the REST no longer has the anchor (older trades of the break may be gone)."""
+        if not latest:
+            return [], False
+        start = None
+        for index in range(len(latest) - 1, -1, -1):
+            if latest[index].trade_id == anchor.trade_id:
+                start = index + 1
+                break
+        incomplete = start is None
+        if start is None:
+            after = anchor.timestamp
+            start = next((i for i, r in enumerate(latest) if r.timestamp > after), len(latest))
+            incomplete = latest[0].timestamp > after  # the REST's oldest is newer than the anchor
+        seen = hold.seen
+        end = None
+        for index in range(len(latest) - 1, start - 1, -1):
+            if latest[index].trade_id in seen:
+                end = index + 1
+                break
+        if end is None:
+            # none of the held trades is in the answer yet: the ones no later than the first held
+            first = hold.live[0].timestamp if hold.live else None
+            return [r for r in latest[start:] if first is None or r.timestamp <= first], incomplete
+        return latest[start:end], incomplete
+
+    async def _fetch_recent(self, symbol: str) -> tuple[Batch, str | None]:
+        """The REST's latest trades of ``symbol`` (at most ``backfill_max``), valid ones, in
+        exchange order; and why there are none (None: the REST answered)."""
+        venue = self.venue
+        assert isinstance(venue, RecentTrades)
+        limit = max(1, min(venue.recent_page, self.settings.max_trades))
+        http = self._client()
+        page: Batch = []
+        reason: str | None = None
+        with trio.move_on_after(FETCH_DEADLINE) as deadline:
+            await self._limiter.acquire()
+            try:
+                response = await http.get(self.rest_url + venue.recent_path(symbol, limit))
+            except httpx.HTTPError as exc:
+                return [], f"REST unavailable: {describe(exc)}"
+            if response.status_code != 200:
+                return [], (f"REST refused: HTTP {response.status_code} "
+                            f"{excerpt(response.text, 120)}").rstrip()
+            try:
+                page = venue.parse_recent(symbol, response.json(), datetime.now(UTC))
+            except ValueError as exc:
+                return [], f"bad REST answer: {exc}"
+        if deadline.cancelled_caught:
+            return [], f"REST too slow: the fetch took over {FETCH_DEADLINE:g} s"
+        check = self._validator.historical_reason
+        rejected = self._status.rejected
+        out: Batch = []
+        for record in page:
+            why = check(record)
+            if why is None:
+                out.append(record)
+            else:
+                rejected[why] += 1
+        return out, reason
+
     async def _release(self, symbol: str, hold: _Hold, why: str | None) -> None:
         """Deliver what the hold has, in id order, then let the symbol's trades through.
 
@@ -228,7 +417,7 @@ class Backfiller:
         if why is not None and hold.pending:
             log.warning("%s: %s: %s; live trades go on, the backfill follows", self.venue_id, symbol, why)
         events, hold.events = hold.events, []
-        fetched = sorted(hold.fetched, key=lambda r: int(r.trade_id or 0))
+        fetched = hold.fetched if hold.ordered else sorted(hold.fetched, key=lambda r: int(r.trade_id or 0))
         hold.fetched = []
         for event in events:
             await self._records.send(event)
@@ -243,6 +432,7 @@ class Backfiller:
         """The trades ``first``..``last`` from the venue's REST, at most ``backfill_max``; and
         why the rest are missing (None: none is)."""
         venue = self.venue
+        assert isinstance(venue, TradeHistory)
         wanted = min(last - first + 1, self.settings.max_trades)
         out: Batch = []
         next_id = first
@@ -333,7 +523,8 @@ def backfiller_for(
     settings: BackfillSettings,
     client: Callable[[], httpx.AsyncClient] | None = None,
 ) -> Backfiller | None:
-    """A backfiller if the venue's trade ids are consecutive and its REST has them, else None."""
-    if not isinstance(venue, TradeHistory):
+    """A backfiller if the venue's trade ids are consecutive and its REST has them, or its REST
+    gives its latest trades (recovery by time); else None."""
+    if not isinstance(venue, TradeHistory | RecentTrades):
         return None
     return Backfiller(venue, venue_id, rest_url, records, status, validator, settings, client)

@@ -470,6 +470,8 @@ class ConnectionRunner:
         down, self.down_since = self.down_since, None
         if down is None:
             return None
+        if self.backfill is not None:
+            self.backfill.broken(self._symbols())  # trades may be missing since the last ones
         event = Reconnected(self.venue.venue_id, tuple(self._symbols()), datetime.now(UTC),
                             trio.current_time() - down)
         if self.tap is not None:
@@ -486,6 +488,10 @@ class ConnectionRunner:
         async with self._open(self.url, connect_timeout=self.settings.connect_timeout) as transport:
             self.gate.accepted()
             yield transport
+
+    def symbols(self) -> Sequence[str]:
+        """The symbols this connection carries."""
+        return self._symbols()
 
     def mark_stable(self) -> None:
         """The current attempt kept delivering for ``stable_after``: failures start over."""

@@ -58,6 +58,7 @@ BOOK_RESEND_AFTER: Final = 3.0
 #: the topics whose data the simulator produces
 STREAMED: Final = ("publicTrade", "tickers", "orderbook.1")
 INSTRUMENTS_PATH: Final = "/v5/market/instruments-info"
+RECENT_TRADE_PATH: Final = "/v5/market/recent-trade"
 
 _PATH_PREFIX: Final = "/v5/public/"
 _MALFORMED_FRAME: Final = '{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":17231613'
@@ -275,6 +276,10 @@ class BybitSimulator(SimServer[BybitConnection]):
         """The WebSocket URL of ``category``'s public endpoint."""
         return self.url(_PATH_PREFIX + category)
 
+    def market(self, category: str, symbol: str) -> BybitMarket:
+        """The state of ``symbol`` in ``category`` (its ``history`` is every trade it made)."""
+        return self._markets[(category, symbol)]
+
     def ticker(self, category: str, symbol: str) -> dict[str, str]:
         """The full ticker of ``symbol`` as last pushed (what a snapshot would hold now)."""
         return dict(self._markets[(category, symbol)].published)
@@ -372,13 +377,41 @@ class BybitSimulator(SimServer[BybitConnection]):
         return HttpResponse(503, self._envelope(10016, "Service unavailable (simulated outage)", {}))
 
     def _answer_rest(self, request: HttpRequest) -> HttpResponse:
+        query = {key: values[-1] for key, values in request.query.items()}
+        if request.method == "GET" and request.path == RECENT_TRADE_PATH:
+            return self._recent_trades(query)
         if request.method != "GET" or request.path != INSTRUMENTS_PATH:
             return HttpResponse(404, self._envelope(10404, f"Not found: {request.method} {request.path}", {}))
-        query = {key: values[-1] for key, values in request.query.items()}
         result = self._instruments_page(query)
         if isinstance(result, str):
             return HttpResponse(200, self._envelope(10001, result, {}))
         return HttpResponse(200, self._envelope(0, "OK", result))
+
+    def _recent_trades(self, query: Mapping[str, str]) -> HttpResponse:
+        """``recent-trade``: a symbol's latest trades, newest first, ``limit`` of [1, 60] on spot
+        (default 60) and of [1, 1000] elsewhere (default 500), streamed or not."""
+        category, symbol = query.get("category", ""), query.get("symbol", "")
+        market = self._markets.get((category, symbol))
+        if market is None:
+            return HttpResponse(200, self._envelope(10001, "Illegal category or symbol", {}))
+        most, default = (60, 60) if category == "spot" else (1000, 500)
+        try:
+            limit = int(query.get("limit", default))
+        except ValueError:
+            return HttpResponse(200, self._envelope(10001, "limit is not an integer", {}))
+        if not 1 <= limit <= most:
+            return HttpResponse(200, self._envelope(10001, f"limit must be within [1, {most}]", {}))
+        latest = list(market.history)[-limit:]
+        rows = [{"execId": t["i"], "symbol": symbol, "price": t["p"], "size": t["v"], "side": t["S"],
+                 "time": str(t["T"]), "isBlockTrade": t["BT"], "isRPITrade": t["RPI"]}
+                for t in reversed(latest)]
+        return HttpResponse(200, self._envelope(0, "OK", {"category": category, "list": rows}))
+
+    def keep_trading(self) -> None:
+        """Every symbol's tapes play from now on whether anybody subscribes or not, so trades
+        are made (and kept for ``recent-trade``) while no connection is up."""
+        for market in self._markets.values():
+            market.demand.add(1)
 
     def _envelope(self, code: int, message: str, result: Mapping[str, Any]) -> dict[str, Any]:
         return {"retCode": code, "retMsg": message, "result": result, "retExtInfo": {}, "time": _now_ms()}

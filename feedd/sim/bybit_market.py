@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Mapping
 from functools import cache
 from typing import Any, Final
@@ -30,6 +31,8 @@ from feedd.sim.market import Market, price_factor
 from feedd.sim.replay import Recording, load_recording
 
 _SEQUENCE_STEP: Final = 7  # Bybit's cross sequence only has to increase
+#: trades a symbol keeps for the REST's recent-trade answers
+HISTORY: Final = 5_000
 _SPOT_TRADE_ID: Final = 2_290_000_001_000_000_001  # spot trade ids are numeric strings
 _TRADE_ID_NAMESPACE: Final = uuid.UUID("9b1c3a52-7f0e-4f43-8d1e-2f5b6a0c9e11")
 _FUNDING_PERIOD_MS: Final = 8 * 3_600_000
@@ -131,6 +134,8 @@ class BybitMarket(Market):
         crc = zlib.crc32(f"{category}:{symbol}".encode())
         self.sequence = 100_000_000_000 + crc % 10**11
         self.trades_made = 0
+        #: every trade made, oldest first, streamed or not: what ``recent-trade`` answers from
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.tick_direction = "ZeroPlusTick"
         self.bid = self.ask = self.level
         self.bid_size = self.ask_size = 0.0
@@ -219,6 +224,7 @@ class BybitMarket(Market):
                         "seq": self.sequence,
                     }
                 )
+        self.history.extend(made)
         return made
 
     def _tick(self, price: float) -> None:

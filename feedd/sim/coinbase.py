@@ -64,6 +64,8 @@ DATALESS_CHANNELS: Final = ("candles", "level2", "status", "ticker_batch")
 #: [at-ch] the only channels that require authentication
 PRIVATE_CHANNELS: Final = ("user", "futures_balance_summary")
 PRODUCTS_PATH: Final = "/api/v3/brokerage/market/products"
+#: Get Public Market Trades: ``{PRODUCTS_PATH}/{product_id}/ticker?limit=``
+TICKER_SUFFIX: Final = "/ticker"
 
 _PRODUCT_ID: Final = re.compile(r"[A-Z0-9]+-[A-Z0-9]+")
 _MALFORMED_FRAME: Final = '{"channel":"market_trades","timestamp":"2024-08-08T23:55:15.2367421'
@@ -282,6 +284,8 @@ class CoinbaseSimulator(SimServer[CoinbaseConnection]):
         self._protocol = protocol
         #: trades a new market_trades snapshot leaves out and its first update repeats (a fault)
         self._overlap = 0
+        #: market_trades messages still to drop (a fault): made, kept in the REST, never sent
+        self._dropping = 0
         #: ``(product, trade_id)`` of every trade the overlap fault sent again
         self.trades_repeated: list[tuple[str, str]] = []
 
@@ -294,6 +298,10 @@ class CoinbaseSimulator(SimServer[CoinbaseConnection]):
     def client_id(self) -> bool:
         """Whether envelopes carry the prose docs' ``"client_id": ""`` (production's do not)."""
         return self._protocol.client_id
+
+    def market(self, product: str) -> CoinbaseMarket:
+        """The state of ``product`` (its ``history`` is every trade it made)."""
+        return self._markets[product]
 
     def ticker(self, product: str) -> dict[str, str]:
         """The ticker of ``product`` as last pushed (what a snapshot would hold now)."""
@@ -308,6 +316,21 @@ class CoinbaseSimulator(SimServer[CoinbaseConnection]):
             raise ValueError(f"count must be positive, got {count}")
         for target in [conn] if conn is not None else self.connections:
             target.next_sequence += count
+
+    def keep_trading(self) -> None:
+        """Every product's tape plays from now on whether anybody subscribes or not, so trades
+        are made (and kept for the REST's market trades) while no connection is up."""
+        for product in self.products:
+            if product not in self.quiet_products:
+                self._markets[product].demand.add(1)
+
+    def drop_trade_messages(self, count: int = 1) -> None:
+        """Leave the next ``count`` market_trades updates out of the stream, as when Coinbase
+        drops messages: their sequence numbers are skipped (the next message tells), and the
+        REST has their trades."""
+        if count < 1:
+            raise ValueError(f"count must be positive, got {count}")
+        self._dropping += count
 
     def overlap_trades(self, count: int) -> None:
         """From now on, make a new ``market_trades`` subscription's snapshot lag ``count`` trades
@@ -373,7 +396,11 @@ class CoinbaseSimulator(SimServer[CoinbaseConnection]):
         if frame["channel"] == "market_trades":
             trades = market.trades(frame, now)
             channel = market.channel("market_trades")
-            if self.has_subscribers(channel):
+            if self._dropping and self.has_subscribers(channel):
+                self._dropping -= 1
+                for conn in self._subscribers.get(channel, ()):
+                    conn.next_sequence += 1
+            elif self.has_subscribers(channel):
                 events = market.trade_events("update", trades)
                 text = message("market_trades", rfc3339(now), events, client_id=self.client_id)
                 self.publish(channel, text)
@@ -405,7 +432,27 @@ class CoinbaseSimulator(SimServer[CoinbaseConnection]):
     def _rest_outage(self) -> HttpResponse:
         return HttpResponse(503, _rest_error("UNAVAILABLE", 14, "service unavailable (simulated outage)"))
 
+    def _market_trades(self, product: str, query: Mapping[str, list[str]]) -> HttpResponse:
+        """Get Public Market Trades: the product's latest ``limit`` trades (required, 1000 at
+        most here [unverified maximum]), newest first, with the best bid and ask."""
+        market = self._markets.get(product)
+        if market is None or product in self.delisted_products:
+            return HttpResponse(404, _rest_error("NOT_FOUND", 5, f"product {product} not found"))
+        try:
+            limit = int(query["limit"][-1])
+        except (KeyError, ValueError):
+            return HttpResponse(400, _rest_error("INVALID_ARGUMENT", 3, "limit is required, an integer"))
+        if not 1 <= limit <= 1000:
+            return HttpResponse(400, _rest_error("INVALID_ARGUMENT", 3, "limit must be within [1, 1000]"))
+        trades = [{**t, "bid": "", "ask": "", "exchange": "coinbase"}
+                  for t in reversed(list(market.history)[-limit:])]
+        return HttpResponse(200, {"trades": trades, "best_bid": market.price(market.bid),
+                                  "best_ask": market.price(market.ask)})
+
     def _answer_rest(self, request: HttpRequest) -> HttpResponse:
+        path = request.path
+        if request.method == "GET" and path.startswith(PRODUCTS_PATH + "/") and path.endswith(TICKER_SUFFIX):
+            return self._market_trades(path[len(PRODUCTS_PATH) + 1 : -len(TICKER_SUFFIX)], request.query)
         if request.method != "GET" or request.path != PRODUCTS_PATH:
             missing = f"Not found: {request.method} {request.path}"
             return HttpResponse(404, _rest_error("NOT_FOUND", 5, missing))

@@ -12,8 +12,10 @@ channels provided", "You need to specify at least one product ID for channel ...
 a ``match`` (``side`` the maker's, ids one by one), a batch of trades one ``ticker`` (the taker's
 side, its match's ``sequence``); ``sequence`` grows by 2 a trade, as the product's full feed, of
 which these channels see a part, would. ``heartbeat``: a second per product, with ``sequence`` and
-``last_trade_id``. Rules: subscribe within 5 s or be cut; over 100 client messages a second from
-one address close the connection (1008).
+``last_trade_id``. REST: ``GET /products`` and ``GET /products/{id}/trades`` (the product's
+trade history, newest first, paged by the ``after``/``before`` trade-id cursors, ``limit`` at
+most 1000), served from the same tape, skipped trades included. Rules: subscribe within 5 s or
+be cut; over 100 client messages a second from one address close the connection (1008).
 """
 
 from __future__ import annotations
@@ -184,9 +186,17 @@ class CoinbaseExchangeSimulator(SimServer[SimConnection]):
     def last_trade_id(self, product: str) -> int:
         return self._markets[product].next_trade_id - 1
 
+    def keep_trading(self) -> None:
+        """Every product's tape plays from now on whether anybody subscribes or not, so trades
+        are made (and kept in the REST history) while no connection is up."""
+        for product in self.products:
+            if product not in self.quiet_products:
+                self._markets[product].demand.add(1)
+
     def skip_trades(self, count: int, product: str | None = None) -> None:
         """Leave the next ``count`` trades of ``product`` (default: each product) out of
-        ``matches``, as when the feed drops messages: the trade ids jump, the heartbeat tells."""
+        ``matches``, as when the feed drops messages: the trade ids jump, the heartbeat tells;
+        the REST trade history has them."""
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
         for each in [product] if product is not None else self.products:
@@ -271,9 +281,36 @@ class CoinbaseExchangeSimulator(SimServer[SimConnection]):
     # ---- REST ----------------------------------------------------------------------------
 
     def _answer_rest(self, request: HttpRequest) -> HttpResponse:
-        if request.method != "GET" or request.path != "/products":
+        if request.method == "GET" and request.path == "/products":
+            return HttpResponse(200, self.product_list())
+        product, _, rest = request.path.removeprefix("/products/").partition("/")
+        if request.method == "GET" and rest == "trades" and request.path.startswith("/products/"):
+            return self._trade_history(product, {k: v[-1] for k, v in request.query.items()})
+        return HttpResponse(404, {"message": "NotFound"})
+
+    def _rest_outage(self) -> HttpResponse:
+        return HttpResponse(503, {"message": "Service Unavailable (simulated outage)"})
+
+    def _trade_history(self, product: str, query: Mapping[str, str]) -> HttpResponse:
+        """A product's trades newest first: ``after`` the ones older than that trade id,
+        ``before`` the newer ones, at most ``limit`` (default and maximum 1000)."""
+        market = self._markets.get(product)
+        if market is None or product in self.delisted_products:
             return HttpResponse(404, {"message": "NotFound"})
-        return HttpResponse(200, self.product_list())
+        try:
+            limit = int(query.get("limit", "1000"))
+            after = int(query["after"]) if "after" in query else None
+            before = int(query["before"]) if "before" in query else None
+        except ValueError:
+            return HttpResponse(400, {"message": "Invalid pagination parameter"})
+        if not 1 <= limit <= 1000:
+            return HttpResponse(400, {"message": "limit must be between 1 and 1000"})
+        trades = [t for t in reversed(market.history)
+                  if (after is None or int(t["trade_id"]) < after)
+                  and (before is None or int(t["trade_id"]) > before)]
+        page = trades[-limit:] if before is not None and after is None else trades[:limit]
+        return HttpResponse(200, [{"time": t["time"], "trade_id": int(t["trade_id"]), "price": t["price"],
+                                   "size": t["size"], "side": t["side"].lower()} for t in page])
 
     def product_list(self) -> list[dict[str, Any]]:
         """Every product as ``GET /products`` lists it (the documented and recorded fields)."""

@@ -36,6 +36,8 @@ RECORDED: Final = ("BTC-USD", "ETH-USD")
 SNAPSHOT_TRADES: Final = 100
 #: the base increment of every simulated product (Coinbase's for BTC-USD and ETH-USD)
 SIZE_DECIMALS: Final = 8
+#: trades a product keeps for its REST trade history (made, streamed or not), oldest dropped
+HISTORY: Final = 20_000
 _NS: Final = 1_000_000_000
 
 
@@ -175,9 +177,13 @@ class CoinbaseMarket(Market):
         self.next_trade_id = 100_000_000 + crc % 900_000_000
         #: the last trades, oldest first: what a market_trades snapshot holds
         self.recent: deque[dict[str, str]] = deque(maxlen=SNAPSHOT_TRADES)
+        #: every trade made, oldest first, streamed or not: what the REST trade history answers
+        self.history: deque[dict[str, str]] = deque(maxlen=HISTORY)
         for rec in reversed(self.tape.snapshot_trades):
             age = self.tape.snapshot_at - parse_rfc3339(rec["time"])
-            self.recent.append(self._trade(rec, now_ns - age))
+            made = self._trade(rec, now_ns - age)
+            self.recent.append(made)
+            self.history.append(made)
         #: the ticker as last pushed: what a ticker snapshot holds
         self.published = self.ticker_data()
 
@@ -224,6 +230,7 @@ class CoinbaseMarket(Market):
             trade = self._trade(rec, now_ns - age)
             self.on_trade(float(trade["price"]), float(trade["size"]))
             self.recent.append(trade)
+            self.history.append(trade)
             made.append(trade)
         made.reverse()
         return made

@@ -17,6 +17,7 @@ import math
 import secrets
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, Final
@@ -32,6 +33,9 @@ from feedd.sim.spec import SimSpec, symbol_list
 
 PATH: Final = "/ws/v5/public"
 INSTRUMENTS_PATH: Final = "/api/v5/public/instruments"
+TRADES_PATH: Final = "/api/v5/market/trades"
+#: trades an instrument keeps for the REST's ``market/trades`` answers
+HISTORY: Final = 5_000
 DEFAULT_INSTRUMENTS: Final = ("BTC-USDT", "ETH-USDT", "BTC-USDT-SWAP", "BTC-USD-SWAP", "BTC-USD-261225")
 CHANNELS: Final = ("trades", "tickers", "bbo-tbt")
 #: [ws-overview] no subscription, or no data pushed, for 30 s: the connection breaks
@@ -67,6 +71,8 @@ class Instrument(Market):
         if self.inverse:
             self.ct_val = 100.0 if self.base == "BTC" else 10.0
         self.walk = RandomWalk(self)
+        #: every trade made, oldest first, streamed or not: what ``market/trades`` answers from
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
 
     def contracts(self, base: float, price: float) -> float:
         return base * price / self.ct_val if self.inverse else base / self.ct_val
@@ -81,8 +87,10 @@ class Instrument(Market):
             count = self.walk.rng.randint(1, 40)
             sz, base = str(count), count * self.ct_val / price if self.inverse else count * self.ct_val
         self.on_trade(price, base)
-        return {"instId": self.symbol, "tradeId": str(trade_id), "px": _fixed(price, self.price_decimals),
-                "sz": sz, "side": side, "ts": str(now_ms), "count": "1", "seqId": trade_id}
+        row = {"instId": self.symbol, "tradeId": str(trade_id), "px": _fixed(price, self.price_decimals),
+               "sz": sz, "side": side, "ts": str(now_ms), "count": "1", "seqId": trade_id}
+        self.history.append(row)
+        return row
 
     def ticker(self, now_ms: int) -> dict[str, str]:
         places, tick, last = self.price_decimals, 10.0**-self.price_decimals, self.last_price
@@ -263,7 +271,31 @@ class OkxSimulator(SimServer[OkxConnection]):
     def _rest_outage(self) -> HttpResponse:
         return _rest(503, "50001", "Service temporarily unavailable")
 
+    def keep_trading(self) -> None:
+        """Every instrument trades from now on whether anybody subscribes or not, so trades are
+        made (and kept for ``market/trades``) while no connection is up."""
+        for inst in self.instruments.values():
+            inst.demand.add(1)
+
+    def _recent_trades(self, request: HttpRequest) -> HttpResponse:
+        """``market/trades``: an instrument's latest trades, newest first, ``limit`` at most 500
+        (default 100)."""
+        inst = self.instruments.get(request.query.get("instId", [""])[-1])
+        if inst is None:
+            return _rest(400, "51001", "Instrument ID does not exist")
+        try:
+            limit = int(request.query.get("limit", ["100"])[-1])
+        except ValueError:
+            return _rest(400, "51000", "Parameter limit error")
+        if not 1 <= limit <= 500:
+            return _rest(400, "51000", "Parameter limit error")
+        rows = [{"instId": r["instId"], "side": r["side"], "sz": r["sz"], "px": r["px"], "source": "0",
+                 "tradeId": r["tradeId"], "ts": r["ts"]} for r in reversed(list(inst.history)[-limit:])]
+        return HttpResponse(200, {"code": "0", "msg": "", "data": rows})
+
     def _answer_rest(self, request: HttpRequest) -> HttpResponse:
+        if request.method == "GET" and request.path == TRADES_PATH:
+            return self._recent_trades(request)
         inst_type = request.query.get("instType", [""])[-1]
         if request.method != "GET" or request.path != INSTRUMENTS_PATH:
             return _rest(404, "404", f"Not found: {request.path}")

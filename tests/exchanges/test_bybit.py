@@ -1054,3 +1054,29 @@ async def test_instrument_list_is_walked_page_by_page_and_cached(
         assert len(sim.queries) == len(expected)
         assert sim.queries[0] == {"category": [category], "limit": ["1"]}
         assert all(set(query) == {"category", "limit", "cursor"} for query in sim.queries[1:])
+
+
+def test_recent_trades_are_asked_per_category_and_read_oldest_first_inverse_in_base_units() -> None:
+    assert BybitSpot().recent_path("BTCUSDT", 60) == (
+        "/v5/market/recent-trade?category=spot&symbol=BTCUSDT&limit=60")
+    assert (BybitSpot().recent_page, BybitLinear().recent_page) == (60, 1000)
+    body = {"retCode": 0, "retMsg": "OK", "result": {"category": "inverse", "list": [
+        {"execId": "b", "symbol": "BTCUSD", "price": "50000", "size": "100", "side": "Sell",
+         "time": "1672052955759", "isBlockTrade": False},
+        {"execId": "a", "symbol": "BTCUSD", "price": "50000", "size": "50", "side": "Buy",
+         "time": "1672052955758", "isBlockTrade": False},
+    ]}}
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    first, second = BybitInverse().parse_recent("BTCUSD", body, at)
+    assert (first.trade_id, first.side, first.volume) == ("a", "buy", 0.001)  # 50 USD contracts
+    assert (second.trade_id, second.side, second.volume) == ("b", "sell", 0.002)
+    assert first.timestamp == datetime.fromtimestamp(1672052955.758, UTC)
+    with pytest.raises(ValueError, match="retCode 10001"):
+        BybitSpot().parse_recent("BTCUSDT", {"retCode": 10001, "retMsg": "bad"}, at)
+
+
+def test_the_option_venue_is_not_recovered_by_time() -> None:
+    from feedd.exchanges.base import RecentTrades
+    from feedd.exchanges.bybit_option import BybitOption
+
+    assert isinstance(BybitLinear(), RecentTrades) and not isinstance(BybitOption(), RecentTrades)

@@ -1131,3 +1131,20 @@ def test_parse_instruments_follows_the_documented_pagination_cursor() -> None:
         "pagination": {"next_cursor": "", "has_next": False},
     })
     assert last.cursor is None
+
+
+def test_market_trades_are_asked_without_a_key_and_read_oldest_first() -> None:
+    venue = Coinbase()
+    assert venue.recent_path("BTC-USD", 1000) == "/api/v3/brokerage/market/products/BTC-USD/ticker?limit=1000"
+    body = {"trades": [
+        {"trade_id": "995098663", "product_id": "BTC-USD", "price": "68923.67", "size": "0.00064",
+         "time": "2026-04-07T00:28:58.544778Z", "side": "SELL", "bid": "", "ask": "", "exchange": "coinbase"},
+        {"trade_id": "995098662", "product_id": "BTC-USD", "price": "68923.67", "size": "0.00123858",
+         "time": "2026-04-07T00:28:58.250358Z", "side": "BUY", "bid": "", "ask": "", "exchange": "coinbase"},
+    ], "best_bid": "68923.66", "best_ask": "68923.67"}
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    first, second = venue.parse_recent("BTC-USD", body, at)
+    assert [first.trade_id, second.trade_id] == ["995098662", "995098663"]
+    assert first.volume == 0.00123858 and first.timestamp < second.timestamp
+    with pytest.raises(ValueError, match="'trades' list"):
+        venue.parse_recent("BTC-USD", {"error": "NOT_FOUND"}, at)

@@ -570,3 +570,27 @@ def test_parse_instruments_keeps_the_products_that_trade() -> None:
 def test_parse_instruments_rejects_a_malformed_body(body: Any, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         CoinbaseExchange().parse_instruments(body)
+
+
+def test_the_history_page_asks_for_the_ids_below_its_cursor_and_reads_them_oldest_first() -> None:
+    venue = CoinbaseExchange()
+    assert venue.history_path("BTC-USD", 101, 50) == "/products/BTC-USD/trades?after=151&limit=50"
+    body = [
+        {"time": "2026-12-07T12:00:01.5Z", "trade_id": 102, "price": "100.5", "size": "0.2", "side": "sell"},
+        {"time": "2026-12-07T12:00:01Z", "trade_id": 101, "price": "100", "size": "0.1", "side": "buy"},
+    ]
+    at = datetime(2026, 12, 7, 12, 0, 2, tzinfo=UTC)
+    first, second = venue.parse_history("BTC-USD", body, at)
+    assert (first.trade_id, first.side, first.price, first.volume) == ("101", "sell", 100.0, 0.1)
+    assert (second.trade_id, second.side) == ("102", "buy")  # the maker sold: an up-tick, a buy
+    assert first.received_at == at and first.timestamp == datetime(2026, 12, 7, 12, 0, 1, tzinfo=UTC)
+
+
+def test_a_history_answer_of_another_shape_is_a_value_error_naming_it() -> None:
+    venue = CoinbaseExchange()
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    with pytest.raises(ValueError, match="not a JSON array"):
+        venue.parse_history("BTC-USD", {"message": "NotFound"}, at)
+    with pytest.raises(ValueError, match="missing field 'trade_id'"):
+        venue.parse_history("BTC-USD", [{"time": "2026-12-07T12:00:01Z", "price": "1", "size": "1",
+                                         "side": "buy"}], at)

@@ -406,3 +406,21 @@ def test_a_bbo_tbt_push_of_an_unknown_contract_is_a_decode_error_not_contracts()
         "asks": [["2", "1", "0", "1"]], "bids": [["1", "1", "0", "1"]], "ts": "1"}]}
     [event] = session().decode(orjson.dumps(frame), RECEIVED)
     assert "contract value of BTC-USDT-SWAP unknown" in getattr(event, "reason", "")
+
+
+def test_recent_trades_are_read_oldest_first_and_derivatives_in_base_units() -> None:
+    venue = Okx()
+    venue.contracts.put("BTC-USDT-SWAP", 0.01, False)
+    assert venue.recent_path("BTC-USDT", 500) == "/api/v5/market/trades?instId=BTC-USDT&limit=500"
+    body = {"code": "0", "msg": "", "data": [
+        {"instId": "BTC-USDT-SWAP", "side": "sell", "sz": "3", "px": "50000", "tradeId": "12",
+         "ts": "1700000000002"},
+        {"instId": "BTC-USDT-SWAP", "side": "buy", "sz": "2", "px": "50000", "tradeId": "11",
+         "ts": "1700000000001"},
+    ]}
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    first, second = venue.parse_recent("BTC-USDT-SWAP", body, at)
+    assert (first.trade_id, first.side, first.volume) == ("11", "buy", 0.02)
+    assert (second.trade_id, second.side) == ("12", "sell")
+    with pytest.raises(ValueError, match="code '50011'"):
+        venue.parse_recent("BTC-USDT", {"code": "50011", "msg": "Rate limit reached"}, at)

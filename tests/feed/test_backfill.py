@@ -1,14 +1,18 @@
 """The backfiller's own rules, without a simulator: each trade once, a gap older than the REST
-keeps is reported lost without asking, and a symbol is never held beyond ``backfill_hold``."""
+keeps is reported lost without asking, and a symbol is never held beyond ``backfill_hold``; for
+a venue recovered by time, what lies between the anchor and the held trades in the REST's
+order, each trade once."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import trio
 import trio.testing
 
 from feedd.exchanges.binance import BinanceSpot
+from feedd.exchanges.okx import Okx
 from feedd.feed.backfill import Backfiller, BackfillSettings
 from feedd.feed.status import VenueStatus
 from feedd.feed.validate import Validator
@@ -97,3 +101,108 @@ async def test_a_hanging_rest_holds_the_symbol_only_for_backfill_hold(
         await made.aclose()
         nursery.cancel_scope.cancel()
     assert status.lost_trades == 3
+
+
+# ---- recovery by time (ids not consecutive) -----------------------------------------------------
+
+
+def okx_trade(trade_id: str, second: int) -> MarketData:
+    at = T0 + timedelta(seconds=second)
+    return trade_record("okx", "BTC-USDT", 100.0, 1.0, at, at, "buy", trade_id)
+
+
+def time_backfiller(rows: list[MarketData], **settings: float) -> tuple[
+    Backfiller, VenueStatus, trio.MemoryReceiveChannel[Ingress], list[str]
+]:
+    """A backfiller of OKX whose REST answers ``rows`` (oldest first) as ``market/trades``."""
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        data = [{"instId": r.symbol, "tradeId": r.trade_id, "px": "100", "sz": "1", "side": "buy",
+                 "ts": str(int(r.timestamp.timestamp() * 1000))} for r in reversed(rows)]
+        return httpx.Response(200, json={"code": "0", "msg": "", "data": data})
+
+    send, receive = trio.open_memory_channel[Ingress](100)
+    status = VenueStatus("okx")
+    made = Backfiller(
+        Okx(), "okx", "http://okx.test", send, status, Validator({"BTC-USDT"}),
+        BackfillSettings(**settings),  # type: ignore[arg-type]
+        lambda: httpx.AsyncClient(transport=httpx.MockTransport(answer)),
+    )
+    return made, status, receive, asked
+
+
+def ids(batch: object) -> list[tuple[str | None, bool]]:
+    assert isinstance(batch, list)
+    return [(r.trade_id, r.backfilled) for r in batch]
+
+
+async def test_a_break_is_filled_from_the_latest_trades_between_the_anchor_and_the_held_ones(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # the tape: a b | c d e (missed) | f g (live after the reconnect) h (newer than the held)
+    tape = [okx_trade(n, i) for i, n in enumerate("abcdefgh")]
+    made, status, receive, asked = time_backfiller(tape)
+    async with trio.open_nursery() as nursery:
+        made.attach(nursery)
+        assert made.sift(tape[:2]) == tape[:2]
+        made.broken(["BTC-USDT"])
+        assert made.sift([tape[5], tape[6]]) == []  # held while the REST is asked
+        event = await receive.receive()
+        assert isinstance(event, Backfilled)
+        assert (event.recovered, event.lost, event.missing, event.reason) == (3, 0, (0, 0), None)
+        released = await receive.receive()
+        # the missed ones in the exchange's order, then the held live ones (not flagged), once
+        assert ids(released) == [("c", True), ("d", True), ("e", True), ("f", False), ("g", False)]
+        assert made.sift([tape[7]]) == [tape[7]]  # no longer held
+        nursery.cancel_scope.cancel()
+    assert asked == ["http://okx.test/api/v5/market/trades?instId=BTC-USDT&limit=500"]
+    assert status.backfilled == 3
+
+
+async def test_without_a_break_a_time_venue_is_never_held_nor_asked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tape = [okx_trade(n, i) for i, n in enumerate("abcd")]
+    made, _, _, asked = time_backfiller(tape)
+    async with trio.open_nursery() as nursery:
+        made.attach(nursery)
+        assert made.sift(tape[:2]) == tape[:2]
+        assert made.sift(tape[3:]) == tape[3:]  # a jump says nothing here: no ids to count
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert asked == []
+
+
+async def test_a_rest_that_lost_the_anchor_gives_what_followed_its_time_and_says_older_may_be_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tape = [okx_trade(n, i) for i, n in enumerate("abcdefg")]
+    made, _, receive, _ = time_backfiller(tape[3:])  # the REST keeps only d e f g
+    async with trio.open_nursery() as nursery:
+        made.attach(nursery)
+        made.sift(tape[:1])  # a, then the break: b c d e missed
+        made.broken(["BTC-USDT"])
+        assert made.sift([tape[5]]) == []
+        event = await receive.receive()
+        assert isinstance(event, Backfilled)
+        assert event.recovered == 2 and event.reason is not None and "may be lost" in event.reason
+        assert ids(await receive.receive()) == [("d", True), ("e", True), ("f", False)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_live_trade_repeated_while_held_is_dropped_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tape = [okx_trade(n, i) for i, n in enumerate("abcd")]
+    made, status, receive, _ = time_backfiller(tape)
+    async with trio.open_nursery() as nursery:
+        made.attach(nursery)
+        made.sift(tape[:1])
+        made.broken(["BTC-USDT"])
+        assert made.sift([tape[2], tape[2], tape[3]]) == []
+        await receive.receive()  # the event
+        assert ids(await receive.receive()) == [("b", True), ("c", False), ("d", False)]
+        nursery.cancel_scope.cancel()
+    assert status.duplicates == 1
