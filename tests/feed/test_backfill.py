@@ -155,6 +155,7 @@ async def test_a_break_is_filled_from_the_latest_trades_between_the_anchor_and_t
         released = await receive.receive()
         # the missed ones in the exchange's order, then the held live ones (not flagged), once
         assert ids(released) == [("c", True), ("d", True), ("e", True), ("f", False), ("g", False)]
+        await trio.testing.wait_all_tasks_blocked()  # the release is over (it ends after its send)
         assert made.sift([tape[7]]) == [tape[7]]  # no longer held
         nursery.cancel_scope.cancel()
     assert asked == ["http://okx.test/api/v5/market/trades?instId=BTC-USDT&limit=500"]
