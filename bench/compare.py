@@ -224,7 +224,7 @@ class Bench:
             cpu = cpu_seconds(daemon.pid) - cpu0
             rss = rss_mib(daemon.pid)
             if profiler is not None:
-                profiler.send_signal(2)  # py-spy writes its profile on SIGINT
+                profiler.send_signal(2)  # py-spy and strace write their figures on SIGINT
                 await profiler.wait()
         got = results[0]
         row = {
@@ -241,16 +241,22 @@ class Bench:
         return row
 
     async def profile(self, name: str, daemon: trio.Process, label: str) -> trio.Process | None:
-        """With --profile DIR: py-spy samples the daemon while it works (raw folded stacks)."""
-        if not self.args.profile or name == "cryptofeed":
+        """With --profile DIR: py-spy samples the daemon while it works (raw folded stacks).
+        With --strace DIR instead: ``strace -c -f`` counts its system calls (any daemon)."""
+        if self.args.strace:
+            out = Path(self.args.strace) / f"{name}-{label}.txt"
+            command = ["strace", "-c", "-f", "-p", str(daemon.pid), "-o", str(out)]
+        elif self.args.profile and name != "cryptofeed":
+            out = Path(self.args.profile) / f"{name}-{label}.txt"
+            command = [str(Path(sys.executable).parent / "py-spy"), "record",
+                       *self.args.profile_options.split(), "-p", str(daemon.pid), "-r", "1000",
+                       "-f", "raw", "-o", str(out)]
+        else:
             return None
-        out = Path(self.args.profile) / f"{name}-{label}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         proc = await trio.lowlevel.open_process(
-            [str(Path(sys.executable).parent / "py-spy"), "record", *self.args.profile_options.split(),
-             "-p", str(daemon.pid), "-r", "1000", "-f", "raw", "-o", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await trio.sleep(0.5)  # py-spy attaches
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await trio.sleep(0.5)  # the tracer attaches
         return proc
 
     async def memory(self, name: str, count: int, mode: str) -> dict[str, Any]:
@@ -418,6 +424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory", type=int, default=1_000_000,
                         help="records before the RSS is read (0: skip those rows)")
     parser.add_argument("--profile", help="a folder for py-spy profiles of each feedd run (folded stacks)")
+    parser.add_argument("--strace", help="a folder for `strace -c -f` system call counts of each "
+                        "daemon run (it slows the daemon: not for the CPU or latency figures)")
     parser.add_argument("--profile-options", default="--nonblocking",
                         help="py-spy options (write --profile-options=--native)")
     parser.add_argument("--memory-daemons", default="feedd-before,feedd,cryptofeed",
