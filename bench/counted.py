@@ -5,7 +5,8 @@
 
 Runs ``feedd`` as usual, but its ``trio.run`` gets an instrument that counts task steps (each a
 task switch: a task resumed by the scheduler), I/O waits (each an ``epoll_wait`` the run loop
-made, i.e. a wakeup when the wait blocked) and the steps per task function; when the daemon ends
+made, i.e. a wakeup when the wait blocked), the steps per task function and the garbage
+collections (per generation, and their time); when the daemon ends
 (compare.py's SIGTERM) one JSON line with the counts is appended to ``$FEEDD_COUNTS``. Divide by
 the frames the run received for the per-frame figures of docs/performance.md. The instrument
 costs CPU itself: read CPU figures from uninstrumented runs only.
@@ -13,9 +14,11 @@ costs CPU itself: read CPU figures from uninstrumented runs only.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -30,6 +33,18 @@ class Counts(Instrument):
         self.io_waits = 0
         self.blocking_waits = 0
         self.by_task: Counter[str] = Counter()
+        #: garbage collections per generation, and the seconds they took
+        self.collections = [0, 0, 0]
+        self.gc_seconds = 0.0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.collections[info["generation"]] += 1
+            self.gc_seconds += time.perf_counter() - self._gc_started
 
     def before_task_step(self, task: Task) -> None:
         self.steps += 1
@@ -48,6 +63,7 @@ class Counts(Instrument):
             out.write(json.dumps({
                 "task_steps": self.steps, "io_waits": self.io_waits,
                 "blocking_io_waits": self.blocking_waits,
+                "collections": self.collections, "gc_seconds": round(self.gc_seconds, 4),
                 "by_task": dict(self.by_task.most_common(12)),
             }) + "\n")
 

@@ -2,9 +2,10 @@
 socket as fast as it can and measures each one's delay from the server's send time.
 
 Every trade the benchmark server sends carries its send time (µs since the epoch, host clock)
-as its quantity, which both daemons pass through (feedd as ``"volume"``, a float that holds
-such an integer exactly; cryptofeed as ``"amount"``). Parsing is a regular expression over each chunk read, so that a hundred of these
-processes cost the machine little next to the daemon being measured.
+as its quantity, which both daemons pass through (feedd as ``"volume"``, a float that
+holds such an integer exactly; cryptofeed as ``"amount"``). Parsing is a regular expression
+over each chunk read, so that a hundred of these processes cost the machine little next to the
+daemon being measured.
 
     python subscriber.py connect|listen|stall PATH COUNT
 
