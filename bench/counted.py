@@ -9,7 +9,9 @@ made, i.e. a wakeup when the wait blocked), the steps per task function and the 
 collections (per generation, and their time); when the daemon ends
 (compare.py's SIGTERM) one JSON line with the counts is appended to ``$FEEDD_COUNTS``. Divide by
 the frames the run received for the per-frame figures of docs/performance.md. The instrument
-costs CPU itself: read CPU figures from uninstrumented runs only.
+costs CPU itself: read CPU figures from uninstrumented runs only. With ``FEEDD_CALLS=PATH``
+it also counts every Python and C function call (``sys.setprofile``: slow, but exact, which
+the CPU figures of a shared machine are not) and writes the most frequent to PATH.
 """
 
 from __future__ import annotations
@@ -79,6 +81,31 @@ def main() -> int:
         finally:
             counts.dump()
 
+    if os.environ.get("FEEDD_CALLS"):
+        calls: Counter[str] = Counter()
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call":
+                code = frame.f_code
+                calls[f"{code.co_name} ({os.path.basename(code.co_filename)})"] += 1
+            elif event == "c_call":
+                calls[f"{getattr(arg, '__qualname__', arg)} (C)"] += 1
+
+        def dump_calls() -> None:
+            with open(os.environ["FEEDD_CALLS"], "w") as out:
+                out.write(f"{sum(calls.values())} calls\n")
+                for name, n in calls.most_common(150):
+                    out.write(f"{n:9d} {name}\n")
+
+        real_dump = counts.dump
+
+        def dump() -> None:
+            sys.setprofile(None)
+            real_dump()
+            dump_calls()
+
+        counts.dump = dump  # type: ignore[method-assign]
+        sys.setprofile(profile)
     trio.run = run  # type: ignore[assignment]
     from feedd.cli.main import main as feedd_main
 
