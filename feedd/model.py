@@ -59,10 +59,10 @@ def _builder(name: str, params: tuple[str, ...], constants: dict[str, object]) -
 
     attrs' ``__init__`` of a frozen class sets each of the 17 fields through
     ``object.__setattr__``; writing them through the slots' own descriptors makes the same
-    object (equal, hashing alike: nothing validates or converts here either) in about half the
-    time (``bench/stages.py``), and adapters build one per trade. Generated from
-    ``attrs.fields``, so a field added to the class is filled (with its default) without a
-    change here.
+    object (equal, hashing alike: nothing validates or converts there either) in ~15 % less
+    time (0.80 -> 0.70 µs, ``bench/stages.py``), and adapters build one per trade. Generated
+    from ``attrs.fields``, so a field added to the class is filled (with its default) without
+    a change here.
     """
     namespace: dict[str, object] = {"_new": object.__new__, "_cls": MarketData}
     lines = [f"def {name}({', '.join(params)}):", "    r = _new(_cls)"]
