@@ -41,7 +41,7 @@ import trio
 import trustme
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stack import cpu_seconds, rss_mib
+from stack import cpu_seconds, rss_mib, system_seconds
 from wire import Server
 
 HERE = Path(__file__).parent
@@ -216,15 +216,17 @@ class Bench:
             label = f"{rate or 'flood'}-{frames_per_write}-{subscribers}-{venue}-{trades_per_frame}"
             profiler = await self.profile(name, daemon, label)
             cpu0 = cpu_seconds(daemon.pid)
+            sys0 = system_seconds(daemon.pid)
             await self.server.push(count // trades_per_frame, rate, frames_per_write)
             results = []
             with trio.fail_after(120):
                 for lines in outs:
                     results.append(json.loads(await lines.next()))
             cpu = cpu_seconds(daemon.pid) - cpu0
+            system = system_seconds(daemon.pid) - sys0
             rss = rss_mib(daemon.pid)
             if profiler is not None:
-                profiler.send_signal(2)  # py-spy writes its profile on SIGINT
+                profiler.send_signal(2)  # py-spy and strace write their figures on SIGINT
                 await profiler.wait()
         got = results[0]
         row = {
@@ -233,6 +235,7 @@ class Bench:
             "records": got["n"], "dropped": sum(r["dropped"] for r in results),
             "rec_per_s": round(got["n"] / got["secs"]) if got["secs"] else 0,
             "cpu_us_per_rec": round(cpu / count * 1e6, 1),
+            "sys_us_per_rec": round(system / count * 1e6, 1),  # the kernel's part of it
             "p50": got["p50"], "p99": got["p99"], "p999": got["p999"], "max": got["max"],
             "worst_p99": max(r["p99"] for r in results), "rss_mib": round(rss, 1),
             "load": round(os.getloadavg()[0], 2),  # the machine's 1-minute load: other work on it
@@ -241,16 +244,25 @@ class Bench:
         return row
 
     async def profile(self, name: str, daemon: trio.Process, label: str) -> trio.Process | None:
-        """With --profile DIR: py-spy samples the daemon while it works (raw folded stacks)."""
-        if not self.args.profile or name == "cryptofeed":
+        """With --profile DIR: py-spy samples the daemon while it works (raw folded stacks).
+        With --strace DIR instead: ``strace -c -f`` counts its system calls (any daemon)."""
+        if self.args.attach:
+            out = Path(self.args.attach_dir) / f"{name}-{label}.txt"
+            command = self.args.attach.format(pid=daemon.pid, out=out).split()
+        elif self.args.strace:
+            out = Path(self.args.strace) / f"{name}-{label}.txt"
+            command = ["strace", "-c", "-f", "-p", str(daemon.pid), "-o", str(out)]
+        elif self.args.profile and name != "cryptofeed":
+            out = Path(self.args.profile) / f"{name}-{label}.txt"
+            command = [str(Path(sys.executable).parent / "py-spy"), "record",
+                       *self.args.profile_options.split(), "-p", str(daemon.pid), "-r", "1000",
+                       "-f", "raw", "-o", str(out)]
+        else:
             return None
-        out = Path(self.args.profile) / f"{name}-{label}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         proc = await trio.lowlevel.open_process(
-            [str(Path(sys.executable).parent / "py-spy"), "record", *self.args.profile_options.split(),
-             "-p", str(daemon.pid), "-r", "1000", "-f", "raw", "-o", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await trio.sleep(0.5)  # py-spy attaches
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await trio.sleep(0.5)  # the tracer attaches
         return proc
 
     async def memory(self, name: str, count: int, mode: str) -> dict[str, Any]:
@@ -418,6 +430,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory", type=int, default=1_000_000,
                         help="records before the RSS is read (0: skip those rows)")
     parser.add_argument("--profile", help="a folder for py-spy profiles of each feedd run (folded stacks)")
+    parser.add_argument("--strace", help="a folder for `strace -c -f` system call counts of each "
+                        "daemon run (it slows the daemon: not for the CPU or latency figures)")
+    parser.add_argument("--attach", help="a command run against each daemon while it is measured "
+                        "(stopped with SIGINT): {pid} and {out} are replaced, e.g. "
+                        "'perf stat -e task-clock,context-switches -p {pid} -o {out}'")
+    parser.add_argument("--attach-dir", default="/tmp/feedd-attach", help="the folder of {out}")
     parser.add_argument("--profile-options", default="--nonblocking",
                         help="py-spy options (write --profile-options=--native)")
     parser.add_argument("--memory-daemons", default="feedd-before,feedd,cryptofeed",

@@ -2,9 +2,10 @@
 socket as fast as it can and measures each one's delay from the server's send time.
 
 Every trade the benchmark server sends carries its send time (µs since the epoch, host clock)
-as its trade id, which both daemons pass through (feedd as ``"trade_id"``, cryptofeed as
-``"id"``). Parsing is a regular expression over each chunk read, so that a hundred of these
-processes cost the machine little next to the daemon being measured.
+as its quantity, which both daemons pass through (feedd as ``"volume"``, a float that
+holds such an integer exactly; cryptofeed as ``"amount"``). Parsing is a regular expression
+over each chunk read, so that a hundred of these processes cost the machine little next to the
+daemon being measured.
 
     python subscriber.py connect|listen|stall PATH COUNT
 
@@ -22,7 +23,7 @@ import socket
 import sys
 import time
 
-TRADE_ID = re.compile(rb'"(?:trade_)?id": ?"(\d+)"')
+SENT_US = re.compile(rb'"(?:volume|amount)": ?(\d+)')
 GAP = re.compile(rb'"dropped": ?(\d+)')
 IDLE_TIMEOUT = 5.0
 
@@ -72,7 +73,7 @@ def main() -> None:
             chunk = tail + data
             cut = chunk.rfind(b"\n") + 1 if mode == "connect" else chunk.rfind(b"}}") + 2
             chunk, tail = chunk[:cut], chunk[cut:]
-            latencies += [now_us - int(t) for t in TRADE_ID.findall(chunk)]
+            latencies += [now_us - int(t) for t in SENT_US.findall(chunk)]
             dropped += sum(int(n) for n in GAP.findall(chunk))
     except TimeoutError:
         pass

@@ -3,7 +3,9 @@ trade stamped with its send time.
 
 Why not feedd's simulator: its CPU shares the machine's two cores with the daemon being measured,
 so the server must cost little per frame, and every trade must carry the moment it was sent
-(µs since the epoch, as its trade id) for the subscribers to measure delay. The wire is the
+(µs since the epoch, as its quantity) for the subscribers to measure delay. Trade ids are
+consecutive, as a venue's are: an id that jumped would be a gap to feedd's backfill (which then
+holds the symbol's trades and asks a REST endpoint the benchmark does not serve). The wire is the
 simulator's default and an exchange's: **one WebSocket frame per TLS record** (one
 ``SSL_write`` each). ``frames_per_write=K`` puts K frames in one write instead, so one large
 record carries many frames (what the simulator's ``frames_per_write`` does).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import ssl
 import time
@@ -35,17 +38,19 @@ import trio
 TRADES = {
     "trade": (
         '{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,'
-        '"p":"61012.34000000","q":"0.00123000","T":%d,"m":true,"M":true}}'
+        '"p":"61012.34000000","q":"%d","T":%d,"m":true,"M":true}}'
     ),
     "aggTrade": (
         '{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":%d,"s":"BTCUSDT","a":%d,'
-        '"p":"61012.34000000","q":"0.00123000","f":100,"l":105,"T":%d,"m":true,"M":true}}'
+        '"p":"61012.34000000","q":"%d","f":100,"l":105,"T":%d,"m":true,"M":true}}'
     ),
 }
-#: a Bybit v5 publicTrade element; its id ``i`` is the send time, as for Binance
+#: a Bybit v5 publicTrade element; its size ``v`` is the send time, as for Binance
 BYBIT_TRADE = (
-    '{"T":%d,"s":"BTCUSDT","S":"Buy","v":"0.001","p":"61012.34","L":"PlusTick","i":"%d","BT":false}'
+    '{"T":%d,"s":"BTCUSDT","S":"Buy","v":"%d","p":"61012.34","L":"PlusTick","i":"%d","BT":false}'
 )
+#: the next trade id (one sequence for every connection: ids never repeat nor jump)
+_trade_ids = itertools.count(1)
 BYBIT_PONG = b'{"success":true,"ret_msg":"pong","conn_id":"bench","req_id":"","op":"ping"}'
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: frames built and written per step of a flood (per socket write when one frame per record)
@@ -62,15 +67,14 @@ def header(length: int, opcode: int = 0x1) -> bytes:
 
 def trade_frame(template: str) -> bytes:
     us = time.time_ns() // 1000
-    body = (template % (us // 1000, us, us // 1000)).encode()
+    body = (template % (us // 1000, next(_trade_ids), us, us // 1000)).encode()
     return header(len(body)) + body
 
 
 def bybit_frame(trades: int) -> bytes:
     """One ``publicTrade`` message with ``trades`` elements, all stamped with the send time."""
     us = time.time_ns() // 1000
-    element = BYBIT_TRADE % (us // 1000, us)
-    elements = ",".join([element] * trades)
+    elements = ",".join([BYBIT_TRADE % (us // 1000, us, next(_trade_ids)) for _ in range(trades)])
     ms = us // 1000
     body = f'{{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":{ms},"data":[{elements}]}}'.encode()
     return header(len(body)) + body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
@@ -24,8 +25,9 @@ class MarketData:
 
     A quote's ``price`` is the mid, so every record keeps a positive price; its ``volume`` is 0
     (sizes are ``bid_size``/``ask_size``, in base units like ``volume``). Fields added after the
-    first release (``bid_size``, ``ask_size``) come last, so the positional calls on the hot
-    path (:func:`trade_record`) stay valid.
+    first release (``bid_size``, ``ask_size``) come last, so positional calls stay valid; the hot
+    path builds trades and quotes with :func:`trade_record` and :func:`quote_record`, which fill
+    the slots directly.
 
     No validators here: records are built on the hot path by adapters, and checked once by
     :mod:`feedd.feed.validate` before they leave the connection that produced them.
@@ -51,22 +53,48 @@ class MarketData:
     backfilled: bool = False
 
 
-def trade_record(
-    exchange: str,
-    symbol: str,
-    price: float,
-    volume: float,
-    timestamp: datetime,
-    received_at: datetime,
-    side: Side | None,
-    trade_id: str | None,
-) -> MarketData:
-    """A trade, as adapters make one per trade on the hot path: the class is called with
-    positional arguments only, which costs a third less than naming ``side`` and ``trade_id``."""
-    return MarketData(
-        exchange, symbol, TRADE, price, volume, timestamp, received_at, None, None, None, None, None,
-        side, trade_id,
-    )
+def _builder(name: str, params: tuple[str, ...], constants: dict[str, object]) -> Callable[..., MarketData]:
+    """A constructor of :class:`MarketData` taking ``params`` positionally, the ``constants``
+    and every other field's default fixed, that fills the slots directly.
+
+    attrs' ``__init__`` of a frozen class sets each of the 17 fields through
+    ``object.__setattr__``; writing them through the slots' own descriptors makes the same
+    object (equal, hashing alike: nothing validates or converts there either) in ~15 % less
+    time (0.80 -> 0.70 µs, ``bench/stages.py``), and adapters build one per trade. Generated
+    from ``attrs.fields``, so a field added to the class is filled (with its default) without
+    a change here.
+    """
+    namespace: dict[str, object] = {"_new": object.__new__, "_cls": MarketData}
+    lines = [f"def {name}({', '.join(params)}):", "    r = _new(_cls)"]
+    for field in attrs.fields(MarketData):
+        namespace[f"_set_{field.name}"] = getattr(MarketData, field.name).__set__
+        if field.name in params:
+            value = field.name
+        elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            raise TypeError(f"{field.name}: a factory default is not supported here")
+        else:
+            namespace[f"_value_{field.name}"] = constants.get(field.name, field.default)
+            value = f"_value_{field.name}"
+        lines.append(f"    _set_{field.name}(r, {value})")
+    lines.append("    return r")
+    exec("\n".join(lines), namespace)  # the source is built above from the class's own fields
+    build: Callable[..., MarketData] = namespace[name]  # type: ignore[assignment]
+    return build
+
+
+#: a trade, as adapters make one per trade on the hot path (see :func:`_builder`)
+trade_record: Callable[
+    [str, str, float, float, datetime, datetime, Side | None, str | None], MarketData
+] = _builder(
+    "trade_record",
+    ("exchange", "symbol", "price", "volume", "timestamp", "received_at", "side", "trade_id"),
+    {"kind": TRADE},
+)
+_quote = _builder(
+    "quote_record",
+    ("exchange", "symbol", "price", "timestamp", "received_at", "bid", "bid_size", "ask", "ask_size"),
+    {"kind": QUOTE, "volume": 0.0},
+)
 
 
 def quote_record(
@@ -80,10 +108,7 @@ def quote_record(
     received_at: datetime,
 ) -> MarketData:
     """A best bid/offer: ``price`` the mid, ``volume`` 0, the sizes in base units."""
-    return MarketData(
-        exchange, symbol, QUOTE, (bid + ask) / 2, 0.0, timestamp, received_at, bid, ask, None, None,
-        None, None, None, bid_size, ask_size,
-    )
+    return _quote(exchange, symbol, (bid + ask) / 2, timestamp, received_at, bid, bid_size, ask, ask_size)
 
 
 #: records one connection read in one wakeup; the unit the hub and the sinks move

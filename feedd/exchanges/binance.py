@@ -72,6 +72,9 @@ class BinanceSession:
         self._quoted: set[str] = set()
         self._next_id = 1
         self._pending: dict[int, tuple[Op, tuple[str, ...]]] = {}
+        #: the last trade time (ms) and its datetime (see _trade_record)
+        self._last_ms: object = None
+        self._last_time = datetime.fromtimestamp(0, UTC)
         # keyed by the part of the stream name after its last "@" ("!serverShutdown" has none)
         self._handlers: dict[str, _Handler] = {
             "trade": self._trade,
@@ -212,7 +215,9 @@ class BinanceSession:
         return float(quantity)
 
     def _trade_record(self, data: dict[str, Any], trade_id: str, received_at: datetime) -> Event:
-        symbol = text(data, "s")
+        symbol = data["s"]
+        if type(symbol) is not str:
+            raise TypeError(f"'s' is not a string: {symbol!r}")
         # m: "is the buyer the market maker?"; true means the taker sold (§2.3, §4)
         maker_buyer = data["m"]
         if maker_buyer is True:
@@ -222,12 +227,20 @@ class BinanceSession:
         else:
             raise TypeError(f"'m' is not a boolean: {maker_buyer!r}")
         price = float(data["p"])
+        # trades come many to a millisecond (one match fills several orders; a busy symbol
+        # trades thousands of times a second): the last trade time's datetime is reused
+        ms = data["T"]
+        if ms == self._last_ms and type(ms) is int:
+            timestamp = self._last_time
+        else:
+            timestamp = _fromtimestamp(ms / 1000, UTC)
+            self._last_ms, self._last_time = ms, timestamp
         return trade_record(
             self._venue_id,
             symbol,
             price,
             self._quantity(symbol, price, data["q"]),
-            _fromtimestamp(data["T"] / 1000, UTC),
+            timestamp,
             received_at,
             side,
             trade_id,

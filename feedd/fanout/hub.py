@@ -1,10 +1,16 @@
 """Fan-out of record batches from every connection to every sink.
 
 One ingress memory channel carries batches (``list[MarketData]``, all a connection read in one
-wakeup). The hub takes everything already queued as one batch, encodes each record to its JSON
-line once (only if some sink wants bytes), and offers the same objects to every sink. Sinks are
-synchronous and never block: each keeps its own bounded buffer and its own overflow policy, so a
-slow consumer can only hurt itself.
+wakeup). When the hub is idle (its task waits on an empty channel), a connection's reader
+hands its batch over in its own task instead (:meth:`Hub.deliver_now`, registered for every
+:meth:`Hub.sender` in :data:`feedd.feed.attempt.DIRECT`): the same dispatch, in the same
+order, without the task switch and the extra pass of the run loop a channel hop costs per
+batch. The channel stays the path whenever anything is queued or on its way to the hub, and
+when the hub is behind (its bound is the backpressure). The hub takes everything already
+queued as one batch, encodes each record to its JSON line once (only if some sink wants
+bytes), and offers the same objects to every sink. Sinks are synchronous and never block: each
+keeps its own bounded buffer and its own overflow policy, so a slow consumer can only hurt
+itself.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import attrs
 import trio
 
 from feedd.codec import encode_record
+from feedd.feed.attempt import DIRECT
 from feedd.model import Batch, FeedEvent, Ingress, MarketData
 
 logger = logging.getLogger(__name__)
@@ -56,16 +63,38 @@ class Hub:
         self._send, self._receive = trio.open_memory_channel[Ingress](buffer)
         self._sinks: tuple[Sink, ...] = ()
         self._encode = False
-        #: records and batches fanned out, and hub wakeups (each drains everything queued)
+        #: records and batches fanned out, hub wakeups (each drains everything queued), and the
+        #: batches a producer handed over in its own task (:meth:`deliver_now`)
         self.records = 0
         self.batches = 0
         self.wakeups = 0
+        self.direct = 0
         #: feed events (disconnects, reconnects) passed on
         self.events = 0
 
     def sender(self) -> trio.MemorySendChannel[Ingress]:
-        """A send channel of its own for one producer, which closes it when done."""
-        return self._send.clone()
+        """A send channel of its own for one producer, which closes it when done; a reader that
+        finds it in :data:`~feedd.feed.attempt.DIRECT` may hand batches over with
+        :meth:`deliver_now` first."""
+        channel = self._send.clone()
+        DIRECT[channel] = self.deliver_now
+        return channel
+
+    def deliver_now(self, batch: Batch) -> bool:
+        """Fan ``batch`` out now, in the caller's task, if the hub is idle; False if not (then
+        the caller sends it on the channel, as it would have without this).
+
+        Idle is: the hub's task waits to receive and nothing is queued. A batch sent on the
+        channel to a waiting hub leaves it not waiting until it has run, so whatever is queued
+        or on its way goes out first and the order is the channel's. Sinks never block (see
+        :class:`Sink`), so this never waits either.
+        """
+        stats = self._receive.statistics()
+        if stats.tasks_waiting_receive != 1 or stats.current_buffer_used:
+            return False
+        self.direct += 1
+        self._dispatch(batch)
+        return True
 
     def close(self) -> None:
         """Accept no new producers; :meth:`run` returns once every existing sender is closed."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import groupby
@@ -54,7 +55,7 @@ from feedd.exchanges.base import (
 from feedd.feed import liveness, rotation
 from feedd.feed.lifecycle import Lifecycle, State, Trigger
 from feedd.feed.ratelimit import SlidingWindowLimiter
-from feedd.model import Batch, MarketData, Message
+from feedd.model import Batch, Ingress, MarketData, Message
 from feedd.wire.transport import Transport
 
 if TYPE_CHECKING:
@@ -76,6 +77,13 @@ UNATTRIBUTED = "<unattributed>"
 
 #: on the outgoing channel: "build requests from the queued subscription changes now"
 _FLUSH = None
+
+#: the receivers of record channels that take a batch in the producer's own task when they are
+#: idle (a channel -> its deliver-now, True when taken; filled by :meth:`feedd.fanout.hub.Hub.sender`,
+#: a layer above): the reader tries it first and falls back to the channel
+DIRECT: weakref.WeakKeyDictionary[trio.MemorySendChannel[Ingress], Callable[[Batch], bool]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def send_limiter(venue: Venue, *, shared: bool = False) -> SlidingWindowLimiter:
@@ -231,6 +239,7 @@ class Attempt:
         receive = self.transport.receive_batch
         to_hub = runner.records.send
         to_hub_now = runner.records.send_nowait
+        deliver_now = DIRECT.get(runner.records)
         now = datetime.now
         feed = self.feed
         conflator = runner.conflator
@@ -301,8 +310,12 @@ class Attempt:
                     if not records:
                         continue
                 status.records += len(records)
-                # no checkpoint of its own: the next read is one, and the hub runs meanwhile;
-                # a full or closed channel takes the awaiting path (which also sees cancellation)
+                # an idle hub fans the batch out here, in this task (no task switch); else the
+                # channel, with no checkpoint of its own: the next read is one, and the hub runs
+                # meanwhile; a full or closed channel takes the awaiting path (which also sees
+                # cancellation)
+                if deliver_now is not None and deliver_now(records):
+                    continue
                 try:
                     to_hub_now(records)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -69,7 +69,7 @@ class TLSClient:
         #: the socket's stream has ended (kept from OpenSSL's BIO: see the class's notes)
         self._stream_ended = False
 
-    def receive_data(self, data: bytes | bytearray) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Bytes read from the socket; ``b""`` when the socket's stream has ended."""
         if data:
             self._incoming.write(data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -117,6 +118,44 @@ class _Wire:
         #: the peer ended a plain stream (TLS keeps its own end)
         self._ended = False
         self._handshake_leftover = tls_client is not None
+        #: a TCP socket is read directly (:meth:`_read`); any other stream by its receive_some
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._buffer = bytearray(RECEIVE_BYTES)
+        self._view = memoryview(self._buffer)
+        #: the last read filled the buffer: more is likely waiting, so read before waiting
+        self._full = True
+
+    async def _read(self) -> bytes | bytearray | memoryview:
+        """One read of the socket: ``b""`` at its end.
+
+        ``trio.SocketStream.receive_some`` tries the read first and waits only when it would
+        block, and a read that succeeds at once then yields to the scheduler anyway; at the
+        rates exchanges send (each frame its own wakeup) the first try nearly always fails. Here
+        a read comes after the wait for readability, so one wakeup costs one system call to
+        read and one task step, and the bytes land in a reused buffer (a view of it is valid
+        until the next read: TLS copies it into its BIO, the plain path copies it). After a
+        read that filled the buffer it reads first, as trio does.
+        """
+        sock = self._socket
+        if sock is None:
+            return await self._stream.receive_some(RECEIVE_BYTES)
+        while True:
+            if self._full:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.wait_readable(sock)
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                count = os.readv(fd, (self._buffer,))
+            except BlockingIOError:
+                self._full = False
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket read failed: {describe(exc)}") from exc
+            self._full = count == RECEIVE_BYTES
+            return self._view[:count]
 
     async def receive(self) -> bytes | bytearray:
         """The bytes (plaintext) of the next socket read; ``b""`` once the peer has ended.
@@ -127,7 +166,7 @@ class _Wire:
         if tls_client is None:
             if self._ended:
                 return b""
-            data = await self._stream.receive_some(RECEIVE_BYTES)
+            data = bytes(await self._read())
             self._ended = not data
             return data
         if self._handshake_leftover:
@@ -135,7 +174,7 @@ class _Wire:
             # every read takes all complete records, so none wait before the next socket read
             self._handshake_leftover = False
         else:
-            tls_client.receive_data(await self._stream.receive_some(RECEIVE_BYTES))
+            tls_client.receive_data(await self._read())
         while True:
             got = tls_client.read()
             if got.wants_write:
@@ -143,7 +182,7 @@ class _Wire:
                     await self.send(b"")
             if got.data or got.end is not None:
                 return got.data  # after the end, b"" from every later call
-            tls_client.receive_data(await self._stream.receive_some(RECEIVE_BYTES))
+            tls_client.receive_data(await self._read())
 
     async def send(self, data: bytes) -> None:
         """Write ``data`` (and with TLS, whatever TLS has pending before it)."""

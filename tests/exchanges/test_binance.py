@@ -691,3 +691,20 @@ def test_parse_instruments_keeps_only_trading_symbols() -> None:
 def test_parse_instruments_rejects_a_malformed_body(body: Any) -> None:
     with pytest.raises(ValueError, match="exchangeInfo"):
         BinanceSpot().parse_instruments(body)
+
+
+def test_trades_of_one_millisecond_share_its_time_and_the_next_one_gets_its_own() -> None:
+    """The last trade time's datetime is reused: each trade still carries its own ``T``."""
+    s = session()
+
+    def trade(trade_id: int, ms: Any) -> list[Event]:
+        payload = {"e": "trade", "E": 1, "s": "BTCUSDT", "t": trade_id, "p": "1.5", "q": "2",
+                   "T": ms, "m": True, "M": True}
+        return s.decode(wrapped("btcusdt@trade", payload), RECEIVED)
+
+    first, second = market_data(trade(1, 1723100000123)), market_data(trade(2, 1723100000123))
+    third = market_data(trade(3, 1723100000124))
+    assert first.timestamp == second.timestamp == at_ms(1723100000123)
+    assert third.timestamp == at_ms(1723100000124)
+    assert "TypeError" in decode_error(trade(4, "1723100000124")).reason  # a string is still bad
+    assert market_data(trade(5, 1723100000124)).timestamp == at_ms(1723100000124)

@@ -11,6 +11,7 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 
 import feedd.fanout.hub
+import feedd.feed.attempt
 from feedd.codec import encode_record
 from feedd.fanout.callback import CallbackSink
 from feedd.fanout.hub import Hub
@@ -426,3 +427,45 @@ async def test_callbacks_hear_feed_events_in_order_only_when_they_ask(nursery: t
         "both": [rec(0), DOWN, UP, rec(1)],
         "events": [DOWN, UP],
     }
+
+
+async def test_an_idle_hub_fans_a_batch_out_in_the_producers_own_task(nursery: trio.Nursery) -> None:
+    """No task switch per batch when nothing is queued: the reader's call is the dispatch."""
+    hub = Hub()
+    sink = SpySink()
+    hub.attach(sink)
+    send = hub.sender()
+    await nursery.start(hub.run)
+    await wait_all_tasks_blocked()
+    deliver_now = feedd.feed.attempt.DIRECT[send]
+    assert deliver_now([rec(0), rec(1)]) is True
+    assert sink.records == [rec(0), rec(1)]  # before any other task ran
+    assert (hub.direct, hub.wakeups, hub.batches, hub.records) == (1, 0, 1, 2)
+
+
+async def test_a_hub_with_a_batch_on_its_way_refuses_direct_delivery_so_order_is_kept(
+    nursery: trio.Nursery,
+) -> None:
+    hub = Hub()
+    sink = SpySink()
+    hub.attach(sink)
+    send = hub.sender()
+    await nursery.start(hub.run)
+    await wait_all_tasks_blocked()
+    send.send_nowait([rec(0)])  # handed to the waiting hub, which has not run yet
+    assert hub.deliver_now([rec(1)]) is False
+    send.send_nowait([rec(1)])
+    await wait_all_tasks_blocked()
+    assert sink.records == [rec(0), rec(1)]
+    assert hub.deliver_now([rec(2)]) is True  # idle again
+    assert sink.records == [rec(0), rec(1), rec(2)]
+
+
+async def test_a_hub_that_is_not_running_takes_nothing_directly() -> None:
+    """Before its task starts (or after it ended) batches wait in the channel, bounded."""
+    hub = Hub()
+    sink = SpySink()
+    hub.attach(sink)
+    hub.sender()
+    assert hub.deliver_now([rec(0)]) is False
+    assert sink.records == []

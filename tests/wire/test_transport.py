@@ -461,3 +461,23 @@ async def test_native_errors_without_text_still_say_what_happened(call: str) -> 
         "receive": "connection lost: BrokenResourceError",
         "send": "connection lost: ClosedResourceError",
     }[call]
+
+
+async def test_native_socket_reads_deliver_more_than_a_buffer_whole_and_in_order() -> None:
+    """A TCP socket is read directly into one reused buffer: what exceeds a read stays in the
+    socket for the next one, and no frame is cut, lost or reordered across reads."""
+    client_sock, server_sock = trio.socket.socketpair()
+    client_stream, server = trio.SocketStream(client_sock), trio.SocketStream(server_sock)
+    sent = [f'{{"n":{i},"pad":"{"x" * 200}"}}' for i in range(3000)]  # ~640 KiB: several reads
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_upgrade, server)
+        transport = await native_over(client_stream, "ws://127.0.0.1/stream", None)
+        await trio.testing.wait_all_tasks_blocked()  # the upgrade's reply is out
+        nursery.start_soon(server.send_all, b"".join(text_frame(text) for text in sent))
+        with trio.fail_after(5):
+            assert await receive(transport, len(sent)) == sent
+        await trio.testing.wait_all_tasks_blocked()
+        await server.aclose()
+        with pytest.raises(TransportError), trio.fail_after(5):
+            await transport.receive_batch()
+        await transport.aclose()
