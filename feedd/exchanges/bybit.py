@@ -52,7 +52,15 @@ from feedd.exchanges.base import (
     Topic,
     Venue,
 )
-from feedd.exchanges.fields import PAYLOAD_ERRORS, QuoteCache, QuotedVenue, load_object, single_route, text
+from feedd.exchanges.fields import (
+    PAYLOAD_ERRORS,
+    QuoteCache,
+    QuotedVenue,
+    load_object,
+    optional_number,
+    single_route,
+    text,
+)
 from feedd.model import TICKER, MarketData, Message, quote_record, trade_record
 
 _Handler = Callable[[dict[str, Any], str, datetime, Message], list[Event]]
@@ -66,13 +74,6 @@ _SIDES: dict[str, Literal["buy", "sell"]] = {"Buy": "buy", "Sell": "sell"}
 _WORDS = re.compile(r"[\w.\-]+")
 # inlined rather than fields.from_ms: one call less per trade (see fields.py on exactness)
 _fromtimestamp = datetime.fromtimestamp
-
-
-def _optional(value: Any) -> float | None:
-    """A number field that may be absent, null or ``""`` (Bybit's "no value")."""
-    if value is None or value == "":
-        return None
-    return float(value)
 
 
 def _percent(value: Any) -> float | None:
@@ -351,8 +352,8 @@ class BybitSession:
             state.update(data)
         else:
             raise ValueError(f"'type' is neither snapshot nor delta: {kind!r:.50}")
-        bid, ask = _optional(state.get("bid1Price")), _optional(state.get("ask1Price"))
-        bid_size, ask_size = _optional(state.get("bid1Size")), _optional(state.get("ask1Size"))
+        bid, ask = optional_number(state.get("bid1Price")), optional_number(state.get("ask1Price"))
+        bid_size, ask_size = optional_number(state.get("bid1Size")), optional_number(state.get("ask1Size"))
         if self._inverse:  # USD contracts, made base units as the trades' sizes are
             bid_size = None if bid_size is None or not bid else bid_size / bid
             ask_size = None if ask_size is None or not ask else ask_size / ask
@@ -381,8 +382,8 @@ class BybitSession:
             received_at,
             bid=bid,
             ask=ask,
-            high_24h=_optional(data.get("highPrice24h")),
-            low_24h=_optional(data.get("lowPrice24h")),
+            high_24h=optional_number(data.get("highPrice24h")),
+            low_24h=optional_number(data.get("lowPrice24h")),
             change_24h=_percent(data.get("price24hPcnt")),
             bid_size=bid_size,
             ask_size=ask_size,

@@ -50,8 +50,11 @@ from feedd.exchanges.base import (
     Topic,
     Venue,
 )
-from feedd.exchanges.bybit import _WORDS, BybitSession, _BybitVenue, _milliseconds, _optional
-from feedd.exchanges.fields import QuoteCache
+from feedd.exchanges.bybit import _WORDS, BybitSession, _BybitVenue, _milliseconds
+from feedd.exchanges.fields import (
+    QuoteCache,
+    optional_number,
+)
 from feedd.model import TICKER, MarketData, Message, quote_record
 
 _TRADES = "publicTrade."
@@ -66,7 +69,7 @@ def base_coin(symbol: str) -> str:
 
 def _quote_price(value: Any) -> float | None:
     """``bidPrice``/``askPrice``: ``"0"`` (or empty) is a side without a quote."""
-    price = _optional(value)
+    price = optional_number(value)
     return price if price else None
 
 
@@ -234,8 +237,8 @@ class BybitOptionSession(BybitSession):
         if type(data) is not dict:
             raise TypeError(f"'data' is not an object: {data!r:.50}")
         bid, ask = _quote_price(data.get("bidPrice")), _quote_price(data.get("askPrice"))
-        bid_size = None if bid is None else _optional(data.get("bidSize"))
-        ask_size = None if ask is None else _optional(data.get("askSize"))
+        bid_size = None if bid is None else optional_number(data.get("bidSize"))
+        ask_size = None if ask is None else optional_number(data.get("askSize"))
         timestamp = _milliseconds(msg["ts"], "ts")
         cache = self._quotes
         events: list[Event] = []
@@ -250,8 +253,8 @@ class BybitOptionSession(BybitSession):
                 received_at,
                 bid=bid,
                 ask=ask,
-                high_24h=_optional(data.get("highPrice24h")),
-                low_24h=_optional(data.get("lowPrice24h")),
+                high_24h=optional_number(data.get("highPrice24h")),
+                low_24h=optional_number(data.get("lowPrice24h")),
                 change_24h=_fraction_percent(data.get("change24h")),
                 bid_size=bid_size,
                 ask_size=ask_size,

@@ -58,7 +58,9 @@ from feedd.exchanges.fields import (
     QuoteCache,
     QuotedVenue,
     load_object,
+    optional_number,
     parse_rfc3339,
+    problem,
     single_route,
     text,
 )
@@ -144,25 +146,11 @@ def _by_channel(topics: Iterable[str]) -> dict[str, list[str]]:
     return {channel: list(products) for channel, products in grouped.items()}
 
 
-def _problem(exc: Exception) -> str:
-    """What a payload error says, for a DecodeError's reason."""
-    if isinstance(exc, KeyError):
-        return f"missing field {exc}"
-    return f"{type(exc).__name__}: {exc}"
-
-
 def _events(msg: dict[str, Any]) -> list[Any]:
     events = msg["events"]
     if type(events) is not list:
         raise TypeError(f"'events' is not a list: {events!r:.50}")
     return events
-
-
-def _optional_number(value: Any) -> float | None:
-    """A numeric field the feed may leave out or empty (``ticker_batch`` has no best bid/ask)."""
-    if value is None or value == "":
-        return None
-    return float(value)
 
 
 class CoinbaseSession:
@@ -262,7 +250,7 @@ class CoinbaseSession:
         try:
             handler(msg, received_at, events)
         except PAYLOAD_ERRORS as exc:
-            events.append(self._error_in_frame(f"bad {channel!r} message: {_problem(exc)}"))
+            events.append(self._error_in_frame(f"bad {channel!r} message: {problem(exc)}"))
         return events or [_IGNORED]
 
     def _error_in_frame(self, reason: str) -> DecodeError:
@@ -302,7 +290,7 @@ class CoinbaseSession:
                     try:
                         remember(text(trade, "product_id"), _trade_id(trade))
                     except PAYLOAD_ERRORS as exc:
-                        events.append(self._error_in_frame(f"bad trade: {_problem(exc)}"))
+                        events.append(self._error_in_frame(f"bad trade: {problem(exc)}"))
                 continue
             if kind != "update":
                 raise ValueError(f"unknown market_trades event type {kind!r:.50}")
@@ -325,7 +313,7 @@ class CoinbaseSession:
                         trade_id,
                     )
                 except PAYLOAD_ERRORS as exc:
-                    events.append(self._error_in_frame(f"bad trade: {_problem(exc)}"))
+                    events.append(self._error_in_frame(f"bad trade: {problem(exc)}"))
                     continue
                 if remember(product, trade_id):
                     events.append(record)
@@ -345,10 +333,10 @@ class CoinbaseSession:
             for ticker in tickers:
                 try:
                     product = text(ticker, "product_id")
-                    bid = _optional_number(ticker.get("best_bid"))
-                    ask = _optional_number(ticker.get("best_ask"))
-                    bid_size = _optional_number(ticker.get("best_bid_quantity"))
-                    ask_size = _optional_number(ticker.get("best_ask_quantity"))
+                    bid = optional_number(ticker.get("best_bid"))
+                    ask = optional_number(ticker.get("best_ask"))
+                    bid_size = optional_number(ticker.get("best_bid_quantity"))
+                    ask_size = optional_number(ticker.get("best_ask_quantity"))
                     if gives_ticker(product):
                         events.append(MarketData(
                             venue_id,
@@ -360,9 +348,9 @@ class CoinbaseSession:
                             received_at,
                             bid=bid,
                             ask=ask,
-                            high_24h=_optional_number(ticker.get("high_24_h")),
-                            low_24h=_optional_number(ticker.get("low_24_h")),
-                            change_24h=_optional_number(ticker.get("price_percent_chg_24_h")),
+                            high_24h=optional_number(ticker.get("high_24_h")),
+                            low_24h=optional_number(ticker.get("low_24_h")),
+                            change_24h=optional_number(ticker.get("price_percent_chg_24_h")),
                             bid_size=bid_size,
                             ask_size=ask_size,
                         ))
@@ -373,7 +361,7 @@ class CoinbaseSession:
                             venue_id, product, bid, bid_size, ask, ask_size, timestamp, received_at
                         ))
                 except PAYLOAD_ERRORS as exc:
-                    events.append(self._error_in_frame(f"bad ticker: {_problem(exc)}"))
+                    events.append(self._error_in_frame(f"bad ticker: {problem(exc)}"))
 
     def _heartbeats(self, msg: dict[str, Any], received_at: datetime, events: list[Event]) -> None:
         # current_time is Go's time.String(), not RFC 3339, and no record: not parsed
@@ -557,7 +545,7 @@ class Coinbase(QuotedVenue):
                     parse_rfc3339(trade["time"]), received_at, side, _trade_id(trade),
                 ))
             except PAYLOAD_ERRORS as exc:
-                raise ValueError(f"bad trade in market trades: {_problem(exc)}: "
+                raise ValueError(f"bad trade in market trades: {problem(exc)}: "
                                  f"{excerpt(repr(trade), 100)}") from None
         return out
 

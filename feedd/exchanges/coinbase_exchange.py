@@ -75,7 +75,9 @@ from feedd.exchanges.fields import (
     QuoteCache,
     QuotedVenue,
     load_object,
+    optional_number,
     parse_rfc3339,
+    problem,
     single_route,
     text,
 )
@@ -113,18 +115,6 @@ def _integer(data: dict[str, Any], key: str) -> int:
     if type(value) is str and value.isdigit() and value.isascii():
         return int(value)
     raise TypeError(f"{key!r} is not an integer: {value!r:.50}")
-
-
-def _optional_number(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    return float(value)
-
-
-def _problem(exc: Exception) -> str:
-    if isinstance(exc, KeyError):
-        return f"missing field {exc}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 @attrs.define(slots=True)
@@ -256,7 +246,7 @@ class CoinbaseExchangeSession:
         try:
             handler(msg, received_at, events)
         except PAYLOAD_ERRORS as exc:
-            events.append(DecodeError(f"bad {kind!r} message: {_problem(exc)}", excerpt(frame)))
+            events.append(DecodeError(f"bad {kind!r} message: {problem(exc)}", excerpt(frame)))
         return events or [_IGNORED]
 
     def _match(self, msg: dict[str, Any], received_at: datetime, events: list[Event]) -> None:
@@ -299,11 +289,11 @@ class CoinbaseExchangeSession:
                 return  # older than the ticker already published
             self._ticker_sequence[product] = sequence
         price = float(msg["price"])
-        opened = _optional_number(msg.get("open_24h"))
+        opened = optional_number(msg.get("open_24h"))
         timestamp = parse_rfc3339(msg["time"])
-        bid, ask = _optional_number(msg.get("best_bid")), _optional_number(msg.get("best_ask"))
-        bid_size = _optional_number(msg.get("best_bid_size"))
-        ask_size = _optional_number(msg.get("best_ask_size"))
+        bid, ask = optional_number(msg.get("best_bid")), optional_number(msg.get("best_ask"))
+        bid_size = optional_number(msg.get("best_bid_size"))
+        ask_size = optional_number(msg.get("best_ask_size"))
         cache = self._cache
         if cache.gives_ticker(product):
             events.append(MarketData(
@@ -311,8 +301,8 @@ class CoinbaseExchangeSession:
                 timestamp, received_at,
                 bid=bid,
                 ask=ask,
-                high_24h=_optional_number(msg.get("high_24h")),
-                low_24h=_optional_number(msg.get("low_24h")),
+                high_24h=optional_number(msg.get("high_24h")),
+                low_24h=optional_number(msg.get("low_24h")),
                 change_24h=(price - opened) / opened * 100 if opened else None,
                 bid_size=bid_size,
                 ask_size=ask_size,
@@ -497,7 +487,7 @@ class CoinbaseExchange(QuotedVenue):
                     str(_integer(entry, "trade_id")),
                 ))
             except PAYLOAD_ERRORS as exc:
-                raise ValueError(f"bad trade in the history: {_problem(exc)}: "
+                raise ValueError(f"bad trade in the history: {problem(exc)}: "
                                  f"{excerpt(repr(entry), 100)}") from None
         out.sort(key=lambda record: int(record.trade_id or 0))
         return out

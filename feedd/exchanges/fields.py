@@ -103,6 +103,20 @@ def parse_rfc3339(value: Any) -> datetime:
     return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
 
 
+def optional_number(value: Any) -> float | None:
+    """A numeric field the venue may leave out, null or ``""`` (its "no value")."""
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
+def problem(exc: Exception) -> str:
+    """What a payload error says, for a DecodeError's reason."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def text(data: dict[str, Any], key: str) -> str:
     """A field that must be a string (symbols, ids): a number or null there is a bad payload."""
     value = data[key]

@@ -53,7 +53,13 @@ from feedd.exchanges.base import (
     Topic,
     Venue,
 )
-from feedd.exchanges.fields import PAYLOAD_ERRORS, load_object, single_route, text
+from feedd.exchanges.fields import (
+    PAYLOAD_ERRORS,
+    load_object,
+    optional_number,
+    single_route,
+    text,
+)
 from feedd.model import TICKER, MarketData, Message, quote_record, trade_record
 
 _IGNORED = Ignored()
@@ -89,13 +95,6 @@ def _arg(topic: str) -> dict[str, str]:
 def is_derivative(inst_id: str) -> bool:
     """Spot ids are ``BASE-QUOTE``; swaps, futures and options have more parts."""
     return inst_id.count("-") >= 2
-
-
-def _optional(value: Any) -> float | None:
-    """A number field that may be absent or ``""`` (OKX's "no value", e.g. an empty book side)."""
-    if value is None or value == "":
-        return None
-    return float(value)
 
 
 def _change(last: str, opened: Any) -> float | None:
@@ -364,7 +363,7 @@ class OkxSession:
         last = float(last_text)
         inst_type = row.get("instType")
         derivative = inst_type in ("SWAP", "FUTURES") if inst_type else is_derivative(symbol)
-        bid, ask = _optional(row.get("bidPx")), _optional(row.get("askPx"))
+        bid, ask = optional_number(row.get("bidPx")), optional_number(row.get("askPx"))
         return MarketData(
             self._venue_id,
             symbol,
@@ -375,8 +374,8 @@ class OkxSession:
             received_at,
             bid=bid,
             ask=ask,
-            high_24h=_optional(row.get("high24h")),
-            low_24h=_optional(row.get("low24h")),
+            high_24h=optional_number(row.get("high24h")),
+            low_24h=optional_number(row.get("low24h")),
             change_24h=_change(last_text, row.get("open24h")),
             bid_size=self._ticker_size(symbol, row.get("bidSz"), bid),
             ask_size=self._ticker_size(symbol, row.get("askSz"), ask),
@@ -385,7 +384,7 @@ class OkxSession:
     def _ticker_size(self, symbol: str, size: Any, price: float | None) -> float | None:
         """A ticker's best size in base units, None where OKX gives none (or the contract value
         is not known: a ticker still streams without it)."""
-        value = _optional(size)
+        value = optional_number(size)
         if value is None or not price:
             return None
         try:
