@@ -42,6 +42,17 @@ def default_contract_size(symbol: str) -> float:
     return BTC_CONTRACT_SIZE if symbol.partition("_")[0] == "BTCUSD" else OTHER_CONTRACT_SIZE
 
 
+def contracts_in_coins(sizes: dict[str, float], symbol: str, price: float, quantity: Any) -> float:
+    """``quantity`` contracts of ``symbol`` (``sizes``: USD per contract, from exchangeInfo, else
+    Binance's rule) in coins at ``price``."""
+    if price <= 0:
+        raise ValueError(f"price {price!r} is not positive: contracts cannot be made coins")
+    size = sizes.get(symbol)
+    if size is None:
+        size = default_contract_size(symbol)
+    return float(quantity) * size / price
+
+
 class CoinmSession(BinanceSession):
     """A dstream connection: BinanceSession with sizes in coins and nested error replies."""
 
@@ -53,12 +64,7 @@ class CoinmSession(BinanceSession):
         self._contract_sizes = contract_sizes
 
     def _quantity(self, symbol: str, price: float, quantity: Any) -> float:
-        if price <= 0:
-            raise ValueError(f"price {price!r} is not positive: contracts cannot be made coins")
-        size = self._contract_sizes.get(symbol)
-        if size is None:
-            size = default_contract_size(symbol)
-        return float(quantity) * size / price
+        return contracts_in_coins(self._contract_sizes, symbol, price, quantity)
 
     def decode(self, frame: Message, received_at: datetime) -> list[Event]:
         """As BinanceSession, plus the nested ``{"error": {"code", "msg"}, "id"?}`` reply."""
@@ -102,9 +108,7 @@ class BinanceCoinm(_BinanceVenue):
         return CoinmSession(self.venue_id, self.quotes, self.contract_sizes)
 
     def _history_quantity(self, symbol: str, price: float, quantity: float) -> float:
-        if price <= 0:
-            raise ValueError(f"price {price!r} is not positive: contracts cannot be made coins")
-        return quantity * self.contract_sizes.get(symbol, default_contract_size(symbol)) / price
+        return contracts_in_coins(self.contract_sizes, symbol, price, quantity)
 
     def topics(self, subscription: Subscription) -> list[Topic]:
         symbol = subscription.symbol.lower()  # stream names want lower case (§6.1)
