@@ -40,6 +40,9 @@ class Counts(Instrument):
         self.gc_seconds = 0.0
         self._gc_started = 0.0
         gc.callbacks.append(self._gc)
+        #: this thread's CPU ns: in the run loop outside task steps, in task steps, in io waits
+        self.loop_cpu = self.step_cpu = self.wait_cpu = 0
+        self._mark = time.thread_time_ns()
 
     def _gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -48,14 +51,28 @@ class Counts(Instrument):
             self.collections[info["generation"]] += 1
             self.gc_seconds += time.perf_counter() - self._gc_started
 
+    def _split(self) -> int:
+        now = time.thread_time_ns()
+        spent = now - self._mark
+        self._mark = now
+        return spent
+
     def before_task_step(self, task: Task) -> None:
+        self.loop_cpu += self._split()
         self.steps += 1
         self.by_task[task.name.rsplit(".", 1)[-1]] += 1
 
+    def after_task_step(self, task: Task) -> None:
+        self.step_cpu += self._split()
+
     def before_io_wait(self, timeout: float) -> None:
+        self.loop_cpu += self._split()
         self.io_waits += 1
         if timeout > 0:
             self.blocking_waits += 1
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.wait_cpu += self._split()
 
     def dump(self) -> None:
         path = os.environ.get("FEEDD_COUNTS")
@@ -67,6 +84,9 @@ class Counts(Instrument):
                 "blocking_io_waits": self.blocking_waits,
                 "collections": self.collections, "gc_seconds": round(self.gc_seconds, 4),
                 "by_task": dict(self.by_task.most_common(12)),
+                "cpu_ms": {"run_loop": self.loop_cpu // 1_000_000,
+                           "task_steps": self.step_cpu // 1_000_000,
+                           "io_waits": self.wait_cpu // 1_000_000},
             }) + "\n")
 
 
