@@ -163,36 +163,53 @@ class Backfiller:
 
     def _sift_ids(self, records: Batch) -> Batch:
         """The records to deliver now, in order: duplicates dropped, a held symbol's trades kept
-        back, a jump's fetch started."""
+        back, a jump's fetch started.
+
+        A batch is mostly one symbol's trades: its last id, time and hold stay in locals while
+        the symbol does not change, and go back to the dict when it does and at the end (a dict
+        lookup, a tuple and a store per trade were ~0.15 µs of the ~0.35 this takes a trade).
+        """
         last_of = self._last
         held = self._held
         out: Batch = []
         keep = out.append
+        symbol: str | None = None  # whose state the next three hold
+        number_at = 0
+        time_at: datetime | None = None  # None: no trade of the symbol seen yet
+        hold: _Hold | None = None
         for record in records:
-            if record.kind != TRADE or record.trade_id is None:
+            trade_id = record.trade_id
+            if trade_id is None or record.kind != TRADE:
                 keep(record)
                 continue
-            symbol = record.symbol
             try:
-                number = int(record.trade_id)
+                number = int(trade_id)
             except ValueError:
                 keep(record)
                 continue
-            last = last_of.get(symbol)
-            if last is not None:
-                if number <= last[0]:
+            if record.symbol != symbol:
+                if symbol is not None and time_at is not None:
+                    last_of[symbol] = (number_at, time_at)
+                symbol = record.symbol
+                number_at, time_at = last_of.get(symbol, (0, None))
+                hold = held.get(symbol)
+            if time_at is not None:
+                if number <= number_at:
                     self._status.duplicates += 1
                     continue
-                if number > last[0] + 1:
-                    self._gap(symbol, last[0] + 1, number - 1, last[1], record.timestamp)
-            last_of[symbol] = (number, record.timestamp)
-            hold = held.get(symbol)
+                if number > number_at + 1:
+                    self._gap(symbol, number_at + 1, number - 1, time_at, record.timestamp)
+                    hold = held.get(symbol)  # the gap may have started one
+            number_at = number
+            time_at = record.timestamp
             if hold is None:
                 keep(record)
             else:
                 hold.live.append(record)
                 if len(hold.live) >= MAX_HELD and not hold.released:
                     self._start(self._release, symbol, hold, "held trades at their bound")
+        if symbol is not None and time_at is not None:
+            last_of[symbol] = (number_at, time_at)
         return out
 
     def _gap(self, symbol: str, first: int, last: int, before: datetime, after: datetime) -> None:

@@ -5,6 +5,7 @@ order, each trade once."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -48,6 +49,20 @@ def test_records_other_than_trades_and_other_symbols_pass_untouched() -> None:
     assert made.sift([trade(5), ticker, trade(1, symbol="ETHUSDT")]) == [
         trade(5), ticker, trade(1, symbol="ETHUSDT")
     ]
+
+
+def test_interleaved_symbols_keep_their_own_ids_within_a_batch_and_across_batches() -> None:
+    made, status, _ = backfiller(max_trades=0)  # a jump is reported lost at once: no fetch
+    eth = functools.partial(trade, symbol="ETHUSDT")
+    assert made.sift([trade(1), eth(7), trade(2), eth(8), eth(8), trade(2), trade(3)]) == [
+        trade(1), eth(7), trade(2), eth(8), trade(3)
+    ]
+    assert status.duplicates == 2
+    assert made.sift([eth(9), trade(3), trade(4), eth(9)]) == [eth(9), trade(4)]
+    assert status.duplicates == 4
+    assert status.lost_trades == 0
+    assert made.sift([trade(6), eth(12)]) == [trade(6), eth(12)]  # 5 missed, and 10..11
+    assert status.lost_trades == 3
 
 
 def test_after_forget_a_resubscribed_symbol_starts_afresh() -> None:
