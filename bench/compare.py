@@ -180,7 +180,8 @@ class Bench:
                     check_symbols = false
                 '''))
                 log = (self.work / "feedd.log").open("ab")
-                executable = self.args.before if name == "feedd-before" else self.args.feedd
+                executable = {"feedd-before": self.args.before, "trio-floor": self.args.floor}.get(
+                    name, self.args.feedd)
                 daemon = await trio.lowlevel.open_process(
                     [executable, "run", "--config", str(config)], env=self.env, stderr=log,
                     stdout=subprocess.DEVNULL)
@@ -346,6 +347,8 @@ async def main(args: argparse.Namespace) -> None:
     daemons = [d for d in args.only.split(",") if d]
     if args.before:
         daemons.insert(0, "feedd-before")
+    if args.floor:
+        daemons.insert(0, "trio-floor")
     rows: list[dict[str, Any]] = []
     mem: list[dict[str, Any]] = []
     async with trio.open_nursery() as nursery:
@@ -369,7 +372,7 @@ async def main(args: argparse.Namespace) -> None:
         for k in [int(k) for k in args.multi.split(",") if k] if args.flood else ():
             # the older feedd may predate Bybit: only the daemons that speak it
             await repeated(args.flood - args.flood % k, None, venue="bybit-linear", trades_per_frame=k,
-                           among=[d for d in daemons if d != "feedd-before"])
+                           among=[d for d in daemons if d not in ("feedd-before", "trio-floor")])
         for rate in [float(r) for r in args.rates.split(",") if r]:
             await repeated(int(rate * args.secs), rate)
         for k in [int(k) for k in args.fanout.split(",") if k]:
@@ -418,6 +421,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default="feedd,cryptofeed", help="daemons to run, comma-separated")
     parser.add_argument("--before", help="another feedd executable (an older version) to run as "
                         "'feedd-before' beside the others, for a before/after table from one run")
+    parser.add_argument("--floor", nargs="?", const=str(Path(__file__).parent / "floor.sh"),
+                        help="also run bench/floor.py as 'trio-floor' (the least a trio daemon does "
+                        "per record on feedd's transport); optionally its executable")
     parser.add_argument("--flood", type=int, default=200_000, help="records per flood run (0: skip)")
     parser.add_argument("--multi", default="10", help="trades per Bybit publicTrade frame, for the "
                         "multi-record flood rows (comma-separated; empty: skip them)")
