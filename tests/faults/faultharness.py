@@ -3,8 +3,10 @@ simulator module, serving its main venue id), the in-process daemon (``WebSocket
 the Unix socket), and a subscriber that checks every record.
 
 The tests run on trio's mock clock (``autojump_clock``): the simulators pace their tapes, and the
-daemon its deadlines, on the same virtual time, so a stale feed of a few seconds or a fault that
-lasts a minute costs no wall time. Real sockets still carry every byte.
+daemon its deadlines, on the same virtual time, so waiting out a stale feed of a few seconds or a
+fault that lasts a minute costs no wall time. Real sockets still carry every byte, and every frame
+sent meanwhile costs its real work: hence the tape speeds (:data:`SPEEDS`) and the waits for all
+venues at once (:meth:`Tape.more_of`).
 
 Trade ids are the continuity check: every simulator numbers a symbol's trades one by one (Binance
 ``t``, Bybit spot ``i``, Coinbase ``trade_id``), and pauses its tape while nobody subscribes, so
@@ -157,7 +159,7 @@ class Feed:
 #: mock clock makes waiting free, not frames (each costs the simulator, the daemon and the
 #: subscriber real work), and a fault test waits many virtual seconds (a ban, 300) while every
 #: other venue flows. At their spec speeds these four sent 218 of the 234 frames a virtual second
-#: of all eight venues; at these 52 of 71, each venue still a few trades a symbol a second and
+#: of all eight venues; at these 53 of 71, each venue still a few trades a symbol a second and
 #: never silent longer than 1.3 s (as Coinbase and Hyperliquid at theirs): far inside
 #: ``stale_after``, so an untouched venue's feed never looks stale.
 SLOWER = {"binance-coinm": 0.5, "bybit": 1.0, "bybit-option": 1.0, "coinbase-exchange": 1.0}
