@@ -27,7 +27,7 @@ import trio
 
 from feedd.sim.market import Market, price_factor, quote_asset
 from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection, status_phrase
-from feedd.sim.replay import Recording, load_recording, play
+from feedd.sim.replay import Demands, Recording, load_recording, play
 from feedd.sim.rest import HttpRequest, HttpResponse
 from feedd.sim.server import SimServer
 from feedd.sim.spec import SimSpec, symbol_list
@@ -49,6 +49,13 @@ _FUTURES_KIND_ROUTE: Final = {
     "ticker": "market",
 }
 _SPOT_KINDS: Final = frozenset(("trade", "aggTrade", "ticker", "bookTicker"))
+#: the tapes each kind of stream is made of: the 24 h ticker sums up all three
+_TAPES_OF_KIND: Final = {
+    "trade": ("trade",),
+    "aggTrade": ("aggTrade",),
+    "bookTicker": ("bookTicker",),
+    "ticker": ("trade", "aggTrade", "bookTicker"),
+}
 _TRADE_KINDS: Final = frozenset(("trade", "aggTrade"))
 _SPOT_ENDPOINTS: Final = {"/stream": ("", True), "/ws": ("", False)}
 _FUTURES_ENDPOINTS: Final = {
@@ -296,6 +303,8 @@ class _Market(Market):
         super().__init__(symbol, index, float(first["p"]) * price_factor(symbol))
         self.lower = symbol.lower()
         self.futures = futures
+        #: what plays each of the symbol's tapes: the streams of it subscribed
+        self.demands = Demands(_TAPES_OF_KIND)
         self.next_trade_id = int(first["t"])
         self.next_agg_id = 665_076_760
         # The aggTrade tape is a different recording from the trade tape, so its first/last trade
@@ -459,24 +468,26 @@ class BinanceSimulator(SimServer[BinanceConnection]):
     def _run_feeds(self, nursery: trio.Nursery) -> None:
         count = len(self._markets)
         for market in self._markets.values():
-            for tape, emit in (
-                (self._trades, self._emit_trade),
-                (self._agg_trades, self._emit_agg_trade),
-                (self._book_tickers, self._emit_book_ticker),
+            for name, tape, emit in (
+                ("trade", self._trades, self._emit_trade),
+                ("aggTrade", self._agg_trades, self._emit_agg_trade),
+                ("bookTicker", self._book_tickers, self._emit_book_ticker),
             ):
                 # Symbols start at different points of the tape, so they do not move in lockstep.
                 start = market.index * len(tape) // max(1, count)
                 emit_for = partial(emit, market)
                 nursery.start_soon(
-                    partial(play, tape, emit_for, demand=market.demand, speed=self.speed, start=start)
+                    partial(play, tape, emit_for, demand=market.demands[name], speed=self.speed, start=start)
                 )
         nursery.start_soon(self._tick)
 
     def _on_start(self, conn: BinanceConnection, channel: str) -> None:
-        self._markets[channel.partition("@")[0]].demand.add(1)
+        symbol, _, kind = channel.partition("@")
+        self._markets[symbol].demands.add(kind, 1)
 
     def _on_stop(self, conn: BinanceConnection, channel: str) -> None:
-        self._markets[channel.partition("@")[0]].demand.add(-1)
+        symbol, _, kind = channel.partition("@")
+        self._markets[symbol].demands.add(kind, -1)
 
     def _emit_trade(self, market: _Market, rec: Mapping[str, Any]) -> None:
         trade_id = market.next_trade_id
@@ -557,7 +568,7 @@ class BinanceSimulator(SimServer[BinanceConnection]):
         """Every symbol's tapes play from now on whether anybody subscribes or not, so trades
         are made (and kept in the REST history) while no connection is up."""
         for market in self._markets.values():
-            market.demand.add(1)
+            market.demands.add_all(1)
 
     def skip_trades(self, symbol: str, count: int) -> None:
         """Leave the next ``count`` trades of ``symbol`` out of the stream (as a lossy path

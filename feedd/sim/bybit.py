@@ -301,24 +301,23 @@ class BybitSimulator(SimServer[BybitConnection]):
         counts = {category: len(names) for category, names in self.symbols.items()}
         for market in self._markets.values():
             tapes = market.tapes
-            feeds: list[tuple[Recording, Callable[[BybitMarket, Mapping[str, Any]], None]]] = [
-                (tapes.trades, self._on_trades),
-                (tapes.quotes, self._on_quote),
+            feeds: list[tuple[str, Recording, Callable[[BybitMarket, Mapping[str, Any]], None]]] = [
+                ("trades", tapes.trades, self._on_trades),
+                ("quotes", tapes.quotes, self._on_quote),
             ]
             if tapes.index is not None:
-                feeds.append((tapes.index, self._on_index))
-            for tape, handler in feeds:
+                feeds.append(("index", tapes.index, self._on_index))
+            for name, tape, handler in feeds:
                 # Symbols start at different points of the tape, so they do not move in lockstep.
                 start = market.index * len(tape) // max(1, counts[market.category])
                 emit = partial(handler, market)
-                nursery.start_soon(
-                    partial(play, tape, emit, demand=market.demand, speed=self.speed, start=start)
-                )
+                demand = market.demands[name]
+                nursery.start_soon(partial(play, tape, emit, demand=demand, speed=self.speed, start=start))
             nursery.start_soon(self._resend_book, market)
 
     def _on_start(self, conn: BybitConnection, channel: str) -> None:
         market, topic = self._by_channel[channel]
-        market.demand.add(1)
+        market.demands.add(topic, 1)
         # [ticker], [ob]: the first message after subscribing is a snapshot.
         if topic == "tickers":
             self.deliver(conn, market.ticker_frame(market.published, _now_ms(), snapshot=True))
@@ -326,7 +325,8 @@ class BybitSimulator(SimServer[BybitConnection]):
             self.deliver(conn, market.book_frame(_now_ms()))
 
     def _on_stop(self, conn: BybitConnection, channel: str) -> None:
-        self._by_channel[channel][0].demand.add(-1)
+        market, topic = self._by_channel[channel]
+        market.demands.add(topic, -1)
 
     def _on_trades(self, market: BybitMarket, frame: Mapping[str, Any]) -> None:
         now = _now_ms()
@@ -361,8 +361,9 @@ class BybitSimulator(SimServer[BybitConnection]):
     async def _resend_book(self, market: BybitMarket) -> None:
         """An unchanged level-1 book is sent again every 3 s, same ``u`` (every category)."""
         while True:
-            if not market.demand.wanted.is_set():
-                await market.demand.wanted.wait()
+            quotes = market.demands["quotes"]
+            if not quotes.wanted.is_set():
+                await quotes.wanted.wait()
                 # A subscriber just got its snapshot; the 3 s count from now.
                 market.book_sent_at = max(market.book_sent_at, trio.current_time())
             deadline = market.book_sent_at + BOOK_RESEND_AFTER
@@ -411,7 +412,7 @@ class BybitSimulator(SimServer[BybitConnection]):
         """Every symbol's tapes play from now on whether anybody subscribes or not, so trades
         are made (and kept for ``recent-trade``) while no connection is up."""
         for market in self._markets.values():
-            market.demand.add(1)
+            market.demands.add_all(1)
 
     def _envelope(self, code: int, message: str, result: Mapping[str, Any]) -> dict[str, Any]:
         return {"retCode": code, "retMsg": message, "result": result, "retExtInfo": {}, "time": _now_ms()}

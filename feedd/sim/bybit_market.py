@@ -28,7 +28,7 @@ import attrs
 import orjson
 
 from feedd.sim.market import Market, price_factor
-from feedd.sim.replay import Recording, load_recording
+from feedd.sim.replay import Demands, Recording, load_recording
 
 _SEQUENCE_STEP: Final = 7  # Bybit's cross sequence only has to increase
 #: trades a symbol keeps for the REST's recent-trade answers
@@ -36,6 +36,13 @@ HISTORY: Final = 5_000
 _SPOT_TRADE_ID: Final = 2_290_000_001_000_000_001  # spot trade ids are numeric strings
 _TRADE_ID_NAMESPACE: Final = uuid.UUID("9b1c3a52-7f0e-4f43-8d1e-2f5b6a0c9e11")
 _FUNDING_PERIOD_MS: Final = 8 * 3_600_000
+#: the tapes (of :class:`Tapes`) each topic's messages are made of: a book carries the trades'
+#: cross sequence, and the ticker sums up everything
+TAPES_OF_TOPIC: Final = {
+    "publicTrade": ("trades",),
+    "orderbook.1": ("quotes", "trades"),
+    "tickers": ("trades", "quotes", "index"),
+}
 
 
 @attrs.frozen(slots=True)
@@ -125,6 +132,8 @@ class BybitMarket(Market):
         refs = self.tapes.trade_refs
         self.level = refs.get(recorded) or refs["BTCUSDT"] * price_factor(recorded)
         super().__init__(symbol, index, self.level)
+        #: what plays each of the symbol's tapes: the topics of it subscribed
+        self.demands = Demands(TAPES_OF_TOPIC)
         if category == "spot":
             self.qty_decimals += 1
             self._price_text = _plain

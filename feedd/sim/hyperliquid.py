@@ -26,7 +26,7 @@ import trio
 
 from feedd.sim.market import Market, price_factor
 from feedd.sim.protocol import Accept, Answer, Liveness, Reject, SimConnection
-from feedd.sim.replay import Recording, load_recording, paced, play, times
+from feedd.sim.replay import Demands, Recording, load_recording, paced, play, times
 from feedd.sim.rest import HttpRequest, HttpResponse
 from feedd.sim.server import SimServer
 from feedd.sim.spec import SimSpec
@@ -41,6 +41,8 @@ MAX_MESSAGES_PER_MINUTE: Final = 2000
 MAX_SUBSCRIPTIONS: Final = 1000
 SNAPSHOT_TRADES: Final = 30  # as many as the recorded snapshot held
 TYPES: Final = ("trades", "bbo", "activeAssetCtx")
+#: the tapes each type's messages are made of: the context has the last trade and the quote's mid
+TAPES_OF_TYPE: Final = {"trades": ("trades",), "bbo": ("bbo",), "activeAssetCtx": ("trades", "bbo")}
 PATH: Final = "/ws"
 _MALFORMED_FRAME: Final = '{"channel":"trades","data":[{"coin":"BTC","side":"B","px":"10505'
 
@@ -84,6 +86,8 @@ class HyperliquidMarket(Market):
         self.next_tid = 1
         self.recent: deque[dict[str, Any]] = deque(maxlen=SNAPSHOT_TRADES)
         self.bbo: list[dict[str, Any] | None] = [None, None]
+        #: what plays each of the coin's tapes: the types of it subscribed
+        self.demands = Demands(TAPES_OF_TYPE)
 
     def price(self, recorded: Any) -> float:
         return round(float(recorded) / self._reference * self.level, self.price_decimals)
@@ -225,16 +229,17 @@ class HyperliquidSimulator(SimServer[SimConnection]):
     def _run_feeds(self, nursery: trio.Nursery) -> None:
         trade_tape, book_tape, _ = tapes()
         for market in self._markets.values():
-            for tape, handler in ((trade_tape, self._on_trades), (book_tape, self._on_book)):
+            for name, tape, handler in (("trades", trade_tape, self._on_trades),
+                                        ("bbo", book_tape, self._on_book)):
                 # coins start at different points of the tape, so they do not move in lockstep
                 start = market.index * len(tape) // len(self._markets)
-                nursery.start_soon(partial(play, tape, partial(handler, market), demand=market.demand,
+                nursery.start_soon(partial(play, tape, partial(handler, market), demand=market.demands[name],
                                            speed=self.speed, start=start))
 
     def _on_start(self, conn: SimConnection, channel: str) -> None:
         kind, _, coin = channel.partition(":")
         market = self._markets[coin]
-        market.demand.add(1)
+        market.demands.add(kind, 1)
         # a subscription is sent its current state first: the last trades, the quote, the context
         if kind == "trades":
             self.deliver(conn, envelope("trades", list(market.recent)))
@@ -244,7 +249,8 @@ class HyperliquidSimulator(SimServer[SimConnection]):
             self.deliver(conn, market.context())
 
     def _on_stop(self, conn: SimConnection, channel: str) -> None:
-        self._markets[channel.partition(":")[2]].demand.add(-1)
+        kind, _, coin = channel.partition(":")
+        self._markets[coin].demands.add(kind, -1)
 
     def _on_trades(self, market: HyperliquidMarket, payload: Mapping[str, Any]) -> None:
         now = _now_ms()

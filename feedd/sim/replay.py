@@ -126,6 +126,31 @@ class Demand:
             self.wanted = trio.Event()
 
 
+class Demands:
+    """A :class:`Demand` for each of a market's tapes, from the channels taken: a channel wants
+    the tapes its frames are made of (``feeds``: channel kind → tape names), so a tape that makes
+    only frames nobody takes stands still, as a whole market nobody takes already does. Binance's
+    book ticker tape (80 frames a second) plays only for its own stream and the 24 h ticker, not
+    for a subscriber of the trades alone."""
+
+    def __init__(self, feeds: Mapping[str, Iterable[str]]) -> None:
+        self._feeds = {kind: tuple(tapes) for kind, tapes in feeds.items()}
+        self._tapes = {tape: Demand() for tapes in self._feeds.values() for tape in tapes}
+
+    def __getitem__(self, tape: str) -> Demand:
+        return self._tapes[tape]
+
+    def add(self, kind: str, delta: int) -> None:
+        """``delta`` more (or fewer) subscriptions of a ``kind`` channel."""
+        for tape in self._feeds[kind]:
+            self._tapes[tape].add(delta)
+
+    def add_all(self, delta: int) -> None:
+        """``delta`` more wanting every tape (a simulator's ``keep_trading``)."""
+        for demand in self._tapes.values():
+            demand.add(delta)
+
+
 async def play(
     recording: Recording,
     emit: Callable[[Mapping[str, Any]], None],
