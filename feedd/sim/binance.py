@@ -48,7 +48,6 @@ _FUTURES_KIND_ROUTE: Final = {
     "aggTrade": "market",
     "ticker": "market",
 }
-_SPOT_KINDS: Final = frozenset(("trade", "aggTrade", "ticker", "bookTicker"))
 #: the tapes each kind of stream is made of: the 24 h ticker sums up all three
 _TAPES_OF_KIND: Final = {
     "trade": ("trade",),
@@ -56,6 +55,8 @@ _TAPES_OF_KIND: Final = {
     "bookTicker": ("bookTicker",),
     "ticker": ("trade", "aggTrade", "bookTicker"),
 }
+#: spot serves every kind of stream the tapes make (so a stream taken always has its tapes)
+_SPOT_KINDS: Final = frozenset(_TAPES_OF_KIND)
 _TRADE_KINDS: Final = frozenset(("trade", "aggTrade"))
 _SPOT_ENDPOINTS: Final = {"/stream": ("", True), "/ws": ("", False)}
 _FUTURES_ENDPOINTS: Final = {
